@@ -1,0 +1,24 @@
+# One image with every Faultline service binary; docker-compose picks the
+# binary per service with `command:`.
+#
+# Stage 1 builds all binaries once, in release mode.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --workspace --bins
+
+# Stage 2 is a slim runtime: the binaries, CA certificates and curl for
+# health checks, running as an unprivileged user.
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 faultline
+COPY --from=build /src/target/release/gateway \
+                  /src/target/release/load-balancer \
+                  /src/target/release/worker \
+                  /src/target/release/health-monitor \
+                  /src/target/release/coordinator \
+                  /usr/local/bin/
+USER faultline
+ENV LOG_FORMAT=json

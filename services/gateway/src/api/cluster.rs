@@ -1,0 +1,238 @@
+//! The cluster endpoints: the view, strategy and weight changes, and fault
+//! injection.
+//!
+//! - `GET /v1/cluster` gathers the view of every load-balancer replica
+//!   (scatter-gather: one request, every replica answers) and merges them.
+//! - `PUT /v1/strategy` and `PUT|DELETE /v1/workers/{id}/weight` write the
+//!   settings bucket; every replica watches it and applies the change
+//!   within milliseconds, without a restart.
+//! - `GET|PUT /v1/workers/{id}/faults` reads or sets a worker's injected
+//!   faults directly on that worker.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use async_nats::Request;
+use bytes::Bytes;
+use faultline_balancing::StrategyKind;
+use faultline_protocol::cluster::{
+    ClusterView, FaultSpec, StrategyChange, WeightChange, WorkerView,
+};
+use faultline_protocol::{InputError, Outcome, subjects};
+use futures::StreamExt as _;
+use serde::Serialize;
+
+use super::error::ApiError;
+use crate::AppState;
+
+/// How long to wait for the first replica's view.
+const FIRST_VIEW_TIMEOUT: Duration = Duration::from_secs(1);
+/// After the first view, stop gathering once no other arrives this long.
+const VIEW_IDLE_GAP: Duration = Duration::from_millis(100);
+
+/// The merged view of the cluster.
+#[derive(Debug, Serialize)]
+pub struct MergedView {
+    /// The strategy the replicas report (the most common one, if they are
+    /// still converging after a change).
+    pub strategy: StrategyKind,
+    /// Every worker any replica routes to, with counts summed over replicas.
+    pub workers: Vec<WorkerView>,
+    /// Each replica's own view.
+    pub load_balancers: Vec<ClusterView>,
+}
+
+/// Handles `GET /v1/cluster`.
+pub async fn view(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(gather(&state).await?))
+}
+
+/// Asks every load-balancer replica for its view and merges them.
+pub async fn gather(state: &AppState) -> Result<MergedView, ApiError> {
+    let inbox = state.nats.new_inbox();
+    let mut replies = state
+        .nats
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|_| ApiError::NoLoadBalancer)?;
+    state
+        .nats
+        .publish_with_reply(subjects::LB_VIEW, inbox, Bytes::new())
+        .await
+        .map_err(|_| ApiError::NoLoadBalancer)?;
+    let started = Instant::now();
+    let mut views: Vec<ClusterView> = Vec::new();
+    loop {
+        let wait = if views.is_empty() {
+            FIRST_VIEW_TIMEOUT
+        } else {
+            VIEW_IDLE_GAP
+        };
+        match tokio::time::timeout(wait, replies.next()).await {
+            Ok(Some(reply)) if reply.status.is_none() => {
+                match serde_json::from_slice::<ClusterView>(&reply.payload) {
+                    Ok(view) => views.push(view),
+                    Err(error) => tracing::warn!(%error, "Ignoring a malformed view."),
+                }
+            }
+            // A status reply is "no responders": nobody is listening.
+            Ok(Some(_)) | Ok(None) | Err(_) => break,
+        }
+        if started.elapsed() > FIRST_VIEW_TIMEOUT {
+            break;
+        }
+    }
+    if views.is_empty() {
+        return Err(ApiError::NoLoadBalancer);
+    }
+    views.sort_by(|a, b| a.load_balancer.cmp(&b.load_balancer));
+    Ok(merge(views))
+}
+
+fn merge(load_balancers: Vec<ClusterView>) -> MergedView {
+    let mut strategies: BTreeMap<&'static str, (usize, StrategyKind)> = BTreeMap::new();
+    let mut workers: BTreeMap<String, WorkerView> = BTreeMap::new();
+    for view in &load_balancers {
+        strategies
+            .entry(view.strategy.as_str())
+            .or_insert((0, view.strategy))
+            .0 += 1;
+        for w in &view.workers {
+            workers
+                .entry(w.id.clone())
+                .and_modify(|m| {
+                    m.in_flight += w.in_flight;
+                    m.picks += w.picks;
+                    m.served = m.served.max(w.served);
+                    m.last_heartbeat_ms = m.last_heartbeat_ms.min(w.last_heartbeat_ms);
+                })
+                .or_insert_with(|| w.clone());
+        }
+    }
+    let strategy = strategies
+        .values()
+        .max_by_key(|(count, _)| *count)
+        .map_or(StrategyKind::RoundRobin, |(_, kind)| *kind);
+    MergedView {
+        strategy,
+        workers: workers.into_values().collect(),
+        load_balancers,
+    }
+}
+
+/// Handles `PUT /v1/strategy`.
+pub async fn set_strategy(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = super::body::read(&request, payload, state.max_body_bytes).await?;
+    let change: StrategyChange = InputError::parse_json(&body)?;
+    let store = state.settings_store().await?;
+    store
+        .put(
+            subjects::STRATEGY_KEY,
+            change.strategy.as_str().to_owned().into(),
+        )
+        .await
+        .map_err(|e| ApiError::SettingsUnavailable(e.to_string()))?;
+    tracing::info!(strategy = %change.strategy, "Strategy changed.");
+    Ok(HttpResponse::Ok().json(change))
+}
+
+/// Handles `PUT /v1/workers/{id}/weight`.
+pub async fn set_weight(
+    state: web::Data<AppState>,
+    worker: web::Path<String>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    // Validate everything the caller sent before asking the cluster.
+    let worker = valid_worker_id(worker.into_inner())?;
+    let body = super::body::read(&request, payload, state.max_body_bytes).await?;
+    let change = WeightChange::parse(&body)?;
+    let worker = known_worker(&state, worker).await?;
+    let store = state.settings_store().await?;
+    store
+        .put(
+            subjects::weight_key(&worker),
+            change.weight.to_string().into(),
+        )
+        .await
+        .map_err(|e| ApiError::SettingsUnavailable(e.to_string()))?;
+    tracing::info!(worker, weight = change.weight, "Weight override set.");
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "worker": worker, "weight": change.weight })))
+}
+
+/// Handles `DELETE /v1/workers/{id}/weight`: back to the advertised weight.
+pub async fn clear_weight(
+    state: web::Data<AppState>,
+    worker: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let worker = valid_worker_id(worker.into_inner())?;
+    let store = state.settings_store().await?;
+    store
+        .delete(subjects::weight_key(&worker))
+        .await
+        .map_err(|e| ApiError::SettingsUnavailable(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "worker": worker, "weight": null })))
+}
+
+/// Handles `GET /v1/workers/{id}/faults` (empty body) and `PUT` (a
+/// [`FaultSpec`]).
+pub async fn faults(
+    state: web::Data<AppState>,
+    worker: web::Path<String>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let worker = valid_worker_id(worker.into_inner())?;
+    let body = super::body::read(&request, payload, state.max_body_bytes).await?;
+    let message = if request.method() == actix_web::http::Method::PUT {
+        let spec = FaultSpec::parse(&body)?;
+        Bytes::from(serde_json::to_vec(&spec).unwrap_or_default())
+    } else {
+        Bytes::new()
+    };
+    let reply = state
+        .nats
+        .send_request(
+            subjects::worker_faults(&worker),
+            Request::new()
+                .payload(message)
+                .timeout(Some(Duration::from_secs(2))),
+        )
+        .await
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => ApiError::UnknownWorker(worker.clone()),
+            _ => ApiError::DeadlineExceeded,
+        })?;
+    match faultline_bus::headers::outcome(reply.headers.as_ref()) {
+        Outcome::Ok => Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body(reply.payload)),
+        _ => Err(ApiError::Upstream {
+            status: actix_web::http::StatusCode::BAD_GATEWAY,
+            body: reply.payload,
+        }),
+    }
+}
+
+fn valid_worker_id(id: String) -> Result<String, ApiError> {
+    if subjects::is_valid_member_id(&id) {
+        Ok(id)
+    } else {
+        Err(InputError::field("id", "worker ids are 1 to 64 letters, digits, '-' or '_'").into())
+    }
+}
+
+/// A (valid) worker id that some load-balancer routes to.
+async fn known_worker(state: &AppState, id: String) -> Result<String, ApiError> {
+    let view = gather(state).await?;
+    if view.workers.iter().any(|w| w.id == id) {
+        Ok(id)
+    } else {
+        Err(ApiError::UnknownWorker(id))
+    }
+}

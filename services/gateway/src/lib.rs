@@ -1,0 +1,248 @@
+//! The gateway: Faultline's public HTTP/JSON API (actix-web).
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/call` | a balanced call: `{"op":"echo","message":"hi"}`, `{"op":"cpu","iterations":N}`, `{"op":"sleep","millis":N}`, optional `key`, `timeout_ms` |
+//! | `GET /v1/cluster` | every load-balancer replica's view: strategy, workers, weights, counts |
+//! | `PUT /v1/strategy` | `{"strategy":"weighted"}`: switch strategy at run time |
+//! | `PUT /v1/workers/{id}/weight` | `{"weight":3}`: override a worker's weight; `DELETE` clears it |
+//! | `GET`/`PUT /v1/workers/{id}/faults` | read or inject faults: `{"latency_ms":200,"error_rate":0.1}` |
+//! | `GET /live`, `/ready`, `/metrics` | liveness, readiness, Prometheus metrics |
+//!
+//! Every input is validated here and refused with a 4xx JSON error naming
+//! the field ([`api::error`]); nothing invalid travels further. The gateway
+//! holds no cluster state of its own: balancing settings live in the
+//! JetStream settings bucket, views come from the load-balancers, so any
+//! number of gateway replicas can run side by side.
+#![forbid(unsafe_code)]
+
+pub mod api;
+mod metrics;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Service as _;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use anyhow::Context as _;
+use async_nats::jetstream::kv;
+use faultline_bus::heartbeat::{self, LoadReport};
+use faultline_protocol::cluster::Role;
+use faultline_protocol::subjects;
+use tokio::sync::OnceCell;
+
+use crate::api::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Gateway settings; every flag is also an environment variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Faultline gateway: the public HTTP API."
+)]
+pub struct Settings {
+    /// This replica's id.
+    #[arg(long, env = "GATEWAY_ID", default_value_t = format!("gateway-{}", std::process::id()),
+          value_parser = subjects::parse_member_id)]
+    pub id: String,
+    /// Address to serve HTTP on.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+    /// HTTP worker threads (0: one per core).
+    #[arg(long, env = "HTTP_WORKERS", default_value_t = 0)]
+    pub http_workers: usize,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 256 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
+    pub max_body_bytes: u64,
+    /// How many load-balancer replicas an idempotent call may try.
+    #[arg(long, env = "GATEWAY_LB_ATTEMPTS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=5))]
+    pub lb_attempts: u32,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 250,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub heartbeat_interval_ms: u64,
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: faultline_bus::NatsArgs,
+    /// Logging.
+    #[command(flatten)]
+    pub log: faultline_telemetry::LogArgs,
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    nats: async_nats::Client,
+    settings: OnceCell<kv::Store>,
+    max_body_bytes: usize,
+    lb_attempts: u32,
+    metrics: Metrics,
+}
+
+impl AppState {
+    /// The settings bucket, opened on first use (and retried on the next
+    /// request if JetStream was not reachable).
+    pub async fn settings_store(&self) -> Result<&kv::Store, ApiError> {
+        self.settings
+            .get_or_try_init(|| faultline_bus::settings_store::open(&self.nats))
+            .await
+            .map_err(|e| ApiError::SettingsUnavailable(e.to_string()))
+    }
+}
+
+/// The gateway's heartbeat reports no load of its own yet.
+#[derive(Debug)]
+struct NoLoad;
+
+impl LoadReport for NoLoad {
+    fn in_flight(&self) -> u32 {
+        0
+    }
+    fn served(&self) -> u64 {
+        0
+    }
+}
+
+/// Serves the API until `shutdown` resolves, then lets requests in flight
+/// finish (up to 10 s).
+pub async fn run(
+    client: async_nats::Client,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("faultline_gateway");
+    let state = web::Data::new(AppState {
+        nats: client.clone(),
+        settings: OnceCell::new(),
+        max_body_bytes: usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX),
+        lb_attempts: settings.lb_attempts,
+        metrics: Metrics::register(&mut registry),
+    });
+    let ready_client = client.clone();
+    let admin = faultline_telemetry::admin::Admin {
+        registry: Arc::new(registry),
+        ready: Arc::new(move || faultline_bus::connection_ready(&ready_client)),
+    };
+
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap_fn(|request, service| {
+                let started = Instant::now();
+                let method = metric_method(request.method());
+                let fut = service.call(request);
+                async move {
+                    let response = fut.await?;
+                    let route = response
+                        .request()
+                        .match_pattern()
+                        .unwrap_or_else(|| "unmatched".to_owned());
+                    if let Some(state) = response.request().app_data::<web::Data<AppState>>() {
+                        state.metrics.request(
+                            &route,
+                            method,
+                            response.status().as_u16(),
+                            started.elapsed().as_secs_f64(),
+                        );
+                    }
+                    Ok(response)
+                }
+            })
+            .configure(faultline_telemetry::admin::routes(admin.clone()))
+            .service(
+                web::resource("/v1/call")
+                    .route(web::post().to(api::call::call))
+                    .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "POST"))),
+            )
+            .service(
+                web::resource("/v1/cluster")
+                    .route(web::get().to(api::cluster::view))
+                    .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET"))),
+            )
+            .service(
+                web::resource("/v1/strategy")
+                    .route(web::put().to(api::cluster::set_strategy))
+                    .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "PUT"))),
+            )
+            .service(
+                web::resource("/v1/workers/{id}/weight")
+                    .route(web::put().to(api::cluster::set_weight))
+                    .route(web::delete().to(api::cluster::clear_weight))
+                    .default_service(web::to(|r: HttpRequest| {
+                        method_not_allowed(r, "PUT, DELETE")
+                    })),
+            )
+            .service(
+                web::resource("/v1/workers/{id}/faults")
+                    .route(web::get().to(api::cluster::faults))
+                    .route(web::put().to(api::cluster::faults))
+                    .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET, PUT"))),
+            )
+            .default_service(web::to(not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(10)
+    .backlog(2048);
+    if settings.http_workers > 0 {
+        server = server.workers(settings.http_workers);
+    }
+    let server = server
+        .bind(&settings.http_addr)
+        .with_context(|| format!("binding HTTP to {}", settings.http_addr))?
+        .run();
+    let handle = server.handle();
+    let serving = tokio::spawn(server);
+
+    let heartbeat = heartbeat::spawn(
+        client.clone(),
+        Role::Gateway,
+        settings.id.clone(),
+        1,
+        Duration::from_millis(settings.heartbeat_interval_ms),
+        Arc::new(NoLoad),
+    );
+    tracing::info!(id = %settings.id, addr = %settings.http_addr, "Gateway serving HTTP.");
+
+    shutdown.await;
+    heartbeat.abort();
+    handle.stop(true).await;
+    serving.await.context("the HTTP server task failed")??;
+    Ok(())
+}
+
+/// The method as a metric label: one of the standard methods, or "other",
+/// so that clients inventing methods cannot create unbounded series.
+fn metric_method(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::RouteNotFound {
+        method: request.method().to_string(),
+        path: request.path().to_owned(),
+    })
+}
+
+async fn method_not_allowed(
+    request: HttpRequest,
+    allowed: &'static str,
+) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed {
+        method: request.method().to_string(),
+        allowed,
+    })
+}

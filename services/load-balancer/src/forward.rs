@@ -1,0 +1,197 @@
+//! One call through the balancer: pick, forward, and retry elsewhere when
+//! that is safe.
+//!
+//! Each attempt gets a share of the time left: `remaining / attempts_left`
+//! (never below `min_attempt_timeout`), so a hung worker costs one share,
+//! not the whole deadline, and the next worker still has time. A caller
+//! whose operation takes longer than a share sets `attempt_timeout_ms`,
+//! which then bounds each attempt instead (Envoy's `per_try_timeout`). A worker
+//! that is gone answers at once through NATS's no-responders status, which
+//! costs nothing and is always safe to retry: the call was never delivered.
+//! A timeout is retried only for idempotent calls, because the worker may
+//! have done the work. A retry never goes to a worker already tried.
+
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, HeaderMap, Message, Request, RequestErrorKind};
+use bytes::Bytes;
+use faultline_balancing::MemberId;
+use faultline_protocol::headers as h;
+use faultline_protocol::trace::TraceParent;
+use faultline_protocol::{ErrorBody, Outcome, subjects};
+
+use crate::dispatcher::Dispatcher;
+use crate::metrics::Metrics;
+
+/// Retry and timeout policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Most attempts per call, the first included.
+    pub max_attempts: u32,
+    /// Shortest time an attempt is given.
+    pub min_attempt_timeout: Duration,
+    /// Deadline for calls that carry none.
+    pub default_timeout: Duration,
+}
+
+/// How a call ended, for the reply.
+struct Final {
+    outcome: Outcome,
+    worker: Option<MemberId>,
+    body: Bytes,
+}
+
+/// Serves one call message and replies to its sender.
+pub async fn serve(
+    client: &Client,
+    dispatcher: &Dispatcher,
+    metrics: &Metrics,
+    policy: Policy,
+    message: Message,
+) {
+    let Some(reply_to) = message.reply.clone() else {
+        return;
+    };
+    let (result, attempts) = forward(client, dispatcher, metrics, policy, &message).await;
+    metrics.call(result.outcome);
+    let mut headers = HeaderMap::new();
+    headers.insert(h::OUTCOME, result.outcome.as_str());
+    headers.insert(h::ATTEMPTS, attempts.to_string());
+    if let Some(worker) = &result.worker {
+        headers.insert(h::WORKER, &**worker);
+    }
+    if let Err(error) = client
+        .publish_with_headers(reply_to, headers, result.body)
+        .await
+    {
+        tracing::warn!(%error, "Cannot send a reply.");
+    }
+}
+
+async fn forward(
+    client: &Client,
+    dispatcher: &Dispatcher,
+    metrics: &Metrics,
+    policy: Policy,
+    message: &Message,
+) -> (Final, u32) {
+    let started = Instant::now();
+    let incoming = message.headers.as_ref();
+    let budget = faultline_bus::headers::timeout(incoming).unwrap_or(policy.default_timeout);
+    let attempt_timeout =
+        faultline_bus::headers::get(incoming, h::ATTEMPT_TIMEOUT_MS).and_then(h::parse_timeout);
+    let deadline = started + budget;
+    let idempotent =
+        faultline_bus::headers::get(incoming, h::IDEMPOTENT).is_some_and(h::parse_idempotent);
+    let key = faultline_bus::headers::get(incoming, h::ROUTING_KEY)
+        .map(|k| Bytes::copy_from_slice(k.as_bytes()));
+    let request_id = faultline_bus::headers::get(incoming, h::REQUEST_ID);
+    let trace = faultline_bus::headers::get(incoming, h::TRACEPARENT)
+        .and_then(|v| v.parse::<TraceParent>().ok());
+
+    let mut tried: Vec<MemberId> = Vec::new();
+    let mut last = Final {
+        outcome: Outcome::Retryable,
+        worker: None,
+        body: error_body(
+            "no_worker_available",
+            "no worker is available to serve the call",
+        ),
+    };
+    for attempt in 1..=policy.max_attempts {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let attempts_left = policy.max_attempts - attempt + 1;
+        let Some(slice) = h::attempt_budget(
+            remaining,
+            attempts_left,
+            attempt_timeout,
+            policy.min_attempt_timeout,
+        ) else {
+            last = Final {
+                outcome: Outcome::TimedOut,
+                worker: last.worker,
+                body: error_body(
+                    "deadline_exceeded",
+                    "the call's deadline passed before a worker answered",
+                ),
+            };
+            return (last, attempt - 1);
+        };
+        let Ok(Some(worker)) = dispatcher.pick(key.clone(), tried.clone()).await else {
+            // Nobody (left) to try. Report the last real failure if there was one.
+            return (last, attempt - 1);
+        };
+
+        let mut headers = HeaderMap::new();
+        headers.insert(h::TIMEOUT_MS, h::format_timeout(slice));
+        if let Some(id) = request_id {
+            headers.insert(h::REQUEST_ID, id);
+        }
+        if let Some(trace) = trace {
+            headers.insert(h::TRACEPARENT, trace.child(rand::random()).to_string());
+        }
+        let sent = Instant::now();
+        let response = client
+            .send_request(
+                subjects::worker_call(&worker),
+                Request::new()
+                    .headers(headers)
+                    .payload(message.payload.clone())
+                    .timeout(Some(slice)),
+            )
+            .await;
+        // Only answers teach the latency average: a failure's (often tiny)
+        // latency must not make a dead worker look fast to least-loaded.
+        let answered = response.is_ok();
+        dispatcher
+            .complete(worker.clone(), answered.then(|| sent.elapsed()))
+            .await;
+
+        let outcome = match &response {
+            Ok(reply) => faultline_bus::headers::outcome(reply.headers.as_ref()),
+            // Nobody subscribed: the call was never delivered.
+            Err(e) if e.kind() == RequestErrorKind::NoResponders => Outcome::Retryable,
+            // No answer in time, or the connection broke after sending:
+            // the worker may have done the work.
+            Err(_) => Outcome::TimedOut,
+        };
+        metrics.attempt(&worker, outcome);
+        last = match response {
+            Ok(reply) => Final {
+                outcome,
+                worker: Some(worker.clone()),
+                body: reply.payload,
+            },
+            Err(error) => {
+                tracing::debug!(worker = %worker, attempt, %error, "Attempt failed.");
+                let body = match error.kind() {
+                    RequestErrorKind::NoResponders => {
+                        error_body("worker_unreachable", "the chosen worker is not listening")
+                    }
+                    _ => error_body(
+                        "deadline_exceeded",
+                        &format!(
+                            "no worker answered within its attempt's {} ms; for longer \
+                             operations raise timeout_ms or set attempt_timeout_ms",
+                            slice.as_millis()
+                        ),
+                    ),
+                };
+                Final {
+                    outcome,
+                    worker: Some(worker.clone()),
+                    body,
+                }
+            }
+        };
+        if !outcome.may_retry(idempotent) {
+            return (last, attempt);
+        }
+        tried.push(worker);
+    }
+    (last, policy.max_attempts)
+}
+
+fn error_body(code: &str, message: &str) -> Bytes {
+    ErrorBody::new(code, message).to_json().into()
+}

@@ -1,0 +1,74 @@
+//! The load-balancer's Prometheus metrics.
+
+use faultline_protocol::Outcome;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    worker: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    outcome: &'static str,
+}
+
+/// The load-balancer's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    attempts: Family<AttemptLabels, Counter>,
+    calls: Family<CallLabels, Counter>,
+    members: Gauge,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Metrics {
+            attempts: Family::default(),
+            calls: Family::default(),
+            members: Gauge::default(),
+        };
+        registry.register(
+            "attempts",
+            "Attempts sent to workers, by worker and outcome",
+            metrics.attempts.clone(),
+        );
+        registry.register(
+            "calls",
+            "Calls answered, by final outcome",
+            metrics.calls.clone(),
+        );
+        registry.register("members", "Workers in rotation", metrics.members.clone());
+        metrics
+    }
+
+    /// Counts one attempt.
+    pub fn attempt(&self, worker: &str, outcome: Outcome) {
+        self.attempts
+            .get_or_create(&AttemptLabels {
+                worker: worker.to_owned(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts one call.
+    pub fn call(&self, outcome: Outcome) {
+        self.calls
+            .get_or_create(&CallLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// Sets the number of workers in rotation.
+    pub fn set_members(&self, n: usize) {
+        self.members.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}

@@ -1,0 +1,268 @@
+//! The worker: does the balanced work and reports that it is alive.
+//!
+//! It serves calls on its own subject (`faultline.worker.<id>.call`), where
+//! a load-balancer addresses it after choosing it, and also in the shared
+//! queue group `faultline.workers.call`, which load tests use as the
+//! "let NATS pick at random" baseline. Each call runs in its own task,
+//! bounded by `--max-in-flight`; past the bound the worker stops reading
+//! from NATS and the backlog waits in the client's buffer, which is the
+//! back-pressure the balancer sees as latency.
+//!
+//! Faults can be injected at run time on `faultline.worker.<id>.faults`
+//! (added latency, a share of retryable errors) so demos and tests can make
+//! a healthy worker slow or flaky without restarting it; see [`faults`].
+//!
+//! Failure it handles: a caller that gave up. Work is bounded by the
+//! deadline the call carries, and no reply is sent after it.
+#![forbid(unsafe_code)]
+
+pub mod faults;
+mod metrics;
+pub mod operations;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::Client;
+use bytes::Bytes;
+use faultline_bus::heartbeat;
+use faultline_bus::in_flight::{self, InFlight};
+use faultline_protocol::call::OperationKind;
+use faultline_protocol::cluster::{FaultSpec, Role};
+use faultline_protocol::{CallRequest, ErrorBody, Outcome, subjects};
+use futures::StreamExt as _;
+
+use crate::faults::Faults;
+use crate::metrics::Metrics;
+
+/// Worker settings; every flag is also an environment variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "worker",
+    version,
+    about = "Faultline worker: serves balanced calls."
+)]
+pub struct Settings {
+    /// This worker's id: letters, digits, `-` and `_`.
+    #[arg(long, env = "WORKER_ID", value_parser = subjects::parse_member_id)]
+    pub id: String,
+    /// Relative capacity for weighted balancing, 1 to 1000.
+    #[arg(long, env = "WORKER_WEIGHT", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub weight: u32,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 250,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub heartbeat_interval_ms: u64,
+    /// Most calls served at once.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_in_flight: u32,
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: faultline_bus::NatsArgs,
+    /// Admin endpoints and logging.
+    #[command(flatten)]
+    pub service: faultline_telemetry::ServiceArgs,
+}
+
+/// Everything a call task needs.
+#[derive(Debug)]
+struct Worker {
+    id: String,
+    client: Client,
+    faults: Faults,
+    metrics: Metrics,
+}
+
+/// Runs the worker until `shutdown` resolves, then stops taking calls and
+/// waits (up to 10 s) for the ones in flight.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("faultline_worker");
+    let calls_in_flight = InFlight::new(settings.max_in_flight);
+    let worker = Arc::new(Worker {
+        id: settings.id.clone(),
+        client: client.clone(),
+        faults: Faults::default(),
+        metrics: Metrics::register(&mut registry),
+    });
+
+    let own = client
+        .subscribe(subjects::worker_call(&settings.id))
+        .await
+        .context("subscribing to this worker's call subject")?;
+    let baseline = client
+        .queue_subscribe(
+            subjects::WORKERS_BASELINE_CALL,
+            subjects::WORKERS_BASELINE_QUEUE_GROUP.to_owned(),
+        )
+        .await
+        .context("subscribing to the baseline queue group")?;
+    let mut fault_requests = client
+        .subscribe(subjects::worker_faults(&settings.id))
+        .await
+        .context("subscribing to fault injection")?;
+
+    let ready_client = client.clone();
+    let admin = faultline_telemetry::admin::Admin {
+        registry: Arc::new(registry),
+        ready: Arc::new(move || faultline_bus::connection_ready(&ready_client)),
+    };
+    let admin_handle = faultline_telemetry::admin::start(&settings.service.admin_addr, admin)?;
+
+    let heartbeats = heartbeat::spawn(
+        client.clone(),
+        Role::Worker,
+        settings.id.clone(),
+        settings.weight,
+        Duration::from_millis(settings.heartbeat_interval_ms),
+        calls_in_flight.clone(),
+    );
+    tracing::info!(id = %settings.id, weight = settings.weight, "Worker serving calls.");
+
+    // Fault injection has its own task: a worker saturated with calls must
+    // still accept "stop being slow".
+    let faults_task = tokio::spawn({
+        let worker = worker.clone();
+        async move {
+            while let Some(request) = fault_requests.next().await {
+                worker.answer_faults(request).await;
+            }
+        }
+    });
+    let serving = worker.clone();
+    in_flight::serve(
+        vec![own, baseline],
+        calls_in_flight,
+        shutdown,
+        move |message| {
+            let worker = serving.clone();
+            async move { worker.serve(message).await }
+        },
+    )
+    .await;
+
+    heartbeats.abort();
+    faults_task.abort();
+    faultline_bus::flush_before_exit(&client, Duration::from_secs(2)).await;
+    admin_handle.stop(true).await;
+    Ok(())
+}
+
+impl Worker {
+    /// Serves one call and replies, unless the caller's deadline passed.
+    async fn serve(&self, message: async_nats::Message) {
+        let Some(reply) = message.reply.clone() else {
+            return; // Nobody to answer: a call is always a request.
+        };
+        let deadline = faultline_bus::headers::timeout(message.headers.as_ref())
+            .map(|budget| tokio::time::Instant::now() + budget);
+        let work = self.execute(&message.payload, deadline);
+        let answer = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok().flatten(),
+            None => work.await,
+        };
+        let Some((outcome, body, op)) = answer else {
+            self.metrics.call(None, Outcome::TimedOut);
+            return; // The caller has given up; a reply would be dropped.
+        };
+        self.metrics.call(op, outcome);
+        let headers = faultline_bus::headers::reply(outcome, &self.id);
+        if let Err(error) = self.client.publish_with_headers(reply, headers, body).await {
+            tracing::warn!(%error, "Cannot send a reply.");
+        }
+    }
+
+    /// Runs the call in `payload`, with injected faults, and returns its
+    /// outcome, the reply body and the operation's name; `None` if the
+    /// deadline passed first.
+    async fn execute(
+        &self,
+        payload: &[u8],
+        deadline: Option<tokio::time::Instant>,
+    ) -> Option<(Outcome, Bytes, Option<OperationKind>)> {
+        let call = match CallRequest::parse(payload) {
+            Ok(call) => call,
+            Err(error) => {
+                let body = error.to_body("invalid_call").to_json();
+                return Some((Outcome::Failed, body.into(), None));
+            }
+        };
+        let kind = Some(call.operation.kind());
+        let injected = self.faults.get();
+        if injected.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(injected.latency_ms)).await;
+        }
+        if self.faults.should_fail(injected) {
+            let body = ErrorBody::new(
+                "injected_fault",
+                "fault injection: this call failed on purpose",
+            )
+            .to_json();
+            return Some((Outcome::Retryable, body.into(), kind));
+        }
+        // Both ways this can fail (the CPU thread died, the result would not
+        // encode) are our fault, not the caller's: one "internal" answer.
+        let internal = |error: &dyn std::fmt::Display| {
+            let body = ErrorBody::new("internal", error.to_string()).to_json();
+            Some((Outcome::Failed, body.into(), kind))
+        };
+        let result = match operations::execute(call.operation, deadline.map(|d| d.into_std())).await
+        {
+            Ok(Some(result)) => result,
+            Ok(None) => return None,
+            Err(error) => return internal(&error),
+        };
+        match serde_json::to_vec(&result) {
+            Ok(body) => Some((Outcome::Ok, body.into(), kind)),
+            Err(error) => internal(&error),
+        }
+    }
+
+    /// Applies (or, with an empty body, reads) the fault settings.
+    async fn answer_faults(&self, request: async_nats::Message) {
+        let Some(reply) = request.reply else { return };
+        let (outcome, body) = if request.payload.is_empty() {
+            (Outcome::Ok, self.faults.get())
+        } else {
+            match FaultSpec::parse(&request.payload) {
+                Ok(spec) => {
+                    tracing::warn!(
+                        latency_ms = spec.latency_ms,
+                        error_rate = spec.error_rate,
+                        "Fault injection changed."
+                    );
+                    self.faults.set(spec);
+                    (Outcome::Ok, spec)
+                }
+                Err(error) => {
+                    let body = error.to_body("invalid_faults").to_json();
+                    let headers = faultline_bus::headers::reply(Outcome::Failed, &self.id);
+                    if let Err(error) = self
+                        .client
+                        .publish_with_headers(reply, headers, body.into())
+                        .await
+                    {
+                        tracing::warn!(%error, "Cannot answer a fault request.");
+                    }
+                    return;
+                }
+            }
+        };
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        let headers = faultline_bus::headers::reply(outcome, &self.id);
+        if let Err(error) = self
+            .client
+            .publish_with_headers(reply, headers, body.into())
+            .await
+        {
+            tracing::warn!(%error, "Cannot answer a fault request.");
+        }
+    }
+}

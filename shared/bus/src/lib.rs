@@ -1,0 +1,159 @@
+//! The NATS bus as every Faultline service uses it.
+//!
+//! - [`NatsArgs`] and [`connect`]: one connection per process, to a list of
+//!   servers, that survives the death of any of them. The client reconnects
+//!   forever with capped, jittered backoff (so a restarted NATS is not hit
+//!   by every client in the same millisecond), and subscriptions are
+//!   restored by the client on reconnect. While disconnected, requests fail
+//!   at their own timeout instead of hanging.
+//! - [`headers`]: reading and writing the protocol's headers on NATS
+//!   messages.
+//! - [`in_flight`]: the bound on messages handled at once, and their count.
+//! - [`heartbeat`]: the periodic "I am alive" every member publishes.
+//! - [`settings_store`]: the JetStream KV bucket holding balancer settings.
+#![forbid(unsafe_code)]
+
+pub mod headers;
+pub mod heartbeat;
+pub mod in_flight;
+pub mod settings_store;
+
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, Event, ServerAddr};
+use rand::Rng;
+
+/// Settings for the NATS connection, shared by every service. Each flag can
+/// also be given as the environment variable of the same name.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS servers to connect to, comma-separated; the client fails over
+    /// between them.
+    #[arg(
+        long = "nats-servers",
+        env = "NATS_SERVERS",
+        value_delimiter = ',',
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub servers: Vec<String>,
+}
+
+/// Why the bus could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// A server address did not parse.
+    #[error("invalid NATS server address {address:?}: {source}")]
+    InvalidAddress {
+        /// The address as given.
+        address: String,
+        /// What was wrong with it.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The client could not be created.
+    #[error("cannot connect to NATS: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+}
+
+/// The longest pause between two reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+
+/// Connects to NATS as `name` (shown by the server's monitoring).
+///
+/// Returns at once even when no server answers yet: the client keeps trying
+/// in the background, and readiness probes report the connection state.
+/// That way services can start in any order, NATS included.
+pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, BusError> {
+    let servers = args
+        .servers
+        .iter()
+        .map(|address| {
+            address
+                .parse::<ServerAddr>()
+                .map_err(|source| BusError::InvalidAddress {
+                    address: address.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let connection = name.to_owned();
+    let options = ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .ping_interval(Duration::from_secs(5))
+        // Requests always carry their own timeout, derived from the call's
+        // deadline; this is only the fallback for ones that forget.
+        .request_timeout(Some(Duration::from_secs(10)))
+        .reconnect_delay_callback(reconnect_delay)
+        .event_callback(move |event| {
+            let connection = connection.clone();
+            async move { log_event(&connection, &event) }
+        });
+    Ok(options.connect(servers).await?)
+}
+
+/// Exponential backoff from 50 ms, capped at [`MAX_RECONNECT_DELAY`], with
+/// full jitter (a uniform draw below the ceiling, as AWS recommends) so a
+/// fleet of clients spreads its reconnections out.
+pub fn reconnect_delay(attempt: usize) -> Duration {
+    let ceiling = backoff_ceiling(attempt);
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::rng().random_range(0..=millis))
+}
+
+/// The ceiling of [`reconnect_delay`] for `attempt` (0 for the first).
+pub fn backoff_ceiling(attempt: usize) -> Duration {
+    let doublings = u32::try_from(attempt.min(16)).unwrap_or(16);
+    Duration::from_millis(50)
+        .saturating_mul(1u32 << doublings)
+        .min(MAX_RECONNECT_DELAY)
+}
+
+/// Sends what the client still buffers (the last replies) before the
+/// process exits, waiting at most `limit`: with NATS down a plain flush
+/// would wait for a reconnection that may never come, and shutdown must
+/// not depend on the bus being up.
+pub async fn flush_before_exit(client: &async_nats::Client, limit: Duration) {
+    match tokio::time::timeout(limit, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "Could not flush the last replies."),
+        Err(_) => tracing::warn!("NATS is unreachable; the last replies may be lost."),
+    }
+}
+
+/// Readiness as far as the bus goes: `Ok` while connected, otherwise the
+/// connection state, for `/ready` to report.
+pub fn connection_ready(client: &async_nats::Client) -> Result<(), String> {
+    match client.connection_state() {
+        async_nats::connection::State::Connected => Ok(()),
+        state => Err(format!("NATS connection is {state}")),
+    }
+}
+
+fn log_event(connection: &str, event: &Event) {
+    match event {
+        Event::Connected => tracing::info!(connection, "Connected to NATS."),
+        Event::Disconnected => {
+            tracing::warn!(connection, "Lost the NATS connection; reconnecting.")
+        }
+        other => tracing::warn!(connection, event = %other, "NATS connection event."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_then_caps() {
+        assert_eq!(backoff_ceiling(0), Duration::from_millis(50));
+        assert_eq!(backoff_ceiling(3), Duration::from_millis(400));
+        assert_eq!(backoff_ceiling(10), MAX_RECONNECT_DELAY);
+        assert_eq!(backoff_ceiling(usize::MAX), MAX_RECONNECT_DELAY);
+        for attempt in 0..20 {
+            assert!(reconnect_delay(attempt) <= backoff_ceiling(attempt));
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Faultline's wire protocol: everything two services must agree on to talk
+//! over NATS, and nothing else.
+//!
+//! - [`subjects`] names every NATS subject, queue group and KV key, so a
+//!   grep for one subject finds every publisher and subscriber.
+//! - [`headers`] names the message headers (request id, deadline, trace
+//!   context, routing key, outcome) and parses them.
+//! - [`call`] is the balanced call: what a client asks a worker to do, with
+//!   validation that names the offending field.
+//! - [`outcome`] is the typed result of one attempt (ok, definite failure,
+//!   retryable, timed out), so no service guesses from error text whether a
+//!   retry is safe.
+//! - [`cluster`] holds the heartbeat, fault-injection and cluster-view
+//!   messages.
+//! - [`error`] is the JSON error body shared by HTTP and NATS replies.
+//!
+//! The crate does no I/O: services own their connections and use these types
+//! at the edges. Payloads are JSON; the hot path avoids re-encoding them by
+//! carrying routing facts in headers, so the load-balancer forwards the body
+//! bytes untouched.
+#![forbid(unsafe_code)]
+
+pub mod call;
+pub mod cluster;
+pub mod error;
+pub mod headers;
+pub mod outcome;
+pub mod subjects;
+pub mod trace;
+
+pub use call::{CallRequest, Operation};
+pub use error::{ErrorBody, InputError};
+pub use outcome::Outcome;

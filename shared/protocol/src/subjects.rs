@@ -1,0 +1,94 @@
+//! Every NATS subject, queue group and key-value name Faultline uses.
+//!
+//! Subjects are hierarchical (`faultline.<service>.<instance>.<verb>`) so
+//! that the NATS permissions in `infra/nats` can grant each service exactly
+//! what it publishes and subscribes to.
+
+/// Balanced calls from gateways to the load-balancer replicas.
+pub const LB_CALL: &str = "faultline.lb.call";
+/// Cluster-view queries from gateways. Every load-balancer replica answers
+/// (no queue group): the gateway gathers the replies, scatter-gather style.
+pub const LB_VIEW: &str = "faultline.lb.view";
+/// The queue group all load-balancer replicas join: NATS hands each message
+/// to one live member, so a dead replica simply stops receiving work.
+pub const LB_QUEUE_GROUP: &str = "faultline-load-balancers";
+
+/// Baseline only: every worker also joins one queue group on this subject,
+/// so load tests can compare NATS's own random spreading with the balancer.
+pub const WORKERS_BASELINE_CALL: &str = "faultline.workers.call";
+/// Queue group for [`WORKERS_BASELINE_CALL`].
+pub const WORKERS_BASELINE_QUEUE_GROUP: &str = "faultline-workers";
+
+/// Heartbeats of every worker: `faultline.heartbeat.worker.<id>`.
+pub const WORKER_HEARTBEATS: &str = "faultline.heartbeat.worker.*";
+
+/// The subject on which one worker serves calls. The balancer addresses the
+/// worker it chose here, never through a queue group.
+pub fn worker_call(worker_id: &str) -> String {
+    format!("faultline.worker.{worker_id}.call")
+}
+
+/// The subject on which one worker accepts fault-injection settings.
+pub fn worker_faults(worker_id: &str) -> String {
+    format!("faultline.worker.{worker_id}.faults")
+}
+
+/// The subject a member of `role` publishes its heartbeats on.
+pub fn heartbeat(role: &str, id: &str) -> String {
+    format!("faultline.heartbeat.{role}.{id}")
+}
+
+/// The JetStream key-value bucket that holds the balancing settings
+/// (strategy and weight overrides). Every load-balancer replica watches it,
+/// so a change made through any gateway reaches all of them, and a replica
+/// started later reads the current settings.
+pub const BALANCER_SETTINGS_BUCKET: &str = "faultline_balancer";
+/// Key of the strategy in [`BALANCER_SETTINGS_BUCKET`].
+pub const STRATEGY_KEY: &str = "strategy";
+/// Prefix of weight overrides in [`BALANCER_SETTINGS_BUCKET`].
+pub const WEIGHT_KEY_PREFIX: &str = "weight.";
+
+/// Key of one worker's weight override.
+pub fn weight_key(worker_id: &str) -> String {
+    format!("{WEIGHT_KEY_PREFIX}{worker_id}")
+}
+
+/// Whether `id` is usable as a worker (or any member) id: it becomes a
+/// subject token and a KV key, so only `[A-Za-z0-9_-]`, 1 to 64 characters.
+pub fn is_valid_member_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// [`is_valid_member_id`] as a parser, for command-line flags.
+pub fn parse_member_id(id: &str) -> Result<String, String> {
+    if is_valid_member_id(id) {
+        Ok(id.to_owned())
+    } else {
+        Err("must be 1 to 64 letters, digits, '-' or '_'".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_ids_are_safe_subject_tokens() {
+        assert!(is_valid_member_id("worker-1"));
+        assert!(is_valid_member_id("w_2"));
+        for bad in ["", "a.b", "a b", "*", ">", "ü", &"x".repeat(65)] {
+            assert!(!is_valid_member_id(bad), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn per_worker_subjects_embed_the_id() {
+        assert_eq!(worker_call("w1"), "faultline.worker.w1.call");
+        assert_eq!(weight_key("w1"), "weight.w1");
+        assert_eq!(heartbeat("worker", "w1"), "faultline.heartbeat.worker.w1");
+    }
+}

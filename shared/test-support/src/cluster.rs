@@ -1,0 +1,230 @@
+//! A whole Faultline cluster of real processes on a private NATS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+use crate::process::{NatsServer, Service, free_port};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// One worker per weight, named `worker-1`, `worker-2`, ...
+    pub worker_weights: Vec<u32>,
+    /// How many load-balancer replicas, named `lb-1`, `lb-2`, ...
+    pub load_balancers: usize,
+    /// The load-balancers' starting strategy.
+    pub strategy: String,
+    /// Heartbeat interval of every service, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            worker_weights: vec![1, 2, 3],
+            load_balancers: 2,
+            strategy: "round-robin".to_owned(),
+            heartbeat_interval_ms: 100,
+        }
+    }
+}
+
+/// A running cluster. Dropping it kills every process.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The gateway; declared first so it is dropped (killed) first.
+    pub gateway: Gateway,
+    /// Load-balancer replicas, `lb-1` first.
+    pub load_balancers: Vec<Service>,
+    /// Workers, `worker-1` first.
+    pub workers: Vec<Service>,
+    /// The private NATS server.
+    pub nats: NatsServer,
+    /// Admin URLs of the load-balancers, in order.
+    pub load_balancer_admin: Vec<String>,
+}
+
+/// The gateway process and an HTTP client for it.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The process.
+    pub service: Service,
+    /// Base URL, such as `http://127.0.0.1:41234`.
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Starts NATS, the workers, the load-balancers and a gateway, and
+    /// waits until every load-balancer is ready and routes to every worker.
+    pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
+        let logs = Arc::new(tempfile::tempdir().context("creating the log directory")?);
+        let nats = NatsServer::start()?;
+        let common = |admin_port: u16| {
+            vec![
+                "--nats-servers".to_owned(),
+                nats.url(),
+                "--admin-addr".to_owned(),
+                format!("127.0.0.1:{admin_port}"),
+                "--heartbeat-interval-ms".to_owned(),
+                spec.heartbeat_interval_ms.to_string(),
+            ]
+        };
+        let mut workers = Vec::new();
+        for (i, weight) in spec.worker_weights.iter().enumerate() {
+            let id = format!("worker-{}", i + 1);
+            let mut args = common(free_port());
+            args.extend([
+                "--id".into(),
+                id.clone(),
+                "--weight".into(),
+                weight.to_string(),
+            ]);
+            workers.push(Service::start(&id, "worker", &args, &[], logs.clone())?);
+        }
+        let mut load_balancers = Vec::new();
+        let mut load_balancer_admin = Vec::new();
+        for i in 1..=spec.load_balancers {
+            let id = format!("lb-{i}");
+            let port = free_port();
+            let mut args = common(port);
+            args.extend([
+                "--id".into(),
+                id.clone(),
+                "--strategy".into(),
+                spec.strategy.clone(),
+            ]);
+            load_balancers.push(Service::start(
+                &id,
+                "load-balancer",
+                &args,
+                &[],
+                logs.clone(),
+            )?);
+            load_balancer_admin.push(format!("http://127.0.0.1:{port}"));
+        }
+        let http_port = free_port();
+        let args = vec![
+            "--nats-servers".to_owned(),
+            nats.url(),
+            "--http-addr".to_owned(),
+            format!("127.0.0.1:{http_port}"),
+            "--http-workers".to_owned(),
+            "2".to_owned(),
+            "--heartbeat-interval-ms".to_owned(),
+            spec.heartbeat_interval_ms.to_string(),
+        ];
+        let gateway = Gateway {
+            service: Service::start("gateway", "gateway", &args, &[], logs.clone())?,
+            url: format!("http://127.0.0.1:{http_port}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .context("building the HTTP client")?,
+        };
+        let cluster = Cluster {
+            gateway,
+            load_balancers,
+            workers,
+            nats,
+            load_balancer_admin,
+        };
+        if let Err(error) = cluster.wait_until_ready(spec.worker_weights.len()).await {
+            anyhow::bail!("{error:#}\n{}", cluster.logs());
+        }
+        Ok(cluster)
+    }
+
+    async fn wait_until_ready(&self, workers: usize) -> anyhow::Result<()> {
+        let timeout = Duration::from_secs(20);
+        for admin in &self.load_balancer_admin {
+            let url = format!("{admin}/ready");
+            crate::eventually(&format!("{url} to answer 200"), timeout, || async {
+                let response = self.gateway.http.get(&url).send().await.ok()?;
+                response.status().is_success().then_some(())
+            })
+            .await?;
+        }
+        let replicas = self.load_balancers.len();
+        self.wait_for_view(
+            &format!("{replicas} load-balancers each routing to {workers} workers"),
+            |view| {
+                let lbs = view["load_balancers"]
+                    .as_array()
+                    .map_or(&[][..], Vec::as_slice);
+                lbs.len() == replicas
+                    && lbs
+                        .iter()
+                        .all(|lb| lb["workers"].as_array().map_or(0, Vec::len) == workers)
+            },
+        )
+        .await
+    }
+
+    /// Polls `GET /v1/cluster` until `check` holds for the merged view.
+    pub async fn wait_for_view(
+        &self,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<()> {
+        crate::eventually(what, Duration::from_secs(20), || async {
+            let (status, view) = self.gateway.get("/v1/cluster").await.ok()?;
+            (status == 200 && check(&view)).then_some(())
+        })
+        .await
+    }
+
+    /// Every service's log, for a failing test's message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for s in self
+            .workers
+            .iter()
+            .chain(&self.load_balancers)
+            .chain([&self.gateway.service])
+        {
+            out.push_str(&format!("----- {} -----\n{}\n", s.name(), s.log()));
+        }
+        out
+    }
+}
+
+impl Gateway {
+    /// `POST /v1/call` with `body`; returns the status and the JSON answer.
+    pub async fn call(&self, body: &Value) -> anyhow::Result<(u16, Value)> {
+        self.send(reqwest::Method::POST, "/v1/call", Some(body.to_string()))
+            .await
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    /// Any request with a raw body; the answer must be JSON.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("sending to {path}"))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.context("reading the answer")?;
+        let json = serde_json::from_str(&text)
+            .with_context(|| format!("{path} answered {status} with non-JSON: {text:?}"))?;
+        Ok((status, json))
+    }
+}

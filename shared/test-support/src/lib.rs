@@ -1,0 +1,45 @@
+//! Test support: start the real thing, as processes, and wait for it.
+//!
+//! - [`NatsServer`]: a private `nats-server` with JetStream on a free
+//!   loopback port, killed when dropped (as nats.rs's own test helper does),
+//!   so tests never share state or touch the machine's NATS.
+//! - [`Service`]: one of our binaries as a child process, its output kept in
+//!   a log file that is printed if the test fails, killed (SIGKILL) when
+//!   dropped.
+//! - [`Cluster`]: NATS, workers, load-balancers and a gateway, started and
+//!   waited for until every load-balancer routes to every worker.
+//! - [`eventually`]: poll a condition with a deadline instead of sleeping
+//!   and hoping.
+//!
+//! Binaries are looked up next to the test executable (`target/<profile>/`),
+//! so build them first: `cargo build --workspace --bins` (the README's test
+//! command does).
+#![forbid(unsafe_code)]
+
+mod cluster;
+mod process;
+
+pub use cluster::{Cluster, ClusterSpec, Gateway};
+pub use process::{NatsServer, Service, binary, free_port};
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 25 ms until it returns `Some`, or fails after
+/// `timeout` with `what` in the message.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -1,0 +1,83 @@
+//! System tests: a private nats-server, three workers, two load-balancer
+//! replicas and a gateway, all real processes, driven over HTTP.
+
+mod bad_input;
+mod balancing;
+mod deadlines;
+mod load_balancer_failover;
+mod runtime_changes;
+mod worker_failure;
+
+use std::collections::BTreeMap;
+
+use faultline_test_support::Gateway;
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+
+/// Sends `n` calls built by `body`, `concurrency` at a time, and returns
+/// every answer in completion order.
+pub async fn drive(
+    gateway: &Gateway,
+    n: usize,
+    concurrency: usize,
+    body: impl Fn(usize) -> Value,
+) -> Vec<(u16, Value)> {
+    futures::stream::iter((0..n).map(|i| {
+        let body = body(i);
+        async move { gateway.call(&body).await.expect("the gateway answers") }
+    }))
+    .buffer_unordered(concurrency)
+    .collect()
+    .await
+}
+
+/// An echo call.
+pub fn echo(i: usize) -> Value {
+    json!({ "op": "echo", "message": format!("call {i}") })
+}
+
+/// How many successful answers each worker served. Panics, showing the
+/// answer, if any call failed.
+pub fn served_by(answers: &[(u16, Value)]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (status, body) in answers {
+        assert_eq!(*status, 200, "a call failed: {body}");
+        let worker = body["worker"]
+            .as_str()
+            .expect("every answer names its worker");
+        *counts.entry(worker.to_owned()).or_default() += 1;
+    }
+    counts
+}
+
+/// How many calls needed more than one attempt (a retry by a load-balancer
+/// or by the gateway).
+pub fn retried(answers: &[(u16, Value)]) -> usize {
+    answers
+        .iter()
+        .filter(|(_, body)| body["attempts"].as_u64() >= Some(2))
+        .count()
+}
+
+/// Sets the strategy through the gateway and waits until every
+/// load-balancer replica reports it.
+pub async fn switch_strategy(cluster: &faultline_test_support::Cluster, strategy: &str) {
+    let (status, body) = cluster
+        .gateway
+        .send(
+            reqwest::Method::PUT,
+            "/v1/strategy",
+            Some(json!({ "strategy": strategy }).to_string()),
+        )
+        .await
+        .expect("the gateway answers");
+    assert_eq!(status, 200, "{body}");
+    cluster
+        .wait_for_view(&format!("every replica on {strategy}"), |view| {
+            view["load_balancers"]
+                .as_array()
+                .is_some_and(|lbs| lbs.iter().all(|lb| lb["strategy"] == strategy))
+        })
+        .await
+        .expect("the strategy reaches every replica");
+}

@@ -1,0 +1,110 @@
+//! Strategy and weight changes at run time, without restarting anything.
+
+use faultline_test_support::{Cluster, ClusterSpec};
+use serde_json::json;
+
+use crate::{drive, echo, served_by, switch_strategy};
+
+#[tokio::test]
+async fn strategy_and_weights_change_without_a_restart() {
+    let cluster = Cluster::start(ClusterSpec {
+        worker_weights: vec![1, 1, 1],
+        ..ClusterSpec::default()
+    })
+    .await
+    .expect("cluster starts");
+    let replicas = cluster.load_balancers.len();
+
+    // Round-robin over equal workers: even.
+    let counts = served_by(&drive(&cluster.gateway, 150, 8, echo).await);
+    assert!(
+        counts.values().all(|&c| c.abs_diff(50) <= replicas),
+        "{counts:?}"
+    );
+
+    // Weighted with weights 1, 1, 4 set through the API.
+    let (status, body) = cluster
+        .gateway
+        .send(
+            reqwest::Method::PUT,
+            "/v1/workers/worker-3/weight",
+            Some(json!({ "weight": 4 }).to_string()),
+        )
+        .await
+        .expect("answer");
+    assert_eq!((status, body["weight"].as_u64()), (200, Some(4)), "{body}");
+    cluster
+        .wait_for_view("worker-3 weighs 4 at every replica", |view| {
+            view["load_balancers"].as_array().is_some_and(|lbs| {
+                lbs.iter().all(|lb| {
+                    lb["workers"].as_array().is_some_and(|ws| {
+                        ws.iter().any(|w| w["id"] == "worker-3" && w["weight"] == 4)
+                    })
+                })
+            })
+        })
+        .await
+        .expect("the weight reaches every replica");
+    switch_strategy(&cluster, "weighted").await;
+    let counts = served_by(&drive(&cluster.gateway, 300, 8, echo).await);
+    for (worker, expected) in [("worker-1", 50), ("worker-2", 50), ("worker-3", 200)] {
+        let got = counts.get(worker).copied().unwrap_or(0);
+        assert!(
+            got.abs_diff(expected) <= 2 * replicas,
+            "{worker}: {got} vs {expected}: {counts:?}"
+        );
+    }
+
+    // Clearing the override restores the advertised weight.
+    let (status, _) = cluster
+        .gateway
+        .send(reqwest::Method::DELETE, "/v1/workers/worker-3/weight", None)
+        .await
+        .expect("answer");
+    assert_eq!(status, 200);
+    cluster
+        .wait_for_view("worker-3 back to weight 1", |view| {
+            view["workers"]
+                .as_array()
+                .is_some_and(|ws| ws.iter().any(|w| w["id"] == "worker-3" && w["weight"] == 1))
+        })
+        .await
+        .expect("the override is cleared everywhere");
+
+    // None of this restarted a process.
+    let mut cluster = cluster;
+    for service in cluster
+        .load_balancers
+        .iter_mut()
+        .chain(cluster.workers.iter_mut())
+    {
+        assert!(!service.has_exited(), "{} exited", service.name());
+    }
+}
+
+#[tokio::test]
+async fn a_new_replica_starts_from_the_current_settings() {
+    let mut cluster = Cluster::start(ClusterSpec {
+        load_balancers: 1,
+        ..ClusterSpec::default()
+    })
+    .await
+    .expect("cluster starts");
+    switch_strategy(&cluster, "weighted").await;
+    // Kill the only replica and start it again: it must read "weighted"
+    // from the settings bucket, not fall back to its --strategy flag.
+    cluster.load_balancers[0].restart().expect("restarts");
+    cluster
+        .wait_for_view(
+            "the restarted replica on weighted with all workers",
+            |view| {
+                view["load_balancers"].as_array().is_some_and(|lbs| {
+                    lbs.len() == 1
+                        && lbs[0]["strategy"] == "weighted"
+                        && lbs[0]["workers"].as_array().map_or(0, Vec::len) == 3
+                })
+            },
+        )
+        .await
+        .expect("the settings survive a restart");
+}

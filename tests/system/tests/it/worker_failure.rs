@@ -1,0 +1,82 @@
+//! Workers that vanish or hang must not hang calls.
+//!
+//! A killed worker is found out at once: NATS answers "no responders" for
+//! its subject and the load-balancer retries elsewhere. A frozen worker
+//! (SIGSTOP: its socket is open, nothing answers) costs each call one
+//! attempt's slice of the deadline, then the call moves on; after a few
+//! missed heartbeats it leaves the rotation.
+
+use faultline_test_support::{Cluster, ClusterSpec};
+use serde_json::json;
+
+use crate::{drive, echo, retried, served_by};
+
+fn left_rotation(view: &serde_json::Value, worker: &str) -> bool {
+    view["load_balancers"].as_array().is_some_and(|lbs| {
+        lbs.iter().all(|lb| {
+            lb["workers"]
+                .as_array()
+                .is_some_and(|ws| ws.iter().all(|w| w["id"] != worker))
+        })
+    })
+}
+
+#[tokio::test]
+async fn a_killed_worker_fails_no_call() {
+    let mut cluster = Cluster::start(ClusterSpec::default())
+        .await
+        .expect("cluster starts");
+    cluster.workers[1].kill();
+    // Straight away, before any heartbeat is missed: every call that picks
+    // worker-2 gets "no responders" and is retried on another worker.
+    let answers = drive(&cluster.gateway, 90, 6, echo).await;
+    let counts = served_by(&answers);
+    assert!(!counts.contains_key("worker-2"), "{counts:?}");
+    assert!(
+        retried(&answers) > 0,
+        "no call picked the dead worker, so nothing was tested"
+    );
+    cluster
+        .wait_for_view("worker-2 out of rotation", |view| {
+            left_rotation(view, "worker-2")
+        })
+        .await
+        .expect("the dead worker leaves the rotation");
+}
+
+#[tokio::test]
+async fn a_frozen_worker_costs_one_attempt_slice_not_the_deadline() {
+    let cluster = Cluster::start(ClusterSpec::default())
+        .await
+        .expect("cluster starts");
+    cluster.workers[1].signal("STOP").expect("SIGSTOP");
+    // A 3 s deadline split over 3 attempts gives each a 1 s slice (less
+    // the gateway's margin): calls that picked the frozen worker succeed on
+    // another one well before the deadline.
+    let answers = drive(
+        &cluster.gateway,
+        60,
+        6,
+        |i| json!({ "op": "echo", "message": i.to_string(), "timeout_ms": 3000 }),
+    )
+    .await;
+    let counts = served_by(&answers);
+    assert!(!counts.contains_key("worker-2"), "{counts:?}");
+    assert!(
+        retried(&answers) > 0,
+        "no call picked the frozen worker, so nothing was tested"
+    );
+    cluster
+        .wait_for_view("the frozen worker-2 out of rotation", |view| {
+            left_rotation(view, "worker-2")
+        })
+        .await
+        .expect("a worker that stops heartbeating leaves the rotation");
+    cluster.workers[1].signal("CONT").expect("SIGCONT");
+    cluster
+        .wait_for_view("worker-2 back after SIGCONT", |view| {
+            !left_rotation(view, "worker-2")
+        })
+        .await
+        .expect("the worker rejoins when its heartbeats resume");
+}
