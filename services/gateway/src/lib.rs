@@ -27,7 +27,7 @@ use actix_web::dev::Service as _;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use async_nats::jetstream::kv;
-use faultline_bus::heartbeat::{self, LoadReport};
+use faultline_bus::heartbeat::{self, NoLoad};
 use faultline_protocol::cluster::Role;
 use faultline_protocol::subjects;
 use tokio::sync::OnceCell;
@@ -88,22 +88,9 @@ impl AppState {
     /// request if JetStream was not reachable).
     pub async fn settings_store(&self) -> Result<&kv::Store, ApiError> {
         self.settings
-            .get_or_try_init(|| faultline_bus::settings_store::open(&self.nats))
+            .get_or_try_init(|| faultline_bus::kv_buckets::open_settings(&self.nats))
             .await
             .map_err(|e| ApiError::SettingsUnavailable(e.to_string()))
-    }
-}
-
-/// The gateway's heartbeat reports no load of its own yet.
-#[derive(Debug)]
-struct NoLoad;
-
-impl LoadReport for NoLoad {
-    fn in_flight(&self) -> u32 {
-        0
-    }
-    fn served(&self) -> u64 {
-        0
     }
 }
 

@@ -1,32 +1,55 @@
-//! The dispatcher: one task that owns the [`Balancer`] and the
-//! [`Membership`], so that picking needs no lock.
+//! The dispatcher: one task that owns the [`Balancer`], the
+//! [`Membership`], the [`OutlierDetector`] and the [`RetryBudget`], so that
+//! picking needs no lock.
 //!
-//! Call tasks ask it for a worker ([`Dispatcher::pick`]) and tell it when
-//! an attempt ends ([`Dispatcher::complete`]); heartbeats and settings
-//! changes arrive as commands too. Everything that changes balancing state
-//! happens here, one command at a time, in arrival order.
+//! Call tasks ask it for a worker ([`Dispatcher::pick`]) and tell it how an
+//! attempt ended ([`Dispatcher::complete`]); heartbeats, the monitor's view
+//! and settings changes arrive as commands too. Everything that changes
+//! balancing state happens here, one command at a time, in arrival order.
+//! A pick skips ejected workers (unless the balancer panics, see
+//! [`crate::outlier`]), and a retry is only granted while the budget allows.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use faultline_balancing::{Balancer, MemberId, PickRequest, StrategyKind};
 use faultline_protocol::cluster::{ClusterView, Heartbeat, WorkerView};
+use faultline_protocol::membership::MembershipView;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::membership::{Change, Membership};
 use crate::metrics::Metrics;
+use crate::outlier::{OutlierDetector, Routing};
+use crate::retry_budget::RetryBudget;
+
+/// The answer to a pick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Picked {
+    /// Send the attempt to this worker.
+    Worker(MemberId),
+    /// No worker is left to try.
+    NoneLeft,
+    /// Too few workers are healthy and the panic mode is fail-closed.
+    PanicClosed,
+    /// The retry budget is spent: no retry now.
+    BudgetSpent,
+}
 
 enum Command {
     Pick {
         key: Option<Bytes>,
         excluded: Vec<MemberId>,
-        reply: oneshot::Sender<Option<MemberId>>,
+        retry: bool,
+        reply: oneshot::Sender<Picked>,
     },
     Complete {
         id: MemberId,
-        latency: Option<Duration>,
+        cost: Duration,
+        failed: bool,
     },
     Heartbeat(Heartbeat),
+    MembershipView(MembershipView),
+    MonitorSeen,
     SetStrategy(StrategyKind),
     SetWeight {
         id: String,
@@ -61,6 +84,8 @@ impl Dispatcher {
         replica_id: String,
         balancer: Balancer,
         membership: Membership,
+        outliers: OutlierDetector,
+        budget: RetryBudget,
         sweep_every: Duration,
         metrics: Metrics,
     ) -> Dispatcher {
@@ -70,6 +95,9 @@ impl Dispatcher {
             replica_id,
             balancer,
             membership,
+            outliers,
+            budget,
+            panicking: false,
             metrics,
             members: members_tx,
         };
@@ -82,27 +110,40 @@ impl Dispatcher {
         self.members.clone()
     }
 
-    /// Picks a worker for one attempt, avoiding `excluded`.
+    /// Picks a worker for one attempt, avoiding `excluded` (the workers
+    /// this call already tried). A `retry` is paid from the retry budget.
     pub async fn pick(
         &self,
         key: Option<Bytes>,
         excluded: Vec<MemberId>,
-    ) -> Result<Option<MemberId>, Stopped> {
+        retry: bool,
+    ) -> Result<Picked, Stopped> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Pick {
             key,
             excluded,
+            retry,
             reply,
         })
         .await?;
         answer.await.map_err(|_| Stopped)
     }
 
-    /// Reports the end of an attempt on `id`: its latency if it was
-    /// answered, `None` if not.
-    pub async fn complete(&self, id: MemberId, latency: Option<Duration>) {
+    /// Reports the end of an attempt on `id`: what it cost (its latency,
+    /// or a penalty for a failure) and whether it failed.
+    pub async fn complete(&self, id: MemberId, cost: Duration, failed: bool) {
         // Losing this at shutdown is harmless.
-        let _ = self.send(Command::Complete { id, latency }).await;
+        let _ = self.send(Command::Complete { id, cost, failed }).await;
+    }
+
+    /// Feeds the health-monitor's latest view.
+    pub async fn membership_view(&self, view: MembershipView) -> Result<(), Stopped> {
+        self.send(Command::MembershipView(view)).await
+    }
+
+    /// Reports a monitor lease renewal: a monitor leads.
+    pub async fn monitor_seen(&self) -> Result<(), Stopped> {
+        self.send(Command::MonitorSeen).await
     }
 
     /// Feeds a worker heartbeat.
@@ -136,6 +177,9 @@ struct State {
     replica_id: String,
     balancer: Balancer,
     membership: Membership,
+    outliers: OutlierDetector,
+    budget: RetryBudget,
+    panicking: bool,
     metrics: Metrics,
     members: watch::Sender<usize>,
 }
@@ -163,18 +207,39 @@ impl State {
             Command::Pick {
                 key,
                 excluded,
+                retry,
                 reply,
             } => {
-                let picked = self.balancer.pick(&PickRequest {
-                    key: key.as_deref(),
-                    excluded: &excluded,
-                });
-                let _ = reply.send(picked);
+                let _ = reply.send(self.pick(key.as_deref(), excluded, retry));
             }
-            Command::Complete { id, latency } => self.balancer.complete(&id, latency),
+            Command::Complete { id, cost, failed } => {
+                self.balancer.complete(&id, Some(cost));
+                if failed {
+                    let workers = self.balancer.members().len();
+                    if let Some(ejection) = self.outliers.failure(&id, Instant::now(), workers) {
+                        tracing::warn!(
+                            worker = %ejection.worker,
+                            seconds = ejection.duration.as_secs_f64(),
+                            times = ejection.times,
+                            "Ejected a failing worker."
+                        );
+                        self.metrics.ejection();
+                    }
+                } else {
+                    self.outliers.success(&id);
+                }
+            }
             Command::Heartbeat(beat) => {
-                let change = self.membership.heartbeat(&beat, Instant::now());
-                self.apply(change);
+                let changes = self.membership.heartbeat(&beat, Instant::now());
+                self.apply(changes);
+            }
+            Command::MembershipView(view) => {
+                let changes = self.membership.set_view(view, Instant::now());
+                self.apply(changes);
+            }
+            Command::MonitorSeen => {
+                let changes = self.membership.monitor_seen(Instant::now());
+                self.apply(changes);
             }
             Command::SetStrategy(kind) => {
                 if kind != self.balancer.strategy() {
@@ -183,16 +248,56 @@ impl State {
                 }
             }
             Command::SetWeight { id, weight } => {
-                let change = self.membership.set_override(&id, weight);
-                if let Some(Change::Upsert { weight, .. }) = &change {
+                let changes = self.membership.set_override(&id, weight, Instant::now());
+                if let Some(Change::Upsert { weight, .. }) = changes.first() {
                     tracing::info!(worker = %id, weight, "Weight changed.");
                 }
-                self.apply(change);
+                self.apply(changes);
             }
             Command::View { reply } => {
                 let _ = reply.send(self.view());
             }
         }
+    }
+
+    /// Picks for one attempt: budget first (a refused retry costs no pick),
+    /// then the outlier rules, then the strategy.
+    fn pick(&mut self, key: Option<&[u8]>, mut excluded: Vec<MemberId>, retry: bool) -> Picked {
+        let now = Instant::now();
+        if retry {
+            if !self.budget.try_retry(now) {
+                self.metrics.budget_spent();
+                return Picked::BudgetSpent;
+            }
+        } else {
+            self.budget.call(now);
+        }
+        let routing = self
+            .outliers
+            .routing(self.balancer.members().iter().map(|m| &*m.id), now);
+        let panicking = !matches!(routing, Routing::Normal { .. });
+        if panicking != self.panicking {
+            self.panicking = panicking;
+            self.metrics.set_panic(panicking);
+            if panicking {
+                tracing::warn!(mode = ?routing, "Too few healthy workers: panic routing.");
+            } else {
+                tracing::info!("Enough healthy workers again: normal routing.");
+            }
+        }
+        match routing {
+            Routing::PanicClosed => return Picked::PanicClosed,
+            Routing::PanicOpen => {}
+            Routing::Normal { ejected } => {
+                excluded.extend(ejected.into_iter().map(MemberId::from));
+            }
+        }
+        self.balancer
+            .pick(&PickRequest {
+                key,
+                excluded: &excluded,
+            })
+            .map_or(Picked::NoneLeft, Picked::Worker)
     }
 
     fn apply(&mut self, changes: impl IntoIterator<Item = Change>) {
@@ -205,7 +310,10 @@ impl State {
                     self.balancer.upsert(&id, weight);
                 }
                 Change::Remove { id } => {
-                    self.balancer.remove(&id);
+                    if self.balancer.remove(&id) {
+                        tracing::info!(worker = %id, "Worker left the rotation.");
+                    }
+                    self.outliers.forget(&id);
                 }
             }
         }
@@ -223,6 +331,7 @@ impl State {
             .iter()
             .map(|m| {
                 let record = self.membership.get(&m.id);
+                let verdict = self.membership.verdict(&m.id);
                 WorkerView {
                     id: m.id.to_string(),
                     weight: m.weight,
@@ -235,6 +344,8 @@ impl State {
                         u64::try_from(now.saturating_duration_since(r.last_seen).as_millis())
                             .unwrap_or(u64::MAX)
                     }),
+                    state: verdict.map(|v| v.state),
+                    ejected: self.outliers.is_ejected(&m.id, now),
                 }
             })
             .collect();

@@ -10,6 +10,14 @@
 //! costs nothing and is always safe to retry: the call was never delivered.
 //! A timeout is retried only for idempotent calls, because the worker may
 //! have done the work. A retry never goes to a worker already tried.
+//!
+//! Retries are rationed twice: the dispatcher grants one only while the
+//! retry budget allows (about 20 % extra load, see [`crate::retry_budget`]),
+//! and each waits a jittered, exponentially growing pause first
+//! ([`backoff`]), so a struggling cluster is not hit by synchronised waves.
+//! A failed attempt is reported as costing its whole time slice: failures
+//! count as load, so a worker that fails fast does not look fast to
+//! least-loaded.
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +28,7 @@ use faultline_protocol::headers as h;
 use faultline_protocol::trace::TraceParent;
 use faultline_protocol::{ErrorBody, Outcome, subjects};
 
-use crate::dispatcher::Dispatcher;
+use crate::dispatcher::{Dispatcher, Picked};
 use crate::metrics::Metrics;
 
 /// Retry and timeout policy.
@@ -32,6 +40,21 @@ pub struct Policy {
     pub min_attempt_timeout: Duration,
     /// Deadline for calls that carry none.
     pub default_timeout: Duration,
+    /// First retry's longest pause; it doubles with each retry.
+    pub backoff_base: Duration,
+    /// The longest pause before a retry.
+    pub backoff_cap: Duration,
+}
+
+/// The pause before retry number `retry` (1 for the first): "full jitter",
+/// uniformly random between zero and `base × 2^(retry-1)` capped at `cap`,
+/// which spreads retries out best (AWS Architecture Blog, "Exponential
+/// Backoff And Jitter"). `unit` is a random number in [0, 1).
+pub fn backoff(retry: u32, base: Duration, cap: Duration, unit: f64) -> Duration {
+    let ceiling = base
+        .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
+        .min(cap);
+    ceiling.mul_f64(unit.clamp(0.0, 1.0))
 }
 
 /// How a call ended, for the reply.
@@ -99,6 +122,17 @@ async fn forward(
         ),
     };
     for attempt in 1..=policy.max_attempts {
+        let retry = attempt > 1;
+        if retry {
+            let pause = backoff(
+                attempt - 1,
+                policy.backoff_base,
+                policy.backoff_cap,
+                rand::random::<f64>(),
+            );
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(pause.min(remaining / 2)).await;
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let attempts_left = policy.max_attempts - attempt + 1;
         let Some(slice) = h::attempt_budget(
@@ -117,9 +151,25 @@ async fn forward(
             };
             return (last, attempt - 1);
         };
-        let Ok(Some(worker)) = dispatcher.pick(key.clone(), tried.clone()).await else {
-            // Nobody (left) to try. Report the last real failure if there was one.
-            return (last, attempt - 1);
+        let worker = match dispatcher.pick(key.clone(), tried.clone(), retry).await {
+            Ok(Picked::Worker(worker)) => worker,
+            Ok(Picked::PanicClosed) => {
+                let body = error_body(
+                    "no_healthy_worker",
+                    "too few workers are healthy and the balancer fails closed",
+                );
+                return (
+                    Final {
+                        outcome: Outcome::Retryable,
+                        worker: None,
+                        body,
+                    },
+                    attempt - 1,
+                );
+            }
+            // Nobody (left) to try, or no budget for a retry: report the
+            // last real failure if there was one.
+            Ok(Picked::NoneLeft | Picked::BudgetSpent) | Err(_) => return (last, attempt - 1),
         };
 
         let mut headers = HeaderMap::new();
@@ -140,13 +190,6 @@ async fn forward(
                     .timeout(Some(slice)),
             )
             .await;
-        // Only answers teach the latency average: a failure's (often tiny)
-        // latency must not make a dead worker look fast to least-loaded.
-        let answered = response.is_ok();
-        dispatcher
-            .complete(worker.clone(), answered.then(|| sent.elapsed()))
-            .await;
-
         let outcome = match &response {
             Ok(reply) => faultline_bus::headers::outcome(reply.headers.as_ref()),
             // Nobody subscribed: the call was never delivered.
@@ -155,6 +198,9 @@ async fn forward(
             // the worker may have done the work.
             Err(_) => Outcome::TimedOut,
         };
+        let failed = matches!(outcome, Outcome::Retryable | Outcome::TimedOut);
+        let cost = if failed { slice } else { sent.elapsed() };
+        dispatcher.complete(worker.clone(), cost, failed).await;
         metrics.attempt(&worker, outcome);
         last = match response {
             Ok(reply) => Final {
@@ -194,4 +240,32 @@ async fn forward(
 
 fn error_body(code: &str, message: &str) -> Bytes {
     ErrorBody::new(code, message).to_json().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let (base, cap) = (Duration::from_millis(5), Duration::from_millis(50));
+        let top = |retry| backoff(retry, base, cap, 0.999_999);
+        assert_eq!(top(1).as_millis(), 4);
+        assert_eq!(top(2).as_millis(), 9);
+        assert_eq!(top(3).as_millis(), 19);
+        assert_eq!(top(5).as_millis(), 49);
+        assert_eq!(top(40).as_millis(), 49, "huge retry counts do not overflow");
+        assert_eq!(backoff(3, base, cap, 0.0), Duration::ZERO);
+    }
+
+    proptest! {
+        #[test]
+        fn backoff_stays_within_its_ceiling(retry in 0u32..100, unit in 0.0f64..1.0) {
+            let (base, cap) = (Duration::from_millis(5), Duration::from_millis(100));
+            let pause = backoff(retry, base, cap, unit);
+            prop_assert!(pause <= cap);
+            prop_assert!(pause <= base * (1u32 << retry.saturating_sub(1).min(16)));
+        }
+    }
 }

@@ -18,15 +18,19 @@
 //! travel in headers), one task per call with a bound, and no lock on the
 //! pick (see [`dispatcher`]).
 //!
-//! Inside: [`membership`] learns workers from heartbeats, [`dispatcher`]
-//! owns balancing state, [`forward`] runs one call's attempts, and
-//! [`settings_watch`] applies strategy and weight changes from the
-//! settings bucket at run time.
+//! Inside: [`membership`] decides who is in rotation, from heartbeats and
+//! the health-monitor's view (followed by [`membership_watch`]);
+//! [`outlier`] ejects workers that keep failing real calls;
+//! [`retry_budget`] rations retries; [`dispatcher`] owns all of that
+//! balancing state; [`forward`] runs one call's attempts; and
+//! [`settings_watch`] applies strategy and weight changes from the settings
+//! bucket at run time.
 #![forbid(unsafe_code)]
 
 pub mod dispatcher;
 pub mod forward;
 pub mod membership;
+pub mod membership_watch;
 mod metrics;
 pub mod outlier;
 pub mod retry_budget;
@@ -50,6 +54,8 @@ use crate::dispatcher::Dispatcher;
 use crate::forward::Policy;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
+use crate::outlier::{OutlierDetector, OutlierPolicy, PanicMode};
+use crate::retry_budget::RetryBudget;
 
 /// Load-balancer settings; every flag is also an environment variable.
 #[derive(Debug, Clone, clap::Parser)]
@@ -82,6 +88,38 @@ pub struct Settings {
     #[arg(long, env = "LB_MISSED_HEARTBEATS", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub missed_heartbeats: u32,
+    /// The health-monitors count as gone (and new workers are admitted on
+    /// heartbeats alone) once no lease renewal is seen for this long, in
+    /// milliseconds.
+    #[arg(long, env = "LB_MONITOR_TIMEOUT_MS", default_value_t = 3_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub monitor_timeout_ms: u64,
+    /// Failed attempts in a row that eject a worker.
+    #[arg(long, env = "LB_EJECT_AFTER_FAILURES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub eject_after_failures: u32,
+    /// How long a first ejection lasts, in milliseconds; repeats last longer.
+    #[arg(long, env = "LB_EJECTION_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub ejection_ms: u64,
+    /// Most workers ejected at once, in percent (at least one may be).
+    #[arg(long, env = "LB_MAX_EJECTED_PERCENT", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub max_ejected_percent: u32,
+    /// Below this share of healthy workers, in percent, the balancer panics.
+    #[arg(long, env = "LB_PANIC_THRESHOLD_PERCENT", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub panic_threshold_percent: u32,
+    /// What panic means: fail-open (route to every worker) or fail-closed
+    /// (refuse at once).
+    #[arg(long, env = "LB_PANIC_MODE", value_enum, default_value_t = PanicMode::FailOpen)]
+    pub panic_mode: PanicMode,
+    /// Retries may add this share of the calls (0.2: 20 % extra load).
+    #[arg(long, env = "LB_RETRY_BUDGET_RATIO", default_value_t = 0.2)]
+    pub retry_budget_ratio: f64,
+    /// ...plus this many retries per second, so a quiet replica can retry.
+    #[arg(long, env = "LB_RETRY_BUDGET_FLOOR", default_value_t = 10.0)]
+    pub retry_budget_floor: f64,
     /// This replica's own heartbeat interval, in milliseconds.
     #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 250,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
@@ -111,10 +149,27 @@ pub async fn run(
         Some(seed) => Balancer::with_seed(settings.strategy, seed),
         None => Balancer::new(settings.strategy),
     };
+    let ejection = Duration::from_millis(settings.ejection_ms);
     let dispatcher = Dispatcher::spawn(
         settings.id.clone(),
         balancer,
-        Membership::new(settings.missed_heartbeats),
+        Membership::new(
+            settings.missed_heartbeats,
+            Duration::from_millis(settings.monitor_timeout_ms),
+        ),
+        OutlierDetector::new(OutlierPolicy {
+            consecutive_failures: settings.eject_after_failures,
+            base_ejection: ejection,
+            max_ejection: ejection * 15,
+            max_ejected_percent: settings.max_ejected_percent,
+            panic_threshold_percent: settings.panic_threshold_percent,
+            panic_mode: settings.panic_mode,
+        }),
+        RetryBudget::new(
+            settings.retry_budget_ratio,
+            settings.retry_budget_floor,
+            Duration::from_secs(10),
+        ),
         Duration::from_millis(settings.heartbeat_interval_ms.min(100)),
         metrics.clone(),
     );
@@ -122,6 +177,8 @@ pub async fn run(
         max_attempts: settings.max_attempts,
         min_attempt_timeout: Duration::from_millis(settings.min_attempt_timeout_ms),
         default_timeout: faultline_protocol::call::DEFAULT_TIMEOUT,
+        backoff_base: Duration::from_millis(5),
+        backoff_cap: Duration::from_millis(100),
     };
 
     let views = client
@@ -137,6 +194,8 @@ pub async fn run(
     let listener = tokio::spawn(feed_heartbeats(heartbeats, dispatcher.clone()));
     let viewer = tokio::spawn(answer_views(client.clone(), views, dispatcher.clone()));
 
+    let membership_watcher =
+        tokio::spawn(membership_watch::run(client.clone(), dispatcher.clone()));
     let (settings_ready, settings_loaded) = tokio::sync::watch::channel(false);
     let watcher = tokio::spawn(settings_watch::run(
         client.clone(),
@@ -196,6 +255,7 @@ pub async fn run(
 
     heartbeat.abort();
     watcher.abort();
+    membership_watcher.abort();
     listener.abort();
     viewer.abort();
     faultline_bus::flush_before_exit(&client, Duration::from_secs(2)).await;

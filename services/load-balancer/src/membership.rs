@@ -1,18 +1,33 @@
-//! Which workers this replica may route to, learned from their heartbeats.
+//! Which workers this replica may route to, and with what weight.
 //!
-//! A worker joins with its first heartbeat and leaves after missing
-//! `missed_heartbeats` intervals in a row (its own advertised interval, so
-//! workers may beat at different rates). Weight overrides set through the
-//! gateway win over the weight a worker advertises.
+//! Two sources decide, so that balancing never depends on one service:
 //!
-//! This is the balancer's own, simplest failure detector: a timeout on
-//! silence. It needs no other service, so balancing keeps working when
-//! every health monitor is gone. Pure logic: the caller passes the time in.
+//! - **Heartbeats**, this replica's own, simplest failure detector: a
+//!   worker is heard from its first heartbeat until it misses
+//!   `missed_heartbeats` intervals in a row (its own advertised interval, so
+//!   workers may beat at different rates).
+//! - **The health-monitor's view** (from the membership bucket): a worker
+//!   the monitor judges *down* leaves at once, even while it still
+//!   heartbeats (a hung process can beat and not serve), and a returning
+//!   worker gets its slow-start share of its weight.
+//!
+//! While a monitor leads (its lease renewals are seen), a worker needs the
+//! monitor's verdict on its current incarnation before it takes traffic,
+//! so a restarted worker comes back only through probes and slow start.
+//! When every monitor is gone, the last view still applies to the
+//! incarnations it judged, and workers it never judged are admitted on
+//! heartbeats alone: balancing degrades to the replica's own detector
+//! instead of stopping.
+//!
+//! Weight overrides set through the gateway win over the weight a worker
+//! advertises; slow start scales whichever is in force. Pure logic: the
+//! caller passes the time in and applies the returned changes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use faultline_protocol::cluster::Heartbeat;
+use faultline_protocol::membership::{MemberRecord, MembershipView};
 
 /// One worker as heard through its heartbeats.
 #[derive(Debug, Clone)]
@@ -25,6 +40,8 @@ pub struct WorkerRecord {
     pub last_seen: Instant,
     /// Its heartbeat interval.
     pub interval: Duration,
+    /// Its process start time (a restart changes it).
+    pub incarnation: u64,
 }
 
 /// What changed, for the balancer to apply.
@@ -44,98 +61,155 @@ pub enum Change {
     },
 }
 
-/// The workers and the weight overrides.
+/// The workers, the weight overrides and the monitor's view.
 #[derive(Debug)]
 pub struct Membership {
     workers: BTreeMap<String, WorkerRecord>,
     overrides: HashMap<String, u32>,
     missed_heartbeats: u32,
+    view: MembershipView,
+    /// A monitor counts as leading until this instant (set by lease renewals).
+    monitor_leads_until: Option<Instant>,
+    monitor_timeout: Duration,
+    /// What the balancer has now: id -> weight.
+    routed: BTreeMap<String, u32>,
 }
 
 impl Membership {
     /// An empty membership that drops a worker after `missed_heartbeats`
-    /// silent intervals.
-    pub fn new(missed_heartbeats: u32) -> Self {
+    /// silent intervals, and considers the monitors gone once no lease
+    /// renewal has been seen for `monitor_timeout`.
+    pub fn new(missed_heartbeats: u32, monitor_timeout: Duration) -> Self {
         Membership {
             workers: BTreeMap::new(),
             overrides: HashMap::new(),
             missed_heartbeats: missed_heartbeats.max(1),
+            view: MembershipView::default(),
+            monitor_leads_until: None,
+            monitor_timeout,
+            routed: BTreeMap::new(),
         }
     }
 
-    /// Records a heartbeat; returns the change it makes, if any.
-    pub fn heartbeat(&mut self, beat: &Heartbeat, now: Instant) -> Option<Change> {
-        let record = WorkerRecord {
-            advertised_weight: beat.weight,
-            served: beat.served,
-            last_seen: now,
-            interval: Duration::from_millis(beat.interval_ms.max(1)),
-        };
-        let before = self.weight(&beat.id);
-        self.workers.insert(beat.id.clone(), record);
-        let after = self.weight(&beat.id);
-        (before != after).then(|| Change::Upsert {
-            id: beat.id.clone(),
-            weight: after.unwrap_or(beat.weight),
-        })
+    /// Records a heartbeat.
+    pub fn heartbeat(&mut self, beat: &Heartbeat, now: Instant) -> Vec<Change> {
+        self.workers.insert(
+            beat.id.clone(),
+            WorkerRecord {
+                advertised_weight: beat.weight,
+                served: beat.served,
+                last_seen: now,
+                interval: Duration::from_millis(beat.interval_ms.max(1)),
+                incarnation: beat.started_at_ms,
+            },
+        );
+        self.reconcile(now)
     }
 
-    /// Sets or clears a weight override; returns the change, if the worker
-    /// is present and its weight moved.
-    pub fn set_override(&mut self, id: &str, weight: Option<u32>) -> Option<Change> {
-        let before = self.weight(id);
+    /// Sets or clears a weight override.
+    pub fn set_override(&mut self, id: &str, weight: Option<u32>, now: Instant) -> Vec<Change> {
         match weight {
             Some(w) => self.overrides.insert(id.to_owned(), w),
             None => self.overrides.remove(id),
         };
-        let after = self.weight(id);
-        match after {
-            Some(weight) if before != after => Some(Change::Upsert {
-                id: id.to_owned(),
-                weight,
-            }),
-            _ => None,
+        self.reconcile(now)
+    }
+
+    /// Takes a view from the membership bucket, unless it was written under
+    /// an older fencing token than one already seen (a stale leader's).
+    pub fn set_view(&mut self, view: MembershipView, now: Instant) -> Vec<Change> {
+        if view.token < self.view.token {
+            tracing::warn!(
+                token = view.token,
+                newest = self.view.token,
+                "Ignoring a membership view from a stale leader."
+            );
+            return Vec::new();
+        }
+        self.view = view;
+        self.reconcile(now)
+    }
+
+    /// A lease renewal was seen: a monitor leads.
+    pub fn monitor_seen(&mut self, now: Instant) -> Vec<Change> {
+        self.monitor_leads_until = Some(now + self.monitor_timeout);
+        self.reconcile(now)
+    }
+
+    /// Drops silent workers and re-applies the rules as time passes.
+    pub fn expire(&mut self, now: Instant) -> Vec<Change> {
+        let limit = self.missed_heartbeats;
+        self.workers.retain(|id, r| {
+            let alive = now.saturating_duration_since(r.last_seen) <= r.interval * limit;
+            if !alive {
+                tracing::warn!(worker = %id, "Worker missed its heartbeats; out of rotation.");
+            }
+            alive
+        });
+        self.reconcile(now)
+    }
+
+    /// The monitor's record of a worker, if it judged this incarnation.
+    pub fn verdict(&self, id: &str) -> Option<&MemberRecord> {
+        let record = self.view.members.get(id)?;
+        let heard = self.workers.get(id)?;
+        (record.incarnation == heard.incarnation).then_some(record)
+    }
+
+    /// The weight a heard worker should have in the balancer now, or none
+    /// if it must not take traffic.
+    fn routed_weight(&self, id: &str, now: Instant) -> Option<u32> {
+        let heard = self.workers.get(id)?;
+        let weight = self
+            .overrides
+            .get(id)
+            .copied()
+            .unwrap_or(heard.advertised_weight);
+        match self.verdict(id) {
+            Some(record) if record.routable() => Some(record.effective_weight(weight)),
+            Some(_) => None,
+            None if self.monitor_leads(now) => None,
+            None => Some(weight),
         }
     }
 
-    /// Drops workers that have been silent too long.
-    pub fn expire(&mut self, now: Instant) -> Vec<Change> {
-        let limit = self.missed_heartbeats;
-        let expired: Vec<String> = self
+    fn monitor_leads(&self, now: Instant) -> bool {
+        self.monitor_leads_until.is_some_and(|until| now < until)
+    }
+
+    /// Compares what the balancer has with what it should have.
+    fn reconcile(&mut self, now: Instant) -> Vec<Change> {
+        let wanted: BTreeMap<String, u32> = self
             .workers
-            .iter()
-            .filter(|(_, r)| now.saturating_duration_since(r.last_seen) > r.interval * limit)
-            .map(|(id, _)| id.clone())
+            .keys()
+            .filter_map(|id| Some((id.clone(), self.routed_weight(id, now)?)))
             .collect();
-        expired
-            .into_iter()
-            .map(|id| {
-                self.workers.remove(&id);
-                tracing::warn!(worker = %id, "Worker missed its heartbeats; out of rotation.");
-                Change::Remove { id }
-            })
-            .collect()
+        let mut changes = Vec::new();
+        for (id, weight) in &wanted {
+            if self.routed.get(id) != Some(weight) {
+                changes.push(Change::Upsert {
+                    id: id.clone(),
+                    weight: *weight,
+                });
+            }
+        }
+        for id in self.routed.keys() {
+            if !wanted.contains_key(id) {
+                changes.push(Change::Remove { id: id.clone() });
+            }
+        }
+        self.routed = wanted;
+        changes
     }
 
-    /// The weight in force for a present worker.
-    pub fn weight(&self, id: &str) -> Option<u32> {
-        let record = self.workers.get(id)?;
-        Some(
-            self.overrides
-                .get(id)
-                .copied()
-                .unwrap_or(record.advertised_weight),
-        )
-    }
-
-    /// A present worker's record.
+    /// A heard worker's record.
     pub fn get(&self, id: &str) -> Option<&WorkerRecord> {
         self.workers.get(id)
     }
 
-    /// Whether a worker is present.
-    pub fn contains(&self, id: &str) -> bool {
-        self.workers.contains_key(id)
+    /// The weight a worker has in the balancer, if it is routed to.
+    pub fn weight(&self, id: &str) -> Option<u32> {
+        self.routed.get(id).copied()
     }
 }
 
@@ -143,64 +217,149 @@ impl Membership {
 mod tests {
     use super::*;
     use faultline_protocol::cluster::Role;
+    use faultline_protocol::membership::State;
 
-    fn beat(id: &str, weight: u32) -> Heartbeat {
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn beat(id: &str, weight: u32, started_at_ms: u64) -> Heartbeat {
         Heartbeat {
             id: id.into(),
             role: Role::Worker,
             weight,
             in_flight: 0,
             served: 0,
-            started_at_ms: 1,
+            started_at_ms,
             sequence: 0,
             interval_ms: 100,
+        }
+    }
+
+    fn upsert(id: &str, weight: u32) -> Change {
+        Change::Upsert {
+            id: id.into(),
+            weight,
+        }
+    }
+
+    fn view(token: u64, members: &[(&str, State, u64, u32)]) -> MembershipView {
+        MembershipView {
+            token,
+            leader: "m".into(),
+            members: members
+                .iter()
+                .map(|&(id, state, incarnation, share_permille)| {
+                    (
+                        id.to_owned(),
+                        MemberRecord {
+                            role: Role::Worker,
+                            state,
+                            reason: String::new(),
+                            incarnation,
+                            share_permille,
+                        },
+                    )
+                })
+                .collect(),
         }
     }
 
     #[test]
     fn joins_on_first_heartbeat_and_leaves_after_missed_ones() {
         let t0 = Instant::now();
-        let mut m = Membership::new(3);
+        let mut m = Membership::new(3, ms(1000));
+        assert_eq!(m.heartbeat(&beat("w1", 2, 1), t0), vec![upsert("w1", 2)]);
+        assert_eq!(m.heartbeat(&beat("w1", 2, 1), t0 + ms(100)), vec![]);
+        assert!(m.expire(t0 + ms(400)).is_empty());
         assert_eq!(
-            m.heartbeat(&beat("w1", 2), t0),
-            Some(Change::Upsert {
-                id: "w1".into(),
-                weight: 2
-            })
-        );
-        assert_eq!(
-            m.heartbeat(&beat("w1", 2), t0 + Duration::from_millis(100)),
-            None
-        );
-        assert!(m.expire(t0 + Duration::from_millis(400)).is_empty());
-        assert_eq!(
-            m.expire(t0 + Duration::from_millis(401)),
+            m.expire(t0 + ms(401)),
             vec![Change::Remove { id: "w1".into() }]
         );
-        assert!(!m.contains("w1"));
+        assert_eq!(m.weight("w1"), None);
     }
 
     #[test]
     fn overrides_win_and_survive_a_rejoin() {
         let t0 = Instant::now();
-        let mut m = Membership::new(3);
+        let mut m = Membership::new(3, ms(1000));
         // An override for an absent worker changes nothing yet...
-        assert_eq!(m.set_override("w1", Some(5)), None);
+        assert_eq!(m.set_override("w1", Some(5), t0), vec![]);
         // ...and applies when it joins.
-        assert_eq!(
-            m.heartbeat(&beat("w1", 1), t0),
-            Some(Change::Upsert {
-                id: "w1".into(),
-                weight: 5
-            })
-        );
-        assert_eq!(
-            m.set_override("w1", None),
-            Some(Change::Upsert {
-                id: "w1".into(),
-                weight: 1
-            })
-        );
+        assert_eq!(m.heartbeat(&beat("w1", 1, 1), t0), vec![upsert("w1", 5)]);
+        assert_eq!(m.set_override("w1", None, t0), vec![upsert("w1", 1)]);
         assert_eq!(m.weight("w1"), Some(1));
+    }
+
+    #[test]
+    fn the_monitor_takes_a_down_worker_out_and_ramps_a_returning_one() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(3, ms(1000));
+        m.heartbeat(&beat("w1", 10, 1), t0);
+        m.set_view(view(1, &[("w1", State::Up, 1, 1000)]), t0);
+        assert_eq!(m.monitor_seen(t0), vec![]);
+        assert_eq!(
+            m.set_view(view(1, &[("w1", State::Down, 1, 0)]), t0),
+            vec![Change::Remove { id: "w1".into() }],
+            "down while still heartbeating"
+        );
+        assert_eq!(m.heartbeat(&beat("w1", 10, 1), t0 + ms(50)), vec![]);
+        assert_eq!(
+            m.set_view(view(1, &[("w1", State::Up, 1, 300)]), t0 + ms(60)),
+            vec![upsert("w1", 3)],
+            "slow start: 30% of its weight"
+        );
+        assert_eq!(
+            m.set_view(view(1, &[("w1", State::Suspect, 1, 1000)]), t0 + ms(70)),
+            vec![upsert("w1", 10)],
+            "suspect still takes traffic"
+        );
+    }
+
+    #[test]
+    fn while_a_monitor_leads_a_restarted_worker_waits_for_its_verdict() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(3, ms(1000));
+        m.monitor_seen(t0);
+        m.set_view(view(1, &[("w1", State::Up, 1, 1000)]), t0);
+        assert_eq!(m.heartbeat(&beat("w1", 2, 1), t0), vec![upsert("w1", 2)]);
+        assert_eq!(
+            m.heartbeat(&beat("w1", 2, 2), t0 + ms(10)),
+            vec![Change::Remove { id: "w1".into() }],
+            "a new incarnation the monitor has not judged"
+        );
+        assert_eq!(
+            m.heartbeat(&beat("w2", 1, 1), t0 + ms(10)),
+            vec![],
+            "an unknown worker"
+        );
+        // Every monitor gone: heartbeats alone admit them.
+        let later = t0 + ms(1001);
+        let mut changes = m.heartbeat(&beat("w1", 2, 2), later);
+        changes.extend(m.heartbeat(&beat("w2", 1, 1), later));
+        changes.sort_by_key(|c| format!("{c:?}"));
+        assert_eq!(changes, vec![upsert("w1", 2), upsert("w2", 1)]);
+    }
+
+    #[test]
+    fn the_last_view_still_applies_when_monitors_are_gone() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(3, ms(1000));
+        m.set_view(view(1, &[("w1", State::Down, 1, 0)]), t0);
+        assert_eq!(m.heartbeat(&beat("w1", 2, 1), t0 + ms(5000)), vec![]);
+    }
+
+    #[test]
+    fn a_view_from_a_stale_leader_is_ignored() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(3, ms(1000));
+        m.heartbeat(&beat("w1", 4, 1), t0);
+        m.set_view(view(2, &[("w1", State::Up, 1, 1000)]), t0);
+        assert_eq!(
+            m.set_view(view(1, &[("w1", State::Down, 1, 0)]), t0),
+            vec![],
+            "token 1 after token 2"
+        );
+        assert_eq!(m.weight("w1"), Some(4));
     }
 }

@@ -24,6 +24,9 @@ pub struct Metrics {
     attempts: Family<AttemptLabels, Counter>,
     calls: Family<CallLabels, Counter>,
     members: Gauge,
+    ejections: Counter,
+    retries_refused: Counter,
+    panic: Gauge,
 }
 
 impl Metrics {
@@ -33,6 +36,9 @@ impl Metrics {
             attempts: Family::default(),
             calls: Family::default(),
             members: Gauge::default(),
+            ejections: Counter::default(),
+            retries_refused: Counter::default(),
+            panic: Gauge::default(),
         };
         registry.register(
             "attempts",
@@ -45,6 +51,21 @@ impl Metrics {
             metrics.calls.clone(),
         );
         registry.register("members", "Workers in rotation", metrics.members.clone());
+        registry.register(
+            "ejections",
+            "Workers ejected by passive outlier detection",
+            metrics.ejections.clone(),
+        );
+        registry.register(
+            "retries_refused",
+            "Retries refused because the retry budget was spent",
+            metrics.retries_refused.clone(),
+        );
+        registry.register(
+            "panic",
+            "1 while too few workers are healthy (panic routing)",
+            metrics.panic.clone(),
+        );
         metrics
     }
 
@@ -70,5 +91,20 @@ impl Metrics {
     /// Sets the number of workers in rotation.
     pub fn set_members(&self, n: usize) {
         self.members.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one ejection.
+    pub fn ejection(&self) {
+        self.ejections.inc();
+    }
+
+    /// Counts one retry refused by the budget.
+    pub fn budget_spent(&self) {
+        self.retries_refused.inc();
+    }
+
+    /// Sets the panic gauge.
+    pub fn set_panic(&self, panicking: bool) {
+        self.panic.set(i64::from(panicking));
     }
 }

@@ -45,7 +45,7 @@ async fn watch_once(
     ready: &tokio::sync::watch::Sender<bool>,
     default_strategy: StrategyKind,
 ) -> anyhow::Result<()> {
-    let store = faultline_bus::settings_store::open(client).await?;
+    let store = faultline_bus::kv_buckets::open_settings(client).await?;
     let mut entries = store.watch_with_history(">").await?;
     // The watch replays the current values first and marks the last of them
     // `seen_current`; the replica is ready once it has applied them. An

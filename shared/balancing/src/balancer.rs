@@ -93,10 +93,11 @@ impl Balancer {
         Some(member.id.clone())
     }
 
-    /// Records that an attempt on `id` finished. `latency` is how long an
-    /// answer took; `None` for an attempt that got no answer, which must not
-    /// teach the average (a dead worker fails fast, and would look fast). A
-    /// member that left meanwhile is ignored.
+    /// Records that an attempt on `id` finished. `latency` is what the
+    /// attempt cost the caller: how long an answer took, or, for a failure,
+    /// a penalty the caller picks (failures count as load, so a worker that
+    /// fails fast does not look fast); `None` teaches nothing. A member that
+    /// left meanwhile is ignored.
     pub fn complete(&mut self, id: &str, latency: Option<Duration>) {
         if let Ok(i) = self.members.binary_search_by(|m| (*m.id).cmp(id)) {
             let member = &mut self.members[i];

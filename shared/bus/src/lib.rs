@@ -10,13 +10,13 @@
 //!   messages.
 //! - [`in_flight`]: the bound on messages handled at once, and their count.
 //! - [`heartbeat`]: the periodic "I am alive" every member publishes.
-//! - [`settings_store`]: the JetStream KV bucket holding balancer settings.
+//! - [`kv_buckets`]: the JetStream KV buckets (balancer settings, membership).
 #![forbid(unsafe_code)]
 
 pub mod headers;
 pub mod heartbeat;
 pub mod in_flight;
-pub mod settings_store;
+pub mod kv_buckets;
 
 use std::time::Duration;
 

@@ -32,6 +32,42 @@ pub enum DetectorKind {
     PhiAccrual,
 }
 
+impl Detector for Box<dyn Detector> {
+    fn heartbeat(&mut self, now: Instant) {
+        (**self).heartbeat(now);
+    }
+    fn suspicion(&self, now: Instant) -> f64 {
+        (**self).suspicion(now)
+    }
+    fn threshold(&self) -> f64 {
+        (**self).threshold()
+    }
+}
+
+impl DetectorKind {
+    /// The name used in settings and views.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DetectorKind::Timeout => "timeout",
+            DetectorKind::PhiAccrual => "phi-accrual",
+        }
+    }
+}
+
+impl std::str::FromStr for DetectorKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "timeout" => Ok(DetectorKind::Timeout),
+            "phi-accrual" => Ok(DetectorKind::PhiAccrual),
+            other => Err(format!(
+                "unknown detector {other:?}: expected timeout or phi-accrual"
+            )),
+        }
+    }
+}
+
 /// Suspects a member after `missed` heartbeat intervals of silence.
 ///
 /// Suspicion is the number of intervals since the last heartbeat, so the

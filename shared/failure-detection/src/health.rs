@@ -84,6 +84,38 @@ impl<D: Detector> Health<D> {
         }
     }
 
+    /// A member whose state is known from an earlier judgement (a monitor
+    /// that starts, or takes over, from the stored view). The detector is
+    /// fed one heartbeat at `now`, so silence from now on is noticed even if
+    /// no heartbeat ever arrives.
+    pub fn restored(
+        mut detector: D,
+        policy: HealthPolicy,
+        state: State,
+        incarnation: u64,
+        now: Instant,
+    ) -> Self {
+        detector.heartbeat(now);
+        Health {
+            detector,
+            policy,
+            state,
+            incarnation: Some(incarnation),
+            passes: 0,
+            up_since: None,
+        }
+    }
+
+    /// The incarnation (start time) last heard from.
+    pub fn incarnation(&self) -> Option<u64> {
+        self.incarnation
+    }
+
+    /// The detector's threshold.
+    pub fn threshold(&self) -> f64 {
+        self.detector.threshold()
+    }
+
     /// The current state.
     pub fn state(&self) -> State {
         self.state
@@ -276,6 +308,22 @@ mod tests {
             assert_eq!(h.heartbeat(t0 + ms(400 + i * 100), 1), None);
         }
         assert_eq!(h.state(), State::Down);
+    }
+
+    #[test]
+    fn a_restored_member_keeps_its_state_until_silence_is_noticed() {
+        let t0 = Instant::now();
+        let mut h = Health::restored(
+            TimeoutDetector::new(ms(100), 3),
+            HealthPolicy { rise: 3 },
+            State::Up,
+            7,
+            t0,
+        );
+        assert_eq!(h.state(), State::Up);
+        assert_eq!(h.heartbeat(t0 + ms(50), 7), None, "same incarnation");
+        let t = h.tick(t0 + ms(350)).expect("silence after the restore");
+        assert_eq!((t.from, t.to), (State::Up, State::Suspect));
     }
 
     #[test]

@@ -24,4 +24,4 @@ pub mod slow_start;
 
 pub use detector::{Detector, DetectorKind, PhiAccrualDetector, TimeoutDetector};
 pub use health::{Health, HealthPolicy, State, Transition};
-pub use slow_start::effective_weight;
+pub use slow_start::{effective_weight, share};

@@ -11,16 +11,21 @@ use std::time::Duration;
 /// The share of its weight a member gets at the very start.
 const START_FRACTION: f64 = 0.1;
 
-/// The weight in force `up_for` after a member with `weight` came up.
-pub fn effective_weight(weight: u32, up_for: Duration, window: Duration) -> u32 {
+/// The share of its weight, from 0.1 to 1.0, a member gets `up_for` after
+/// it came up.
+pub fn share(up_for: Duration, window: Duration) -> f64 {
     if window.is_zero() || up_for >= window {
-        return weight;
+        return 1.0;
     }
     let progress = up_for.as_secs_f64() / window.as_secs_f64();
-    let fraction = START_FRACTION + (1.0 - START_FRACTION) * progress;
+    START_FRACTION + (1.0 - START_FRACTION) * progress
+}
+
+/// The weight in force `up_for` after a member with `weight` came up.
+pub fn effective_weight(weight: u32, up_for: Duration, window: Duration) -> u32 {
     // Rounded and clamped: never 0 (the member must get some traffic to
     // warm up), never above the real weight.
-    ((f64::from(weight) * fraction).round() as u32).clamp(1, weight.max(1))
+    ((f64::from(weight) * share(up_for, window)).round() as u32).clamp(1, weight.max(1))
 }
 
 #[cfg(test)]

@@ -147,7 +147,8 @@ pub struct ClusterView {
 pub struct WorkerView {
     /// The worker's id.
     pub id: String,
-    /// The weight in force: the override if one is set, else the worker's own.
+    /// The weight in force: the override if one is set, else the worker's
+    /// own, scaled by its slow-start share while it ramps up.
     pub weight: u32,
     /// The weight the worker advertises in its heartbeats.
     pub advertised_weight: u32,
@@ -161,6 +162,10 @@ pub struct WorkerView {
     pub latency_ms: Option<f64>,
     /// Age of its last heartbeat, in milliseconds.
     pub last_heartbeat_ms: u64,
+    /// The health-monitor's verdict on it, if a monitor has judged it.
+    pub state: Option<crate::membership::State>,
+    /// Whether this replica's outlier detection has ejected it for now.
+    pub ejected: bool,
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 //!   retry is safe.
 //! - [`cluster`] holds the heartbeat, fault-injection and cluster-view
 //!   messages.
+//! - [`membership`] is the health-monitor's membership view, its events and
+//!   its lease, as stored in JetStream KV.
 //! - [`error`] is the JSON error body shared by HTTP and NATS replies.
 //!
 //! The crate does no I/O: services own their connections and use these types
@@ -24,6 +26,7 @@ pub mod call;
 pub mod cluster;
 pub mod error;
 pub mod headers;
+pub mod membership;
 pub mod outcome;
 pub mod subjects;
 pub mod trace;

@@ -22,6 +22,32 @@ pub const WORKERS_BASELINE_QUEUE_GROUP: &str = "faultline-workers";
 /// Heartbeats of every worker: `faultline.heartbeat.worker.<id>`.
 pub const WORKER_HEARTBEATS: &str = "faultline.heartbeat.worker.*";
 
+/// Heartbeats of every member of every role.
+pub const HEARTBEATS: &str = "faultline.heartbeat.>";
+
+/// The subject on which a member answers active probes (request/reply
+/// pings from the health-monitor): `faultline.probe.<role>.<id>`.
+pub fn probe(role: &str, id: &str) -> String {
+    format!("faultline.probe.{role}.{id}")
+}
+
+/// Every change of a member's health state, with its reason, as the leading
+/// health-monitor decides it.
+pub const MEMBERSHIP_EVENTS: &str = "faultline.membership.events";
+/// Queries for the health-monitors' live view (detector values, heartbeat
+/// ages). Every monitor answers; the gateway prefers the leader's answer.
+pub const MONITOR_VIEW: &str = "faultline.monitor.view";
+
+/// The JetStream key-value bucket holding the membership view and the
+/// monitors' lease. A restarted monitor or a new load-balancer reads the
+/// current view from it; its history keeps the last writes for audit.
+pub const MEMBERSHIP_BUCKET: &str = "faultline_membership";
+/// Key of the monitors' lease (holder and fencing token) in
+/// [`MEMBERSHIP_BUCKET`].
+pub const LEASE_KEY: &str = "leader";
+/// Key of the membership view in [`MEMBERSHIP_BUCKET`].
+pub const VIEW_KEY: &str = "view";
+
 /// The subject on which one worker serves calls. The balancer addresses the
 /// worker it chose here, never through a queue group.
 pub fn worker_call(worker_id: &str) -> String {

@@ -19,6 +19,11 @@ pub struct ClusterSpec {
     pub strategy: String,
     /// Heartbeat interval of every service, in milliseconds.
     pub heartbeat_interval_ms: u64,
+    /// How many health-monitors, named `monitor-1`, ... (none by default:
+    /// the balancing tests want exact shares, which slow start would bend).
+    pub monitors: usize,
+    /// Extra arguments for every health-monitor (slow start, lease TTL...).
+    pub monitor_args: Vec<String>,
 }
 
 impl Default for ClusterSpec {
@@ -28,6 +33,8 @@ impl Default for ClusterSpec {
             load_balancers: 2,
             strategy: "round-robin".to_owned(),
             heartbeat_interval_ms: 100,
+            monitors: 0,
+            monitor_args: Vec::new(),
         }
     }
 }
@@ -41,6 +48,8 @@ pub struct Cluster {
     pub load_balancers: Vec<Service>,
     /// Workers, `worker-1` first.
     pub workers: Vec<Service>,
+    /// Health-monitors, `monitor-1` first.
+    pub monitors: Vec<Service>,
     /// The private NATS server.
     pub nats: NatsServer,
     /// Admin URLs of the load-balancers, in order.
@@ -106,6 +115,20 @@ impl Cluster {
             )?);
             load_balancer_admin.push(format!("http://127.0.0.1:{port}"));
         }
+        let mut monitors = Vec::new();
+        for i in 1..=spec.monitors {
+            let id = format!("monitor-{i}");
+            let mut args = common(free_port());
+            args.extend(["--id".into(), id.clone()]);
+            args.extend(spec.monitor_args.iter().cloned());
+            monitors.push(Service::start(
+                &id,
+                "health-monitor",
+                &args,
+                &[],
+                logs.clone(),
+            )?);
+        }
         let http_port = free_port();
         let args = vec![
             "--nats-servers".to_owned(),
@@ -129,10 +152,30 @@ impl Cluster {
             gateway,
             load_balancers,
             workers,
+            monitors,
             nats,
             load_balancer_admin,
         };
-        if let Err(error) = cluster.wait_until_ready(spec.worker_weights.len()).await {
+        let mut ready = cluster.wait_until_ready(spec.worker_weights.len()).await;
+        if ready.is_ok() && spec.monitors > 0 {
+            ready = cluster
+                .wait_for_view(
+                    "every load-balancer routing to every worker the monitor judged up",
+                    |view| {
+                        let workers = spec.worker_weights.len();
+                        view["load_balancers"].as_array().is_some_and(|lbs| {
+                            lbs.iter().all(|lb| {
+                                let judged_up = lb["workers"].as_array().map_or(0, |ws| {
+                                    ws.iter().filter(|w| w["state"] == "up").count()
+                                });
+                                judged_up == workers
+                            })
+                        })
+                    },
+                )
+                .await;
+        }
+        if let Err(error) = ready {
             anyhow::bail!("{error:#}\n{}", cluster.logs());
         }
         Ok(cluster)
@@ -184,6 +227,7 @@ impl Cluster {
             .workers
             .iter()
             .chain(&self.load_balancers)
+            .chain(&self.monitors)
             .chain([&self.gateway.service])
         {
             out.push_str(&format!("----- {} -----\n{}\n", s.name(), s.log()));

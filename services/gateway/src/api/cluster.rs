@@ -2,7 +2,8 @@
 //! injection.
 //!
 //! - `GET /v1/cluster` gathers the view of every load-balancer replica
-//!   (scatter-gather: one request, every replica answers) and merges them.
+//!   (scatter-gather: one request, every replica answers) and merges them,
+//!   with the leading health-monitor's judgement of every member.
 //! - `PUT /v1/strategy` and `PUT|DELETE /v1/workers/{id}/weight` write the
 //!   settings bucket; every replica watches it and applies the change
 //!   within milliseconds, without a restart.
@@ -19,6 +20,7 @@ use faultline_balancing::StrategyKind;
 use faultline_protocol::cluster::{
     ClusterView, FaultSpec, StrategyChange, WeightChange, WorkerView,
 };
+use faultline_protocol::membership::{MemberHealth, MonitorView};
 use faultline_protocol::{InputError, Outcome, subjects};
 use futures::StreamExt as _;
 use serde::Serialize;
@@ -41,6 +43,15 @@ pub struct MergedView {
     pub workers: Vec<WorkerView>,
     /// Each replica's own view.
     pub load_balancers: Vec<ClusterView>,
+    /// The health-monitor whose judgement `members` shows (the leader if
+    /// one answered), or none if no monitor runs.
+    pub monitor: Option<String>,
+    /// Whether that monitor holds the lease (false while none leads, for
+    /// example during a takeover).
+    pub monitor_leads: bool,
+    /// Every member the monitor watches: state, reason, detector value,
+    /// heartbeat age and effective weight.
+    pub members: Vec<MemberHealth>,
 }
 
 /// Handles `GET /v1/cluster`.
@@ -48,21 +59,44 @@ pub async fn view(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
     Ok(HttpResponse::Ok().json(gather(&state).await?))
 }
 
-/// Asks every load-balancer replica for its view and merges them.
+/// Asks every load-balancer replica and every health-monitor for its view
+/// and merges them.
 pub async fn gather(state: &AppState) -> Result<MergedView, ApiError> {
-    let inbox = state.nats.new_inbox();
-    let mut replies = state
-        .nats
-        .subscribe(inbox.clone())
+    let (mut views, monitors) = tokio::join!(
+        scatter_gather::<ClusterView>(&state.nats, subjects::LB_VIEW),
+        scatter_gather::<MonitorView>(&state.nats, subjects::MONITOR_VIEW),
+    );
+    if views.is_empty() {
+        return Err(ApiError::NoLoadBalancer);
+    }
+    views.sort_by(|a, b| a.load_balancer.cmp(&b.load_balancer));
+    // The leader's judgement is the one load-balancers act on; any monitor
+    // will do while none leads.
+    let monitor = monitors
+        .into_iter()
+        .max_by_key(|m| (m.leader, std::cmp::Reverse(m.monitor.clone())));
+    Ok(merge(views, monitor))
+}
+
+/// Publishes one request on `subject` and gathers every answer that
+/// arrives in time (each replica answers; no queue group).
+async fn scatter_gather<T: serde::de::DeserializeOwned>(
+    nats: &async_nats::Client,
+    subject: &'static str,
+) -> Vec<T> {
+    let inbox = nats.new_inbox();
+    let mut views: Vec<T> = Vec::new();
+    let Ok(mut replies) = nats.subscribe(inbox.clone()).await else {
+        return views;
+    };
+    if nats
+        .publish_with_reply(subject, inbox, Bytes::new())
         .await
-        .map_err(|_| ApiError::NoLoadBalancer)?;
-    state
-        .nats
-        .publish_with_reply(subjects::LB_VIEW, inbox, Bytes::new())
-        .await
-        .map_err(|_| ApiError::NoLoadBalancer)?;
+        .is_err()
+    {
+        return views;
+    }
     let started = Instant::now();
-    let mut views: Vec<ClusterView> = Vec::new();
     loop {
         let wait = if views.is_empty() {
             FIRST_VIEW_TIMEOUT
@@ -71,9 +105,9 @@ pub async fn gather(state: &AppState) -> Result<MergedView, ApiError> {
         };
         match tokio::time::timeout(wait, replies.next()).await {
             Ok(Some(reply)) if reply.status.is_none() => {
-                match serde_json::from_slice::<ClusterView>(&reply.payload) {
+                match serde_json::from_slice::<T>(&reply.payload) {
                     Ok(view) => views.push(view),
-                    Err(error) => tracing::warn!(%error, "Ignoring a malformed view."),
+                    Err(error) => tracing::warn!(%error, subject, "Ignoring a malformed view."),
                 }
             }
             // A status reply is "no responders": nobody is listening.
@@ -83,14 +117,10 @@ pub async fn gather(state: &AppState) -> Result<MergedView, ApiError> {
             break;
         }
     }
-    if views.is_empty() {
-        return Err(ApiError::NoLoadBalancer);
-    }
-    views.sort_by(|a, b| a.load_balancer.cmp(&b.load_balancer));
-    Ok(merge(views))
+    views
 }
 
-fn merge(load_balancers: Vec<ClusterView>) -> MergedView {
+fn merge(load_balancers: Vec<ClusterView>, monitor: Option<MonitorView>) -> MergedView {
     let mut strategies: BTreeMap<&'static str, (usize, StrategyKind)> = BTreeMap::new();
     let mut workers: BTreeMap<String, WorkerView> = BTreeMap::new();
     for view in &load_balancers {
@@ -114,10 +144,16 @@ fn merge(load_balancers: Vec<ClusterView>) -> MergedView {
         .values()
         .max_by_key(|(count, _)| *count)
         .map_or(StrategyKind::RoundRobin, |(_, kind)| *kind);
+    let (monitor, monitor_leads, members) = monitor.map_or((None, false, Vec::new()), |m| {
+        (Some(m.monitor), m.leader, m.members)
+    });
     MergedView {
         strategy,
         workers: workers.into_values().collect(),
         load_balancers,
+        monitor,
+        monitor_leads,
+        members,
     }
 }
 

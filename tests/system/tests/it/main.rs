@@ -4,11 +4,13 @@
 mod bad_input;
 mod balancing;
 mod deadlines;
+mod health_monitor;
 mod load_balancer_failover;
 mod runtime_changes;
 mod worker_failure;
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use faultline_test_support::Gateway;
 use futures::StreamExt as _;
@@ -80,4 +82,65 @@ pub async fn switch_strategy(cluster: &faultline_test_support::Cluster, strategy
         })
         .await
         .expect("the strategy reaches every replica");
+}
+
+/// Waits until no load-balancer replica routes to `worker`; panics with
+/// `why` if that does not happen.
+pub async fn wait_out_of_rotation(
+    cluster: &faultline_test_support::Cluster,
+    worker: &str,
+    why: &str,
+) {
+    cluster
+        .wait_for_view(&format!("{worker} out of rotation"), |view| {
+            left_rotation(view, worker)
+        })
+        .await
+        .expect(why);
+}
+
+/// Whether no load-balancer replica routes to `worker`.
+pub fn left_rotation(view: &Value, worker: &str) -> bool {
+    view["load_balancers"].as_array().is_some_and(|lbs| {
+        lbs.iter().all(|lb| {
+            lb["workers"]
+                .as_array()
+                .is_some_and(|ws| ws.iter().all(|w| w["id"] != worker))
+        })
+    })
+}
+
+/// Open-model load: starts one call every `every` for `duration`, whether
+/// or not earlier calls have finished (as real clients do), and returns
+/// each call's start time, latency and answer, in completion order.
+pub async fn at_fixed_rate(
+    gateway: &Gateway,
+    every: Duration,
+    duration: Duration,
+    body: impl Fn(usize) -> Value,
+) -> Vec<(Instant, Duration, u16, Value)> {
+    let call = |i: usize| {
+        let body = body(i);
+        async move {
+            let sent = Instant::now();
+            let (status, answer) = gateway.call(&body).await.expect("the gateway answers");
+            (sent, sent.elapsed(), status, answer)
+        }
+    };
+    let mut ticker = tokio::time::interval(every);
+    let started = Instant::now();
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut answers = Vec::new();
+    let mut i = 0;
+    while started.elapsed() < duration {
+        tokio::select! {
+            _ = ticker.tick() => {
+                running.push(call(i));
+                i += 1;
+            }
+            Some(answer) = running.next() => answers.push(answer),
+        }
+    }
+    answers.extend(running.collect::<Vec<_>>().await);
+    answers
 }

@@ -9,17 +9,7 @@
 use faultline_test_support::{Cluster, ClusterSpec};
 use serde_json::json;
 
-use crate::{drive, echo, retried, served_by};
-
-fn left_rotation(view: &serde_json::Value, worker: &str) -> bool {
-    view["load_balancers"].as_array().is_some_and(|lbs| {
-        lbs.iter().all(|lb| {
-            lb["workers"]
-                .as_array()
-                .is_some_and(|ws| ws.iter().all(|w| w["id"] != worker))
-        })
-    })
-}
+use crate::{drive, echo, left_rotation, retried, served_by, wait_out_of_rotation};
 
 #[tokio::test]
 async fn a_killed_worker_fails_no_call() {
@@ -36,12 +26,7 @@ async fn a_killed_worker_fails_no_call() {
         retried(&answers) > 0,
         "no call picked the dead worker, so nothing was tested"
     );
-    cluster
-        .wait_for_view("worker-2 out of rotation", |view| {
-            left_rotation(view, "worker-2")
-        })
-        .await
-        .expect("the dead worker leaves the rotation");
+    wait_out_of_rotation(&cluster, "worker-2", "the dead worker leaves the rotation").await;
 }
 
 #[tokio::test]
@@ -66,12 +51,12 @@ async fn a_frozen_worker_costs_one_attempt_slice_not_the_deadline() {
         retried(&answers) > 0,
         "no call picked the frozen worker, so nothing was tested"
     );
-    cluster
-        .wait_for_view("the frozen worker-2 out of rotation", |view| {
-            left_rotation(view, "worker-2")
-        })
-        .await
-        .expect("a worker that stops heartbeating leaves the rotation");
+    wait_out_of_rotation(
+        &cluster,
+        "worker-2",
+        "a worker that stops heartbeating leaves the rotation",
+    )
+    .await;
     cluster.workers[1].signal("CONT").expect("SIGCONT");
     cluster
         .wait_for_view("worker-2 back after SIGCONT", |view| {
@@ -79,4 +64,41 @@ async fn a_frozen_worker_costs_one_attempt_slice_not_the_deadline() {
         })
         .await
         .expect("the worker rejoins when its heartbeats resume");
+}
+
+#[tokio::test]
+async fn a_worker_that_fails_every_call_is_ejected_and_calls_succeed_elsewhere() {
+    let cluster = Cluster::start(ClusterSpec::default())
+        .await
+        .expect("cluster starts");
+    let (status, _) = cluster
+        .gateway
+        .send(
+            reqwest::Method::PUT,
+            "/v1/workers/worker-2/faults",
+            Some(json!({ "error_rate": 1.0 }).to_string()),
+        )
+        .await
+        .expect("the gateway answers");
+    assert_eq!(status, 200);
+    // Every call that picks worker-2 fails there with a retryable error
+    // and is retried on another worker; after five failures in a row a
+    // replica ejects it (while it still heartbeats, so only passive
+    // outlier detection can find it).
+    let answers = drive(&cluster.gateway, 90, 3, echo).await;
+    assert!(!served_by(&answers).contains_key("worker-2"));
+    assert!(retried(&answers) > 0, "no call picked the failing worker");
+    cluster
+        .wait_for_view("worker-2 ejected by a replica", |view| {
+            view["load_balancers"].as_array().is_some_and(|lbs| {
+                lbs.iter().any(|lb| {
+                    lb["workers"].as_array().is_some_and(|ws| {
+                        ws.iter()
+                            .any(|w| w["id"] == "worker-2" && w["ejected"] == true)
+                    })
+                })
+            })
+        })
+        .await
+        .expect("passive outlier detection ejects the failing worker");
 }

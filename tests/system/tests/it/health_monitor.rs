@@ -1,0 +1,482 @@
+//! Failure made a non-event: the health-monitors find dead and frozen
+//! members, the load-balancers route around them, recovered members come
+//! back through probes and slow start, a standby monitor takes over from a
+//! dead or paused leader without letting it write again, and a restarted
+//! nats-server is rejoined by every service on its own.
+//!
+//! Figures (detection times, retry amplification, takeover time) are
+//! printed; run with `--no-capture` to read them.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use faultline_protocol::membership::{MembershipEvent, MembershipView, State};
+use faultline_protocol::subjects;
+use faultline_test_support::{Cluster, ClusterSpec, eventually};
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+
+use crate::{at_fixed_rate, drive, echo, left_rotation, retried, served_by, wait_out_of_rotation};
+
+const INTERVAL_MS: u64 = 100;
+
+fn spec(monitor_args: &[&str]) -> ClusterSpec {
+    ClusterSpec {
+        monitors: 2,
+        heartbeat_interval_ms: INTERVAL_MS,
+        monitor_args: monitor_args.iter().map(|a| (*a).to_owned()).collect(),
+        ..ClusterSpec::default()
+    }
+}
+
+/// Every membership event, with the instant it reached the test.
+#[derive(Clone)]
+struct Events(Arc<Mutex<Vec<(Instant, MembershipEvent)>>>);
+
+impl Events {
+    async fn follow(cluster: &Cluster) -> Events {
+        let client = async_nats::connect(cluster.nats.url())
+            .await
+            .expect("the test connects to NATS");
+        let mut events = client
+            .subscribe(subjects::MEMBERSHIP_EVENTS)
+            .await
+            .expect("subscribing to membership events");
+        let log = Events(Arc::default());
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let _client = client;
+            while let Some(message) = events.next().await {
+                if let Ok(event) = serde_json::from_slice(&message.payload) {
+                    sink.0
+                        .lock()
+                        .expect("not poisoned")
+                        .push((Instant::now(), event));
+                }
+            }
+        });
+        log
+    }
+
+    /// Waits for `id` to reach `to` after `since`; returns when it arrived
+    /// and the event.
+    async fn wait(&self, id: &str, to: State, since: Instant) -> (Instant, MembershipEvent) {
+        eventually(
+            &format!("{id} to become {to:?}"),
+            Duration::from_secs(20),
+            || async {
+                self.0
+                    .lock()
+                    .expect("not poisoned")
+                    .iter()
+                    .find(|(at, e)| *at >= since && e.id == id && e.to == to)
+                    .cloned()
+            },
+        )
+        .await
+        .expect("the membership event arrives")
+    }
+}
+
+/// The p99 latency of calls started before `strike`, and how long after
+/// it the p99 of calls started in each 250 ms window is back within 1.2×
+/// of that (the start of the first such window from which all later ones
+/// stay within it).
+fn p99_recovery(
+    answers: &[(Instant, Duration, u16, Value)],
+    strike: Instant,
+) -> (Duration, Option<Duration>) {
+    fn p99(mut latencies: Vec<Duration>) -> Duration {
+        latencies.sort();
+        latencies
+            .get((latencies.len() * 99).div_ceil(100).saturating_sub(1))
+            .copied()
+            .unwrap_or_default()
+    }
+    let window = Duration::from_millis(250);
+    let baseline = p99(answers
+        .iter()
+        .filter(|(sent, ..)| *sent < strike)
+        .map(|(_, latency, ..)| *latency)
+        .collect());
+    let last = answers
+        .iter()
+        .map(|(sent, ..)| *sent)
+        .max()
+        .unwrap_or(strike);
+    let windows = (last.saturating_duration_since(strike).as_millis() / window.as_millis()) as u32;
+    let within: Vec<bool> = (0..windows)
+        .map(|w| {
+            let (from, to) = (strike + window * w, strike + window * (w + 1));
+            let latencies: Vec<Duration> = answers
+                .iter()
+                .filter(|(sent, ..)| *sent >= from && *sent < to)
+                .map(|(_, latency, ..)| *latency)
+                .collect();
+            latencies.is_empty() || p99(latencies).as_secs_f64() <= baseline.as_secs_f64() * 1.2
+        })
+        .collect();
+    let recovered = (0..within.len())
+        .find(|&w| within[w..].iter().all(|ok| *ok))
+        .map(|w| window * w as u32);
+    (baseline, recovered)
+}
+
+fn intervals(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0 / INTERVAL_MS as f64
+}
+
+/// The weight `lb-1` gives `worker`, if it routes to it.
+fn routed_weight(view: &Value, worker: &str) -> Option<u64> {
+    view["load_balancers"][0]["workers"]
+        .as_array()?
+        .iter()
+        .find(|w| w["id"] == worker)?["weight"]
+        .as_u64()
+}
+
+#[tokio::test]
+async fn a_killed_worker_is_marked_down_fast_and_no_idempotent_call_fails() {
+    let mut cluster = Cluster::start(spec(&["--slow-start-ms", "0"]))
+        .await
+        .expect("cluster starts");
+    let events = Events::follow(&cluster).await;
+    let Cluster {
+        gateway, workers, ..
+    } = &mut cluster;
+    let mut killed_at = None;
+    let load = at_fixed_rate(
+        gateway,
+        Duration::from_millis(5),
+        Duration::from_secs(3),
+        |i| json!({ "op": "echo", "message": i.to_string() }),
+    );
+    let strike = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        workers[1].kill();
+        killed_at = Some(Instant::now());
+    };
+    let (answers, ()) = tokio::join!(load, strike);
+    let killed_at = killed_at.expect("the worker was killed");
+
+    let failed: Vec<_> = answers.iter().filter(|(_, _, s, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {failed:?}",
+        failed.len()
+    );
+    let (down_at, event) = events.wait("worker-2", State::Down, killed_at).await;
+    let detection = down_at - killed_at;
+    let attempts: u64 = answers
+        .iter()
+        .map(|(_, _, _, a)| a["attempts"].as_u64().unwrap_or(1))
+        .sum();
+    let calls = answers.len() as f64;
+    eprintln!(
+        "kill -9: marked down after {:?} ({:.1} heartbeat intervals), reason {:?}; \
+         {} calls, 0 failed, retry amplification {:.4} extra attempts per call",
+        detection,
+        intervals(detection),
+        event.reason,
+        answers.len(),
+        (attempts as f64 - calls) / calls,
+    );
+    let (baseline, recovered) = p99_recovery(&answers, killed_at);
+    eprintln!(
+        "p99 before the kill {baseline:?}; back within 1.2x of it {}",
+        recovered.map_or("not within the run".to_owned(), |d| format!(
+            "{d:?} after the kill"
+        ))
+    );
+    // The exact figure is reported above; the bound only catches a detector
+    // that stopped working (about three intervals is expected).
+    assert!(intervals(detection) < 20.0, "detection took {detection:?}");
+    wait_out_of_rotation(&cluster, "worker-2", "the dead worker leaves the rotation").await;
+}
+
+#[tokio::test]
+async fn a_frozen_worker_is_probed_out_and_returns_through_slow_start() {
+    let cluster = Cluster::start(ClusterSpec {
+        worker_weights: vec![10, 10, 10],
+        strategy: "weighted".to_owned(),
+        ..spec(&["--slow-start-ms", "3000"])
+    })
+    .await
+    .expect("cluster starts");
+    let events = Events::follow(&cluster).await;
+
+    let stopped_at = Instant::now();
+    cluster.workers[1].signal("STOP").expect("SIGSTOP");
+    let (suspect_at, suspect) = events.wait("worker-2", State::Suspect, stopped_at).await;
+    let (down_at, down) = events.wait("worker-2", State::Down, stopped_at).await;
+    assert!(suspect_at <= down_at);
+    assert!(
+        down.reason.contains("probe"),
+        "down is confirmed by a probe: {down:?}"
+    );
+    eprintln!(
+        "SIGSTOP: suspect after {:.1} intervals ({}), down after {:.1} intervals ({})",
+        intervals(suspect_at - stopped_at),
+        suspect.reason,
+        intervals(down_at - stopped_at),
+        down.reason,
+    );
+    wait_out_of_rotation(
+        &cluster,
+        "worker-2",
+        "the frozen worker leaves the rotation",
+    )
+    .await;
+    let answers = drive(&cluster.gateway, 60, 6, echo).await;
+    assert!(!served_by(&answers).contains_key("worker-2"));
+
+    let resumed_at = Instant::now();
+    cluster.workers[1].signal("CONT").expect("SIGCONT");
+    let (_, up) = events.wait("worker-2", State::Up, resumed_at).await;
+    assert!(up.reason.contains("probes in a row"), "{up:?}");
+    // Slow start: it comes back with a small share of its weight of 10,
+    // and grows to all of it over the 3 s window.
+    let smallest = std::sync::atomic::AtomicU64::new(u64::MAX);
+    eventually(
+        "worker-2 back at its full weight",
+        Duration::from_secs(20),
+        || async {
+            let (_, view) = cluster.gateway.get("/v1/cluster").await.ok()?;
+            let weight = routed_weight(&view, "worker-2")?;
+            smallest.fetch_min(weight, std::sync::atomic::Ordering::Relaxed);
+            (weight == 10).then_some(())
+        },
+    )
+    .await
+    .expect("slow start ends");
+    let smallest = smallest.into_inner();
+    assert!(
+        smallest <= 5,
+        "worker-2 came back at weight {smallest}, not ramping up from a small share"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_worker_restarted_is_back_in_rotation_by_itself() {
+    let mut cluster = Cluster::start(spec(&["--slow-start-ms", "500"]))
+        .await
+        .expect("cluster starts");
+    cluster.workers[1].kill();
+    wait_out_of_rotation(&cluster, "worker-2", "the dead worker leaves the rotation").await;
+    cluster.workers[1].restart().expect("worker-2 starts again");
+    cluster
+        .wait_for_view("worker-2 judged up and routed again", |view| {
+            view["load_balancers"].as_array().is_some_and(|lbs| {
+                lbs.iter().all(|lb| {
+                    lb["workers"].as_array().is_some_and(|ws| {
+                        ws.iter()
+                            .any(|w| w["id"] == "worker-2" && w["state"] == "up")
+                    })
+                })
+            })
+        })
+        .await
+        .expect("the restarted worker rejoins without help");
+    let answers = drive(&cluster.gateway, 30, 3, echo).await;
+    assert!(served_by(&answers).contains_key("worker-2"));
+}
+
+/// The leading monitor's id, as the gateway's view shows it.
+async fn leader(cluster: &Cluster) -> String {
+    eventually("a leading monitor", Duration::from_secs(20), || async {
+        let (_, view) = cluster.gateway.get("/v1/cluster").await.ok()?;
+        let leads = view["monitor_leads"] == true;
+        leads.then(|| view["monitor"].as_str().map(str::to_owned))?
+    })
+    .await
+    .expect("a monitor leads")
+}
+
+/// Every stored version of the membership view, oldest first.
+async fn view_history(cluster: &Cluster) -> Vec<MembershipView> {
+    let client = async_nats::connect(cluster.nats.url())
+        .await
+        .expect("the test connects to NATS");
+    let store = async_nats::jetstream::new(client)
+        .get_key_value(subjects::MEMBERSHIP_BUCKET)
+        .await
+        .expect("the membership bucket exists");
+    let mut history = store.history(subjects::VIEW_KEY).await.expect("history");
+    let mut views = Vec::new();
+    while let Some(entry) = history.next().await {
+        let entry = entry.expect("a history entry");
+        views.push(serde_json::from_slice(&entry.value).expect("a stored view"));
+    }
+    views
+}
+
+#[tokio::test]
+async fn a_standby_monitor_takes_over_and_a_paused_old_leader_cannot_write() {
+    let ttl_ms = 500;
+    let cluster = Cluster::start(spec(&["--lease-ttl-ms", "500", "--slow-start-ms", "0"]))
+        .await
+        .expect("cluster starts");
+    let old = leader(&cluster).await;
+    let index = usize::from(old == "monitor-2");
+    let before = view_history(&cluster).await.last().expect("a view").token;
+
+    // Pause the leader (as a long GC pause or a frozen VM would) for
+    // several TTLs: the standby must take over.
+    let paused_at = Instant::now();
+    cluster.monitors[index].signal("STOP").expect("SIGSTOP");
+    eventually("the standby to lead", Duration::from_secs(20), || async {
+        let (_, view) = cluster.gateway.get("/v1/cluster").await.ok()?;
+        let leads = view["monitor"].as_str()? != old && view["monitor_leads"] == true;
+        leads.then_some(())
+    })
+    .await
+    .expect("the standby takes over");
+    let takeover = paused_at.elapsed();
+    eventually(
+        "the new leader's first view",
+        Duration::from_secs(20),
+        || async {
+            let newest = view_history(&cluster).await.last()?.token;
+            (newest > before).then_some(())
+        },
+    )
+    .await
+    .expect("the new leader writes under a newer token");
+    tokio::time::sleep(Duration::from_millis(3 * ttl_ms)).await;
+
+    // Wake the old leader: its detectors see seconds of silence from every
+    // member, so it has every reason to write a view marking them suspect.
+    cluster.monitors[index].signal("CONT").expect("SIGCONT");
+    let log = eventually(
+        "the old leader to notice it lost the lease",
+        Duration::from_secs(20),
+        || async {
+            let log = cluster.monitors[index].log();
+            (log.contains("refused")
+                || log.contains("took the lease")
+                || log.contains("no longer leading"))
+            .then_some(log)
+        },
+    )
+    .await
+    .expect("the old leader steps down");
+    let fenced = log.contains("refused");
+
+    // No view written under the old token after the new leader's first.
+    let history = view_history(&cluster).await;
+    let first_new = history
+        .iter()
+        .position(|v| v.token > before)
+        .expect("the new leader wrote");
+    let stale: Vec<_> = history[first_new..]
+        .iter()
+        .filter(|v| v.token <= before)
+        .collect();
+    assert!(stale.is_empty(), "stale views were accepted: {stale:?}");
+    eprintln!(
+        "monitor takeover after {takeover:?} (lease TTL {ttl_ms} ms); the resumed old leader \
+         {} ",
+        if fenced {
+            "tried to write and was refused by the fencing token"
+        } else {
+            "saw its lease taken before writing"
+        }
+    );
+
+    // Balancing never stopped.
+    let answers = drive(&cluster.gateway, 30, 3, echo).await;
+    assert_eq!(served_by(&answers).len(), 3);
+}
+
+#[tokio::test]
+async fn a_killed_leading_monitor_is_replaced_by_the_standby() {
+    let mut cluster = Cluster::start(spec(&["--lease-ttl-ms", "500", "--slow-start-ms", "0"]))
+        .await
+        .expect("cluster starts");
+    let old = leader(&cluster).await;
+    let killed_at = Instant::now();
+    cluster.monitors[usize::from(old == "monitor-2")].kill();
+    let new = eventually("the standby to lead", Duration::from_secs(20), || async {
+        let (_, view) = cluster.gateway.get("/v1/cluster").await.ok()?;
+        let leads = view["monitor_leads"] == true && view["monitor"] != old.as_str();
+        leads.then(|| view["monitor"].as_str().map(str::to_owned))?
+    })
+    .await
+    .expect("the standby takes over");
+    eprintln!(
+        "leading monitor killed: {new} leads after {:?} (bound: lease TTL 500 ms + two \
+         lease steps of 125 ms + one view poll)",
+        killed_at.elapsed()
+    );
+    // The new leader judges on: a worker killed now is marked down.
+    let events = Events::follow(&cluster).await;
+    let since = Instant::now();
+    cluster.workers[0].kill();
+    let (_, event) = events.wait("worker-1", State::Down, since).await;
+    assert_eq!(event.leader, new);
+}
+
+#[tokio::test]
+async fn every_monitor_gone_leaves_balancing_on_the_last_view() {
+    let mut cluster = Cluster::start(spec(&["--slow-start-ms", "0"]))
+        .await
+        .expect("cluster starts");
+    for monitor in &mut cluster.monitors {
+        monitor.kill();
+    }
+    // Past the load-balancers' monitor timeout (3 s), and still routing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let answers = drive(&cluster.gateway, 30, 3, echo).await;
+    assert_eq!(served_by(&answers).len(), 3);
+    // And a worker that dies now is still found by the replicas' own
+    // heartbeat timeout.
+    cluster.workers[2].kill();
+    wait_out_of_rotation(
+        &cluster,
+        "worker-3",
+        "heartbeat expiry still works without monitors",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_restarted_nats_server_is_rejoined_by_every_service() {
+    let mut cluster = Cluster::start(spec(&["--slow-start-ms", "0"]))
+        .await
+        .expect("cluster starts");
+    assert_eq!(
+        served_by(&drive(&cluster.gateway, 12, 3, echo).await).len(),
+        3
+    );
+    cluster.nats.restart().expect("nats-server starts again");
+    let restarted_at = Instant::now();
+    eventually(
+        "calls to succeed again",
+        Duration::from_secs(30),
+        || async {
+            let (status, _) = cluster.gateway.call(&echo(0)).await.ok()?;
+            (status == 200).then_some(())
+        },
+    )
+    .await
+    .expect("the services reconnect by themselves");
+    let recovered = restarted_at.elapsed();
+    cluster
+        .wait_for_view("every worker routed and judged up again", |view| {
+            view["members"].as_array().is_some_and(|ms| {
+                ms.iter()
+                    .filter(|m| m["role"] == "worker" && m["state"] == "up")
+                    .count()
+                    == 3
+            }) && !left_rotation(view, "worker-1")
+        })
+        .await
+        .expect("the monitor and the replicas recover their views");
+    let answers = drive(&cluster.gateway, 60, 6, echo).await;
+    assert_eq!(served_by(&answers).len(), 3);
+    eprintln!(
+        "nats-server restart: calls succeed again {recovered:?} after; {} of 60 calls \
+         afterwards were retried",
+        retried(&answers)
+    );
+}
