@@ -210,7 +210,6 @@ pub async fn run(
                 table.tick(now)
             }
             Some((id, answer)) = probe_inbox.recv() => {
-                let answer: Option<Heartbeat> = answer;
                 let mut changes: Vec<Change> = Vec::new();
                 if let Some(beat) = &answer {
                     changes.extend(table.heartbeat(beat, now));

@@ -74,6 +74,19 @@ struct Entry {
     probe_sent: Option<Instant>,
 }
 
+impl Entry {
+    /// What the view stores for this member (once an incarnation is known).
+    fn record(&self) -> Option<MemberRecord> {
+        Some(MemberRecord {
+            role: self.role,
+            state: self.health.state(),
+            reason: self.reason.clone(),
+            incarnation: self.health.incarnation()?,
+            share_permille: self.share_permille,
+        })
+    }
+}
+
 /// Slow-start shares are published in steps of this many thousandths, so a
 /// ramp costs about twenty view writes, not one per tick.
 const SHARE_STEP: u32 = 50;
@@ -223,18 +236,7 @@ impl Table {
             members: self
                 .members
                 .iter()
-                .filter_map(|(id, e)| {
-                    Some((
-                        id.clone(),
-                        MemberRecord {
-                            role: e.role,
-                            state: e.health.state(),
-                            reason: e.reason.clone(),
-                            incarnation: e.health.incarnation()?,
-                            share_permille: e.share_permille,
-                        },
-                    ))
-                })
+                .filter_map(|(id, e)| Some((id.clone(), e.record()?)))
                 .collect(),
         }
     }
@@ -243,32 +245,22 @@ impl Table {
     pub fn health(&self, now: Instant) -> Vec<MemberHealth> {
         self.members
             .iter()
-            .map(|(id, e)| {
-                let record = MemberRecord {
-                    role: e.role,
-                    state: e.health.state(),
-                    reason: String::new(),
-                    incarnation: 0,
-                    share_permille: e.share_permille,
-                };
-                MemberHealth {
-                    id: id.clone(),
-                    role: e.role,
-                    state: e.health.state(),
-                    reason: e.reason.clone(),
-                    detector_value: round2(e.health.suspicion(now)),
-                    detector_threshold: e.health.threshold(),
-                    last_heartbeat_ms: u64::try_from(
-                        now.saturating_duration_since(e.last_heartbeat).as_millis(),
-                    )
-                    .unwrap_or(u64::MAX),
-                    weight: e.weight,
-                    effective_weight: if record.routable() {
-                        record.effective_weight(e.weight)
-                    } else {
-                        0
-                    },
-                }
+            .map(|(id, e)| MemberHealth {
+                id: id.clone(),
+                role: e.role,
+                state: e.health.state(),
+                reason: e.reason.clone(),
+                detector_value: round2(e.health.suspicion(now)),
+                detector_threshold: e.health.threshold(),
+                last_heartbeat_ms: u64::try_from(
+                    now.saturating_duration_since(e.last_heartbeat).as_millis(),
+                )
+                .unwrap_or(u64::MAX),
+                weight: e.weight,
+                effective_weight: e
+                    .record()
+                    .filter(MemberRecord::routable)
+                    .map_or(0, |r| r.effective_weight(e.weight)),
             })
             .collect()
     }

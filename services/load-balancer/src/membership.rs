@@ -208,7 +208,8 @@ impl Membership {
     }
 
     /// The weight a worker has in the balancer, if it is routed to.
-    pub fn weight(&self, id: &str) -> Option<u32> {
+    #[cfg(test)]
+    fn weight(&self, id: &str) -> Option<u32> {
         self.routed.get(id).copied()
     }
 }

@@ -98,6 +98,10 @@ struct Record {
 pub struct OutlierDetector {
     policy: OutlierPolicy,
     records: HashMap<String, Record>,
+    /// When the last ejection still running ends: until then [`Self::routing`]
+    /// must look at every worker; after it, nobody is ejected and it can
+    /// answer at once (the common case, on every pick).
+    ejections_end: Option<Instant>,
 }
 
 impl OutlierDetector {
@@ -106,6 +110,7 @@ impl OutlierDetector {
         OutlierDetector {
             policy,
             records: HashMap::new(),
+            ejections_end: None,
         }
     }
 
@@ -142,6 +147,7 @@ impl OutlierDetector {
             .saturating_mul(record.times_ejected)
             .min(policy.max_ejection);
         record.ejected_until = Some(now + duration);
+        self.ejections_end = self.ejections_end.max(Some(now + duration));
         Some(Ejection {
             worker: worker.to_owned(),
             duration,
@@ -171,6 +177,11 @@ impl OutlierDetector {
 
     /// How to route at `now` over `workers` (the ids in rotation).
     pub fn routing<'a>(&self, workers: impl IntoIterator<Item = &'a str>, now: Instant) -> Routing {
+        if self.ejections_end.is_none_or(|end| end <= now) {
+            return Routing::Normal {
+                ejected: Vec::new(),
+            };
+        }
         let mut total = 0usize;
         let mut ejected = Vec::new();
         for worker in workers {

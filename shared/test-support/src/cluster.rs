@@ -243,6 +243,12 @@ impl Gateway {
             .await
     }
 
+    /// `PUT path` with a JSON `body`; returns the status and the answer.
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        self.send(reqwest::Method::PUT, path, Some(body.to_string()))
+            .await
+    }
+
     /// `GET path`.
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
         self.send(reqwest::Method::GET, path, None).await

@@ -125,11 +125,7 @@ async fn least_loaded_steers_away_from_a_slow_worker() {
     .expect("cluster starts");
     let (status, body) = cluster
         .gateway
-        .send(
-            reqwest::Method::PUT,
-            "/v1/workers/worker-3/faults",
-            Some(json!({ "latency_ms": 60 }).to_string()),
-        )
+        .put("/v1/workers/worker-3/faults", &json!({ "latency_ms": 60 }))
         .await
         .expect("answer");
     assert_eq!(status, 200, "{body}");

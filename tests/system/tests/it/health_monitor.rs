@@ -16,7 +16,9 @@ use faultline_test_support::{Cluster, ClusterSpec, eventually};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 
-use crate::{at_fixed_rate, drive, echo, left_rotation, retried, served_by, wait_out_of_rotation};
+use crate::{
+    at_fixed_rate, drive, echo, left_rotation, retried, served_by, wait_out_of_rotation, worker_in,
+};
 
 const INTERVAL_MS: u64 = 100;
 
@@ -128,11 +130,7 @@ fn intervals(d: Duration) -> f64 {
 
 /// The weight `lb-1` gives `worker`, if it routes to it.
 fn routed_weight(view: &Value, worker: &str) -> Option<u64> {
-    view["load_balancers"][0]["workers"]
-        .as_array()?
-        .iter()
-        .find(|w| w["id"] == worker)?["weight"]
-        .as_u64()
+    worker_in(&view["load_balancers"][0], worker)?["weight"].as_u64()
 }
 
 #[tokio::test]
@@ -267,12 +265,8 @@ async fn a_killed_worker_restarted_is_back_in_rotation_by_itself() {
     cluster
         .wait_for_view("worker-2 judged up and routed again", |view| {
             view["load_balancers"].as_array().is_some_and(|lbs| {
-                lbs.iter().all(|lb| {
-                    lb["workers"].as_array().is_some_and(|ws| {
-                        ws.iter()
-                            .any(|w| w["id"] == "worker-2" && w["state"] == "up")
-                    })
-                })
+                lbs.iter()
+                    .all(|lb| worker_in(lb, "worker-2").is_some_and(|w| w["state"] == "up"))
             })
         })
         .await
@@ -344,8 +338,9 @@ async fn a_standby_monitor_takes_over_and_a_paused_old_leader_cannot_write() {
     .expect("the new leader writes under a newer token");
     tokio::time::sleep(Duration::from_millis(3 * ttl_ms)).await;
 
-    // Wake the old leader: its detectors see seconds of silence from every
-    // member, so it has every reason to write a view marking them suspect.
+    // Wake the old leader. Whether it first tries to write a view (and is
+    // refused by the fencing token) or first finds its lease taken depends
+    // on what its tasks run first; either way, nothing it writes may land.
     cluster.monitors[index].signal("CONT").expect("SIGCONT");
     let log = eventually(
         "the old leader to notice it lost the lease",
@@ -424,8 +419,19 @@ async fn every_monitor_gone_leaves_balancing_on_the_last_view() {
     for monitor in &mut cluster.monitors {
         monitor.kill();
     }
-    // Past the load-balancers' monitor timeout (3 s), and still routing.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // A restarted worker is a new incarnation no monitor will ever judge:
+    // held out while the replicas still count a monitor as leading, then
+    // admitted on its heartbeats once they count every monitor as gone (no
+    // lease renewal for 3 s).
+    cluster.workers[1].restart().expect("worker-2 starts again");
+    wait_out_of_rotation(&cluster, "worker-2", "the new incarnation waits").await;
+    cluster
+        .wait_for_view("the new worker-2 routed without a monitor", |view| {
+            !left_rotation(view, "worker-2")
+        })
+        .await
+        .expect("heartbeats alone admit it when every monitor is gone");
+    // The last view and the heartbeats keep routing to every worker.
     let answers = drive(&cluster.gateway, 30, 3, echo).await;
     assert_eq!(served_by(&answers).len(), 3);
     // And a worker that dies now is still found by the replicas' own

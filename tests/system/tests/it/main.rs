@@ -66,11 +66,7 @@ pub fn retried(answers: &[(u16, Value)]) -> usize {
 pub async fn switch_strategy(cluster: &faultline_test_support::Cluster, strategy: &str) {
     let (status, body) = cluster
         .gateway
-        .send(
-            reqwest::Method::PUT,
-            "/v1/strategy",
-            Some(json!({ "strategy": strategy }).to_string()),
-        )
+        .put("/v1/strategy", &json!({ "strategy": strategy }))
         .await
         .expect("the gateway answers");
     assert_eq!(status, 200, "{body}");
@@ -99,15 +95,19 @@ pub async fn wait_out_of_rotation(
         .expect(why);
 }
 
+/// `worker` as one load-balancer replica's view lists it, if it routes to it.
+pub fn worker_in<'a>(load_balancer: &'a Value, worker: &str) -> Option<&'a Value> {
+    load_balancer["workers"]
+        .as_array()?
+        .iter()
+        .find(|w| w["id"] == worker)
+}
+
 /// Whether no load-balancer replica routes to `worker`.
 pub fn left_rotation(view: &Value, worker: &str) -> bool {
-    view["load_balancers"].as_array().is_some_and(|lbs| {
-        lbs.iter().all(|lb| {
-            lb["workers"]
-                .as_array()
-                .is_some_and(|ws| ws.iter().all(|w| w["id"] != worker))
-        })
-    })
+    view["load_balancers"]
+        .as_array()
+        .is_some_and(|lbs| lbs.iter().all(|lb| worker_in(lb, worker).is_none()))
 }
 
 /// Open-model load: starts one call every `every` for `duration`, whether

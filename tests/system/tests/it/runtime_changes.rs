@@ -25,11 +25,7 @@ async fn strategy_and_weights_change_without_a_restart() {
     // Weighted with weights 1, 1, 4 set through the API.
     let (status, body) = cluster
         .gateway
-        .send(
-            reqwest::Method::PUT,
-            "/v1/workers/worker-3/weight",
-            Some(json!({ "weight": 4 }).to_string()),
-        )
+        .put("/v1/workers/worker-3/weight", &json!({ "weight": 4 }))
         .await
         .expect("answer");
     assert_eq!((status, body["weight"].as_u64()), (200, Some(4)), "{body}");

@@ -9,7 +9,7 @@
 use faultline_test_support::{Cluster, ClusterSpec};
 use serde_json::json;
 
-use crate::{drive, echo, left_rotation, retried, served_by, wait_out_of_rotation};
+use crate::{drive, echo, left_rotation, retried, served_by, wait_out_of_rotation, worker_in};
 
 #[tokio::test]
 async fn a_killed_worker_fails_no_call() {
@@ -73,11 +73,7 @@ async fn a_worker_that_fails_every_call_is_ejected_and_calls_succeed_elsewhere()
         .expect("cluster starts");
     let (status, _) = cluster
         .gateway
-        .send(
-            reqwest::Method::PUT,
-            "/v1/workers/worker-2/faults",
-            Some(json!({ "error_rate": 1.0 }).to_string()),
-        )
+        .put("/v1/workers/worker-2/faults", &json!({ "error_rate": 1.0 }))
         .await
         .expect("the gateway answers");
     assert_eq!(status, 200);
@@ -91,12 +87,8 @@ async fn a_worker_that_fails_every_call_is_ejected_and_calls_succeed_elsewhere()
     cluster
         .wait_for_view("worker-2 ejected by a replica", |view| {
             view["load_balancers"].as_array().is_some_and(|lbs| {
-                lbs.iter().any(|lb| {
-                    lb["workers"].as_array().is_some_and(|ws| {
-                        ws.iter()
-                            .any(|w| w["id"] == "worker-2" && w["ejected"] == true)
-                    })
-                })
+                lbs.iter()
+                    .any(|lb| worker_in(lb, "worker-2").is_some_and(|w| w["ejected"] == true))
             })
         })
         .await
