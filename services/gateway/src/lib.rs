@@ -7,6 +7,9 @@
 //! | `PUT /v1/strategy` | `{"strategy":"weighted"}`: switch strategy at run time |
 //! | `PUT /v1/workers/{id}/weight` | `{"weight":3}`: override a worker's weight; `DELETE` clears it |
 //! | `GET`/`PUT /v1/workers/{id}/faults` | read or inject faults: `{"latency_ms":200,"error_rate":0.1}` |
+//! | `POST /v1/accounts`, `GET /v1/accounts/{id}` | open and read accounts ([`api::bank`]) |
+//! | `POST /v1/transfers` | `{"from":"a","to":"b","amount":5}` with `Idempotency-Key`: a two-phase-commit transfer |
+//! | `GET /v1/transfers/{id}`, `GET /v1/transfers/in-doubt` | a transfer's state; unfinished transfers |
 //! | `GET /live`, `/ready`, `/metrics` | liveness, readiness, Prometheus metrics |
 //!
 //! Every input is validated here and refused with a 4xx JSON error naming
@@ -65,6 +68,14 @@ pub struct Settings {
     #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 250,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub heartbeat_interval_ms: u64,
+    /// How many account shards exist; every service must agree.
+    #[arg(long, env = "SHARDS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub shards: u32,
+    /// How long a transfer or account request may take, in milliseconds.
+    #[arg(long, env = "TRANSFER_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub transfer_timeout_ms: u64,
     /// NATS connection.
     #[command(flatten)]
     pub nats: faultline_bus::NatsArgs,
@@ -80,6 +91,8 @@ pub struct AppState {
     settings: OnceCell<kv::Store>,
     max_body_bytes: usize,
     lb_attempts: u32,
+    shards: u32,
+    transfer_timeout: Duration,
     metrics: Metrics,
 }
 
@@ -107,6 +120,8 @@ pub async fn run(
         settings: OnceCell::new(),
         max_body_bytes: usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX),
         lb_attempts: settings.lb_attempts,
+        shards: settings.shards,
+        transfer_timeout: Duration::from_millis(settings.transfer_timeout_ms),
         metrics: Metrics::register(&mut registry),
     });
     let ready_client = client.clone();
@@ -168,6 +183,32 @@ pub async fn run(
                     .route(web::get().to(api::cluster::faults))
                     .route(web::put().to(api::cluster::faults))
                     .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET, PUT"))),
+            )
+            .service(
+                web::resource("/v1/accounts")
+                    .route(web::post().to(api::bank::open_account))
+                    .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "POST"))),
+            )
+            .service(
+                web::resource("/v1/accounts/{id}")
+                    .route(web::get().to(api::bank::read_account))
+                    .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET"))),
+            )
+            .service(
+                web::resource("/v1/transfers")
+                    .route(web::post().to(api::bank::transfer))
+                    .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "POST"))),
+            )
+            // Before `/v1/transfers/{id}`, which would otherwise match it.
+            .service(
+                web::resource("/v1/transfers/in-doubt")
+                    .route(web::get().to(api::bank::in_doubt))
+                    .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET"))),
+            )
+            .service(
+                web::resource("/v1/transfers/{id}")
+                    .route(web::get().to(api::bank::read_transfer))
+                    .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET"))),
             )
             .default_service(web::to(not_found))
     })

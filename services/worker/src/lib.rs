@@ -12,6 +12,9 @@
 //! (added latency, a share of retryable errors) so demos and tests can make
 //! a healthy worker slow or flaky without restarting it; see [`faults`].
 //!
+//! With a database configured, the worker is also a two-phase-commit
+//! participant for the account shards it owns; see [`participant`].
+//!
 //! Failure it handles: a caller that gave up. Work is bounded by the
 //! deadline the call carries, and no reply is sent after it.
 #![forbid(unsafe_code)]
@@ -19,6 +22,7 @@
 pub mod faults;
 mod metrics;
 pub mod operations;
+pub mod participant;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -60,6 +64,9 @@ pub struct Settings {
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_in_flight: u32,
+    /// Two-phase commit for the account shards this worker owns.
+    #[command(flatten)]
+    pub participant: participant::ParticipantArgs,
     /// NATS connection.
     #[command(flatten)]
     pub nats: faultline_bus::NatsArgs,
@@ -125,6 +132,11 @@ pub async fn run(
         calls_in_flight.clone(),
     );
     tracing::info!(id = %settings.id, weight = settings.weight, "Worker serving calls.");
+    let participant = participant::spawn(
+        client.clone(),
+        settings.id.clone(),
+        settings.participant.clone(),
+    );
 
     // Fault injection has its own task: a worker saturated with calls must
     // still accept "stop being slow".
@@ -150,6 +162,9 @@ pub async fn run(
 
     heartbeats.abort();
     faults_task.abort();
+    if let Some(participant) = participant {
+        participant.abort();
+    }
     faultline_bus::flush_before_exit(&client, Duration::from_secs(2)).await;
     admin_handle.stop(true).await;
     Ok(())

@@ -11,12 +11,14 @@
 //! - [`in_flight`]: the bound on messages handled at once, and their count.
 //! - [`heartbeat`]: the periodic "I am alive" every member publishes.
 //! - [`kv_buckets`]: the JetStream KV buckets (balancer settings, membership).
+//! - [`membership_watch`]: following the health-monitors' membership view.
 #![forbid(unsafe_code)]
 
 pub mod headers;
 pub mod heartbeat;
 pub mod in_flight;
 pub mod kv_buckets;
+pub mod membership_watch;
 
 use std::time::Duration;
 

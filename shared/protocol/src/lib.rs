@@ -14,6 +14,8 @@
 //!   messages.
 //! - [`membership`] is the health-monitor's membership view, its events and
 //!   its lease, as stored in JetStream KV.
+//! - [`bank`] is accounts and transfers: the public requests and the
+//!   two-phase-commit messages between the coordinator and shard owners.
 //! - [`error`] is the JSON error body shared by HTTP and NATS replies.
 //!
 //! The crate does no I/O: services own their connections and use these types
@@ -22,6 +24,7 @@
 //! bytes untouched.
 #![forbid(unsafe_code)]
 
+pub mod bank;
 pub mod call;
 pub mod cluster;
 pub mod error;

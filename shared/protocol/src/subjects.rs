@@ -48,6 +48,32 @@ pub const LEASE_KEY: &str = "leader";
 /// Key of the membership view in [`MEMBERSHIP_BUCKET`].
 pub const VIEW_KEY: &str = "view";
 
+/// Transfers from gateways to the active coordinator (a
+/// [`crate::bank::TransferCommand`]). Only the coordinator holding the
+/// lease subscribes, so "no responders" means no coordinator is active.
+pub const COORDINATOR_TRANSFER: &str = "faultline.coordinator.transfer";
+/// Reads of one transfer by id, from gateways.
+pub const COORDINATOR_TRANSFER_READ: &str = "faultline.coordinator.transfer.read";
+/// The list of unfinished (in-doubt) transfers, for operators.
+pub const COORDINATOR_UNFINISHED: &str = "faultline.coordinator.unfinished";
+/// Participants' questions about branches they prepared and heard nothing
+/// more of (a [`crate::bank::StatusQuery`]).
+pub const COORDINATOR_STATUS: &str = "faultline.coordinator.status";
+/// The queue group of the active coordinator's subscriptions: should a
+/// demoted coordinator still be subscribed for a moment, NATS gives each
+/// message to one of them, and the fencing token sorts out the rest.
+pub const COORDINATOR_QUEUE_GROUP: &str = "faultline-coordinators";
+
+/// The subject the owner of one account shard serves (a
+/// [`crate::bank::ShardRequest`]): `faultline.shard.<n>`.
+pub fn shard(shard: u32) -> String {
+    format!("faultline.shard.{shard}")
+}
+/// The queue group of shard owners: while ownership moves, the old and the
+/// new owner may both be subscribed for a moment; each message goes to one,
+/// and the database's ownership epoch refuses the one that lost.
+pub const SHARD_QUEUE_GROUP: &str = "faultline-shard-owners";
+
 /// The subject on which one worker serves calls. The balancer addresses the
 /// worker it chose here, never through a queue group.
 pub fn worker_call(worker_id: &str) -> String {

@@ -7,9 +7,12 @@
 //!   connection is up, its subscriptions are in place), so an orchestrator
 //!   restarts the first and only routes around the second, as
 //!   linkerd2-proxy's admin server separates them.
+//! - [`failpoints`]: named crash points that tests switch on to kill a
+//!   process at an exact step.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod failpoints;
 
 use tracing_subscriber::EnvFilter;
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::Value;
 
+use crate::database::TestDatabase;
 use crate::process::{NatsServer, Service, free_port};
 
 /// What to start.
@@ -24,6 +25,42 @@ pub struct ClusterSpec {
     pub monitors: usize,
     /// Extra arguments for every health-monitor (slow start, lease TTL...).
     pub monitor_args: Vec<String>,
+    /// Two-phase commit: a private database, coordinators, and workers as
+    /// shard owners. Needs at least one monitor (shard ownership follows
+    /// the membership view).
+    pub bank: Option<BankSpec>,
+}
+
+/// The two-phase-commit part of a cluster.
+#[derive(Debug, Clone)]
+pub struct BankSpec {
+    /// How many account shards.
+    pub shards: u32,
+    /// How many coordinators, named `coordinator-1`, ... (one active, the
+    /// rest standby).
+    pub coordinators: usize,
+    /// Extra arguments for every coordinator.
+    pub coordinator_args: Vec<String>,
+    /// Extra arguments for every worker.
+    pub worker_args: Vec<String>,
+}
+
+impl Default for BankSpec {
+    fn default() -> Self {
+        BankSpec {
+            shards: 8,
+            coordinators: 2,
+            coordinator_args: vec![
+                "--lease-ttl-ms".into(),
+                "1000".into(),
+                "--prepare-window-ms".into(),
+                "2000".into(),
+                "--recovery-interval-ms".into(),
+                "500".into(),
+            ],
+            worker_args: vec!["--in-doubt-after-ms".into(), "1000".into()],
+        }
+    }
 }
 
 impl Default for ClusterSpec {
@@ -35,6 +72,7 @@ impl Default for ClusterSpec {
             heartbeat_interval_ms: 100,
             monitors: 0,
             monitor_args: Vec::new(),
+            bank: None,
         }
     }
 }
@@ -50,6 +88,12 @@ pub struct Cluster {
     pub workers: Vec<Service>,
     /// Health-monitors, `monitor-1` first.
     pub monitors: Vec<Service>,
+    /// Coordinators, `coordinator-1` first.
+    pub coordinators: Vec<Service>,
+    /// Admin URLs of the coordinators, in order.
+    pub coordinator_admin: Vec<String>,
+    /// The private database of a bank cluster.
+    pub database: Option<TestDatabase>,
     /// The private NATS server.
     pub nats: NatsServer,
     /// Admin URLs of the load-balancers, in order.
@@ -72,6 +116,19 @@ impl Cluster {
     pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
         let logs = Arc::new(tempfile::tempdir().context("creating the log directory")?);
         let nats = NatsServer::start()?;
+        let database = match &spec.bank {
+            Some(_) => Some(TestDatabase::create().await?),
+            None => None,
+        };
+        // Arguments every bank service shares.
+        let bank_args = |bank: &BankSpec| {
+            vec![
+                "--shards".to_owned(),
+                bank.shards.to_string(),
+                "--database-url".to_owned(),
+                database.as_ref().map(|d| d.url.clone()).unwrap_or_default(),
+            ]
+        };
         let common = |admin_port: u16| {
             vec![
                 "--nats-servers".to_owned(),
@@ -92,6 +149,10 @@ impl Cluster {
                 "--weight".into(),
                 weight.to_string(),
             ]);
+            if let Some(bank) = &spec.bank {
+                args.extend(bank_args(bank));
+                args.extend(bank.worker_args.iter().cloned());
+            }
             workers.push(Service::start(&id, "worker", &args, &[], logs.clone())?);
         }
         let mut load_balancers = Vec::new();
@@ -129,8 +190,35 @@ impl Cluster {
                 logs.clone(),
             )?);
         }
+        let mut coordinators = Vec::new();
+        let mut coordinator_admin = Vec::new();
+        if let Some(bank) = &spec.bank {
+            let prefix = crate::database::unique_name("faultline-test");
+            for i in 1..=bank.coordinators {
+                let id = format!("coordinator-{i}");
+                let port = free_port();
+                let mut args = common(port);
+                args.extend(["--id".into(), id.clone()]);
+                args.extend(bank_args(bank));
+                args.extend([
+                    "--redis-url".into(),
+                    crate::database::redis_url(),
+                    "--redis-prefix".into(),
+                    prefix.clone(),
+                ]);
+                args.extend(bank.coordinator_args.iter().cloned());
+                coordinators.push(Service::start(
+                    &id,
+                    "coordinator",
+                    &args,
+                    &[],
+                    logs.clone(),
+                )?);
+                coordinator_admin.push(format!("http://127.0.0.1:{port}"));
+            }
+        }
         let http_port = free_port();
-        let args = vec![
+        let mut args = vec![
             "--nats-servers".to_owned(),
             nats.url(),
             "--http-addr".to_owned(),
@@ -140,6 +228,16 @@ impl Cluster {
             "--heartbeat-interval-ms".to_owned(),
             spec.heartbeat_interval_ms.to_string(),
         ];
+        if let Some(bank) = &spec.bank {
+            args.extend([
+                "--shards".to_owned(),
+                bank.shards.to_string(),
+                // A crashed coordinator's clients learn "outcome unknown"
+                // sooner and retry with their key.
+                "--transfer-timeout-ms".to_owned(),
+                "5000".to_owned(),
+            ]);
+        }
         let gateway = Gateway {
             service: Service::start("gateway", "gateway", &args, &[], logs.clone())?,
             url: format!("http://127.0.0.1:{http_port}"),
@@ -153,11 +251,18 @@ impl Cluster {
             load_balancers,
             workers,
             monitors,
+            coordinators,
+            coordinator_admin,
+            database,
             nats,
             load_balancer_admin,
         };
-        let mut ready = cluster.wait_until_ready(spec.worker_weights.len()).await;
-        if ready.is_ok() && spec.monitors > 0 {
+        let mut ready = if spec.load_balancers > 0 {
+            cluster.wait_until_ready(spec.worker_weights.len()).await
+        } else {
+            Ok(())
+        };
+        if ready.is_ok() && spec.monitors > 0 && spec.load_balancers > 0 {
             ready = cluster
                 .wait_for_view(
                     "every load-balancer routing to every worker the monitor judged up",
@@ -175,10 +280,79 @@ impl Cluster {
                 )
                 .await;
         }
+        if ready.is_ok() && spec.bank.is_some() {
+            ready = cluster.wait_for_bank().await;
+        }
         if let Err(error) = ready {
             anyhow::bail!("{error:#}\n{}", cluster.logs());
         }
         Ok(cluster)
+    }
+
+    /// Waits until every shard has an owner and a coordinator is active
+    /// (it answers the in-doubt list).
+    pub async fn wait_for_bank(&self) -> anyhow::Result<()> {
+        let pool = self
+            .database
+            .as_ref()
+            .context("not a bank cluster")?
+            .pool()
+            .await?;
+        crate::eventually(
+            "every shard to have an owner",
+            Duration::from_secs(30),
+            || async {
+                let unowned: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM shards WHERE owner IS NULL")
+                        .fetch_one(&pool)
+                        .await
+                        .ok()?;
+                let all: i64 = sqlx::query_scalar("SELECT count(*) FROM shards")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+                (all > 0 && unowned == 0).then_some(())
+            },
+        )
+        .await?;
+        if self.coordinators.is_empty() {
+            return Ok(());
+        }
+        crate::eventually(
+            "a coordinator to be active",
+            Duration::from_secs(30),
+            || async {
+                let (status, _) = self.gateway.get("/v1/transfers/in-doubt").await.ok()?;
+                (status == 200).then_some(())
+            },
+        )
+        .await
+    }
+
+    /// The index of the coordinator holding the lease, read from each
+    /// one's `faultline_coordinator_active` gauge.
+    pub async fn active_coordinator(&self) -> Option<usize> {
+        for (i, admin) in self.coordinator_admin.iter().enumerate() {
+            let Ok(response) = self
+                .gateway
+                .http
+                .get(format!("{admin}/metrics"))
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let Ok(text) = response.text().await else {
+                continue;
+            };
+            if text
+                .lines()
+                .any(|line| line.trim() == "faultline_coordinator_active 1")
+            {
+                return Some(i);
+            }
+        }
+        None
     }
 
     async fn wait_until_ready(&self, workers: usize) -> anyhow::Result<()> {
@@ -228,6 +402,7 @@ impl Cluster {
             .iter()
             .chain(&self.load_balancers)
             .chain(&self.monitors)
+            .chain(&self.coordinators)
             .chain([&self.gateway.service])
         {
             out.push_str(&format!("----- {} -----\n{}\n", s.name(), s.log()));
@@ -249,6 +424,17 @@ impl Gateway {
             .await
     }
 
+    /// `POST path` with a JSON `body` and extra headers.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, Value)> {
+        self.send_with(reqwest::Method::POST, path, Some(body.to_string()), headers)
+            .await
+    }
+
     /// `GET path`.
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
         self.send(reqwest::Method::GET, path, None).await
@@ -261,7 +447,21 @@ impl Gateway {
         path: &str,
         body: Option<String>,
     ) -> anyhow::Result<(u16, Value)> {
+        self.send_with(method, path, body, &[]).await
+    }
+
+    /// Any request with a raw body and extra headers.
+    pub async fn send_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, Value)> {
         let mut request = self.http.request(method, format!("{}{path}", self.url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(body) = body {
             request = request
                 .header("content-type", "application/json")

@@ -8,6 +8,8 @@
 //!   dropped.
 //! - [`Cluster`]: NATS, workers, load-balancers and a gateway, started and
 //!   waited for until every load-balancer routes to every worker.
+//! - [`database`]: a private PostgreSQL database and Redis key prefix per
+//!   test, for the two-phase-commit services.
 //! - [`eventually`]: poll a condition with a deadline instead of sleeping
 //!   and hoping.
 //!
@@ -17,9 +19,10 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+pub mod database;
 mod process;
 
-pub use cluster::{Cluster, ClusterSpec, Gateway};
+pub use cluster::{BankSpec, Cluster, ClusterSpec, Gateway};
 pub use process::{NatsServer, Service, binary, free_port};
 
 use std::future::Future;

@@ -209,6 +209,15 @@ impl Service {
         Ok(())
     }
 
+    /// Sets (`Some`) or removes (`None`) an environment variable for the
+    /// next start, such as `FAILPOINTS`.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.env.push((key.to_owned(), value.to_owned()));
+        }
+    }
+
     /// Starts the process again with the same settings.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();

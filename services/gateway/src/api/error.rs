@@ -49,6 +49,37 @@ pub enum ApiError {
     /// The deadline passed before anything answered.
     #[error("the call's deadline passed before the load-balancer answered")]
     DeadlineExceeded,
+    /// No coordinator is active (a takeover may be under way).
+    #[error("no coordinator is active; retry shortly with the same Idempotency-Key")]
+    CoordinatorUnavailable,
+    /// The coordinator did not answer in time: the transfer may or may not
+    /// have been made.
+    #[error(
+        "the coordinator did not answer in time, so the outcome is unknown; \
+         retry with the same Idempotency-Key to learn it (the transfer is never made twice)"
+    )]
+    OutcomeUnknown,
+    /// No worker serving an account's shard answered in time.
+    #[error("shard {shard} is unavailable: {why}")]
+    ShardUnavailable {
+        /// The shard.
+        shard: u32,
+        /// The last thing that went wrong.
+        why: String,
+    },
+    /// A shard's owner did not answer a write in time: it may have been
+    /// made.
+    #[error(
+        "shard {shard} did not answer in time, so the outcome is unknown; \
+         read the account to find out"
+    )]
+    ShardOutcomeUnknown {
+        /// The shard.
+        shard: u32,
+    },
+    /// An upstream answer could not be read.
+    #[error("{0}")]
+    BadUpstream(String),
     /// A load-balancer or worker answered with a failure; its JSON error
     /// body is passed on as it came.
     #[error("upstream failure ({status})")]
@@ -72,6 +103,11 @@ impl ApiError {
             ApiError::NoLoadBalancer => "no_load_balancer",
             ApiError::SettingsUnavailable(_) => "settings_unavailable",
             ApiError::DeadlineExceeded => "deadline_exceeded",
+            ApiError::CoordinatorUnavailable => "coordinator_unavailable",
+            ApiError::OutcomeUnknown => "outcome_unknown",
+            ApiError::ShardUnavailable { .. } => "shard_unavailable",
+            ApiError::ShardOutcomeUnknown { .. } => "outcome_unknown",
+            ApiError::BadUpstream(_) => "bad_upstream_reply",
             ApiError::Upstream { .. } => "upstream_failure",
         }
     }
@@ -84,10 +120,14 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RouteNotFound { .. } | ApiError::UnknownWorker(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NoLoadBalancer | ApiError::SettingsUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ApiError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::NoLoadBalancer
+            | ApiError::SettingsUnavailable(_)
+            | ApiError::CoordinatorUnavailable
+            | ApiError::ShardUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DeadlineExceeded
+            | ApiError::OutcomeUnknown
+            | ApiError::ShardOutcomeUnknown { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::BadUpstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Upstream { status, .. } => *status,
         }
     }

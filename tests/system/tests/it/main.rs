@@ -7,6 +7,7 @@ mod deadlines;
 mod health_monitor;
 mod load_balancer_failover;
 mod runtime_changes;
+mod two_phase_commit;
 mod worker_failure;
 
 use std::collections::BTreeMap;

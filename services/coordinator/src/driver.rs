@@ -1,0 +1,195 @@
+//! One transfer, driven through two-phase commit by the active coordinator.
+//!
+//! ```text
+//! begin (log) ─▶ prepare every shard ─▶ decide (log, compare-and-set) ─▶ phase two ─▶ finished (log)
+//!        ▲                ▲                          ▲                       ▲
+//!   AFTER_BEGIN      AFTER_VOTES              AFTER_DECISION           MID_PHASE_TWO
+//! ```
+//!
+//! Each failpoint sits between two steps; a crash there leaves exactly the
+//! state the steps before it wrote, and recovery ([`crate::recovery`])
+//! takes it from there: a transfer with no decision is aborted (presumed
+//! abort), a decided one has its decision sent again until every shard
+//! acknowledges.
+//!
+//! The client's answer waits for phase two, up to `--phase-two-wait-ms`,
+//! so that a committed transfer can be read back at once; past that wait
+//! it answers with the decision (which is durable: it will be applied) and
+//! `finished: false`, and recovery completes phase two.
+
+use faultline_protocol::bank::{
+    CoordinatorReply, TransferCommand, TransferRecord, TransferRequest, TransferState,
+};
+use faultline_protocol::error::ErrorDetail;
+use faultline_telemetry::failpoints::crash_point;
+use faultline_transactions::coordinator::{Decision, decide};
+use faultline_transactions::sharding::branches;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::Term;
+use crate::log::Logged;
+use crate::participants::PhaseTwo;
+
+/// Crash after the begin record is durable, before any prepare is sent.
+pub const AFTER_BEGIN: &str = "coordinator::after-begin";
+/// Crash after every vote is in, before the decision is written.
+pub const AFTER_VOTES: &str = "coordinator::after-votes";
+/// Crash after the decision is durable, before phase two.
+pub const AFTER_DECISION: &str = "coordinator::after-decision";
+/// Crash after the first shard acknowledged phase two, before the rest.
+pub const MID_PHASE_TWO: &str = "coordinator::mid-phase-two";
+
+/// Runs a client's transfer and returns the answer for the gateway.
+pub async fn transfer(term: &Term, command: TransferCommand) -> CoordinatorReply {
+    if let Err(error) = faultline_protocol::bank::idempotency_key(&command.idempotency_key)
+        .and_then(|()| command.transfer.validate())
+    {
+        return refuse(400, error.to_body("invalid_field").error);
+    }
+    let xid = Uuid::now_v7();
+    match term.log.begin(xid, command.clone(), term.token).await {
+        Ok(Logged::Begun) => {}
+        Ok(Logged::Existing(record)) => return replay(record, &command.transfer),
+        Ok(other) => return unavailable(&format!("unexpected log answer {other:?}")),
+        Err(error) => return unavailable(&error.to_string()),
+    }
+    crash_point(AFTER_BEGIN);
+    term.metrics.begun.inc();
+
+    let deadline = Instant::now() + term.prepare_window;
+    let votes: Vec<_> = branches(&command.transfer, term.shard_count)
+        .into_iter()
+        .map(|(shard, legs)| term.shards.prepare(shard, xid, term.token, legs, deadline))
+        .collect::<FuturesUnordered<_>>()
+        .collect()
+        .await;
+    crash_point(AFTER_VOTES);
+
+    let (state, reason) = match decide(&votes) {
+        Decision::Commit => (TransferState::Committed, None),
+        Decision::Abort(reason) => (TransferState::Aborted, Some(reason)),
+    };
+    let mut record = match term.log.decide(xid, state, reason, term.token).await {
+        Ok(Logged::Decided(record)) => record,
+        Ok(Logged::Fenced { current }) => return deposed(current),
+        Ok(other) => return unavailable(&format!("unexpected log answer {other:?}")),
+        Err(error) => return unavailable(&error.to_string()),
+    };
+    crash_point(AFTER_DECISION);
+    term.metrics.decided(record.state);
+
+    record.finished = phase_two(term, &record, Instant::now() + term.phase_two_wait).await;
+    CoordinatorReply::Transfer(record)
+}
+
+/// Sends the record's decision to every shard of the transfer, until each
+/// acknowledges or `deadline` passes; marks the transfer finished if all
+/// did. Returns whether it is finished.
+pub async fn phase_two(term: &Term, record: &TransferRecord, deadline: Instant) -> bool {
+    let commit = match record.state {
+        TransferState::Committed => true,
+        TransferState::Aborted => false,
+        TransferState::Preparing => return false,
+    };
+    let request = TransferRequest {
+        from: record.from.clone(),
+        to: record.to.clone(),
+        amount: record.amount,
+    };
+    let shards: Vec<u32> = branches(&request, term.shard_count).into_keys().collect();
+    let mut pending: FuturesUnordered<_> = shards
+        .iter()
+        .map(|&shard| {
+            term.shards
+                .decide(shard, record.id, term.token, commit, deadline)
+        })
+        .collect();
+    let mut acknowledged = 0;
+    while let Some(outcome) = pending.next().await {
+        if outcome == PhaseTwo::Acknowledged {
+            acknowledged += 1;
+            if acknowledged == 1 && shards.len() > 1 {
+                crash_point(MID_PHASE_TWO);
+            }
+        }
+    }
+    if acknowledged < shards.len() {
+        return false;
+    }
+    match term.log.finish(record.id).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, xid = %record.id, "Cannot mark a transfer finished.");
+            false
+        }
+    }
+}
+
+/// The answer to a request whose idempotency key is already in the log.
+fn replay(record: TransferRecord, request: &TransferRequest) -> CoordinatorReply {
+    if !record.matches(request) {
+        return refuse(
+            422,
+            ErrorDetail {
+                code: "idempotency_key_reused".into(),
+                message: format!(
+                    "this Idempotency-Key was first used for a different transfer \
+                     ({} -> {}, {}); use a new key for a new transfer",
+                    record.from, record.to, record.amount
+                ),
+                field: Some(faultline_protocol::bank::IDEMPOTENCY_KEY_HEADER.into()),
+            },
+        );
+    }
+    if record.state == TransferState::Preparing {
+        return refuse(
+            409,
+            ErrorDetail {
+                code: "transfer_in_progress".into(),
+                message: format!(
+                    "transfer {} with this Idempotency-Key is still being prepared; \
+                     retry shortly with the same key",
+                    record.id
+                ),
+                field: None,
+            },
+        );
+    }
+    CoordinatorReply::Transfer(record)
+}
+
+fn refuse(status: u16, error: ErrorDetail) -> CoordinatorReply {
+    CoordinatorReply::Error { status, error }
+}
+
+fn unavailable(message: &str) -> CoordinatorReply {
+    refuse(
+        503,
+        ErrorDetail {
+            code: "decision_log_unavailable".into(),
+            message: format!(
+                "the decision log cannot be written: {message}; \
+                 retry with the same Idempotency-Key"
+            ),
+            field: None,
+        },
+    )
+}
+
+fn deposed(current: u64) -> CoordinatorReply {
+    refuse(
+        503,
+        ErrorDetail {
+            code: "coordinator_deposed".into(),
+            message: format!(
+                "this coordinator lost its lease (the log is fenced at token {current}); \
+                 the active coordinator will settle the transfer; \
+                 retry with the same Idempotency-Key"
+            ),
+            field: None,
+        },
+    )
+}

@@ -1,0 +1,433 @@
+//! The two-phase-commit coordinator: moves money between accounts on
+//! different shards, atomically, through any crash.
+//!
+//! Two coordinators run, active and standby ([`lease`]). The active one
+//! serves, in one NATS queue group:
+//!
+//! | subject | what |
+//! |---|---|
+//! | `faultline.coordinator.transfer` | run a transfer ([`driver`]) |
+//! | `faultline.coordinator.transfer.read` | read one transfer by id |
+//! | `faultline.coordinator.unfinished` | list unfinished (in-doubt) transfers |
+//! | `faultline.coordinator.status` | a participant asks what became of a branch ([`recovery::status`]) |
+//!
+//! and runs [`recovery`] for its whole term. The standby subscribes to
+//! nothing: while no coordinator is active, a gateway's request gets "no
+//! responders" at once, so the gateway knows nothing was delivered and
+//! can safely ask again until its timeout (then 503), rather than wait
+//! out a timeout and be left not knowing.
+//!
+//! A *term* begins when the lease is taken with a new fencing token: the
+//! coordinator raises the decision log's fence to that token (waiting out
+//! any decision of the previous term still being written), subscribes, and
+//! sweeps. It ends when the lease cannot be renewed in time: every task of
+//! the term is aborted at once, and whatever it left half-done is the next
+//! term's recovery work. The pure rules live in
+//! [`faultline_transactions::coordinator`]; this crate is their I/O.
+#![forbid(unsafe_code)]
+
+pub mod driver;
+pub mod lease;
+pub mod log;
+mod metrics;
+pub mod participants;
+pub mod recovery;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::Client;
+use faultline_protocol::bank::{CoordinatorReply, StatusQuery, TransferCommand};
+use faultline_protocol::error::ErrorDetail;
+use faultline_protocol::subjects;
+use faultline_transactions::coordinator::Logged;
+use futures::StreamExt as _;
+use serde::Deserialize;
+use tokio::task::JoinSet;
+
+use crate::lease::Lease;
+use crate::log::{DecisionLog, Entry};
+pub use crate::metrics::Metrics;
+use crate::participants::ShardClient;
+
+/// Coordinator settings; every flag is also an environment variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "coordinator",
+    version,
+    about = "Faultline two-phase-commit coordinator (active or standby)."
+)]
+pub struct Settings {
+    /// This instance's id.
+    #[arg(long, env = "COORDINATOR_ID", default_value_t = format!("coordinator-{}", std::process::id()),
+          value_parser = subjects::parse_member_id)]
+    pub id: String,
+    /// How many account shards exist; every service must agree.
+    #[arg(long, env = "SHARDS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub shards: u32,
+    /// How long a transfer may collect votes before it is aborted.
+    #[arg(long, env = "PREPARE_WINDOW_MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub prepare_window_ms: u64,
+    /// How long the client's answer waits for phase two to finish.
+    #[arg(long, env = "PHASE_TWO_WAIT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub phase_two_wait_ms: u64,
+    /// Time allowed for one request to a shard.
+    #[arg(long, env = "SHARD_ATTEMPT_TIMEOUT_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub shard_attempt_timeout_ms: u64,
+    /// How often recovery sweeps the log.
+    #[arg(long, env = "RECOVERY_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub recovery_interval_ms: u64,
+    /// The lease's time to live; the standby takes over within about this.
+    #[arg(long, env = "LEASE_TTL_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub lease_ttl_ms: u64,
+    /// Redis, for the lease.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of the Redis keys, so several clusters can share a Redis.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "faultline")]
+    pub redis_prefix: String,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 250,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub heartbeat_interval_ms: u64,
+    /// The database holding the decision log.
+    #[command(flatten)]
+    pub database: faultline_storage::DatabaseArgs,
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: faultline_bus::NatsArgs,
+    /// Admin endpoints and logging.
+    #[command(flatten)]
+    pub service: faultline_telemetry::ServiceArgs,
+}
+
+/// One term of office: everything the active coordinator's tasks share.
+#[derive(Debug)]
+pub struct Term {
+    /// The fencing token of this term.
+    pub token: u64,
+    /// The decision log.
+    pub log: DecisionLog,
+    /// The shard owners.
+    pub shards: ShardClient,
+    /// How many shards exist.
+    pub shard_count: u32,
+    /// How long votes are collected.
+    pub prepare_window: Duration,
+    /// How long a client's answer waits for phase two.
+    pub phase_two_wait: Duration,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Term {
+    /// How recovery and status queries must treat a log entry: undecided
+    /// work of an earlier term is abandoned at once; this term's own only
+    /// after the prepare window and a margin for its decision to be
+    /// written.
+    pub fn judge(&self, entry: &Entry) -> Logged {
+        let margin = Duration::from_secs(2);
+        Logged {
+            state: entry.record.state,
+            past_prepare_window: entry.begun_by_token < self.token
+                || entry.age > self.prepare_window + margin,
+        }
+    }
+}
+
+/// Runs the coordinator until `shutdown` resolves: standby until it takes
+/// the lease, active until it loses it, and so on.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let url = settings
+        .database
+        .url
+        .clone()
+        .context("the coordinator needs --database-url (DATABASE_URL) for its decision log")?;
+    let mut registry = prometheus_client::registry::Registry::with_prefix("faultline_coordinator");
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let ready_client = client.clone();
+    let admin = faultline_telemetry::admin::Admin {
+        registry: Arc::new(registry),
+        ready: Arc::new(move || faultline_bus::connection_ready(&ready_client)),
+    };
+    let admin_handle = faultline_telemetry::admin::start(&settings.service.admin_addr, admin)?;
+    let heartbeat = faultline_bus::heartbeat::spawn(
+        client.clone(),
+        faultline_protocol::cluster::Role::Coordinator,
+        settings.id.clone(),
+        1,
+        Duration::from_millis(settings.heartbeat_interval_ms),
+        Arc::new(faultline_bus::heartbeat::NoLoad),
+    );
+
+    let result = lead_when_possible(client.clone(), &settings, &url, metrics, shutdown).await;
+    heartbeat.abort();
+    admin_handle.stop(true).await;
+    result
+}
+
+async fn lead_when_possible(
+    client: Client,
+    settings: &Settings,
+    url: &str,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    let setup = async {
+        let pool = faultline_storage::connect(url, settings.database.max_connections).await?;
+        faultline_storage::ensure_shards(&pool, settings.shards).await?;
+        let lease = Lease::connect(
+            &settings.redis_url,
+            &settings.redis_prefix,
+            &settings.id,
+            Duration::from_millis(settings.lease_ttl_ms),
+        )
+        .await;
+        anyhow::Ok((DecisionLog::new(pool), lease))
+    };
+    let (log, mut lease) = tokio::select! {
+        ready = setup => ready?,
+        () = &mut shutdown => return Ok(()),
+    };
+    let ttl = lease.ttl();
+    tracing::info!(id = %settings.id, "Coordinator in standby; trying for the lease.");
+    loop {
+        // The lease's validity counts from before the request that took it.
+        let asked = Instant::now();
+        let taken = tokio::select! {
+            taken = try_take_lease(&log, &mut lease) => taken,
+            () = &mut shutdown => return Ok(()),
+        };
+        let Some(token) = taken else {
+            tokio::select! {
+                () = tokio::time::sleep(ttl / 3) => continue,
+                () = &mut shutdown => return Ok(()),
+            }
+        };
+        match log.raise_fence(token).await {
+            Ok(true) if asked.elapsed() < ttl => {}
+            outcome => {
+                // A newer term exists, the log is unreachable, or raising the
+                // fence took so long that the lease may have expired.
+                tracing::warn!(token, ?outcome, "Could not begin the term; standing by.");
+                let _ = lease.release(token).await;
+                tokio::select! {
+                    () = tokio::time::sleep(ttl / 3) => continue,
+                    () = &mut shutdown => return Ok(()),
+                }
+            }
+        }
+        let term = Arc::new(Term {
+            token,
+            log: log.clone(),
+            shards: ShardClient::new(
+                client.clone(),
+                Duration::from_millis(settings.shard_attempt_timeout_ms),
+            ),
+            shard_count: settings.shards,
+            prepare_window: Duration::from_millis(settings.prepare_window_ms),
+            phase_two_wait: Duration::from_millis(settings.phase_two_wait_ms),
+            metrics: metrics.clone(),
+        });
+        tracing::info!(token, "Coordinator active: took the lease.");
+        metrics.term(Some(token));
+        let mut tasks = JoinSet::new();
+        tasks.spawn(serve(client.clone(), term.clone()));
+        tasks.spawn(recovery::run(
+            term.clone(),
+            Duration::from_millis(settings.recovery_interval_ms),
+        ));
+        let stopping = tokio::select! {
+            () = hold_lease(&mut lease, token, asked + ttl) => false,
+            () = &mut shutdown => true,
+        };
+        tasks.abort_all();
+        metrics.term(None);
+        if stopping {
+            // Hand over at once instead of making the standby wait a TTL.
+            let _ = lease.release(token).await;
+            tracing::info!(token, "Coordinator stopping: released the lease.");
+            return Ok(());
+        }
+        tracing::warn!(token, "Coordinator lost the lease; standing by.");
+    }
+}
+
+async fn try_take_lease(log: &DecisionLog, lease: &mut Lease) -> Option<u64> {
+    let floor = match log.fence().await {
+        Ok(floor) => floor,
+        Err(error) => {
+            tracing::warn!(%error, "Cannot read the log's fence.");
+            return None;
+        }
+    };
+    match lease.try_acquire(floor).await {
+        Ok(token) => token,
+        Err(error) => {
+            tracing::warn!(%error, "Cannot reach the lease.");
+            None
+        }
+    }
+}
+
+/// Renews the lease every third of its TTL and returns once it is lost or
+/// may have been: at `valid_until`, which each renewal that succeeds moves
+/// to a TTL after it was sent. The deadline is a timer of its own, so a
+/// renewal that hangs cannot keep the term alive past it.
+async fn hold_lease(lease: &mut Lease, token: u64, mut valid_until: Instant) {
+    let ttl = lease.ttl();
+    loop {
+        let next = (Instant::now() + ttl / 3).min(valid_until);
+        tokio::time::sleep_until(next.into()).await;
+        if Instant::now() >= valid_until {
+            return;
+        }
+        let sent = Instant::now();
+        match tokio::time::timeout_at(valid_until.into(), lease.renew(token)).await {
+            Ok(Ok(true)) => valid_until = sent + ttl,
+            Ok(Ok(false)) => return,
+            Ok(Err(error)) => tracing::warn!(%error, "Cannot renew the lease."),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Serves the coordinator's subjects for the term; every request runs in
+/// a task of this term, aborted with it.
+async fn serve(client: Client, term: Arc<Term>) {
+    let mut requests = match subscribe(&client).await {
+        Ok(requests) => requests,
+        Err(error) => {
+            tracing::error!(%error, "Cannot subscribe; the term serves nothing.");
+            return;
+        }
+    };
+    let mut running = JoinSet::new();
+    loop {
+        tokio::select! {
+            Some(message) = requests.next() => {
+                let term = term.clone();
+                let client = client.clone();
+                running.spawn(async move { answer(&client, &term, message).await });
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            else => return,
+        }
+    }
+}
+
+async fn subscribe(
+    client: &Client,
+) -> Result<futures::stream::SelectAll<async_nats::Subscriber>, async_nats::SubscribeError> {
+    let mut all = futures::stream::SelectAll::new();
+    for subject in [
+        subjects::COORDINATOR_TRANSFER,
+        subjects::COORDINATOR_TRANSFER_READ,
+        subjects::COORDINATOR_UNFINISHED,
+        subjects::COORDINATOR_STATUS,
+    ] {
+        all.push(
+            client
+                .queue_subscribe(subject, subjects::COORDINATOR_QUEUE_GROUP.to_owned())
+                .await?,
+        );
+    }
+    Ok(all)
+}
+
+#[derive(Deserialize)]
+struct TransferId {
+    id: uuid::Uuid,
+}
+
+async fn answer(client: &Client, term: &Term, message: async_nats::Message) {
+    let Some(reply) = message.reply.clone() else {
+        return;
+    };
+    let body = match message.subject.as_str() {
+        subjects::COORDINATOR_STATUS => {
+            let Ok(query) = serde_json::from_slice::<StatusQuery>(&message.payload) else {
+                return;
+            };
+            // No answer (log unreadable) is better than a guess: the
+            // participant asks again.
+            let Some(status) = recovery::status(term, query.xid).await else {
+                return;
+            };
+            serde_json::to_vec(&status)
+        }
+        subjects::COORDINATOR_TRANSFER => {
+            let reply = match serde_json::from_slice::<TransferCommand>(&message.payload) {
+                Ok(command) => driver::transfer(term, command).await,
+                Err(error) => bad_request(&error.to_string()),
+            };
+            serde_json::to_vec(&reply)
+        }
+        subjects::COORDINATOR_TRANSFER_READ => {
+            let reply = match serde_json::from_slice::<TransferId>(&message.payload) {
+                Ok(TransferId { id }) => match term.log.get(id).await {
+                    Ok(Some(entry)) => CoordinatorReply::Transfer(entry.record),
+                    Ok(None) => CoordinatorReply::Error {
+                        status: 404,
+                        error: ErrorDetail {
+                            code: "unknown_transfer".into(),
+                            message: format!("no transfer has id {id}"),
+                            field: Some("id".into()),
+                        },
+                    },
+                    Err(error) => log_unavailable(&error.to_string()),
+                },
+                Err(error) => bad_request(&error.to_string()),
+            };
+            serde_json::to_vec(&reply)
+        }
+        _ => {
+            let reply = match term.log.unfinished(None, 1000).await {
+                Ok(entries) => {
+                    CoordinatorReply::Transfers(entries.into_iter().map(|e| e.record).collect())
+                }
+                Err(error) => log_unavailable(&error.to_string()),
+            };
+            serde_json::to_vec(&reply)
+        }
+    };
+    let body = body.unwrap_or_default();
+    if let Err(error) = client.publish(reply, body.into()).await {
+        tracing::warn!(%error, "Cannot send a coordinator reply.");
+    }
+}
+
+fn bad_request(message: &str) -> CoordinatorReply {
+    CoordinatorReply::Error {
+        status: 400,
+        error: ErrorDetail {
+            code: "invalid_body".into(),
+            message: message.to_owned(),
+            field: None,
+        },
+    }
+}
+
+fn log_unavailable(message: &str) -> CoordinatorReply {
+    CoordinatorReply::Error {
+        status: 503,
+        error: ErrorDetail {
+            code: "decision_log_unavailable".into(),
+            message: message.to_owned(),
+            field: None,
+        },
+    }
+}

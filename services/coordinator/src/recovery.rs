@@ -1,0 +1,133 @@
+//! Recovery: driving every unfinished transfer to its end, and answering
+//! participants that hold a prepared branch and heard nothing.
+//!
+//! The sweep runs when a term begins and then every `--recovery-interval-ms`.
+//! For each unfinished record it applies
+//! [`faultline_transactions::coordinator::recover`]: a decided transfer has
+//! its decision sent again until every shard acknowledges; an undecided one
+//! is aborted once it is *abandoned*. A transfer is abandoned when an
+//! earlier term began it (its driver was deposed or died: nobody will ever
+//! collect its votes), or when it has been preparing for longer than the
+//! prepare window plus a margin. Either way the abort is a compare-and-set,
+//! so a driver that was merely slow and decides commit first wins, and the
+//! sweep then sends commit.
+//!
+//! A participant's question is answered from the log by
+//! [`faultline_transactions::coordinator::answer`]; presumed abort makes "no
+//! record" an abort.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use faultline_protocol::bank::{StatusAnswer, TransferState};
+use faultline_transactions::coordinator::{self, Recovery, StatusAction};
+use futures::StreamExt as _;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::Term;
+use crate::driver::phase_two;
+use crate::log::{Entry, Logged};
+
+/// Sweeps now and then every `interval`, for the whole term.
+pub async fn run(term: Arc<Term>, interval: Duration) {
+    loop {
+        match sweep(&term).await {
+            Ok(0) => {}
+            Ok(driven) => tracing::info!(driven, "Recovery drove unfinished transfers."),
+            Err(error) => tracing::warn!(%error, "Recovery could not read the log."),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// One pass over every unfinished transfer, a page at a time; returns how
+/// many it acted on.
+pub async fn sweep(term: &Term) -> Result<usize, crate::log::LogError> {
+    const PAGE: i64 = 500;
+    let mut after = None;
+    let mut acted = 0;
+    loop {
+        let entries = term.log.unfinished(after, PAGE).await?;
+        let full = entries.len() == usize::try_from(PAGE).unwrap_or(usize::MAX);
+        after = entries.last().map(|entry| entry.record.id);
+        acted += futures::stream::iter(entries)
+            .map(|entry| recover_one(term, entry))
+            .buffer_unordered(64)
+            .filter(|acted| std::future::ready(*acted))
+            .count()
+            .await;
+        if !full {
+            return Ok(acted);
+        }
+    }
+}
+
+async fn recover_one(term: &Term, entry: Entry) -> bool {
+    let record = match coordinator::recover(term.judge(&entry)) {
+        Recovery::Wait => return false,
+        Recovery::Resend(_) => entry.record,
+        Recovery::AbortAbandoned => match abort_abandoned(term, entry.record.id).await {
+            Some(record) => record,
+            None => return false,
+        },
+    };
+    term.metrics.recovered(record.state);
+    phase_two(term, &record, Instant::now() + term.phase_two_wait).await;
+    true
+}
+
+/// Aborts an abandoned transfer (compare-and-set) and returns the record
+/// as it stands afterwards.
+async fn abort_abandoned(
+    term: &Term,
+    xid: Uuid,
+) -> Option<faultline_protocol::bank::TransferRecord> {
+    let written = term
+        .log
+        .decide(
+            xid,
+            TransferState::Aborted,
+            Some(coordinator::abandoned()),
+            term.token,
+        )
+        .await;
+    match written {
+        Ok(Logged::Decided(record)) => {
+            tracing::info!(%xid, state = ?record.state, "Settled an abandoned transfer.");
+            Some(record)
+        }
+        Ok(other) => {
+            tracing::warn!(%xid, ?other, "Could not settle an abandoned transfer.");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, %xid, "Could not settle an abandoned transfer.");
+            None
+        }
+    }
+}
+
+/// The answer to a participant's status query; `None` when the log cannot
+/// be read (the participant asks again later).
+pub async fn status(term: &Term, xid: Uuid) -> Option<StatusAnswer> {
+    let entry = match term.log.get(xid).await {
+        Ok(entry) => entry,
+        Err(error) => {
+            tracing::warn!(%error, %xid, "Cannot read the log for a status query.");
+            return None;
+        }
+    };
+    let logged = entry.as_ref().map(|entry| term.judge(entry));
+    match coordinator::answer(logged, term.token) {
+        StatusAction::Answer(answer) => Some(answer),
+        StatusAction::AbortAbandonedThenAnswer => {
+            let record = abort_abandoned(term, xid).await?;
+            Some(match record.state {
+                TransferState::Committed => StatusAnswer::Commit { token: term.token },
+                TransferState::Aborted => StatusAnswer::Abort { token: term.token },
+                TransferState::Preparing => StatusAnswer::Pending,
+            })
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! The worker as a two-phase-commit participant for the account shards it
+//! owns.
+//!
+//! - **Ownership.** The worker follows the health-monitor's membership view
+//!   and owns the shards whose rendezvous owner, among the workers not
+//!   judged down, is itself ([`faultline_transactions::sharding`]). For
+//!   each shard it gains it *claims* the shard in the database (a new
+//!   epoch) and then subscribes to `faultline.shard.<n>`; for each it loses
+//!   it unsubscribes and marks the shard ownerless. Safety does not rest on
+//!   the view: every write is fenced by owner and epoch in the database
+//!   ([`store`]). Once a second the worker also compares with the database
+//!   and claims a shard of its own that is ownerless or held by a worker
+//!   its view says is gone (see [`reconcile`]).
+//! - **Serving.** Prepare, commit, abort and account writes go through one
+//!   group-committed writer ([`store::ShardWriter`]); the reply goes out
+//!   only after the batch has committed, so a yes vote is durable.
+//! - **In doubt.** A branch still prepared after `--in-doubt-after-ms`
+//!   belongs to a transaction whose decision did not arrive (the
+//!   coordinator died, a message was lost, or this worker took the shard
+//!   over from one that died). The worker asks the coordinator
+//!   ([`resolve_in_doubt`]) and acts only on its answer; it never aborts a
+//!   prepared branch because it is old.
+//!
+//! Failpoints: [`AFTER_PREPARE`], [`AFTER_COMMIT`], [`AFTER_ABORT`], each
+//! after the write is durable and before the reply.
+
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::ControlFlow;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::Client;
+use faultline_bus::membership_watch::{self, MembershipChange};
+use faultline_protocol::bank::{AbortReason, ShardReply, ShardRequest, StatusAnswer, StatusQuery};
+use faultline_protocol::cluster::Role;
+use faultline_protocol::membership::MembershipView;
+use faultline_protocol::subjects;
+use faultline_storage::group_commit::{self, GroupCommit};
+use faultline_telemetry::failpoints::crash_point;
+use faultline_transactions::sharding::{owner_of, shard_of};
+use futures::StreamExt as _;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use store::{Op, ShardWrite, ShardWriter};
+
+/// Crash after a prepare is durable, before the yes vote goes out.
+pub const AFTER_PREPARE: &str = "worker::after-prepare";
+/// Crash after a commit is applied, before it is acknowledged.
+pub const AFTER_COMMIT: &str = "worker::after-commit";
+/// Crash after an abort is applied, before it is acknowledged.
+pub const AFTER_ABORT: &str = "worker::after-abort";
+
+/// Participant settings (part of the worker's).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ParticipantArgs {
+    /// How many account shards exist; every service must agree.
+    #[arg(long, env = "SHARDS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub shards: u32,
+    /// Ask the coordinator about a branch prepared this long ago.
+    #[arg(long, env = "IN_DOUBT_AFTER_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub in_doubt_after_ms: u64,
+    /// The database; without it the worker serves calls only.
+    #[command(flatten)]
+    pub database: faultline_storage::DatabaseArgs,
+}
+
+/// A running participant.
+#[derive(Debug)]
+struct Participant {
+    worker_id: String,
+    client: Client,
+    pool: PgPool,
+    shards: u32,
+    store: GroupCommit<ShardWriter>,
+    /// Shards served now, with the epoch they were claimed under.
+    owned: RwLock<BTreeMap<u32, i64>>,
+}
+
+/// Starts the participant if a database is configured; runs until aborted.
+pub fn spawn(client: Client, worker_id: String, args: ParticipantArgs) -> Option<JoinHandle<()>> {
+    let url = args.database.url.clone()?;
+    Some(tokio::spawn(async move {
+        let pool = match faultline_storage::connect(&url, args.database.max_connections).await {
+            Ok(pool) => pool,
+            Err(error) => {
+                tracing::error!(%error, "The participant cannot use the database.");
+                return;
+            }
+        };
+        if let Err(error) = faultline_storage::ensure_shards(&pool, args.shards).await {
+            tracing::error!(%error, "The participant cannot start.");
+            return;
+        }
+        let store = GroupCommit::spawn(
+            pool.clone(),
+            ShardWriter {
+                worker_id: worker_id.clone(),
+            },
+            group_commit::Options {
+                writers: 1,
+                max_batch: 256,
+                synchronous: true,
+            },
+        );
+        let participant = Arc::new(Participant {
+            worker_id,
+            client,
+            pool,
+            shards: args.shards,
+            store,
+            owned: RwLock::new(BTreeMap::new()),
+        });
+        tracing::info!(
+            shards = args.shards,
+            "Participant ready; waiting for the membership view."
+        );
+        let resolver = tokio::spawn(resolve_in_doubt(
+            participant.clone(),
+            Duration::from_millis(args.in_doubt_after_ms),
+        ));
+        let (assignment_tx, assignment_rx) = watch::channel(Assignment::default());
+        let reconciler = tokio::spawn(reconcile(participant.clone(), assignment_rx));
+        let me = participant.clone();
+        membership_watch::follow(participant.client.clone(), move |change| {
+            if let MembershipChange::View(view) = change {
+                assignment_tx.send_if_modified(|current| {
+                    let next = me.assignment(&view);
+                    let changed = *current != next;
+                    *current = next;
+                    changed
+                });
+            }
+            std::future::ready(ControlFlow::Continue(()))
+        })
+        .await;
+        resolver.abort();
+        reconciler.abort();
+    }))
+}
+
+impl Participant {
+    /// What `view` means for this worker.
+    fn assignment(&self, view: &MembershipView) -> Assignment {
+        let live: BTreeSet<String> = view
+            .members
+            .iter()
+            .filter(|(_, m)| m.role == Role::Worker && m.routable())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mine = (0..self.shards)
+            .filter(|&shard| {
+                owner_of(shard, live.iter().map(String::as_str)) == Some(self.worker_id.as_str())
+            })
+            .collect();
+        Assignment { mine, live }
+    }
+
+    fn epoch(&self, shard: u32) -> Option<i64> {
+        self.owned.read().ok()?.get(&shard).copied()
+    }
+
+    fn owned_shards(&self) -> Vec<u32> {
+        self.owned
+            .read()
+            .map(|owned| owned.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn set_owned(&self, shard: u32, epoch: Option<i64>) {
+        if let Ok(mut owned) = self.owned.write() {
+            match epoch {
+                Some(epoch) => owned.insert(shard, epoch),
+                None => owned.remove(&shard),
+            };
+        }
+    }
+
+    /// Answers one message on a shard's subject.
+    async fn handle(&self, shard: u32, message: async_nats::Message) {
+        let Some(reply_to) = message.reply.clone() else {
+            return;
+        };
+        let request = serde_json::from_slice::<ShardRequest>(&message.payload)
+            .map_err(|error| error.to_string())
+            .and_then(|request| match request.validate() {
+                Ok(()) => Ok(request),
+                Err(error) => Err(error.to_string()),
+            });
+        let reply = match request {
+            Ok(request) => self.answer(shard, request).await,
+            Err(message) => ShardReply::Refused(AbortReason {
+                code: "invalid_request".into(),
+                message,
+                field: None,
+            }),
+        };
+        let body = serde_json::to_vec(&reply).unwrap_or_default();
+        if let Err(error) = self.client.publish(reply_to, body.into()).await {
+            tracing::warn!(%error, "Cannot answer a shard request.");
+        }
+    }
+
+    async fn answer(&self, shard: u32, request: ShardRequest) -> ShardReply {
+        let (op, failpoint) = match request {
+            ShardRequest::ReadAccount { id } => {
+                return match store::read_account(&self.pool, &id).await {
+                    Ok(Some(account)) => ShardReply::Account(account),
+                    Ok(None) => ShardReply::Refused(AbortReason {
+                        code: "unknown_account".into(),
+                        message: format!("account {id:?} does not exist"),
+                        field: Some("id".into()),
+                    }),
+                    Err(error) => ShardReply::Unavailable {
+                        message: error.to_string(),
+                    },
+                };
+            }
+            ShardRequest::OpenAccount(account) => {
+                if shard_of(&account.id, self.shards) != shard {
+                    return ShardReply::Refused(AbortReason {
+                        code: "misrouted".into(),
+                        message: format!(
+                            "account {:?} belongs on shard {} of {}; check that every service \
+                             uses the same --shards",
+                            account.id,
+                            shard_of(&account.id, self.shards),
+                            self.shards
+                        ),
+                        field: Some("id".into()),
+                    });
+                }
+                (Op::Open(account), None)
+            }
+            ShardRequest::Prepare { xid, token, legs } => {
+                (Op::Prepare { xid, token, legs }, Some(AFTER_PREPARE))
+            }
+            ShardRequest::Commit { xid, token } => (
+                Op::Decide {
+                    xid,
+                    token,
+                    commit: true,
+                },
+                Some(AFTER_COMMIT),
+            ),
+            ShardRequest::Abort { xid, token } => (
+                Op::Decide {
+                    xid,
+                    token,
+                    commit: false,
+                },
+                Some(AFTER_ABORT),
+            ),
+        };
+        let reply = self.write(shard, op).await;
+        if let Some(failpoint) = failpoint
+            && matches!(reply, ShardReply::Prepared | ShardReply::Acknowledged)
+        {
+            crash_point(failpoint);
+        }
+        reply
+    }
+
+    async fn write(&self, shard: u32, op: Op) -> ShardReply {
+        let Some(epoch) = self.epoch(shard) else {
+            return ShardReply::NotOwner;
+        };
+        match self.store.submit(ShardWrite { shard, epoch, op }).await {
+            Ok(reply) => reply,
+            Err(error) => ShardReply::Unavailable {
+                message: error.to_string(),
+            },
+        }
+    }
+}
+
+/// What one membership view means for this worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Assignment {
+    /// The shards the view assigns to this worker.
+    mine: BTreeSet<u32>,
+    /// The workers it says are live.
+    live: BTreeSet<String>,
+}
+
+/// Keeps the served shards equal to the assigned ones: claims and
+/// subscribes to gained shards, releases and unsubscribes from lost ones.
+/// Once a second it also compares with the database and claims again an
+/// assigned shard that is ownerless, or whose owner this worker's view
+/// says is gone. It does *not* take a shard back from a worker its view
+/// says is live except on a new view: two workers whose views differ for
+/// a while would otherwise take the shard from each other every second.
+async fn reconcile(participant: Arc<Participant>, mut assignments: watch::Receiver<Assignment>) {
+    let mut serving: BTreeMap<u32, JoinHandle<()>> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let new_view = tokio::select! {
+            changed = assignments.changed() => {
+                if changed.is_err() { return }
+                true
+            }
+            _ = tick.tick() => false,
+        };
+        let Assignment { mine, live } = assignments.borrow_and_update().clone();
+        for (shard, task) in std::mem::take(&mut serving) {
+            if mine.contains(&shard) {
+                serving.insert(shard, task);
+            } else {
+                participant.stop_serving(shard, task).await;
+            }
+        }
+        let owners = match store::owners(&participant.pool).await {
+            Ok(owners) => owners,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot read shard ownership; trying again.");
+                continue;
+            }
+        };
+        for &shard in &mine {
+            let (owner, epoch) = owners.get(&shard).cloned().unwrap_or((None, 0));
+            let me = participant.worker_id.as_str();
+            if owner.as_deref() == Some(me) && participant.epoch(shard) == Some(epoch) {
+                continue;
+            }
+            let owner_gone = owner
+                .as_deref()
+                .is_none_or(|owner| owner == me || !live.contains(owner));
+            if !new_view && !owner_gone {
+                if let Some(task) = serving.remove(&shard) {
+                    participant.stop_serving(shard, task).await;
+                }
+                continue;
+            }
+            match store::claim(&participant.pool, me, shard).await {
+                Ok(epoch) => {
+                    participant.set_owned(shard, Some(epoch));
+                    tracing::info!(shard, epoch, "Claimed a shard.");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, shard, "Cannot claim a shard; trying again.");
+                    continue;
+                }
+            }
+            serving
+                .entry(shard)
+                .or_insert_with(|| tokio::spawn(serve_shard(participant.clone(), shard)));
+        }
+    }
+}
+
+impl Participant {
+    /// Stops serving `shard` and, if the database still names this worker
+    /// under the epoch it held, marks the shard ownerless so that the next
+    /// owner claims it at once.
+    async fn stop_serving(&self, shard: u32, task: JoinHandle<()>) {
+        task.abort();
+        if let Some(epoch) = self.epoch(shard) {
+            self.set_owned(shard, None);
+            if let Err(error) = store::release(&self.pool, &self.worker_id, shard, epoch).await {
+                tracing::warn!(%error, shard, "Cannot mark a released shard ownerless.");
+            }
+        }
+        tracing::info!(shard, "Released a shard.");
+    }
+}
+
+/// Serves one shard's subject until aborted (which unsubscribes).
+async fn serve_shard(participant: Arc<Participant>, shard: u32) {
+    let mut delay = 0usize;
+    loop {
+        match participant
+            .client
+            .queue_subscribe(
+                subjects::shard(shard),
+                subjects::SHARD_QUEUE_GROUP.to_owned(),
+            )
+            .await
+        {
+            Ok(mut messages) => {
+                while let Some(message) = messages.next().await {
+                    let participant = participant.clone();
+                    tokio::spawn(async move { participant.handle(shard, message).await });
+                }
+            }
+            Err(error) => tracing::warn!(%error, shard, "Cannot subscribe to a shard."),
+        }
+        tokio::time::sleep(faultline_bus::reconnect_delay(delay)).await;
+        delay += 1;
+    }
+}
+
+/// Asks the coordinator about every branch prepared longer ago than
+/// `after`, and applies its answer. "Pending", no answer or an error leave
+/// the branch prepared for the next round.
+async fn resolve_in_doubt(participant: Arc<Participant>, after: Duration) {
+    let mut tick = tokio::time::interval(after.max(Duration::from_millis(100)) / 2);
+    let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        tick.tick().await;
+        let shards = participant.owned_shards();
+        if shards.is_empty() {
+            continue;
+        }
+        let branches = match store::in_doubt(&participant.pool, &shards, after_ms).await {
+            Ok(branches) => branches,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot list in-doubt branches.");
+                continue;
+            }
+        };
+        // Ask about many at once: one slow answer must not hold up the rest.
+        futures::stream::iter(branches)
+            .for_each_concurrent(32, |(xid, shard)| {
+                let participant = participant.clone();
+                async move { participant.resolve(xid, shard).await }
+            })
+            .await;
+    }
+}
+
+impl Participant {
+    /// Asks about one in-doubt branch and applies the answer, if any.
+    async fn resolve(&self, xid: uuid::Uuid, shard: u32) {
+        let (token, commit) = match ask_coordinator(&self.client, xid).await {
+            Some(StatusAnswer::Commit { token }) => (token, true),
+            Some(StatusAnswer::Abort { token }) => (token, false),
+            Some(StatusAnswer::Pending) | None => return,
+        };
+        let reply = self.write(shard, Op::Decide { xid, token, commit }).await;
+        tracing::info!(%xid, shard, commit, ?reply, "Resolved an in-doubt branch.");
+    }
+}
+
+async fn ask_coordinator(client: &Client, xid: uuid::Uuid) -> Option<StatusAnswer> {
+    let query = serde_json::to_vec(&StatusQuery { xid }).ok()?;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.request(subjects::COORDINATOR_STATUS, query.into()),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    serde_json::from_slice(&answer.payload).ok()
+}

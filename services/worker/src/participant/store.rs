@@ -1,0 +1,448 @@
+//! The participant's durable writes: branches and account balances, in
+//! group-committed batches.
+//!
+//! Every batch first *fences* each shard it touches:
+//!
+//! ```sql
+//! SELECT owner, epoch, coordinator_token FROM shards WHERE shard = $shard FOR UPDATE
+//! ```
+//!
+//! and goes on only if `owner` and `epoch` are this worker's claim. A
+//! different owner or epoch means another worker has claimed the shard:
+//! nothing of the batch touches it, and the caller hears
+//! [`ShardReply::NotOwner`]. The row lock is held to the commit, so a
+//! takeover's claim waits for the old owner's last batch, and every later
+//! batch of the old owner fails the check: two owners can never both write
+//! a shard, whatever their clocks or views say.
+//!
+//! `coordinator_token` is the newest coordinator token the shard has seen
+//! (raised when a message carries a newer one); a message under an older
+//! one is refused ([`ShardReply::StaleToken`]), so a deposed coordinator
+//! cannot act here.
+//!
+//! Shards are fenced in ascending order, so two concurrent batches cannot
+//! deadlock on them; and since every account belongs to one shard, no two
+//! batches lock the same accounts at once either. The rest of the batch
+//! is set-based: one statement reads (and locks) every branch record it
+//! touches, one every account, [`faultline_transactions::shard_batch`]
+//! plans the whole batch in memory through the branch state machine, and
+//! at most three statements write the result back.
+
+use std::collections::{BTreeMap, HashMap};
+
+use faultline_protocol::bank::{Account, Leg, NewAccount, ShardReply};
+use faultline_storage::group_commit::BatchWrite;
+use faultline_transactions::participant::BranchState;
+use faultline_transactions::shard_batch::{self, AccountRow, BranchRow, Request};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// One write, addressed to a shard under the epoch the sender owns it by.
+#[derive(Debug, Clone)]
+pub struct ShardWrite {
+    /// The shard.
+    pub shard: u32,
+    /// The ownership epoch the worker holds it under.
+    pub epoch: i64,
+    /// What to write.
+    pub op: Op,
+}
+
+/// The writes a shard owner makes.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Phase one.
+    Prepare {
+        /// Transaction.
+        xid: Uuid,
+        /// Coordinator token.
+        token: u64,
+        /// This shard's legs.
+        legs: Vec<Leg>,
+    },
+    /// Phase two.
+    Decide {
+        /// Transaction.
+        xid: Uuid,
+        /// Coordinator token.
+        token: u64,
+        /// Commit (`true`) or abort.
+        commit: bool,
+    },
+    /// A new account.
+    Open(NewAccount),
+}
+
+impl Op {
+    fn token(&self) -> u64 {
+        match self {
+            Op::Prepare { token, .. } | Op::Decide { token, .. } => *token,
+            Op::Open(_) => 0,
+        }
+    }
+}
+
+/// The [`BatchWrite`] of one worker's shards.
+#[derive(Debug)]
+pub struct ShardWriter {
+    /// This worker's id, the `owner` in the shards table.
+    pub worker_id: String,
+}
+
+impl BatchWrite for ShardWriter {
+    type Request = ShardWrite;
+    type Response = ShardReply;
+
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        requests: &[ShardWrite],
+    ) -> Result<Vec<ShardReply>, sqlx::Error> {
+        let newest = self.fence(conn, requests).await?;
+        // Refuse what the fence refuses; plan the rest.
+        let mut replies: Vec<Option<ShardReply>> = Vec::with_capacity(requests.len());
+        let mut planned = Vec::new();
+        for request in requests {
+            match newest
+                .get(&(request.shard, request.epoch))
+                .copied()
+                .flatten()
+            {
+                None => replies.push(Some(ShardReply::NotOwner)),
+                Some(current)
+                    if request.op.token() < current && !matches!(request.op, Op::Open(_)) =>
+                {
+                    replies.push(Some(ShardReply::StaleToken { current }));
+                }
+                Some(_) => {
+                    replies.push(None);
+                    planned.push(request.op.to_request(request.shard));
+                }
+            }
+        }
+        let branches = read_branches(conn, &planned).await?;
+        let accounts = read_accounts(conn, &planned, &branches).await?;
+        let plan = shard_batch::plan(branches, accounts, &planned);
+        write_plan(conn, &plan).await?;
+        let mut answers = plan.replies.into_iter();
+        Ok(replies
+            .into_iter()
+            .map(|reply| {
+                reply.unwrap_or_else(|| {
+                    answers.next().unwrap_or(ShardReply::Unavailable {
+                        message: "the batch plan lost a reply".into(),
+                    })
+                })
+            })
+            .collect())
+    }
+}
+
+impl ShardWriter {
+    /// Fences each (shard, epoch) of the batch once, in shard order, and
+    /// returns the newest coordinator token of each, or `None` where this
+    /// worker is not the owner under that epoch.
+    async fn fence(
+        &self,
+        conn: &mut PgConnection,
+        requests: &[ShardWrite],
+    ) -> Result<BTreeMap<(u32, i64), Option<u64>>, sqlx::Error> {
+        let mut tokens: BTreeMap<(u32, i64), u64> = BTreeMap::new();
+        for request in requests {
+            let token = tokens.entry((request.shard, request.epoch)).or_default();
+            *token = (*token).max(request.op.token());
+        }
+        let mut newest = BTreeMap::new();
+        for ((shard, epoch), token) in tokens {
+            // FOR UPDATE, not a plain read: a takeover's claim (an UPDATE of
+            // this row) must wait for this batch to commit. It writes no
+            // new row version, so the hot row does not bloat.
+            let row: Option<(Option<String>, i64, i64)> = sqlx::query_as(
+                "SELECT owner, epoch, coordinator_token FROM shards WHERE shard = $1 FOR UPDATE",
+            )
+            .bind(shard_param(shard))
+            .fetch_optional(&mut *conn)
+            .await?;
+            let current = match row {
+                Some((Some(owner), held, seen)) if owner == self.worker_id && held == epoch => {
+                    u64::try_from(seen).unwrap_or(0)
+                }
+                _ => {
+                    newest.insert((shard, epoch), None);
+                    continue;
+                }
+            };
+            if token > current {
+                // A new coordinator term: remember its token, so messages
+                // of the terms before it are refused from now on.
+                sqlx::query("UPDATE shards SET coordinator_token = $1 WHERE shard = $2")
+                    .bind(i64::try_from(token).unwrap_or(i64::MAX))
+                    .bind(shard_param(shard))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            newest.insert((shard, epoch), Some(current.max(token)));
+        }
+        Ok(newest)
+    }
+}
+
+impl Op {
+    fn to_request(&self, shard: u32) -> Request {
+        match self {
+            Op::Prepare { xid, legs, .. } => Request::Prepare {
+                xid: *xid,
+                shard,
+                legs: legs.clone(),
+            },
+            Op::Decide { xid, commit, .. } => Request::Decide {
+                xid: *xid,
+                shard,
+                commit: *commit,
+            },
+            Op::Open(account) => Request::Open {
+                shard,
+                account: account.clone(),
+            },
+        }
+    }
+}
+
+/// Every branch record the batch names, locked.
+async fn read_branches(
+    conn: &mut PgConnection,
+    requests: &[Request],
+) -> Result<HashMap<(Uuid, u32), BranchRow>, sqlx::Error> {
+    let (xids, shards): (Vec<Uuid>, Vec<i32>) = requests
+        .iter()
+        .filter_map(|request| match request {
+            Request::Prepare { xid, shard, .. } | Request::Decide { xid, shard, .. } => {
+                Some((*xid, shard_param(*shard)))
+            }
+            Request::Open { .. } => None,
+        })
+        .unzip();
+    if xids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(Uuid, i32, String, String)> = sqlx::query_as(
+        "SELECT xid, shard, state, legs::text FROM branches \
+         WHERE (xid, shard) IN (SELECT * FROM unnest($1::uuid[], $2::int4[])) FOR UPDATE",
+    )
+    .bind(xids)
+    .bind(shards)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|(xid, shard, state, legs)| {
+            let state = BranchState::parse(&state)
+                .ok_or_else(|| sqlx::Error::Protocol(format!("unknown branch state {state:?}")))?;
+            let legs: Vec<Leg> = serde_json::from_str(&legs)
+                .map_err(|e| sqlx::Error::Protocol(format!("unreadable legs: {e}")))?;
+            Ok((
+                (xid, u32::try_from(shard).unwrap_or(0)),
+                BranchRow { state, legs },
+            ))
+        })
+        .collect()
+}
+
+/// Every account the batch's legs (new and recorded) and new accounts
+/// name, locked.
+async fn read_accounts(
+    conn: &mut PgConnection,
+    requests: &[Request],
+    branches: &HashMap<(Uuid, u32), BranchRow>,
+) -> Result<HashMap<String, AccountRow>, sqlx::Error> {
+    let mut ids: Vec<String> = Vec::new();
+    for request in requests {
+        match request {
+            Request::Prepare { legs, .. } => ids.extend(legs.iter().map(|l| l.account.clone())),
+            Request::Open { account, .. } => ids.push(account.id.clone()),
+            Request::Decide { .. } => {}
+        }
+    }
+    ids.extend(
+        branches
+            .values()
+            .flat_map(|b| b.legs.iter().map(|l| l.account.clone())),
+    );
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, i32, i64, i64)> = sqlx::query_as(
+        "SELECT id, shard, balance, held FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, shard, balance, held)| {
+            let shard = u32::try_from(shard).unwrap_or(0);
+            (
+                id,
+                AccountRow {
+                    shard,
+                    balance,
+                    held,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Writes a planned batch: changed branch records, account changes, new
+/// accounts; one statement each.
+async fn write_plan(conn: &mut PgConnection, plan: &shard_batch::Plan) -> Result<(), sqlx::Error> {
+    if !plan.branches.is_empty() {
+        let mut xids = Vec::new();
+        let mut shards = Vec::new();
+        let mut states = Vec::new();
+        let mut legs = Vec::new();
+        for ((xid, shard), row) in &plan.branches {
+            xids.push(*xid);
+            shards.push(shard_param(*shard));
+            states.push(row.state.as_str());
+            legs.push(serde_json::to_string(&row.legs).unwrap_or_else(|_| "[]".into()));
+        }
+        sqlx::query(
+            "INSERT INTO branches (xid, shard, state, legs) \
+             SELECT x, s, st, l::jsonb FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::text[]) \
+             AS b(x, s, st, l) \
+             ON CONFLICT (xid, shard) DO UPDATE \
+             SET state = excluded.state, legs = excluded.legs, recorded_at = clock_timestamp()",
+        )
+        .bind(xids)
+        .bind(shards)
+        .bind(states)
+        .bind(legs)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !plan.account_changes.is_empty() {
+        let (ids, changes): (Vec<&str>, Vec<(i64, i64)>) = plan
+            .account_changes
+            .iter()
+            .map(|(id, change)| (id.as_str(), *change))
+            .unzip();
+        let (balance, held): (Vec<i64>, Vec<i64>) = changes.into_iter().unzip();
+        sqlx::query(
+            "UPDATE accounts a SET balance = a.balance + c.balance, held = a.held + c.held \
+             FROM unnest($1::text[], $2::int8[], $3::int8[]) AS c(id, balance, held) \
+             WHERE a.id = c.id",
+        )
+        .bind(ids)
+        .bind(balance)
+        .bind(held)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !plan.opened.is_empty() {
+        let mut ids = Vec::new();
+        let mut shards = Vec::new();
+        let mut balances = Vec::new();
+        let mut helds = Vec::new();
+        for (id, row) in &plan.opened {
+            ids.push(id.as_str());
+            shards.push(shard_param(row.shard));
+            balances.push(row.balance);
+            helds.push(row.held);
+        }
+        sqlx::query(
+            "INSERT INTO accounts (id, shard, balance, held) \
+             SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int8[])",
+        )
+        .bind(ids)
+        .bind(shards)
+        .bind(balances)
+        .bind(helds)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Reads an account (no fencing: a read changes nothing).
+pub async fn read_account(pool: &PgPool, id: &str) -> Result<Option<Account>, sqlx::Error> {
+    let row: Option<(String, i32, i64, i64)> =
+        sqlx::query_as("SELECT id, shard, balance, held FROM accounts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|(id, shard, balance, held)| Account {
+        id,
+        shard: u32::try_from(shard).unwrap_or(0),
+        balance,
+        held,
+    }))
+}
+
+/// Takes `shard` for `worker_id` under a new epoch, returning the epoch.
+/// Waits for the row lock of any batch the previous owner has in flight.
+pub async fn claim(pool: &PgPool, worker_id: &str, shard: u32) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE shards SET owner = $1, epoch = epoch + 1 WHERE shard = $2 RETURNING epoch",
+    )
+    .bind(worker_id)
+    .bind(shard_param(shard))
+    .fetch_one(pool)
+    .await
+}
+
+/// Every shard's owner (if any) and epoch, as the database has them.
+pub async fn owners(pool: &PgPool) -> Result<BTreeMap<u32, (Option<String>, i64)>, sqlx::Error> {
+    let rows: Vec<(i32, Option<String>, i64)> =
+        sqlx::query_as("SELECT shard, owner, epoch FROM shards")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(shard, owner, epoch)| (u32::try_from(shard).unwrap_or(0), (owner, epoch)))
+        .collect())
+}
+
+/// Marks `shard` ownerless if `worker_id` still owns it under `epoch`.
+pub async fn release(
+    pool: &PgPool,
+    worker_id: &str,
+    shard: u32,
+    epoch: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE shards SET owner = NULL WHERE shard = $1 AND owner = $2 AND epoch = $3")
+        .bind(shard_param(shard))
+        .bind(worker_id)
+        .bind(epoch)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Prepared branches of `shards` older than `older_than_ms`: the in-doubt
+/// ones, whose owner should ask the coordinator.
+pub async fn in_doubt(
+    pool: &PgPool,
+    shards: &[u32],
+    older_than_ms: u64,
+) -> Result<Vec<(Uuid, u32)>, sqlx::Error> {
+    let shards: Vec<i32> = shards.iter().map(|&s| shard_param(s)).collect();
+    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
+        "SELECT xid, shard FROM branches WHERE state = 'prepared' AND shard = ANY($1) \
+         AND recorded_at < clock_timestamp() - make_interval(secs => $2) \
+         ORDER BY recorded_at LIMIT 1000",
+    )
+    .bind(shards)
+    .bind(older_than_ms as f64 / 1000.0)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(xid, shard)| (xid, u32::try_from(shard).unwrap_or(0)))
+        .collect())
+}
+
+fn shard_param(shard: u32) -> i32 {
+    i32::try_from(shard).unwrap_or(i32::MAX)
+}

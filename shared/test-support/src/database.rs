@@ -1,0 +1,91 @@
+//! A private PostgreSQL database per test, and a private Redis key prefix.
+//!
+//! Each test that needs the database gets its own, created empty on the
+//! machine's PostgreSQL (`TEST_DATABASE_URL` names the server, by default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and dropped when the
+//! test ends, so tests run in parallel without seeing each other's rows.
+//! The services apply the migrations themselves when they start, as they
+//! would in production.
+
+use anyhow::Context as _;
+use sqlx::{Connection as _, PgConnection, PgPool};
+
+/// The server the test databases are created on.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The machine's Redis, for the coordinators' lease.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A unique name for this test's database and Redis keys.
+pub fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// An empty database, dropped (with its connections) on drop.
+#[derive(Debug)]
+pub struct TestDatabase {
+    name: String,
+    /// Its URL, for the services.
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// Creates a new empty database.
+    pub async fn create() -> anyhow::Result<TestDatabase> {
+        let admin = admin_url();
+        let name = unique_name("faultline_test");
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .with_context(|| format!("connecting to PostgreSQL at {admin} (is it running?)"))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .context("creating the test database")?;
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(base, _)| base);
+        Ok(TestDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+
+    /// A pool on the database, for the test's own checks.
+    pub async fn pool(&self) -> anyhow::Result<PgPool> {
+        PgPool::connect(&self.url)
+            .await
+            .context("connecting to the test database")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop may run inside or outside a runtime: use a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let mut conn = PgConnection::connect(&admin_url()).await.ok()?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await
+                .ok()
+            })
+        })
+        .join();
+    }
+}

@@ -1,0 +1,858 @@
+//! Two-phase commit on real processes: a private NATS, PostgreSQL database
+//! and Redis key prefix; three workers owning eight shards; a health
+//! monitor; an active and a standby coordinator; a gateway.
+//!
+//! The bank test is in the manner of Jepsen's: clients move money among a
+//! fixed set of accounts while a nemesis kills processes at every failpoint
+//! in turn, then at random (the active coordinator, a worker, nats-server).
+//! Once the faults stop and recovery has run, the audit checks everything
+//! the design promises, against the database itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use faultline_protocol::bank::{
+    Leg, ShardReply, ShardRequest, StatusAnswer, StatusQuery, TransferRequest,
+};
+use faultline_protocol::subjects;
+use faultline_test_support::{BankSpec, Cluster, ClusterSpec, Service, eventually};
+use faultline_transactions::sharding::branches;
+use futures::StreamExt as _;
+use rand::{Rng as _, SeedableRng as _};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+const SHARDS: u32 = 8;
+
+async fn bank_cluster() -> Cluster {
+    Cluster::start(ClusterSpec {
+        worker_weights: vec![1, 1, 1],
+        load_balancers: 0,
+        monitors: 1,
+        bank: Some(BankSpec {
+            shards: SHARDS,
+            ..BankSpec::default()
+        }),
+        ..ClusterSpec::default()
+    })
+    .await
+    .expect("the bank cluster starts")
+}
+
+async fn open(cluster: &Cluster, id: &str, balance: i64) {
+    let (status, body) = cluster
+        .gateway
+        .post("/v1/accounts", &json!({"id": id, "balance": balance}), &[])
+        .await
+        .expect("the gateway answers");
+    assert_eq!(status, 201, "opening {id}: {body}");
+}
+
+async fn transfer(cluster: &Cluster, key: &str, body: &Value) -> (u16, Value) {
+    cluster
+        .gateway
+        .post("/v1/transfers", body, &[("Idempotency-Key", key)])
+        .await
+        .expect("the gateway answers")
+}
+
+async fn balance(cluster: &Cluster, id: &str) -> (i64, i64) {
+    let (status, body) = cluster
+        .gateway
+        .get(&format!("/v1/accounts/{id}"))
+        .await
+        .expect("the gateway answers");
+    assert_eq!(status, 200, "{body}");
+    (
+        body["balance"].as_i64().expect("balance"),
+        body["held"].as_i64().expect("held"),
+    )
+}
+
+#[tokio::test]
+async fn a_transfer_moves_money_once_however_often_it_is_sent() {
+    let cluster = bank_cluster().await;
+    open(&cluster, "alice", 1000).await;
+    open(&cluster, "bob", 0).await;
+
+    let request = json!({"from": "alice", "to": "bob", "amount": 250});
+    let (status, first) = transfer(&cluster, "pay-bob-1", &request).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["state"], "committed");
+    // The same key again: the first result, not a second transfer.
+    for _ in 0..3 {
+        let (status, again) = transfer(&cluster, "pay-bob-1", &request).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["id"], first["id"]);
+    }
+    assert_eq!(balance(&cluster, "alice").await, (750, 0));
+    assert_eq!(balance(&cluster, "bob").await, (250, 0));
+
+    let id = first["id"].as_str().expect("an id");
+    let (status, read) = cluster
+        .gateway
+        .get(&format!("/v1/transfers/{id}"))
+        .await
+        .expect("the gateway answers");
+    assert_eq!((status, &read["state"]), (200, &json!("committed")));
+    // Phase two ends (every shard acknowledged) and nothing is in doubt.
+    eventually(
+        "the transfer to finish",
+        Duration::from_secs(10),
+        || async {
+            let (_, read) = cluster
+                .gateway
+                .get(&format!("/v1/transfers/{id}"))
+                .await
+                .ok()?;
+            let (_, in_doubt) = cluster.gateway.get("/v1/transfers/in-doubt").await.ok()?;
+            (read["finished"] == true && in_doubt == json!({"transfers": []})).then_some(())
+        },
+    )
+    .await
+    .expect("phase two completes");
+}
+
+#[tokio::test]
+async fn bad_transfers_are_refused_and_change_nothing() {
+    let cluster = bank_cluster().await;
+    open(&cluster, "carol", 100).await;
+    open(&cluster, "dave", 100).await;
+    let gateway = &cluster.gateway;
+
+    // (body, key, status, code, field)
+    let cases: Vec<(String, &str, u16, &str, Option<&str>)> = vec![
+        (
+            r#"{"from":"carol","to":"dave","amount":0}"#.into(),
+            "k1",
+            400,
+            "invalid_field",
+            Some("amount"),
+        ),
+        (
+            r#"{"from":"carol","to":"dave","amount":-5}"#.into(),
+            "k2",
+            400,
+            "invalid_field",
+            Some("amount"),
+        ),
+        (
+            r#"{"from":"carol","to":"dave","amount":1.5}"#.into(),
+            "k3",
+            400,
+            "invalid_field",
+            Some("amount"),
+        ),
+        (
+            r#"{"from":"carol","to":"dave","amount":1e30}"#.into(),
+            "k4",
+            400,
+            "invalid_field",
+            Some("amount"),
+        ),
+        (
+            r#"{"from":"carol","to":"dave","amount":9223372036854775808}"#.into(),
+            "k5",
+            400,
+            "invalid_field",
+            Some("amount"),
+        ),
+        (
+            r#"{"from":"carol","to":"dave","amount":"5"}"#.into(),
+            "k6",
+            400,
+            "invalid_field",
+            Some("amount"),
+        ),
+        (
+            r#"{"from":"carol","to":"carol","amount":5}"#.into(),
+            "k7",
+            400,
+            "invalid_field",
+            Some("to"),
+        ),
+        (
+            r#"{"from":"carol","to":"nobody","amount":5}"#.into(),
+            "k8",
+            422,
+            "unknown_account",
+            Some("to"),
+        ),
+        (
+            r#"{"from":"nobody","to":"carol","amount":5}"#.into(),
+            "k9",
+            422,
+            "unknown_account",
+            Some("from"),
+        ),
+        (
+            r#"{"from":"carol","to":"dave","amount":101}"#.into(),
+            "k10",
+            422,
+            "insufficient_funds",
+            Some("amount"),
+        ),
+        (
+            r#"{"from":"carol","to":"dave""#.into(),
+            "k11",
+            400,
+            "invalid_body",
+            None,
+        ),
+        (
+            r#"{"from":"carol","to":"dave","amount":5,"memo":"x"}"#.into(),
+            "k12",
+            400,
+            "invalid_field",
+            Some("memo"),
+        ),
+        (
+            r#"{"from":"carol","to":"dave","amount":5}"#.into(),
+            "bad key",
+            400,
+            "invalid_field",
+            Some("Idempotency-Key"),
+        ),
+    ];
+    for (body, key, status, code, field) in &cases {
+        let (got, answer) = gateway
+            .send_with(
+                reqwest::Method::POST,
+                "/v1/transfers",
+                Some(body.clone()),
+                &[("Idempotency-Key", key)],
+            )
+            .await
+            .expect("the gateway answers");
+        assert_eq!(got, *status, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], *code, "{body}: {answer}");
+        assert_eq!(
+            answer["error"]["field"].as_str(),
+            *field,
+            "{body}: {answer}"
+        );
+    }
+
+    // No key at all; a key reused for a different transfer.
+    let (status, answer) = gateway
+        .post(
+            "/v1/transfers",
+            &json!({"from":"carol","to":"dave","amount":5}),
+            &[],
+        )
+        .await
+        .expect("the gateway answers");
+    assert_eq!(
+        (status, &answer["error"]["field"]),
+        (400, &json!("Idempotency-Key"))
+    );
+    let (status, _) = transfer(
+        &cluster,
+        "once",
+        &json!({"from":"carol","to":"dave","amount":5}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, answer) = transfer(
+        &cluster,
+        "once",
+        &json!({"from":"carol","to":"dave","amount":6}),
+    )
+    .await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (422, &json!("idempotency_key_reused"))
+    );
+
+    // Accounts: bad ids, bad balances, duplicates, unknown reads, bad ids.
+    for (body, status, code) in [
+        (json!({"id": "carol", "balance": 5}), 409, "account_exists"),
+        (json!({"id": "a b", "balance": 5}), 400, "invalid_field"),
+        (json!({"id": "erin", "balance": -1}), 400, "invalid_field"),
+        (json!({"id": "erin", "balance": 0.5}), 400, "invalid_field"),
+    ] {
+        let (got, answer) = gateway
+            .post("/v1/accounts", &body, &[])
+            .await
+            .expect("answer");
+        assert_eq!(
+            (got, &answer["error"]["code"]),
+            (status, &json!(code)),
+            "{body}"
+        );
+    }
+    for (path, status) in [
+        ("/v1/accounts/nobody", 404),
+        ("/v1/accounts/a%20b", 400),
+        ("/v1/transfers/not-a-uuid", 400),
+        ("/v1/transfers/00000000-0000-0000-0000-000000000000", 404),
+    ] {
+        let (got, answer) = gateway.get(path).await.expect("answer");
+        assert_eq!(got, status, "{path}: {answer}");
+        assert!(answer["error"]["code"].is_string(), "{path}: {answer}");
+    }
+
+    // Nothing but the one good transfer was applied.
+    assert_eq!(balance(&cluster, "carol").await.0, 95);
+    assert_eq!(balance(&cluster, "dave").await.0, 105);
+    let pool = cluster
+        .database
+        .as_ref()
+        .expect("a database")
+        .pool()
+        .await
+        .expect("pool");
+    // The refused transfers' phase two (abort) may still be on its way.
+    eventually("no prepared branch", Duration::from_secs(10), || async {
+        let prepared: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM branches WHERE state = 'prepared'")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+        (prepared == 0).then_some(())
+    })
+    .await
+    .expect("every refused transfer is released");
+}
+
+#[tokio::test]
+async fn a_prepared_branch_waits_for_the_coordinators_answer() {
+    // One worker, one shard, no coordinator: the test plays the coordinator
+    // over NATS.
+    let cluster = Cluster::start(ClusterSpec {
+        worker_weights: vec![1],
+        load_balancers: 0,
+        monitors: 1,
+        bank: Some(BankSpec {
+            shards: 1,
+            coordinators: 0,
+            ..BankSpec::default()
+        }),
+        ..ClusterSpec::default()
+    })
+    .await
+    .expect("the cluster starts");
+    open(&cluster, "x", 100).await;
+    open(&cluster, "y", 100).await;
+    let nats = async_nats::connect(cluster.nats.url()).await.expect("NATS");
+    let mut questions = nats
+        .subscribe(subjects::COORDINATOR_STATUS)
+        .await
+        .expect("subscribe");
+
+    let xid = uuid::Uuid::now_v7();
+    let prepare = ShardRequest::Prepare {
+        xid,
+        token: 1,
+        legs: vec![
+            Leg {
+                account: "x".into(),
+                delta: -30,
+            },
+            Leg {
+                account: "y".into(),
+                delta: 30,
+            },
+        ],
+    };
+    let vote = nats
+        .request(
+            subjects::shard(0),
+            serde_json::to_vec(&prepare).expect("json").into(),
+        )
+        .await
+        .expect("the owner votes");
+    assert_eq!(
+        serde_json::from_slice::<ShardReply>(&vote.payload).expect("a reply"),
+        ShardReply::Prepared
+    );
+
+    // The test answers every question with whatever `answer` holds, and
+    // counts them.
+    let (answer, answering) = watch::channel(StatusAnswer::Pending);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let answerer = tokio::spawn({
+        let nats = nats.clone();
+        let asked = asked.clone();
+        async move {
+            while let Some(question) = questions.next().await {
+                let query: StatusQuery =
+                    serde_json::from_slice(&question.payload).expect("a query");
+                assert_eq!(query.xid, xid);
+                asked.fetch_add(1, Ordering::Relaxed);
+                let status = *answering.borrow();
+                let reply = question.reply.expect("a request");
+                let body = serde_json::to_vec(&status).expect("json");
+                nats.publish(reply, body.into()).await.expect("answer");
+            }
+        }
+    });
+
+    // The decision never comes. The worker asks, and while the answer is
+    // "pending" it keeps the branch prepared, however often it asks.
+    eventually(
+        "the worker to ask three times",
+        Duration::from_secs(20),
+        || {
+            let asked = asked.load(Ordering::Relaxed);
+            async move { (asked >= 3).then_some(()) }
+        },
+    )
+    .await
+    .expect("the worker asks the coordinator");
+    assert_eq!(
+        balance(&cluster, "x").await,
+        (100, 30),
+        "the branch was given up"
+    );
+
+    answer.send_replace(StatusAnswer::Commit { token: 1 });
+    eventually("the branch to commit", Duration::from_secs(10), || async {
+        (balance(&cluster, "x").await == (70, 0)).then_some(())
+    })
+    .await
+    .expect("the worker commits on the coordinator's word");
+    answerer.abort();
+    assert_eq!(balance(&cluster, "y").await, (130, 0));
+}
+
+/// How a client's transfer ended, as the client was told.
+#[derive(Debug, Clone)]
+struct Acknowledged {
+    key: String,
+    id: String,
+    committed: bool,
+}
+
+const ACCOUNTS: usize = 10;
+const OPENING: i64 = 1_000;
+
+/// One client: transfers until told to stop; every transfer is retried
+/// with its key until it has a final answer. It talks to the gateway on
+/// its own connection, so the nemesis keeps the cluster to itself.
+async fn client(
+    gateway: String,
+    number: usize,
+    mut stop: watch::Receiver<bool>,
+    progress: Arc<AtomicUsize>,
+) -> Vec<Acknowledged> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("an HTTP client");
+    let post = |key: String, body: Value| {
+        let request = http
+            .post(format!("{gateway}/v1/transfers"))
+            .header("Idempotency-Key", key)
+            .json(&body);
+        async move {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await?;
+            Ok::<_, reqwest::Error>((status, body))
+        }
+    };
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(number as u64);
+    let mut acknowledged = Vec::new();
+    for n in 0.. {
+        if *stop.borrow_and_update() {
+            break;
+        }
+        let from = rng.random_range(0..ACCOUNTS);
+        let to = (from + rng.random_range(1..ACCOUNTS)) % ACCOUNTS;
+        // One in ten asks for more than any account holds: an abort.
+        let amount: i64 = if rng.random_bool(0.1) {
+            OPENING * ACCOUNTS as i64
+        } else {
+            rng.random_range(1..=50)
+        };
+        let key = format!("client-{number}-{n}");
+        let body =
+            json!({"from": format!("acct-{from}"), "to": format!("acct-{to}"), "amount": amount});
+        let started = Instant::now();
+        loop {
+            let answer = post(key.clone(), body.clone()).await;
+            let final_answer = match &answer {
+                Ok((200, record)) => {
+                    assert_eq!(record["state"], "committed", "a 200 for {key}: {record}");
+                    Some((record.clone(), true))
+                }
+                Ok((422 | 503, reply))
+                    if matches!(
+                        reply["error"]["code"].as_str(),
+                        Some("insufficient_funds" | "transfer_aborted")
+                    ) =>
+                {
+                    Some((reply["transfer"].clone(), false))
+                }
+                // Unknown outcome or nobody to ask yet: the same key again.
+                Ok((409 | 503 | 504, _)) | Err(_) => None,
+                Ok((status, reply)) => panic!("unexpected answer {status} to {body}: {reply}"),
+            };
+            if let Some((record, committed)) = final_answer {
+                acknowledged.push(Acknowledged {
+                    key: key.clone(),
+                    id: record["id"].as_str().expect("an id").to_owned(),
+                    committed,
+                });
+                progress.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "transfer {key} never reached a final state: {answer:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    acknowledged
+}
+
+/// Kills the active coordinator while the standby is armed with
+/// `failpoint`; the standby takes over, crashes there; both restart clean.
+async fn crash_coordinator_at(cluster: &mut Cluster, failpoint: &str) {
+    let active = active_coordinator(cluster).await;
+    let standby = 1 - active;
+    let armed = &mut cluster.coordinators[standby];
+    armed.set_env("FAILPOINTS", Some(&format!("{failpoint}=return")));
+    armed.restart().expect("restart the standby, armed");
+    cluster.coordinators[active].kill();
+    let crashed = Instant::now();
+    eventually(
+        &format!("the armed coordinator to crash at {failpoint}"),
+        Duration::from_secs(30),
+        || {
+            let exited = cluster.coordinators[standby].has_exited();
+            async move { exited.then_some(()) }
+        },
+    )
+    .await
+    .expect("the failpoint is reached");
+    assert_crashed_at(&cluster.coordinators[standby], failpoint);
+    eprintln!(
+        "{failpoint}: the armed standby took over and crashed after {:?}",
+        crashed.elapsed()
+    );
+    cluster.coordinators[standby].set_env("FAILPOINTS", None);
+    for coordinator in &mut cluster.coordinators {
+        coordinator.restart().expect("restart a coordinator");
+    }
+}
+
+/// Checks that a process ended at the failpoint, not for some other reason.
+fn assert_crashed_at(service: &Service, failpoint: &str) {
+    let log = service.log();
+    let last = log
+        .lines()
+        .rev()
+        .find(|line| line.contains("Crashing at a failpoint"))
+        .unwrap_or_default();
+    assert!(
+        last.contains(failpoint),
+        "{} exited, but not at {failpoint}:\n{log}",
+        service.name()
+    );
+}
+
+async fn active_coordinator(cluster: &Cluster) -> usize {
+    eventually(
+        "an active coordinator",
+        Duration::from_secs(30),
+        move || cluster.active_coordinator(),
+    )
+    .await
+    .expect("a coordinator is active")
+}
+
+/// Restarts a worker armed with `failpoint`, waits for it to crash there,
+/// and restarts it clean.
+async fn crash_worker_at(cluster: &mut Cluster, worker: usize, failpoint: &str) {
+    let armed = &mut cluster.workers[worker];
+    armed.set_env("FAILPOINTS", Some(&format!("{failpoint}=return")));
+    armed.restart().expect("restart the worker, armed");
+    let started = Instant::now();
+    eventually(
+        &format!("worker {worker} to crash at {failpoint}"),
+        Duration::from_secs(40),
+        || {
+            let exited = cluster.workers[worker].has_exited();
+            async move { exited.then_some(()) }
+        },
+    )
+    .await
+    .expect("the failpoint is reached");
+    assert_crashed_at(&cluster.workers[worker], failpoint);
+    eprintln!(
+        "{failpoint}: worker-{} crashed after {:?}",
+        worker + 1,
+        started.elapsed()
+    );
+    let armed = &mut cluster.workers[worker];
+    armed.set_env("FAILPOINTS", None);
+    armed.restart().expect("restart the worker");
+}
+
+#[tokio::test]
+async fn the_bank_stays_right_through_crashes_at_every_step() {
+    let mut cluster = bank_cluster().await;
+    for i in 0..ACCOUNTS {
+        open(&cluster, &format!("acct-{i}"), OPENING).await;
+    }
+    let pool = cluster
+        .database
+        .as_ref()
+        .expect("a database")
+        .pool()
+        .await
+        .expect("pool");
+
+    let (stop, stopped) = watch::channel(false);
+    let progress = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..6)
+        .map(|n| {
+            let gateway = cluster.gateway.url.clone();
+            tokio::spawn(client(gateway, n, stopped.clone(), progress.clone()))
+        })
+        .collect();
+
+    let faults = nemesis(&mut cluster, &progress).await;
+
+    stop.send_replace(true);
+    let faults_stopped = Instant::now();
+    let mut acknowledged = Vec::new();
+    for client in clients {
+        acknowledged.extend(client.await.expect("a client task"));
+    }
+    let clients_done = faults_stopped.elapsed();
+    let settled = settle(&pool).await;
+    eprintln!(
+        "bank: {faults} faults; {} transfers acknowledged; the clients had their last answers \
+         {clients_done:?} after the faults stopped, and every transfer was final {:?} later",
+        acknowledged.len(),
+        settled,
+    );
+    audit(&pool, &acknowledged).await;
+}
+
+/// The coordinator's failpoints, in protocol order.
+const COORDINATOR_FAILPOINTS: [&str; 4] = [
+    "coordinator::after-begin",
+    "coordinator::after-votes",
+    "coordinator::after-decision",
+    "coordinator::mid-phase-two",
+];
+
+/// The workers' failpoints.
+const WORKER_FAILPOINTS: [&str; 3] = [
+    "worker::after-prepare",
+    "worker::after-commit",
+    "worker::after-abort",
+];
+
+/// Waits until the clients have had 30 more transfers answered: after each
+/// fault the system must work again by itself, not merely settle.
+async fn recovered(progress: &AtomicUsize) {
+    let before = progress.load(Ordering::Relaxed);
+    eventually(
+        "transfers to go through again",
+        Duration::from_secs(30),
+        || {
+            let done = progress.load(Ordering::Relaxed);
+            async move { (done >= before + 30).then_some(()) }
+        },
+    )
+    .await
+    .expect("the cluster recovers by itself");
+    eprintln!(
+        "  recovered: {} transfers answered so far",
+        progress.load(Ordering::Relaxed)
+    );
+}
+
+/// The faults, in order: a crash at each failpoint, then random kills of
+/// the active coordinator, a worker and nats-server. Returns how many.
+async fn nemesis(cluster: &mut Cluster, progress: &AtomicUsize) -> usize {
+    let mut faults = 0;
+    for failpoint in COORDINATOR_FAILPOINTS {
+        crash_coordinator_at(cluster, failpoint).await;
+        faults += 1;
+        recovered(progress).await;
+    }
+    for (i, failpoint) in WORKER_FAILPOINTS.into_iter().enumerate() {
+        crash_worker_at(cluster, i % cluster.workers.len(), failpoint).await;
+        faults += 1;
+        recovered(progress).await;
+    }
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    for round in 0..6 {
+        match round % 3 {
+            0 => {
+                let active = active_coordinator(cluster).await;
+                eprintln!("random: kill -9 the active coordinator-{}", active + 1);
+                cluster.coordinators[active].restart().expect("restart");
+            }
+            1 => {
+                let worker = rng.random_range(0..cluster.workers.len());
+                eprintln!("random: kill -9 worker-{}", worker + 1);
+                cluster.workers[worker].kill();
+                tokio::time::sleep(Duration::from_millis(rng.random_range(200..1500))).await;
+                cluster.workers[worker].restart().expect("restart");
+            }
+            _ => {
+                eprintln!("random: kill -9 nats-server");
+                cluster.nats.kill();
+                tokio::time::sleep(Duration::from_millis(rng.random_range(100..1000))).await;
+                cluster.nats.restart().expect("restart nats-server");
+            }
+        }
+        faults += 1;
+        recovered(progress).await;
+    }
+    faults
+}
+
+/// The bound on how long after the last fault every transfer is final:
+/// the gateway's 5 s answer timeout (a client learns its outcome was
+/// unknown), the 1 s lease TTL, the 2 s prepare window and its 2 s margin,
+/// the 1 s in-doubt wait and the 0.5 s recovery interval add up to 11.5 s.
+const SETTLE_BOUND: Duration = Duration::from_secs(15);
+
+/// Waits until no transfer is unfinished and no branch is prepared;
+/// returns how long that took.
+async fn settle(pool: &PgPool) -> Duration {
+    let started = Instant::now();
+    eventually(
+        "every transfer finished and no branch prepared",
+        SETTLE_BOUND,
+        || async {
+            let unfinished: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM transfers WHERE finished_at IS NULL")
+                    .fetch_one(pool)
+                    .await
+                    .ok()?;
+            let prepared: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM branches WHERE state = 'prepared'")
+                    .fetch_one(pool)
+                    .await
+                    .ok()?;
+            (unfinished == 0 && prepared == 0).then_some(())
+        },
+    )
+    .await
+    .expect("recovery settles every transfer");
+    started.elapsed()
+}
+
+/// Every invariant, checked against the database.
+async fn audit(pool: &PgPool, acknowledged: &[Acknowledged]) {
+    // Money is conserved; no balance is negative; nothing is held.
+    let (total, lowest, held): (i64, i64, i64) =
+        sqlx::query_as("SELECT sum(balance)::bigint, min(balance), max(held) FROM accounts")
+            .fetch_one(pool)
+            .await
+            .expect("query");
+    assert_eq!(
+        total,
+        OPENING * ACCOUNTS as i64,
+        "money was created or lost"
+    );
+    assert!(lowest >= 0, "a balance went negative: {lowest}");
+    assert_eq!(held, 0, "a reservation was left behind");
+
+    // The log: every transfer decided, and what it says about each.
+    let log: Vec<(String, String, String, i64, String)> =
+        sqlx::query_as("SELECT id::text, from_account, to_account, amount, state FROM transfers")
+            .fetch_all(pool)
+            .await
+            .expect("query");
+    let decisions: BTreeMap<String, (TransferRequest, String)> = log
+        .into_iter()
+        .map(|(id, from, to, amount, state)| (id, (TransferRequest { from, to, amount }, state)))
+        .collect();
+    assert!(
+        decisions.values().all(|(_, state)| state != "preparing"),
+        "a transfer was left undecided"
+    );
+
+    // Every branch agrees with its transaction's decision; a committed
+    // transfer has a committed branch on each of its shards.
+    let branch_rows: Vec<(String, i32, String)> =
+        sqlx::query_as("SELECT xid::text, shard, state FROM branches")
+            .fetch_all(pool)
+            .await
+            .expect("query");
+    let mut committed_branches: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
+    for (xid, shard, state) in &branch_rows {
+        let decision = decisions.get(xid).map(|(_, d)| d.as_str());
+        match state.as_str() {
+            "committed" => {
+                assert_eq!(
+                    decision,
+                    Some("committed"),
+                    "branch {xid}/{shard} committed against {decision:?}"
+                );
+                committed_branches
+                    .entry(xid)
+                    .or_default()
+                    .insert(u32::try_from(*shard).expect("shard"));
+            }
+            "aborted" => assert_ne!(
+                decision,
+                Some("committed"),
+                "branch {xid}/{shard} aborted against commit"
+            ),
+            other => panic!("branch {xid}/{shard} left {other}"),
+        }
+    }
+    let mut expected: BTreeMap<String, i64> = (0..ACCOUNTS)
+        .map(|i| (format!("acct-{i}"), OPENING))
+        .collect();
+    let mut committed = 0;
+    for (id, (request, state)) in &decisions {
+        if state != "committed" {
+            continue;
+        }
+        committed += 1;
+        let shards: BTreeSet<u32> = branches(request, SHARDS).into_keys().collect();
+        assert_eq!(
+            committed_branches.get(id.as_str()),
+            Some(&shards),
+            "committed transfer {id} is not applied on every shard"
+        );
+        *expected.get_mut(&request.from).expect("account") -= request.amount;
+        *expected.get_mut(&request.to).expect("account") += request.amount;
+    }
+
+    // Exactly once: each balance is its opening plus its committed moves.
+    let balances: Vec<(String, i64)> =
+        sqlx::query_as("SELECT id, balance FROM accounts ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .expect("query");
+    assert_eq!(balances.into_iter().collect::<BTreeMap<_, _>>(), expected);
+
+    // What clients were told matches the log.
+    for ack in acknowledged {
+        let state = decisions.get(&ack.id).map(|(_, s)| s.as_str());
+        let told = if ack.committed {
+            "committed"
+        } else {
+            "aborted"
+        };
+        assert_eq!(state, Some(told), "{} was acknowledged {told}", ack.key);
+    }
+    let acknowledged_commits = acknowledged.iter().filter(|a| a.committed).count();
+    eprintln!(
+        "audit: {} transfers in the log, {committed} committed ({acknowledged_commits} \
+         acknowledged to clients), {} branches",
+        decisions.len(),
+        branch_rows.len()
+    );
+    assert!(
+        acknowledged_commits >= 50,
+        "too few transfers went through to mean anything"
+    );
+}
