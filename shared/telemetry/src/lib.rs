@@ -7,12 +7,15 @@
 //!   connection is up, its subscriptions are in place), so an orchestrator
 //!   restarts the first and only routes around the second, as
 //!   linkerd2-proxy's admin server separates them.
+//! - [`settings`]: parsing a service's flags and environment, and
+//!   `--check-settings`, which deployment checks run.
 //! - [`failpoints`]: named crash points that tests switch on to kill a
 //!   process at an exact step.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod failpoints;
+pub mod settings;
 
 use tracing_subscriber::EnvFilter;
 

@@ -468,13 +468,21 @@ async fn a_restarted_nats_server_is_rejoined_by_every_service() {
     .expect("the services reconnect by themselves");
     let recovered = restarted_at.elapsed();
     cluster
-        .wait_for_view("every worker routed and judged up again", |view| {
-            view["members"].as_array().is_some_and(|ms| {
-                ms.iter()
-                    .filter(|m| m["role"] == "worker" && m["state"] == "up")
-                    .count()
-                    == 3
-            }) && !left_rotation(view, "worker-1")
+        .wait_for_view("every replica routing to every worker again", |view| {
+            // Every replica must route to all three (judged up, not
+            // ejected): calls go to either replica, so one that still
+            // lacks a worker would keep it out of the count below.
+            view["load_balancers"].as_array().is_some_and(|lbs| {
+                lbs.len() == 2
+                    && lbs.iter().all(|lb| {
+                        lb["workers"].as_array().is_some_and(|ws| {
+                            ws.len() == 3
+                                && ws
+                                    .iter()
+                                    .all(|w| w["state"] == "up" && w["ejected"] == false)
+                        })
+                    })
+            })
         })
         .await
         .expect("the monitor and the replicas recover their views");

@@ -4,6 +4,7 @@
 mod bad_input;
 mod balancing;
 mod deadlines;
+mod deployment;
 mod health_monitor;
 mod load_balancer_failover;
 mod runtime_changes;
