@@ -15,7 +15,6 @@ use async_nats::Client;
 use faultline_protocol::bank::{Leg, ShardReply, ShardRequest};
 use faultline_protocol::subjects;
 use faultline_transactions::coordinator::Vote;
-use rand::Rng as _;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -118,13 +117,13 @@ impl ShardClient {
                 }
             }
             attempt += 1;
-            tokio::time::sleep(backoff(attempt).min(left)).await;
+            let pause = faultline_bus::backoff::random(attempt, BACKOFF_BASE, BACKOFF_CAP);
+            tokio::time::sleep(pause.min(left)).await;
         }
     }
 }
 
-/// Full-jitter exponential backoff: 10 ms doubling, capped at 200 ms.
-fn backoff(attempt: u32) -> Duration {
-    let cap = 10u64.saturating_mul(1 << attempt.min(5)).min(200);
-    Duration::from_millis(rand::rng().random_range(0..=cap))
-}
+/// Retries to a shard start at 10 ms and pause at most 200 ms: a shard that
+/// moves is back within a few heartbeat intervals.
+const BACKOFF_BASE: Duration = Duration::from_millis(10);
+const BACKOFF_CAP: Duration = Duration::from_millis(200);

@@ -14,7 +14,7 @@
 //! Retries are rationed twice: the dispatcher grants one only while the
 //! retry budget allows (about 20 % extra load, see [`crate::retry_budget`]),
 //! and each waits a jittered, exponentially growing pause first
-//! ([`backoff`]), so a struggling cluster is not hit by synchronised waves.
+//! ([`faultline_bus::backoff`]), so a struggling cluster is not hit by synchronised waves.
 //! A failed attempt is reported as costing its whole time slice: failures
 //! count as load, so a worker that fails fast does not look fast to
 //! least-loaded.
@@ -44,17 +44,6 @@ pub struct Policy {
     pub backoff_base: Duration,
     /// The longest pause before a retry.
     pub backoff_cap: Duration,
-}
-
-/// The pause before retry number `retry` (1 for the first): "full jitter",
-/// uniformly random between zero and `base × 2^(retry-1)` capped at `cap`,
-/// which spreads retries out best (AWS Architecture Blog, "Exponential
-/// Backoff And Jitter"). `unit` is a random number in [0, 1).
-pub fn backoff(retry: u32, base: Duration, cap: Duration, unit: f64) -> Duration {
-    let ceiling = base
-        .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
-        .min(cap);
-    ceiling.mul_f64(unit.clamp(0.0, 1.0))
 }
 
 /// How a call ended, for the reply.
@@ -124,11 +113,10 @@ async fn forward(
     for attempt in 1..=policy.max_attempts {
         let retry = attempt > 1;
         if retry {
-            let pause = backoff(
+            let pause = faultline_bus::backoff::random(
                 attempt - 1,
                 policy.backoff_base,
                 policy.backoff_cap,
-                rand::random::<f64>(),
             );
             let remaining = deadline.saturating_duration_since(Instant::now());
             tokio::time::sleep(pause.min(remaining / 2)).await;
@@ -240,32 +228,4 @@ async fn forward(
 
 fn error_body(code: &str, message: &str) -> Bytes {
     ErrorBody::new(code, message).to_json().into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let (base, cap) = (Duration::from_millis(5), Duration::from_millis(50));
-        let top = |retry| backoff(retry, base, cap, 0.999_999);
-        assert_eq!(top(1).as_millis(), 4);
-        assert_eq!(top(2).as_millis(), 9);
-        assert_eq!(top(3).as_millis(), 19);
-        assert_eq!(top(5).as_millis(), 49);
-        assert_eq!(top(40).as_millis(), 49, "huge retry counts do not overflow");
-        assert_eq!(backoff(3, base, cap, 0.0), Duration::ZERO);
-    }
-
-    proptest! {
-        #[test]
-        fn backoff_stays_within_its_ceiling(retry in 0u32..100, unit in 0.0f64..1.0) {
-            let (base, cap) = (Duration::from_millis(5), Duration::from_millis(100));
-            let pause = backoff(retry, base, cap, unit);
-            prop_assert!(pause <= cap);
-            prop_assert!(pause <= base * (1u32 << retry.saturating_sub(1).min(16)));
-        }
-    }
 }

@@ -6,6 +6,8 @@
 //!   by every client in the same millisecond), and subscriptions are
 //!   restored by the client on reconnect. While disconnected, requests fail
 //!   at their own timeout instead of hanging.
+//! - [`backoff`]: capped exponential backoff with full jitter, for every
+//!   retry loop.
 //! - [`headers`]: reading and writing the protocol's headers on NATS
 //!   messages.
 //! - [`in_flight`]: the bound on messages handled at once, and their count.
@@ -14,6 +16,7 @@
 //! - [`membership_watch`]: following the health-monitors' membership view.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod headers;
 pub mod heartbeat;
 pub mod in_flight;
@@ -23,7 +26,6 @@ pub mod membership_watch;
 use std::time::Duration;
 
 use async_nats::{ConnectOptions, Event, ServerAddr};
-use rand::Rng;
 
 /// Settings for the NATS connection, shared by every service. Each flag can
 /// also be given as the environment variable of the same name.
@@ -96,21 +98,17 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, 
     Ok(options.connect(servers).await?)
 }
 
-/// Exponential backoff from 50 ms, capped at [`MAX_RECONNECT_DELAY`], with
-/// full jitter (a uniform draw below the ceiling, as AWS recommends) so a
-/// fleet of clients spreads its reconnections out.
+/// The pause before reconnection attempt `attempt` (0 for the first):
+/// [`backoff`] from 50 ms, capped at [`MAX_RECONNECT_DELAY`], so a fleet of
+/// clients spreads its reconnections out.
 pub fn reconnect_delay(attempt: usize) -> Duration {
-    let ceiling = backoff_ceiling(attempt);
-    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(rand::rng().random_range(0..=millis))
+    backoff::random(retry_number(attempt), RECONNECT_BASE, MAX_RECONNECT_DELAY)
 }
 
-/// The ceiling of [`reconnect_delay`] for `attempt` (0 for the first).
-pub fn backoff_ceiling(attempt: usize) -> Duration {
-    let doublings = u32::try_from(attempt.min(16)).unwrap_or(16);
-    Duration::from_millis(50)
-        .saturating_mul(1u32 << doublings)
-        .min(MAX_RECONNECT_DELAY)
+const RECONNECT_BASE: Duration = Duration::from_millis(50);
+
+fn retry_number(attempt: usize) -> u32 {
+    u32::try_from(attempt).unwrap_or(u32::MAX).saturating_add(1)
 }
 
 /// Sends what the client still buffers (the last replies) before the
@@ -149,13 +147,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_then_caps() {
-        assert_eq!(backoff_ceiling(0), Duration::from_millis(50));
-        assert_eq!(backoff_ceiling(3), Duration::from_millis(400));
-        assert_eq!(backoff_ceiling(10), MAX_RECONNECT_DELAY);
-        assert_eq!(backoff_ceiling(usize::MAX), MAX_RECONNECT_DELAY);
+    fn reconnect_delays_grow_then_cap() {
+        let ceiling =
+            |attempt| backoff::ceiling(retry_number(attempt), RECONNECT_BASE, MAX_RECONNECT_DELAY);
+        assert_eq!(ceiling(0), Duration::from_millis(50));
+        assert_eq!(ceiling(3), Duration::from_millis(400));
+        assert_eq!(ceiling(10), MAX_RECONNECT_DELAY);
+        assert_eq!(ceiling(usize::MAX), MAX_RECONNECT_DELAY);
         for attempt in 0..20 {
-            assert!(reconnect_delay(attempt) <= backoff_ceiling(attempt));
+            assert!(reconnect_delay(attempt) <= ceiling(attempt));
         }
     }
 }
