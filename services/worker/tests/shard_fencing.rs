@@ -55,8 +55,11 @@ fn decide(xid: Uuid, token: u64, commit: bool) -> Op {
     Op::Decide { xid, token, commit }
 }
 
-#[tokio::test]
-async fn only_the_newest_owner_under_the_newest_token_writes() {
+/// A one-shard database, the shard claimed by `owner`, and accounts `x` and
+/// `y` of 100 each opened through its writer.
+async fn shard_with_accounts(
+    owner: &str,
+) -> (TestDatabase, sqlx::PgPool, GroupCommit<ShardWriter>, i64) {
     let database = TestDatabase::create().await.expect("a test database");
     let pool = faultline_storage::connect(&database.url, 4)
         .await
@@ -64,16 +67,12 @@ async fn only_the_newest_owner_under_the_newest_token_writes() {
     faultline_storage::ensure_shards(&pool, 1)
         .await
         .expect("shards");
-    let old = writer(&pool, "old-owner");
-    let new = writer(&pool, "new-owner");
-
-    let old_epoch = store::claim(&pool, "old-owner", SHARD)
-        .await
-        .expect("claim");
+    let store = writer(&pool, owner);
+    let epoch = store::claim(&pool, owner, SHARD).await.expect("claim");
     for id in ["x", "y"] {
         let opened = write(
-            &old,
-            old_epoch,
+            &store,
+            epoch,
             Op::Open(NewAccount {
                 id: id.into(),
                 balance: 100,
@@ -82,6 +81,13 @@ async fn only_the_newest_owner_under_the_newest_token_writes() {
         .await;
         assert!(matches!(opened, ShardReply::Account(_)), "{opened:?}");
     }
+    (database, pool, store, epoch)
+}
+
+#[tokio::test]
+async fn only_the_newest_owner_under_the_newest_token_writes() {
+    let (_database, pool, old, old_epoch) = shard_with_accounts("old-owner").await;
+    let new = writer(&pool, "new-owner");
     let xid = Uuid::now_v7();
     assert_eq!(
         write(&old, old_epoch, prepare(xid, 3, 30)).await,
@@ -132,26 +138,7 @@ async fn only_the_newest_owner_under_the_newest_token_writes() {
 
 #[tokio::test]
 async fn an_abort_that_overtakes_its_prepare_bars_it() {
-    let database = TestDatabase::create().await.expect("a test database");
-    let pool = faultline_storage::connect(&database.url, 4)
-        .await
-        .expect("connect");
-    faultline_storage::ensure_shards(&pool, 1)
-        .await
-        .expect("shards");
-    let owner = writer(&pool, "owner");
-    let epoch = store::claim(&pool, "owner", SHARD).await.expect("claim");
-    for id in ["x", "y"] {
-        write(
-            &owner,
-            epoch,
-            Op::Open(NewAccount {
-                id: id.into(),
-                balance: 100,
-            }),
-        )
-        .await;
-    }
+    let (_database, pool, owner, epoch) = shard_with_accounts("owner").await;
 
     let xid = Uuid::now_v7();
     assert_eq!(

@@ -20,8 +20,9 @@
 //!   and logged loudly rather than guessed at.
 //!
 //! What this module does *not* allow: aborting a prepared branch because it
-//! is old. A prepared branch that hears nothing asks the coordinator
-//! ([`InDoubt`]) and acts only on its answer.
+//! is old. The table has no such arm: a prepared branch that hears nothing
+//! asks the coordinator and acts only on its answer (the worker's
+//! `participant::resolve_in_doubt`).
 
 use serde::{Deserialize, Serialize};
 
@@ -117,18 +118,6 @@ pub fn step(record: Option<BranchState>, message: Message) -> Step {
         (Some(Committed), Message::Commit) | (Some(Aborted), Message::Abort) => Step::AckAgain,
         (Some(Committed), Message::Abort) | (Some(Aborted), Message::Commit) => Step::Violation,
     }
-}
-
-/// What a prepared branch that has waited too long does: ask, then follow
-/// the answer. There is deliberately no "give up" arm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InDoubt {
-    /// The coordinator said commit: apply.
-    Commit,
-    /// The coordinator said abort, or has no record (presumed abort).
-    Abort,
-    /// No answer, or "still preparing": keep the reservation, ask later.
-    AskLater,
 }
 
 #[cfg(test)]
