@@ -445,27 +445,14 @@ async fn client(
 async fn crash_coordinator_at(cluster: &mut Cluster, failpoint: &str) {
     let active = active_coordinator(cluster).await;
     let standby = 1 - active;
-    let armed = &mut cluster.coordinators[standby];
-    armed.set_env("FAILPOINTS", Some(&format!("{failpoint}=return")));
-    armed.restart().expect("restart the standby, armed");
+    arm(&mut cluster.coordinators[standby], failpoint);
     cluster.coordinators[active].kill();
     let crashed = Instant::now();
-    eventually(
-        &format!("the armed coordinator to crash at {failpoint}"),
-        Duration::from_secs(30),
-        || {
-            let exited = cluster.coordinators[standby].has_exited();
-            async move { exited.then_some(()) }
-        },
-    )
-    .await
-    .expect("the failpoint is reached");
-    assert_crashed_at(&cluster.coordinators[standby], failpoint);
+    crash_and_disarm(&mut cluster.coordinators[standby], failpoint).await;
     eprintln!(
         "{failpoint}: the armed standby took over and crashed after {:?}",
         crashed.elapsed()
     );
-    cluster.coordinators[standby].set_env("FAILPOINTS", None);
     for coordinator in &mut cluster.coordinators {
         coordinator.restart().expect("restart a coordinator");
     }
@@ -500,28 +487,38 @@ async fn active_coordinator(cluster: &Cluster) -> usize {
 /// and restarts it clean.
 async fn crash_worker_at(cluster: &mut Cluster, worker: usize, failpoint: &str) {
     let armed = &mut cluster.workers[worker];
-    armed.set_env("FAILPOINTS", Some(&format!("{failpoint}=return")));
-    armed.restart().expect("restart the worker, armed");
+    arm(armed, failpoint);
     let started = Instant::now();
-    eventually(
-        &format!("worker {worker} to crash at {failpoint}"),
-        Duration::from_secs(40),
-        || {
-            let exited = cluster.workers[worker].has_exited();
-            async move { exited.then_some(()) }
-        },
-    )
-    .await
-    .expect("the failpoint is reached");
-    assert_crashed_at(&cluster.workers[worker], failpoint);
+    crash_and_disarm(armed, failpoint).await;
     eprintln!(
         "{failpoint}: worker-{} crashed after {:?}",
         worker + 1,
         started.elapsed()
     );
-    let armed = &mut cluster.workers[worker];
-    armed.set_env("FAILPOINTS", None);
     armed.restart().expect("restart the worker");
+}
+
+/// Restarts `service` with `failpoint` switched on.
+fn arm(service: &mut Service, failpoint: &str) {
+    service.set_env("FAILPOINTS", Some(&format!("{failpoint}=return")));
+    service.restart().expect("restart the process, armed");
+}
+
+/// Waits for `service` to crash at `failpoint` (and nowhere else), then
+/// switches the failpoint off for its next start.
+async fn crash_and_disarm(service: &mut Service, failpoint: &str) {
+    eventually(
+        &format!("{} to crash at {failpoint}", service.name()),
+        Duration::from_secs(40),
+        || {
+            let exited = service.has_exited();
+            async move { exited.then_some(()) }
+        },
+    )
+    .await
+    .expect("the failpoint is reached");
+    assert_crashed_at(service, failpoint);
+    service.set_env("FAILPOINTS", None);
 }
 
 #[tokio::test]
