@@ -1,14 +1,23 @@
 # One image with every Faultline service binary; docker-compose picks the
 # binary per service with `command:`.
 #
-# Stage 1 builds all binaries once, in release mode.
+# The first stage builds all binaries once, in release mode.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --workspace --bins
 
-# Stage 2 is a slim runtime: the binaries, CA certificates and curl for
-# health checks, running as an unprivileged user.
+# The load-test image of docker-compose's `load` profile: wrk, curl and the
+# scripts in load-tests/, aimed at the gateway (GATEWAY).
+FROM debian:bookworm-slim AS load
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bash ca-certificates curl wrk \
+    && rm -rf /var/lib/apt/lists/*
+COPY load-tests /load-tests
+CMD ["/load-tests/in-compose.sh"]
+
+# The last stage, the default target, is a slim runtime: the binaries, CA
+# certificates and curl for health checks, running as an unprivileged user.
 FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \

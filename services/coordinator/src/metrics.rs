@@ -54,6 +54,15 @@ impl Metrics {
             "The fencing token of the current term (0 in standby)",
             metrics.token.clone(),
         );
+        // Both decisions exist from the start at 0, so dashboards and
+        // `rate()` see a series before the first commit or recovery.
+        for state in [TransferState::Committed, TransferState::Aborted] {
+            let label = StateLabel {
+                state: state.as_str(),
+            };
+            drop(metrics.decided.get_or_create(&label));
+            drop(metrics.recovered.get_or_create(&label));
+        }
         metrics
     }
 

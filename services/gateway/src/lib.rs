@@ -89,6 +89,8 @@ pub struct Settings {
 pub struct AppState {
     nats: async_nats::Client,
     settings: OnceCell<kv::Store>,
+    /// Copies of the settings bucket, should the gateway create it.
+    bucket_replicas: u8,
     max_body_bytes: usize,
     lb_attempts: u32,
     shards: u32,
@@ -101,7 +103,9 @@ impl AppState {
     /// request if JetStream was not reachable).
     pub async fn settings_store(&self) -> Result<&kv::Store, ApiError> {
         self.settings
-            .get_or_try_init(|| faultline_bus::kv_buckets::open_settings(&self.nats))
+            .get_or_try_init(|| {
+                faultline_bus::kv_buckets::open_settings(&self.nats, self.bucket_replicas)
+            })
             .await
             .map_err(|e| ApiError::SettingsUnavailable(e.to_string()))
     }
@@ -118,6 +122,7 @@ pub async fn run(
     let state = web::Data::new(AppState {
         nats: client.clone(),
         settings: OnceCell::new(),
+        bucket_replicas: settings.nats.replicas,
         max_body_bytes: usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX),
         lb_attempts: settings.lb_attempts,
         shards: settings.shards,

@@ -28,12 +28,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::{Client, Request};
 use faultline_bus::heartbeat::{self, NoLoad};
-use faultline_failure_detection::DetectorKind;
+use faultline_failure_detection::{DetectorKind, State};
 use faultline_protocol::cluster::{Heartbeat, Role};
 use faultline_protocol::membership::{MembershipEvent, MembershipView, MonitorView};
 use faultline_protocol::subjects;
 use futures::StreamExt as _;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 
@@ -93,6 +95,51 @@ struct Metrics {
     leader: Gauge,
     transitions: Counter,
     fenced_writes: Counter,
+    members: Family<MemberLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabels {
+    role: &'static str,
+    state: &'static str,
+}
+
+impl Metrics {
+    /// Sets the member count of every role and state (zero included, so a
+    /// state nobody is in any more drops to 0 instead of keeping its last
+    /// count).
+    fn count_members(&self, view: &MembershipView) {
+        const ROLES: [Role; 5] = [
+            Role::Gateway,
+            Role::LoadBalancer,
+            Role::Worker,
+            Role::Coordinator,
+            Role::HealthMonitor,
+        ];
+        for role in ROLES {
+            for state in [State::Up, State::Suspect, State::Down] {
+                let count = view
+                    .members
+                    .values()
+                    .filter(|member| member.role == role && member.state == state)
+                    .count();
+                self.members
+                    .get_or_create(&MemberLabels {
+                        role: role.as_str(),
+                        state: state_name(state),
+                    })
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
+fn state_name(state: State) -> &'static str {
+    match state {
+        State::Up => "up",
+        State::Suspect => "suspect",
+        State::Down => "down",
+    }
 }
 
 /// What the main loop hands the writer: the view to store and the events
@@ -123,6 +170,11 @@ pub async fn run(
         "View writes refused because a newer leader had written",
         metrics.fenced_writes.clone(),
     );
+    registry.register(
+        "members",
+        "Members this monitor judges, by role and state",
+        metrics.members.clone(),
+    );
     let ready_client = client.clone();
     let admin = faultline_telemetry::admin::Admin {
         registry: Arc::new(registry),
@@ -138,7 +190,7 @@ pub async fn run(
         .subscribe(subjects::MONITOR_VIEW)
         .await
         .context("subscribing to view queries")?;
-    let store = open_store(&client).await;
+    let store = open_store(&client, settings.nats.replicas).await;
 
     let mut table = Table::new(TablePolicy {
         detector: settings.detector,
@@ -224,6 +276,9 @@ pub async fn run(
             }
         };
         metrics.transitions.inc_by(changes.len() as u64);
+        if !changes.is_empty() {
+            metrics.count_members(&table.view(0, &settings.id));
+        }
         for change in &changes {
             tracing::info!(member = %change.id, role = change.role.as_str(), from = ?change.from, to = ?change.to, reason = %change.reason, "Member state changed.");
         }
@@ -261,9 +316,9 @@ pub async fn run(
 
 /// Opens the membership bucket, retrying until JetStream answers: without
 /// it the monitor can neither lead nor start from the stored view.
-async fn open_store(client: &Client) -> async_nats::jetstream::kv::Store {
+async fn open_store(client: &Client, replicas: u8) -> async_nats::jetstream::kv::Store {
     for attempt in 0.. {
-        match faultline_bus::kv_buckets::open_membership(client).await {
+        match faultline_bus::kv_buckets::open_membership(client, replicas).await {
             Ok(store) => return store,
             Err(error) => {
                 tracing::warn!(%error, "Membership bucket unavailable; retrying.");

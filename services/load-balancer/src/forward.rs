@@ -186,10 +186,11 @@ async fn forward(
             // the worker may have done the work.
             Err(_) => Outcome::TimedOut,
         };
+        let elapsed = sent.elapsed();
         let failed = matches!(outcome, Outcome::Retryable | Outcome::TimedOut);
-        let cost = if failed { slice } else { sent.elapsed() };
+        let cost = if failed { slice } else { elapsed };
         dispatcher.complete(worker.clone(), cost, failed).await;
-        metrics.attempt(&worker, outcome);
+        metrics.attempt(&worker, outcome, elapsed);
         last = match response {
             Ok(reply) => Final {
                 outcome,

@@ -194,11 +194,15 @@ pub async fn run(
     let listener = tokio::spawn(feed_heartbeats(heartbeats, dispatcher.clone()));
     let viewer = tokio::spawn(answer_views(client.clone(), views, dispatcher.clone()));
 
-    let membership_watcher =
-        tokio::spawn(membership_watch::run(client.clone(), dispatcher.clone()));
+    let membership_watcher = tokio::spawn(membership_watch::run(
+        client.clone(),
+        settings.nats.replicas,
+        dispatcher.clone(),
+    ));
     let (settings_ready, settings_loaded) = tokio::sync::watch::channel(false);
     let watcher = tokio::spawn(settings_watch::run(
         client.clone(),
+        settings.nats.replicas,
         dispatcher.clone(),
         settings_ready,
         settings.strategy,

@@ -11,8 +11,8 @@ use faultline_bus::membership_watch::{self, MembershipChange};
 use crate::dispatcher::Dispatcher;
 
 /// Runs until the dispatcher stops.
-pub async fn run(client: async_nats::Client, dispatcher: Dispatcher) {
-    membership_watch::follow(client, |change| {
+pub async fn run(client: async_nats::Client, replicas: u8, dispatcher: Dispatcher) {
+    membership_watch::follow(client, replicas, |change| {
         let dispatcher = dispatcher.clone();
         async move {
             let sent = match change {

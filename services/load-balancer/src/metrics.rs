@@ -1,16 +1,24 @@
 //! The load-balancer's Prometheus metrics.
 
+use std::time::Duration;
+
 use faultline_protocol::Outcome;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
     worker: String,
     outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -22,6 +30,7 @@ struct CallLabels {
 #[derive(Debug, Clone)]
 pub struct Metrics {
     attempts: Family<AttemptLabels, Counter>,
+    attempt_duration: Family<WorkerLabels, Histogram>,
     calls: Family<CallLabels, Counter>,
     members: Gauge,
     ejections: Counter,
@@ -34,6 +43,10 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Metrics {
             attempts: Family::default(),
+            // 0.5 ms to about 4 s.
+            attempt_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+            }),
             calls: Family::default(),
             members: Gauge::default(),
             ejections: Counter::default(),
@@ -44,6 +57,11 @@ impl Metrics {
             "attempts",
             "Attempts sent to workers, by worker and outcome",
             metrics.attempts.clone(),
+        );
+        registry.register(
+            "attempt_duration_seconds",
+            "Time from sending an attempt to a worker to its answer or failure, by worker",
+            metrics.attempt_duration.clone(),
         );
         registry.register(
             "calls",
@@ -69,14 +87,19 @@ impl Metrics {
         metrics
     }
 
-    /// Counts one attempt.
-    pub fn attempt(&self, worker: &str, outcome: Outcome) {
+    /// Counts one attempt and records how long it took.
+    pub fn attempt(&self, worker: &str, outcome: Outcome, elapsed: Duration) {
         self.attempts
             .get_or_create(&AttemptLabels {
                 worker: worker.to_owned(),
                 outcome: outcome.as_str(),
             })
             .inc();
+        self.attempt_duration
+            .get_or_create(&WorkerLabels {
+                worker: worker.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Counts one call.

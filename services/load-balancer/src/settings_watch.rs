@@ -16,16 +16,18 @@ use crate::dispatcher::Dispatcher;
 
 /// Runs until the dispatcher stops. `ready` is true while the replica has
 /// applied the bucket's current values; `default_strategy` applies when the
-/// bucket names none (or the key is deleted), so every replica agrees.
+/// bucket names none (or the key is deleted), so every replica agrees;
+/// `replicas` is the bucket's copy count should this replica create it.
 pub async fn run(
     client: async_nats::Client,
+    replicas: u8,
     dispatcher: Dispatcher,
     ready: tokio::sync::watch::Sender<bool>,
     default_strategy: StrategyKind,
 ) {
     let mut attempt = 0usize;
     loop {
-        match watch_once(&client, &dispatcher, &ready, default_strategy).await {
+        match watch_once(&client, replicas, &dispatcher, &ready, default_strategy).await {
             Ok(()) => return,
             Err(error) => {
                 // Until the watch is back and has replayed, settings may be stale.
@@ -41,11 +43,12 @@ pub async fn run(
 /// Watches until the stream ends (an error) or the dispatcher stops (Ok).
 async fn watch_once(
     client: &async_nats::Client,
+    replicas: u8,
     dispatcher: &Dispatcher,
     ready: &tokio::sync::watch::Sender<bool>,
     default_strategy: StrategyKind,
 ) -> anyhow::Result<()> {
-    let store = faultline_bus::kv_buckets::open_settings(client).await?;
+    let store = faultline_bus::kv_buckets::open_settings(client, replicas).await?;
     let mut entries = store.watch_with_history(">").await?;
     // The watch replays the current values first and marks the last of them
     // `seen_current`; the replica is ready once it has applied them. An

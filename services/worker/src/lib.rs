@@ -136,6 +136,7 @@ pub async fn run(
         client.clone(),
         settings.id.clone(),
         settings.participant.clone(),
+        settings.nats.replicas,
     );
 
     // Fault injection has its own task: a worker saturated with calls must

@@ -24,24 +24,34 @@ pub struct BucketError {
     reason: String,
 }
 
-/// Opens the balancer settings bucket.
-pub async fn open_settings(client: &async_nats::Client) -> Result<kv::Store, BucketError> {
+/// Opens the balancer settings bucket; if this call creates it, `replicas`
+/// servers keep a copy ([`crate::NatsArgs::replicas`]).
+pub async fn open_settings(
+    client: &async_nats::Client,
+    replicas: u8,
+) -> Result<kv::Store, BucketError> {
     open(
         client,
         BALANCER_SETTINGS_BUCKET,
         "Faultline balancing strategy and weight overrides",
         1,
+        replicas,
     )
     .await
 }
 
-/// Opens the membership bucket (lease and view, last 64 writes of each).
-pub async fn open_membership(client: &async_nats::Client) -> Result<kv::Store, BucketError> {
+/// Opens the membership bucket (lease and view, last 64 writes of each);
+/// if this call creates it, `replicas` servers keep a copy.
+pub async fn open_membership(
+    client: &async_nats::Client,
+    replicas: u8,
+) -> Result<kv::Store, BucketError> {
     open(
         client,
         MEMBERSHIP_BUCKET,
         "Faultline membership view and health-monitor lease",
         64,
+        replicas,
     )
     .await
 }
@@ -54,6 +64,7 @@ async fn open(
     bucket: &'static str,
     description: &str,
     history: i64,
+    replicas: u8,
 ) -> Result<kv::Store, BucketError> {
     let error = |e: &dyn std::fmt::Display| BucketError {
         bucket,
@@ -63,7 +74,7 @@ async fn open(
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }
-    js.get_or_create_stream(bucket_stream_config(bucket, description, history))
+    js.get_or_create_stream(bucket_stream_config(bucket, description, history, replicas))
         .await
         .map_err(|e| error(&e))?;
     js.get_key_value(bucket).await.map_err(|e| error(&e))
@@ -77,7 +88,12 @@ async fn open(
 /// because that call first reads the account's JetStream limits in a shape
 /// only nats-server 2.10 and later send; this way the bucket works on the
 /// 2.9 servers Debian ships as well as on current ones.
-fn bucket_stream_config(bucket: &str, description: &str, history: i64) -> stream::Config {
+fn bucket_stream_config(
+    bucket: &str,
+    description: &str,
+    history: i64,
+    replicas: u8,
+) -> stream::Config {
     stream::Config {
         name: format!("KV_{bucket}"),
         description: Some(description.to_owned()),
@@ -88,7 +104,7 @@ fn bucket_stream_config(bucket: &str, description: &str, history: i64) -> stream
         deny_delete: true,
         allow_direct: true,
         duplicate_window: Duration::from_secs(120),
-        num_replicas: 1,
+        num_replicas: usize::from(replicas),
         storage: stream::StorageType::File,
         ..Default::default()
     }

@@ -40,6 +40,28 @@ pub struct NatsArgs {
         default_value = "nats://127.0.0.1:4222"
     )]
     pub servers: Vec<String>,
+    /// User name, when the servers require authentication (each service
+    /// has its own, with only the subjects it needs: `infra/nats/auth.conf`).
+    #[arg(long = "nats-user", env = "NATS_USER", requires = "password")]
+    pub user: Option<String>,
+    /// Password of `--nats-user`.
+    #[arg(
+        long = "nats-password",
+        env = "NATS_PASSWORD",
+        requires = "user",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// How many servers keep a copy of each key-value bucket this service
+    /// creates: 1 on a single server, 3 on a three-node cluster so that the
+    /// membership view and the balancer settings survive a node's loss.
+    #[arg(
+        long = "nats-replicas",
+        env = "NATS_REPLICAS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u8).range(1..=5)
+    )]
+    pub replicas: u8,
 }
 
 /// Why the bus could not be reached.
@@ -81,7 +103,13 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, 
         })
         .collect::<Result<Vec<_>, _>>()?;
     let connection = name.to_owned();
-    let options = ConnectOptions::new()
+    let options = match (&args.user, &args.password) {
+        (Some(user), Some(password)) => {
+            ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        _ => ConnectOptions::new(),
+    };
+    let options = options
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)

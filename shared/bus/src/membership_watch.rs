@@ -25,15 +25,16 @@ pub enum MembershipChange {
     LeaseRenewed,
 }
 
-/// Calls `on_change` for every change until it answers `Break`.
-pub async fn follow<F, Fut>(client: async_nats::Client, mut on_change: F)
+/// Calls `on_change` for every change until it answers `Break`. `replicas`
+/// is the bucket's copy count should this watch be the one to create it.
+pub async fn follow<F, Fut>(client: async_nats::Client, replicas: u8, mut on_change: F)
 where
     F: FnMut(MembershipChange) -> Fut,
     Fut: Future<Output = ControlFlow<()>>,
 {
     let mut attempt = 0usize;
     loop {
-        match watch_once(&client, &mut on_change).await {
+        match watch_once(&client, replicas, &mut on_change).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(%error, "Lost the membership watch; opening it again.");
@@ -47,13 +48,14 @@ where
 /// Watches until the stream ends (an error) or the caller stops (Ok).
 async fn watch_once<F, Fut>(
     client: &async_nats::Client,
+    replicas: u8,
     on_change: &mut F,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     F: FnMut(MembershipChange) -> Fut,
     Fut: Future<Output = ControlFlow<()>>,
 {
-    let store = crate::kv_buckets::open_membership(client).await?;
+    let store = crate::kv_buckets::open_membership(client, replicas).await?;
     let mut entries = store.watch_with_history(">").await?;
     // A lease record replayed from the past says nothing about whether a
     // monitor leads now; only renewals seen after the replay do.

@@ -29,6 +29,9 @@ pub struct ClusterSpec {
     /// shard owners. Needs at least one monitor (shard ownership follows
     /// the membership view).
     pub bank: Option<BankSpec>,
+    /// Start NATS with the deployment's users and permissions
+    /// (`infra/nats/auth.conf`), each service connecting as its role.
+    pub nats_auth: bool,
 }
 
 /// The two-phase-commit part of a cluster.
@@ -73,6 +76,7 @@ impl Default for ClusterSpec {
             monitors: 0,
             monitor_args: Vec::new(),
             bank: None,
+            nats_auth: false,
         }
     }
 }
@@ -98,6 +102,8 @@ pub struct Cluster {
     pub nats: NatsServer,
     /// Admin URLs of the load-balancers, in order.
     pub load_balancer_admin: Vec<String>,
+    /// Admin URLs of the workers and the monitors.
+    pub other_admin: Vec<String>,
 }
 
 /// The gateway process and an HTTP client for it.
@@ -115,7 +121,11 @@ impl Cluster {
     /// waits until every load-balancer is ready and routes to every worker.
     pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
         let logs = Arc::new(tempfile::tempdir().context("creating the log directory")?);
-        let nats = NatsServer::start()?;
+        let nats = if spec.nats_auth {
+            NatsServer::start_authenticated()?
+        } else {
+            NatsServer::start()?
+        };
         let database = match &spec.bank {
             Some(_) => Some(TestDatabase::create().await?),
             None => None,
@@ -139,10 +149,13 @@ impl Cluster {
                 spec.heartbeat_interval_ms.to_string(),
             ]
         };
+        let mut other_admin = Vec::new();
         let mut workers = Vec::new();
         for (i, weight) in spec.worker_weights.iter().enumerate() {
             let id = format!("worker-{}", i + 1);
-            let mut args = common(free_port());
+            let port = free_port();
+            other_admin.push(format!("http://127.0.0.1:{port}"));
+            let mut args = common(port);
             args.extend([
                 "--id".into(),
                 id.clone(),
@@ -153,7 +166,13 @@ impl Cluster {
                 args.extend(bank_args(bank));
                 args.extend(bank.worker_args.iter().cloned());
             }
-            workers.push(Service::start(&id, "worker", &args, &[], logs.clone())?);
+            workers.push(Service::start(
+                &id,
+                "worker",
+                &args,
+                &nats.credentials("worker"),
+                logs.clone(),
+            )?);
         }
         let mut load_balancers = Vec::new();
         let mut load_balancer_admin = Vec::new();
@@ -171,7 +190,7 @@ impl Cluster {
                 &id,
                 "load-balancer",
                 &args,
-                &[],
+                &nats.credentials("load-balancer"),
                 logs.clone(),
             )?);
             load_balancer_admin.push(format!("http://127.0.0.1:{port}"));
@@ -179,14 +198,16 @@ impl Cluster {
         let mut monitors = Vec::new();
         for i in 1..=spec.monitors {
             let id = format!("monitor-{i}");
-            let mut args = common(free_port());
+            let port = free_port();
+            other_admin.push(format!("http://127.0.0.1:{port}"));
+            let mut args = common(port);
             args.extend(["--id".into(), id.clone()]);
             args.extend(spec.monitor_args.iter().cloned());
             monitors.push(Service::start(
                 &id,
                 "health-monitor",
                 &args,
-                &[],
+                &nats.credentials("health-monitor"),
                 logs.clone(),
             )?);
         }
@@ -211,7 +232,7 @@ impl Cluster {
                     &id,
                     "coordinator",
                     &args,
-                    &[],
+                    &nats.credentials("coordinator"),
                     logs.clone(),
                 )?);
                 coordinator_admin.push(format!("http://127.0.0.1:{port}"));
@@ -239,7 +260,13 @@ impl Cluster {
             ]);
         }
         let gateway = Gateway {
-            service: Service::start("gateway", "gateway", &args, &[], logs.clone())?,
+            service: Service::start(
+                "gateway",
+                "gateway",
+                &args,
+                &nats.credentials("gateway"),
+                logs.clone(),
+            )?,
             url: format!("http://127.0.0.1:{http_port}"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -256,6 +283,7 @@ impl Cluster {
             database,
             nats,
             load_balancer_admin,
+            other_admin,
         };
         let mut ready = if spec.load_balancers > 0 {
             cluster.wait_until_ready(spec.worker_weights.len()).await
@@ -289,15 +317,30 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Waits until every shard has an owner and a coordinator is active
-    /// (it answers the in-doubt list).
-    pub async fn wait_for_bank(&self) -> anyhow::Result<()> {
-        let pool = self
-            .database
+    /// The admin URL (`/live`, `/ready`, `/metrics`) of every service but
+    /// the gateway, which serves them on its own URL.
+    pub fn admin_urls(&self) -> Vec<String> {
+        self.load_balancer_admin
+            .iter()
+            .chain(&self.coordinator_admin)
+            .chain(&self.other_admin)
+            .cloned()
+            .collect()
+    }
+
+    /// A connection pool to the bank cluster's private database.
+    pub async fn pool(&self) -> anyhow::Result<sqlx::PgPool> {
+        self.database
             .as_ref()
             .context("not a bank cluster")?
             .pool()
-            .await?;
+            .await
+    }
+
+    /// Waits until every shard has an owner and a coordinator is active
+    /// (it answers the in-doubt list).
+    pub async fn wait_for_bank(&self) -> anyhow::Result<()> {
+        let pool = self.pool().await?;
         crate::eventually(
             "every shard to have an owner",
             Duration::from_secs(30),

@@ -23,7 +23,7 @@ pub mod database;
 mod process;
 
 pub use cluster::{BankSpec, Cluster, ClusterSpec, Gateway};
-pub use process::{NatsServer, Service, binary, free_port};
+pub use process::{FREE_PORTS, NatsServer, Service, binary, free_port, workspace_root};
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -7,18 +7,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-/// A free TCP port on 127.0.0.1 for a child process to listen on.
-///
-/// It is drawn at random from below Linux's ephemeral range (32768 and up):
-/// a port the OS handed out with `bind(0)` can be taken again as the local
-/// port of some outgoing connection before the child binds it, and the
-/// tests make many connections. Concurrent tests could still draw the same
+/// Where [`free_port`] draws its ports: below Linux's ephemeral range
+/// (32768 and up), because a port the OS handed out with `bind(0)` can be
+/// taken again as the local port of some outgoing connection before the
+/// child binds it, and the tests make many connections. Ports below this
+/// range are left to tests that need a whole block of fixed ports (the run
+/// command's `FAULTLINE_PORT_OFFSET`), so the two never draw the same port.
+pub const FREE_PORTS: std::ops::Range<u16> = 22_000..32_768;
+
+/// A free TCP port on 127.0.0.1 for a child process to listen on, drawn at
+/// random from [`FREE_PORTS`]. Concurrent tests could still draw the same
 /// port; the odds are small and a failed bind is reported, not hidden.
 pub fn free_port() -> u16 {
     use rand::Rng as _;
     let mut rng = rand::rng();
     (0..1000)
-        .map(|_| rng.random_range(10_000..32_768))
+        .map(|_| rng.random_range(FREE_PORTS))
         .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
         .expect("a free loopback port below the ephemeral range")
 }
@@ -46,33 +50,91 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: tempfile::TempDir,
+    /// Set when the server enforces the deployment's users and permissions.
+    authenticated: bool,
 }
+
+/// The service roles that have a NATS user in `infra/nats/auth.conf`.
+const NATS_ROLES: [&str; 5] = [
+    "gateway",
+    "load-balancer",
+    "health-monitor",
+    "coordinator",
+    "worker",
+];
 
 impl NatsServer {
     /// Starts nats-server on a free loopback port and waits until it
     /// accepts connections.
     pub fn start() -> anyhow::Result<NatsServer> {
+        Self::start_with(free_port(), false)
+    }
+
+    /// Starts nats-server on `port`, as a server that was already running
+    /// there would be.
+    pub fn start_on(port: u16) -> anyhow::Result<NatsServer> {
+        Self::start_with(port, false)
+    }
+
+    /// Starts nats-server with the deployment's own authorization
+    /// (`infra/nats/auth.conf`, included as the real cluster includes it):
+    /// every role connects as its user with [`NatsServer::password`], and
+    /// may only use its own subjects. The server logs to
+    /// [`NatsServer::log`], where refusals show as "Violation".
+    pub fn start_authenticated() -> anyhow::Result<NatsServer> {
+        Self::start_with(free_port(), true)
+    }
+
+    fn start_with(port: u16, authenticated: bool) -> anyhow::Result<NatsServer> {
         let store = tempfile::tempdir().context("creating the JetStream directory")?;
         let mut server = NatsServer {
             child: None,
-            port: free_port(),
+            port,
             store,
+            authenticated,
         };
         server.spawn()?;
         Ok(server)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let child = Command::new(nats_server_path())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.store.path())
+        let mut command = Command::new(nats_server_path());
+        if self.authenticated {
+            // `include` paths are relative to the including file, so the
+            // real auth.conf is copied next to a config naming this port.
+            let dir = self.store.path();
+            std::fs::copy(
+                workspace_root().join("infra/nats/auth.conf"),
+                dir.join("auth.conf"),
+            )
+            .context("copying infra/nats/auth.conf")?;
+            let config = format!(
+                "listen: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\ninclude auth.conf\n",
+                self.port,
+                dir.join("jetstream")
+            );
+            std::fs::write(dir.join("nats.conf"), config).context("writing nats.conf")?;
+            command
+                .arg("-c")
+                .arg(dir.join("nats.conf"))
+                .arg("-l")
+                .arg(dir.join("nats.log"));
+            for role in NATS_ROLES {
+                command.env(password_variable(role), Self::password(role));
+            }
+        } else {
+            command
+                .args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-js",
+                    "-sd",
+                ])
+                .arg(self.store.path());
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -84,6 +146,35 @@ impl NatsServer {
     /// The URL clients connect to.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The test password of `role`'s NATS user.
+    pub fn password(role: &str) -> String {
+        format!("{role}-test-password")
+    }
+
+    /// The environment a service of `role` needs to connect (nothing when
+    /// the server does not authenticate).
+    pub fn credentials(&self, role: &str) -> Vec<(String, String)> {
+        if !self.authenticated {
+            return Vec::new();
+        }
+        vec![
+            ("NATS_USER".to_owned(), role.to_owned()),
+            ("NATS_PASSWORD".to_owned(), Self::password(role)),
+        ]
+    }
+
+    /// What the server has logged (only an authenticated server logs).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.store.path().join("nats.log")).unwrap_or_default()
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// Kills the server (SIGKILL), as a crash would.
@@ -105,6 +196,19 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The variable auth.conf reads `role`'s password from.
+fn password_variable(role: &str) -> String {
+    format!(
+        "FAULTLINE_{}_NATS_PASSWORD",
+        role.to_uppercase().replace('-', "_")
+    )
+}
+
+/// The root of this workspace (where `infra/` lives).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn nats_server_path() -> PathBuf {
@@ -168,6 +272,10 @@ impl Service {
             .with_context(|| format!("opening {}", self.log.display()))?;
         let child = Command::new(&self.program)
             .args(&self.args)
+            // A developer's own settings must not reach the services under
+            // test: a worker given no database must not find one.
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",

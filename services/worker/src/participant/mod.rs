@@ -83,7 +83,12 @@ struct Participant {
 }
 
 /// Starts the participant if a database is configured; runs until aborted.
-pub fn spawn(client: Client, worker_id: String, args: ParticipantArgs) -> Option<JoinHandle<()>> {
+pub fn spawn(
+    client: Client,
+    worker_id: String,
+    args: ParticipantArgs,
+    bucket_replicas: u8,
+) -> Option<JoinHandle<()>> {
     let url = args.database.url.clone()?;
     Some(tokio::spawn(async move {
         let pool = match faultline_storage::connect(&url, args.database.max_connections).await {
@@ -127,7 +132,7 @@ pub fn spawn(client: Client, worker_id: String, args: ParticipantArgs) -> Option
         let (assignment_tx, assignment_rx) = watch::channel(Assignment::default());
         let reconciler = tokio::spawn(reconcile(participant.clone(), assignment_rx));
         let me = participant.clone();
-        membership_watch::follow(participant.client.clone(), move |change| {
+        membership_watch::follow(participant.client.clone(), bucket_replicas, move |change| {
             if let MembershipChange::View(view) = change {
                 assignment_tx.send_if_modified(|current| {
                     let next = me.assignment(&view);

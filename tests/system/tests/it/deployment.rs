@@ -1,14 +1,18 @@
-//! The deployment files cannot drift from the code: each service that
-//! docker-compose.yml runs is started, with its exact command and
-//! environment from the file, as `<binary> --check-settings`, which parses
-//! them as the service would and refuses any variable that is not one of
-//! its settings (a renamed flag, a typo, a value out of range).
+//! The deployment files cannot drift from the code. Each service that
+//! docker-compose.yml or the Kubernetes manifests run is started, with its
+//! exact command and environment from the file, as `<binary>
+//! --check-settings`, which parses them as the service would and refuses
+//! any variable that is not one of its settings (a renamed flag, a typo, a
+//! value out of range). The compose file validates with docker-compose,
+//! its NATS nodes' configuration with nats-server, every service logs in to
+//! NATS as its own role, Prometheus scrapes every service, and the Grafana
+//! dashboard and the alert rules only query metrics the services export.
 
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use faultline_test_support::binary;
+use faultline_test_support::{BankSpec, Cluster, ClusterSpec, binary, workspace_root};
+use serde::Deserialize as _;
 use serde_norway::Value;
 
 /// Every service binary of the workspace.
@@ -20,12 +24,98 @@ const SERVICES: [&str; 5] = [
     "worker",
 ];
 
+/// A file of the repository, as text.
+fn read(path: &str) -> String {
+    std::fs::read_to_string(workspace_root().join(path))
+        .unwrap_or_else(|error| panic!("{path} is readable: {error}"))
+}
+
 fn compose_file() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker-compose.yml");
-    let text = std::fs::read_to_string(&path).expect("docker-compose.yml is readable");
-    let mut value: Value = serde_norway::from_str(&text).expect("docker-compose.yml is YAML");
+    let mut value: Value =
+        serde_norway::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML");
     merge_everywhere(&mut value);
     value
+}
+
+/// A compose service that runs a Faultline binary.
+struct ComposeService {
+    name: String,
+    /// The binary, such as `worker`.
+    program: String,
+    /// The arguments after it.
+    args: Vec<String>,
+    /// Its environment, with `${NAME:-default}` as compose gives it.
+    environment: Vec<(String, String)>,
+}
+
+/// The compose services that run a Faultline binary.
+fn compose_services() -> Vec<ComposeService> {
+    let compose = compose_file();
+    let services = compose["services"]
+        .as_mapping()
+        .expect("a services mapping");
+    let mut ours = Vec::new();
+    for (name, service) in services {
+        let name = name.as_str().expect("service names are strings");
+        if service["image"].as_str() != Some("faultline:latest") {
+            continue; // NATS, PostgreSQL, Redis, observability: not ours
+        }
+        let command = service["command"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name} has no command"));
+        let args: Vec<String> = command.iter().map(scalar).collect();
+        let environment = service["environment"]
+            .as_mapping()
+            .map(|environment| {
+                environment
+                    .iter()
+                    .map(|(key, value)| {
+                        let key = key.as_str().expect("variable names are strings");
+                        (key.to_owned(), interpolate(&scalar(value)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ours.push(ComposeService {
+            name: name.to_owned(),
+            program: args[0].clone(),
+            args: args[1..].to_vec(),
+            environment,
+        });
+    }
+    ours
+}
+
+/// Compose's `${NAME:-default}` as it comes out with NAME unset.
+fn interpolate(value: &str) -> String {
+    match value
+        .strip_prefix("${")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .and_then(|inner| inner.split_once(":-"))
+    {
+        Some((_, default)) => default.to_owned(),
+        None => value.to_owned(),
+    }
+}
+
+/// Runs `<program> <args> --check-settings` with exactly `environment`.
+fn check_settings(
+    program: &str,
+    args: &[String],
+    environment: &[(String, String)],
+) -> Result<(), String> {
+    let output = Command::new(binary(program).expect("the binary is built"))
+        .env_clear()
+        .args(args)
+        .arg("--check-settings")
+        .envs(environment.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("the binary runs");
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
 }
 
 /// Applies `<<: *anchor` merge keys at every level, inner ones first, as
@@ -55,48 +145,352 @@ fn scalar(value: &Value) -> String {
 
 #[test]
 fn every_compose_service_passes_its_own_settings_check() {
-    let compose = compose_file();
-    let services = compose["services"]
-        .as_mapping()
-        .expect("a services mapping");
     let mut checked = BTreeSet::new();
-    for (name, service) in services {
-        let name = name.as_str().expect("service names are strings");
-        if service["image"].as_str() != Some("faultline:latest") {
-            continue; // nats, postgres, redis: not ours
-        }
-        let command = service["command"]
-            .as_sequence()
-            .unwrap_or_else(|| panic!("{name} has no command"));
-        let args: Vec<String> = command.iter().map(scalar).collect();
-        let program = args[0].as_str();
+    for ComposeService {
+        name,
+        program,
+        args,
+        environment,
+    } in compose_services()
+    {
         assert!(
-            SERVICES.contains(&program),
+            SERVICES.contains(&program.as_str()),
             "{name} runs {program:?}, which is not a Faultline binary"
         );
-        let mut run = Command::new(binary(program).expect("the binary is built"));
-        run.env_clear().args(&args[1..]).arg("--check-settings");
-        if let Some(environment) = service["environment"].as_mapping() {
-            for (key, value) in environment {
-                run.env(
-                    key.as_str().expect("variable names are strings"),
-                    scalar(value),
-                );
-            }
+        if let Err(refusal) = check_settings(&program, &args, &environment) {
+            panic!("{name} ({program}) refuses its compose settings:\n{refusal}");
         }
-        let output = run.output().expect("the binary runs");
-        assert!(
-            output.status.success(),
-            "{name} ({program}) refuses its compose settings:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        checked.insert(program.to_owned());
+        checked.insert(program);
     }
     assert_eq!(
         checked,
         SERVICES.iter().map(|s| (*s).to_owned()).collect(),
         "docker-compose.yml must run every service"
     );
+}
+
+#[test]
+fn docker_compose_validates_the_file() {
+    let output = Command::new("docker-compose")
+        .args(["--profile", "load", "config", "--quiet"])
+        .current_dir(workspace_root())
+        .output()
+        .expect("docker-compose runs (apt-get install docker-compose)");
+    assert!(
+        output.status.success(),
+        "docker-compose config refuses the file:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn every_service_logs_in_to_every_nats_node_as_its_own_role() {
+    let compose = compose_file();
+    let services = compose["services"].as_mapping().expect("services");
+    let nodes: Vec<&str> = services
+        .iter()
+        .filter(|(_, service)| {
+            service["image"]
+                .as_str()
+                .is_some_and(|image| image.starts_with("nats:"))
+        })
+        .map(|(name, _)| name.as_str().expect("a name"))
+        .collect();
+    assert_eq!(nodes.len(), 3, "a three-node NATS cluster: {nodes:?}");
+    for ComposeService {
+        name,
+        program,
+        environment,
+        ..
+    } in compose_services()
+    {
+        let environment: BTreeMap<_, _> = environment.into_iter().collect();
+        // The users of infra/nats/auth.conf are named after the binaries.
+        assert_eq!(
+            environment.get("NATS_USER"),
+            Some(&program),
+            "{name}'s NATS user"
+        );
+        let servers = environment.get("NATS_SERVERS").expect("NATS_SERVERS");
+        for node in &nodes {
+            assert!(
+                servers.contains(&format!("nats://{node}:4222")),
+                "{name} must list {node}: {servers}"
+            );
+        }
+        assert_eq!(
+            environment.get("NATS_REPLICAS").map(String::as_str),
+            Some("3"),
+            "{name}"
+        );
+    }
+    // Each node's configuration, with the environment compose gives it,
+    // is one nats-server accepts.
+    let dir = tempfile::tempdir().expect("a directory");
+    for file in ["nats.conf", "auth.conf"] {
+        std::fs::copy(
+            workspace_root().join("infra/nats").join(file),
+            dir.path().join(file),
+        )
+        .expect("copies the NATS configuration");
+    }
+    for node in nodes {
+        let environment = services[node]["environment"]
+            .as_mapping()
+            .expect("environment");
+        let output = Command::new("nats-server")
+            .arg("-t")
+            .arg("-c")
+            .arg(dir.path().join("nats.conf"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(environment.iter().map(|(key, value)| {
+                (
+                    key.as_str().expect("a name").to_owned(),
+                    interpolate(&scalar(value)),
+                )
+            }))
+            .output()
+            .expect("nats-server runs");
+        assert!(
+            output.status.success(),
+            "{node}'s configuration is refused:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn prometheus_scrapes_every_service_at_its_metrics_port() {
+    let config: Value =
+        serde_norway::from_str(&read("infra/prometheus/prometheus.yml")).expect("YAML");
+    let targets: BTreeSet<String> = config["scrape_configs"]
+        .as_sequence()
+        .expect("scrape_configs")
+        .iter()
+        .flat_map(|job| {
+            job["static_configs"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .flat_map(|group| group["targets"].as_sequence().cloned().unwrap_or_default())
+        .map(|target| scalar(&target))
+        .collect();
+    for ComposeService { name, program, .. } in compose_services() {
+        let port = if program == "gateway" { 8080 } else { 9100 };
+        assert!(
+            targets.contains(&format!("{name}:{port}")),
+            "Prometheus does not scrape {name}:{port}: {targets:?}"
+        );
+    }
+}
+
+/// The Kubernetes objects of `infra/k8s/<path>`: rendered by `kubectl
+/// kustomize` where kubectl is installed, otherwise (the base only) read
+/// from the resources its kustomization lists.
+fn kubernetes_objects(path: &str) -> Option<Vec<Value>> {
+    let dir = workspace_root().join("infra/k8s").join(path);
+    let text = match Command::new("kubectl").arg("kustomize").arg(&dir).output() {
+        Ok(output) => {
+            assert!(
+                output.status.success(),
+                "kustomize refuses {path}:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8(output.stdout).expect("UTF-8")
+        }
+        Err(_) if path == "base" => {
+            let kustomization: Value =
+                serde_norway::from_str(&read("infra/k8s/base/kustomization.yaml")).expect("YAML");
+            kustomization["resources"]
+                .as_sequence()
+                .expect("resources")
+                .iter()
+                .map(|file| read(&format!("infra/k8s/base/{}", scalar(file))))
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        }
+        Err(_) => return None, // overlays need kustomize itself
+    };
+    Some(
+        serde_norway::Deserializer::from_str(&text)
+            .map(|document| Value::deserialize(document).expect("a YAML document"))
+            .filter(|object| !object.is_null())
+            .collect(),
+    )
+}
+
+/// An environment entry's value: literal, from a ConfigMap or Secret among
+/// `objects`, or a stand-in pod name for `fieldRef: metadata.name`.
+fn kubernetes_value(objects: &[Value], container: &str, entry: &Value) -> String {
+    if let Some(value) = entry.get("value") {
+        return scalar(value);
+    }
+    let from = &entry["valueFrom"];
+    let lookup = |kind: &str, reference: &Value, field: &str| {
+        let name = scalar(&reference["name"]);
+        let key = scalar(&reference["key"]);
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && scalar(&o["metadata"]["name"]) == name)
+            .and_then(|o| o[field].get(key.as_str()).map(scalar))
+            .unwrap_or_else(|| panic!("{container}: {kind} {name} has no {key}"))
+    };
+    if let Some(reference) = from.get("configMapKeyRef") {
+        lookup("ConfigMap", reference, "data")
+    } else if let Some(reference) = from.get("secretKeyRef") {
+        lookup("Secret", reference, "stringData")
+    } else if from.get("fieldRef").is_some() {
+        format!("{container}-0")
+    } else {
+        panic!("{container}: unsupported environment entry {entry:?}")
+    }
+}
+
+#[test]
+fn every_kubernetes_container_passes_its_own_settings_check() {
+    for path in ["base", "overlays/large"] {
+        let Some(objects) = kubernetes_objects(path) else {
+            eprintln!("kubectl is not installed: {path} is not rendered");
+            continue;
+        };
+        let mut checked = BTreeSet::new();
+        for object in &objects {
+            let containers = object["spec"]["template"]["spec"]["containers"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default();
+            for container in containers {
+                if container["image"].as_str() != Some("faultline:latest") {
+                    continue;
+                }
+                let name = scalar(&object["metadata"]["name"]);
+                let command: Vec<String> = container["command"]
+                    .as_sequence()
+                    .unwrap_or_else(|| panic!("{name} has no command"))
+                    .iter()
+                    .chain(container["args"].as_sequence().into_iter().flatten())
+                    .map(scalar)
+                    .collect();
+                let environment: Vec<(String, String)> = container["env"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .map(|entry| {
+                        (
+                            scalar(&entry["name"]),
+                            kubernetes_value(&objects, &name, entry),
+                        )
+                    })
+                    .collect();
+                if let Err(refusal) = check_settings(&command[0], &command[1..], &environment) {
+                    panic!("{path}: {name} refuses its settings:\n{refusal}");
+                }
+                checked.insert(command[0].clone());
+            }
+        }
+        assert_eq!(
+            checked,
+            SERVICES.iter().map(|s| (*s).to_owned()).collect(),
+            "{path} must run every service"
+        );
+    }
+}
+
+#[test]
+fn kubernetes_enforces_the_same_nats_permissions() {
+    // kustomize cannot read files outside its directory, so the base keeps
+    // a copy of auth.conf; it must stay identical.
+    assert_eq!(
+        read("infra/k8s/base/nats/auth.conf"),
+        read("infra/nats/auth.conf"),
+        "cp infra/nats/auth.conf infra/k8s/base/nats/auth.conf"
+    );
+}
+
+/// Every `faultline_*` metric name a PromQL expression in `text` uses.
+fn queried_metrics(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("faultline_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_dashboard_and_alert_rules_only_query_metrics_the_services_export() {
+    let cluster = Cluster::start(ClusterSpec {
+        monitors: 1,
+        bank: Some(BankSpec::default()),
+        ..ClusterSpec::default()
+    })
+    .await
+    .expect("the cluster starts");
+    // Use the system, so that families with labels have samples.
+    let gateway = &cluster.gateway;
+    let served = crate::served_by(&crate::drive(gateway, 20, 4, crate::echo).await);
+    assert_eq!(served.len(), 3, "{served:?}");
+    crate::open_account(&cluster, "metrics-a", 10).await;
+    crate::open_account(&cluster, "metrics-b", 0).await;
+    let (status, body) = crate::transfer(
+        &cluster,
+        "metrics-1",
+        &serde_json::json!({ "from": "metrics-a", "to": "metrics-b", "amount": 5 }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Scrape every service: the names of the samples, and of the families
+    // declared (a family with labels shows no sample until first used).
+    let mut exported = BTreeSet::new();
+    let http = reqwest::Client::new();
+    let mut urls = vec![format!("{}/metrics", cluster.gateway.url)];
+    urls.extend(
+        cluster
+            .admin_urls()
+            .into_iter()
+            .map(|url| format!("{url}/metrics")),
+    );
+    for url in urls {
+        let text = http
+            .get(&url)
+            .send()
+            .await
+            .and_then(|response| response.error_for_status())
+            .expect("the service serves /metrics")
+            .text()
+            .await
+            .expect("a text body");
+        for line in text.lines() {
+            let name = match line.strip_prefix("# TYPE ") {
+                Some(declared) => declared.split(' ').next(),
+                None if !line.starts_with('#') => line.split(['{', ' ']).next(),
+                None => None,
+            };
+            exported.extend(name.map(str::to_owned));
+        }
+    }
+    let queried = queried_metrics(&read("infra/grafana/dashboards/faultline.json"))
+        .into_iter()
+        .chain(queried_metrics(&read("infra/prometheus/rules.yml")));
+    let missing: Vec<String> = queried
+        .filter(|name| {
+            // A counter's samples end in _total, a histogram's in
+            // _bucket/_sum/_count; its TYPE line names the family.
+            let family = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            !exported.contains(name) && !exported.contains(family)
+        })
+        .collect();
+    assert!(missing.is_empty(), "queried but not exported: {missing:?}");
 }
 
 #[test]

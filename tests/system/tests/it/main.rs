@@ -7,6 +7,8 @@ mod deadlines;
 mod deployment;
 mod health_monitor;
 mod load_balancer_failover;
+mod nats_permissions;
+mod run_command;
 mod runtime_changes;
 mod two_phase_commit;
 mod worker_failure;
@@ -61,6 +63,29 @@ pub fn retried(answers: &[(u16, Value)]) -> usize {
         .iter()
         .filter(|(_, body)| body["attempts"].as_u64() >= Some(2))
         .count()
+}
+
+/// Opens an account through the gateway; panics unless it is created.
+pub async fn open_account(cluster: &faultline_test_support::Cluster, id: &str, balance: i64) {
+    let (status, body) = cluster
+        .gateway
+        .post("/v1/accounts", &json!({"id": id, "balance": balance}), &[])
+        .await
+        .expect("the gateway answers");
+    assert_eq!(status, 201, "opening {id}: {body}");
+}
+
+/// Sends a transfer (`{"from","to","amount"}`) with its idempotency key.
+pub async fn transfer(
+    cluster: &faultline_test_support::Cluster,
+    key: &str,
+    body: &Value,
+) -> (u16, Value) {
+    cluster
+        .gateway
+        .post("/v1/transfers", body, &[("Idempotency-Key", key)])
+        .await
+        .expect("the gateway answers")
 }
 
 /// Sets the strategy through the gateway and waits until every

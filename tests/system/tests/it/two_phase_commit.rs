@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::{open_account, transfer};
 use faultline_protocol::bank::{
     Leg, ShardReply, ShardRequest, StatusAnswer, StatusQuery, TransferRequest,
 };
@@ -42,23 +43,6 @@ async fn bank_cluster() -> Cluster {
     .expect("the bank cluster starts")
 }
 
-async fn open(cluster: &Cluster, id: &str, balance: i64) {
-    let (status, body) = cluster
-        .gateway
-        .post("/v1/accounts", &json!({"id": id, "balance": balance}), &[])
-        .await
-        .expect("the gateway answers");
-    assert_eq!(status, 201, "opening {id}: {body}");
-}
-
-async fn transfer(cluster: &Cluster, key: &str, body: &Value) -> (u16, Value) {
-    cluster
-        .gateway
-        .post("/v1/transfers", body, &[("Idempotency-Key", key)])
-        .await
-        .expect("the gateway answers")
-}
-
 async fn balance(cluster: &Cluster, id: &str) -> (i64, i64) {
     let (status, body) = cluster
         .gateway
@@ -75,8 +59,8 @@ async fn balance(cluster: &Cluster, id: &str) -> (i64, i64) {
 #[tokio::test]
 async fn a_transfer_moves_money_once_however_often_it_is_sent() {
     let cluster = bank_cluster().await;
-    open(&cluster, "alice", 1000).await;
-    open(&cluster, "bob", 0).await;
+    open_account(&cluster, "alice", 1000).await;
+    open_account(&cluster, "bob", 0).await;
 
     let request = json!({"from": "alice", "to": "bob", "amount": 250});
     let (status, first) = transfer(&cluster, "pay-bob-1", &request).await;
@@ -119,8 +103,8 @@ async fn a_transfer_moves_money_once_however_often_it_is_sent() {
 #[tokio::test]
 async fn bad_transfers_are_refused_and_change_nothing() {
     let cluster = bank_cluster().await;
-    open(&cluster, "carol", 100).await;
-    open(&cluster, "dave", 100).await;
+    open_account(&cluster, "carol", 100).await;
+    open_account(&cluster, "dave", 100).await;
     let gateway = &cluster.gateway;
 
     // Amounts that are not whole cents between 1 and 10^15.
@@ -227,13 +211,7 @@ async fn bad_transfers_are_refused_and_change_nothing() {
     // Nothing but the one good transfer was applied.
     assert_eq!(balance(&cluster, "carol").await.0, 95);
     assert_eq!(balance(&cluster, "dave").await.0, 105);
-    let pool = cluster
-        .database
-        .as_ref()
-        .expect("a database")
-        .pool()
-        .await
-        .expect("pool");
+    let pool = cluster.pool().await.expect("pool");
     // The refused transfers' phase two (abort) may still be on its way.
     eventually("no prepared branch", Duration::from_secs(10), || async {
         let prepared: i64 =
@@ -264,8 +242,8 @@ async fn a_prepared_branch_waits_for_the_coordinators_answer() {
     })
     .await
     .expect("the cluster starts");
-    open(&cluster, "x", 100).await;
-    open(&cluster, "y", 100).await;
+    open_account(&cluster, "x", 100).await;
+    open_account(&cluster, "y", 100).await;
     let nats = async_nats::connect(cluster.nats.url()).await.expect("NATS");
     let mut questions = nats
         .subscribe(subjects::COORDINATOR_STATUS)
@@ -525,15 +503,9 @@ async fn crash_and_disarm(service: &mut Service, failpoint: &str) {
 async fn the_bank_stays_right_through_crashes_at_every_step() {
     let mut cluster = bank_cluster().await;
     for i in 0..ACCOUNTS {
-        open(&cluster, &format!("acct-{i}"), OPENING).await;
+        open_account(&cluster, &format!("acct-{i}"), OPENING).await;
     }
-    let pool = cluster
-        .database
-        .as_ref()
-        .expect("a database")
-        .pool()
-        .await
-        .expect("pool");
+    let pool = cluster.pool().await.expect("pool");
 
     let (stop, stopped) = watch::channel(false);
     let progress = Arc::new(AtomicUsize::new(0));

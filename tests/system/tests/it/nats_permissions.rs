@@ -1,0 +1,129 @@
+//! The deployment's NATS users and permissions (`infra/nats/auth.conf`, the
+//! file every node of the compose and Kubernetes clusters includes) fit the
+//! code: the whole system does all its work under them without a single
+//! refusal, and they refuse what they exist to refuse: a worker forging a
+//! coordinator's decision, or rewriting the membership view.
+
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, Event, ServerError};
+use faultline_test_support::{BankSpec, Cluster, ClusterSpec, NatsServer};
+use futures::StreamExt as _;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::{drive, echo, open_account, served_by, transfer};
+
+/// A subject no shard serves in this cluster (it has 8), so the real
+/// workers never see the messages sent to it.
+const UNSERVED_SHARD: &str = "faultline.shard.999";
+
+#[tokio::test]
+async fn the_system_works_under_its_nats_permissions_and_a_worker_cannot_forge_a_decision() {
+    let cluster = Cluster::start(ClusterSpec {
+        monitors: 2,
+        bank: Some(BankSpec::default()),
+        nats_auth: true,
+        ..ClusterSpec::default()
+    })
+    .await
+    .expect("the cluster starts with every service logged in as its role");
+    let gateway = &cluster.gateway;
+
+    // Every path: balanced calls, the merged view (load-balancers and
+    // monitors answer), a strategy change (the gateway writes the settings
+    // bucket, the load-balancers watch it), fault injection (the gateway
+    // asks a worker), and a transfer (gateway, coordinator, shard owners).
+    let served = served_by(&drive(gateway, 30, 4, echo).await);
+    assert_eq!(served.len(), 3, "every worker serves: {served:?}");
+    crate::switch_strategy(&cluster, "weighted").await;
+    let (status, body) = gateway
+        .put("/v1/workers/worker-1/faults", &json!({ "latency_ms": 0 }))
+        .await
+        .expect("the gateway answers");
+    assert_eq!(status, 200, "{body}");
+    open_account(&cluster, "perm-alice", 100).await;
+    open_account(&cluster, "perm-bob", 0).await;
+    let (status, body) = transfer(
+        &cluster,
+        "perm-1",
+        &json!({ "from": "perm-alice", "to": "perm-bob", "amount": 40 }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "committed", "{body}");
+    let (_, bob) = gateway.get("/v1/accounts/perm-bob").await.expect("answers");
+    assert_eq!(bob["balance"], 40, "{bob}");
+
+    let refusals: Vec<_> = cluster
+        .nats
+        .log()
+        .lines()
+        .filter(|line| line.contains("Violation"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        refusals.is_empty(),
+        "the permissions refused the system's own work:\n{}",
+        refusals.join("\n")
+    );
+
+    // Now a worker's credentials try to do a coordinator's and a monitor's
+    // jobs. The server refuses both, and the forged decision reaches no
+    // shard owner: a message sent after it by a coordinator arrives first.
+    let (errors_tx, mut errors) = mpsc::unbounded_channel();
+    let forger =
+        ConnectOptions::with_user_and_password("worker".into(), NatsServer::password("worker"))
+            .event_callback(move |event| {
+                let errors_tx = errors_tx.clone();
+                async move {
+                    if let Event::ServerError(ServerError::Other(message)) = event {
+                        let _ = errors_tx.send(message);
+                    }
+                }
+            })
+            .connect(cluster.nats.url())
+            .await
+            .expect("the worker user logs in");
+    let owner = connect_as(&cluster, "worker").await;
+    let mut shard_messages = owner.subscribe(UNSERVED_SHARD).await.expect("subscribes");
+    owner.flush().await.expect("the subscription is in place");
+    let coordinator = connect_as(&cluster, "coordinator").await;
+
+    for forged in [UNSERVED_SHARD, "$KV.faultline_membership.view"] {
+        forger
+            .publish(forged, "forged".into())
+            .await
+            .expect("the client sends it");
+        forger.flush().await.expect("flushes");
+        let refusal = tokio::time::timeout(Duration::from_secs(10), errors.recv())
+            .await
+            .expect("the server answers the forged publish with an error")
+            .expect("the error channel is open");
+        assert!(
+            refusal.to_lowercase().contains("permissions violation") && refusal.contains(forged),
+            "unexpected refusal for {forged}: {refusal}"
+        );
+    }
+    coordinator
+        .publish(UNSERVED_SHARD, "genuine".into())
+        .await
+        .expect("the coordinator may publish to shards");
+    coordinator.flush().await.expect("flushes");
+    let first = tokio::time::timeout(Duration::from_secs(10), shard_messages.next())
+        .await
+        .expect("the coordinator's message arrives")
+        .expect("the subscription is open");
+    assert_eq!(
+        first.payload.as_ref(),
+        b"genuine",
+        "a forged decision got through"
+    );
+}
+
+async fn connect_as(cluster: &Cluster, role: &str) -> async_nats::Client {
+    ConnectOptions::with_user_and_password(role.into(), NatsServer::password(role))
+        .connect(cluster.nats.url())
+        .await
+        .unwrap_or_else(|error| panic!("{role} logs in: {error}"))
+}
