@@ -15,30 +15,53 @@ use anyhow::Context as _;
 /// command's `FAULTLINE_PORT_OFFSET`), so the two never draw the same port.
 pub const FREE_PORTS: std::ops::Range<u16> = 22_000..32_768;
 
-/// A free TCP port on 127.0.0.1 for a child process to listen on, drawn at
-/// random from [`FREE_PORTS`]. Concurrent tests could still draw the same
-/// port; the odds are small and a failed bind is reported, not hidden.
+/// A free TCP port on 127.0.0.1 for a child process to listen on.
+///
+/// Within one process no port is handed out twice: a cluster asks for a
+/// dozen ports before any child has bound its own, and random draws would
+/// repeat one about once in a hundred clusters (the birthday problem). So
+/// each process walks [`FREE_PORTS`] from a random starting point, skipping
+/// ports something already listens on. Processes running side by side
+/// start far apart; should they meet, a failed bind is reported, not
+/// hidden.
 pub fn free_port() -> u16 {
     use rand::Rng as _;
-    let mut rng = rand::rng();
-    (0..1000)
-        .map(|_| rng.random_range(FREE_PORTS))
-        .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
-        .expect("a free loopback port below the ephemeral range")
+    use std::sync::Mutex;
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let span = FREE_PORTS.end - FREE_PORTS.start;
+    let mut offset = next.unwrap_or_else(|| rand::rng().random_range(0..span));
+    for _ in 0..span {
+        let port = FREE_PORTS.start + offset;
+        offset = (offset + 1) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            *next = Some(offset);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FREE_PORTS:?}");
 }
 
-/// The path of one of this workspace's binaries, built next to the tests.
+/// The path of one of this workspace's binaries: beside the running
+/// executable (a tool such as `faultline-load` in `target/release`), or one
+/// directory up from it (a test in `target/<profile>/deps`).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the test executable")?;
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let exe = std::env::current_exe().context("locating the running executable")?;
     let dir = exe
         .parent()
-        .and_then(|deps| deps.parent())
-        .context("the test executable has no parent directory")?;
-    let path = dir.join(name);
+        .context("the running executable has no parent directory")?;
+    let beside = dir.join(name);
+    if beside.exists() {
+        return Ok(beside);
+    }
+    let path = dir
+        .parent()
+        .context("the running executable has no grandparent directory")?
+        .join(name);
     anyhow::ensure!(
         path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        "neither {} nor {} exists: run `cargo build --workspace --bins` first",
+        beside.display(),
         path.display()
     );
     Ok(path)
@@ -352,5 +375,18 @@ impl Drop for Service {
         if std::thread::panicking() {
             eprintln!("----- log of {} -----\n{}", self.name, self.log());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_not_handed_out_twice() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len());
+        assert!(ports.iter().all(|p| FREE_PORTS.contains(p)));
     }
 }

@@ -1,0 +1,50 @@
+//! Faultline's load tool: an open-model load generator, the scenarios that
+//! measure Faultline against its baselines, and the reports they write.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`schedule`] | when each request is due (constant or stepped rate) |
+//! | [`recorder`] | HDR latency histograms, errors by class, the timeline |
+//! | [`engine`] | open-model and closed-loop drivers over N connections |
+//! | [`target`] | HTTP (hyper, HTTP/1.1) and NATS request/reply targets |
+//! | [`transfers`] | transfer requests and the bank invariant check |
+//! | [`scenario`] | scenario files: system, faults, baselines, runs |
+//! | [`report`] | JSON and Markdown reports, read-offs (shares, failover) |
+//! | [`plot`] | the SVG picture of a run |
+//! | [`summary`] | the table of ratios across scenarios |
+//!
+//! `schedule`, `recorder` and the read-offs in `report` are pure arithmetic
+//! with unit tests; I/O lives in `engine`, `target` and `scenario`.
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks a mutex, even one a panicking task left poisoned: the data here
+/// (samples, answers, events heard) stays meaningful.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A run's name as a file-name part: `Full path, open` -> `full-path--open`.
+pub fn slug(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+pub mod engine;
+pub mod plot;
+pub mod recorder;
+pub mod report;
+pub mod scenario;
+pub mod schedule;
+pub mod summary;
+pub mod target;
+pub mod transfers;

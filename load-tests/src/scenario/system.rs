@@ -1,0 +1,638 @@
+//! The system under load: a whole Faultline cluster of real processes
+//! (started by the same launcher the system tests use), the faults a
+//! scenario injects into it, and what the scenario reads back: the
+//! health-monitor's membership events and the load-balancers' counters.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use faultline_protocol::membership::MembershipEvent;
+use faultline_protocol::subjects;
+use faultline_test_support::{BankSpec, Cluster, ClusterSpec};
+use futures::StreamExt as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::lock;
+
+/// `[system]` in a scenario file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemSpec {
+    /// One worker per weight.
+    #[serde(default = "default_workers")]
+    pub workers: Vec<u32>,
+    /// Load-balancer replicas.
+    #[serde(default = "default_load_balancers")]
+    pub load_balancers: usize,
+    /// Health-monitors (0: no failure detection).
+    #[serde(default)]
+    pub monitors: usize,
+    /// Extra health-monitor arguments.
+    #[serde(default)]
+    pub monitor_args: Vec<String>,
+    /// The starting strategy.
+    #[serde(default = "default_strategy")]
+    pub strategy: String,
+    /// Heartbeat interval of every service, ms.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval_ms: u64,
+    /// Two-phase commit: shards and coordinators.
+    pub bank: Option<BankSystemSpec>,
+}
+
+/// `[system.bank]` in a scenario file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BankSystemSpec {
+    /// Account shards.
+    #[serde(default = "default_shards")]
+    pub shards: u32,
+    /// Coordinators (one active, the rest standby).
+    #[serde(default = "default_coordinators")]
+    pub coordinators: usize,
+}
+
+fn default_workers() -> Vec<u32> {
+    vec![1, 1, 1]
+}
+fn default_load_balancers() -> usize {
+    2
+}
+fn default_strategy() -> String {
+    "round-robin".to_owned()
+}
+fn default_heartbeat() -> u64 {
+    100
+}
+fn default_shards() -> u32 {
+    8
+}
+fn default_coordinators() -> usize {
+    2
+}
+
+/// A fault or a change a scenario makes, before a run or at a moment in it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// Switch every load-balancer to a strategy.
+    Strategy(String),
+    /// Set a worker's injected faults (1-based worker number).
+    Faults {
+        /// Which worker, from 1.
+        worker: usize,
+        /// Added latency per call, ms.
+        #[serde(default)]
+        latency_ms: u64,
+        /// Share of calls that fail (retryably), 0 to 1.
+        #[serde(default)]
+        error_rate: f64,
+    },
+    /// SIGKILL a worker (1-based).
+    KillWorker(usize),
+    /// Start a killed worker again (1-based).
+    RestartWorker(usize),
+    /// SIGSTOP a worker (1-based): its sockets stay open, it answers
+    /// nothing, the failure a crash detector cannot see from the outside.
+    PauseWorker(usize),
+    /// SIGCONT a paused worker (1-based).
+    ResumeWorker(usize),
+    /// SIGKILL the coordinator holding the lease (`"active"`).
+    KillCoordinator(CoordinatorPick),
+    /// Start the killed coordinators again (`"killed"`).
+    RestartCoordinator(RestartPick),
+}
+
+impl Action {
+    /// Checks the action against a system of `workers` workers.
+    pub fn check(&self, workers: usize) -> anyhow::Result<()> {
+        match self {
+            Action::Faults {
+                worker, error_rate, ..
+            } => {
+                anyhow::ensure!(
+                    (0.0..=1.0).contains(error_rate),
+                    "an error rate is between 0 and 1, not {error_rate}"
+                );
+                check_worker(*worker, workers)
+            }
+            Action::KillWorker(worker)
+            | Action::RestartWorker(worker)
+            | Action::PauseWorker(worker)
+            | Action::ResumeWorker(worker) => check_worker(*worker, workers),
+            Action::Strategy(_) | Action::KillCoordinator(_) | Action::RestartCoordinator(_) => {
+                Ok(())
+            }
+        }
+    }
+}
+
+fn check_worker(worker: usize, workers: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=workers).contains(&worker),
+        "there is no worker-{worker} (the system has {workers} workers)"
+    );
+    Ok(())
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Strategy(strategy) => write!(f, "strategy {strategy}"),
+            Action::Faults {
+                worker,
+                latency_ms,
+                error_rate,
+            } => write!(
+                f,
+                "worker-{worker} faults: +{latency_ms} ms, {:.0}% errors",
+                error_rate * 100.0
+            ),
+            Action::KillWorker(worker) => write!(f, "worker-{worker} killed"),
+            Action::RestartWorker(worker) => write!(f, "worker-{worker} restarted"),
+            Action::PauseWorker(worker) => write!(f, "worker-{worker} paused"),
+            Action::ResumeWorker(worker) => write!(f, "worker-{worker} resumed"),
+            Action::KillCoordinator(CoordinatorPick::Active) => {
+                write!(f, "the active coordinator killed")
+            }
+            Action::RestartCoordinator(RestartPick::Killed) => {
+                write!(f, "killed coordinators restarted")
+            }
+        }
+    }
+}
+
+/// Which coordinator to kill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoordinatorPick {
+    /// The one holding the lease.
+    Active,
+}
+
+/// Which coordinators to restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPick {
+    /// Every coordinator not running.
+    Killed,
+}
+
+/// A membership event and when it arrived.
+#[derive(Debug, Clone)]
+pub struct Heard {
+    /// When the event arrived here.
+    pub at: Instant,
+    /// The event.
+    pub event: MembershipEvent,
+}
+
+/// What an action did, for the timeline.
+#[derive(Debug, Clone)]
+pub struct Done {
+    /// A label for the timeline.
+    pub label: String,
+    /// For a kill or a pause: the member taken out.
+    pub killed: Option<String>,
+    /// For a restart or a resume: the members brought back.
+    pub restarted: Vec<String>,
+}
+
+/// A running Faultline cluster.
+#[derive(Debug)]
+pub struct System {
+    /// The processes.
+    pub cluster: Cluster,
+    /// The spec it was started from.
+    pub spec: SystemSpec,
+    /// The strategy in force.
+    pub strategy: String,
+    http: reqwest::Client,
+    heard: Arc<Mutex<Vec<Heard>>>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl System {
+    /// Starts the cluster and listens to its membership events.
+    pub async fn start(spec: SystemSpec) -> anyhow::Result<System> {
+        let cluster = Cluster::start(ClusterSpec {
+            worker_weights: spec.workers.clone(),
+            load_balancers: spec.load_balancers,
+            strategy: spec.strategy.clone(),
+            heartbeat_interval_ms: spec.heartbeat_interval_ms,
+            monitors: spec.monitors,
+            monitor_args: spec.monitor_args.clone(),
+            bank: spec.bank.as_ref().map(|bank| BankSpec {
+                shards: bank.shards,
+                coordinators: bank.coordinators,
+                ..BankSpec::default()
+            }),
+            nats_auth: false,
+        })
+        .await?;
+        let nats = async_nats::connect(cluster.nats.url())
+            .await
+            .context("connecting to the cluster's NATS")?;
+        let mut events = nats.subscribe(subjects::MEMBERSHIP_EVENTS).await?;
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let sink = heard.clone();
+        let listener = tokio::spawn(async move {
+            let _keep = nats;
+            while let Some(message) = events.next().await {
+                if let Ok(event) = serde_json::from_slice::<MembershipEvent>(&message.payload) {
+                    lock(&sink).push(Heard {
+                        at: Instant::now(),
+                        event,
+                    });
+                }
+            }
+        });
+        Ok(System {
+            strategy: spec.strategy.clone(),
+            cluster,
+            spec,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            heard,
+            listener,
+        })
+    }
+
+    /// The gateway's base URL.
+    pub fn gateway(&self) -> &str {
+        &self.cluster.gateway.url
+    }
+
+    /// A client for control calls.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Membership events heard since `since`.
+    pub fn heard_since(&self, since: Instant) -> Vec<Heard> {
+        lock(&self.heard)
+            .iter()
+            .filter(|h| h.at >= since)
+            .cloned()
+            .collect()
+    }
+
+    /// Worker weights by worker id.
+    pub fn weights(&self) -> BTreeMap<String, u32> {
+        self.spec
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| (format!("worker-{}", i + 1), w))
+            .collect()
+    }
+
+    fn worker_index(&self, worker: usize) -> anyhow::Result<usize> {
+        anyhow::ensure!(
+            (1..=self.cluster.workers.len()).contains(&worker),
+            "there is no worker-{worker}"
+        );
+        Ok(worker - 1)
+    }
+
+    /// Carries out an action.
+    pub async fn apply(&mut self, action: &Action) -> anyhow::Result<Done> {
+        let done = |label: String| Done {
+            label,
+            killed: None,
+            restarted: Vec::new(),
+        };
+        match action {
+            Action::Strategy(strategy) => {
+                self.put("/v1/strategy", json!({ "strategy": strategy }))
+                    .await?;
+                self.strategy = strategy.clone();
+                let wanted = strategy.clone();
+                self.cluster
+                    .wait_for_view(&format!("every load-balancer on {strategy}"), |view| {
+                        view["load_balancers"].as_array().is_some_and(|lbs| {
+                            lbs.iter().all(|lb| lb["strategy"] == wanted.as_str())
+                        })
+                    })
+                    .await?;
+                Ok(done(action.to_string()))
+            }
+            Action::Faults {
+                worker,
+                latency_ms,
+                error_rate,
+            } => {
+                self.worker_index(*worker)?;
+                self.put(
+                    &format!("/v1/workers/worker-{worker}/faults"),
+                    json!({ "latency_ms": latency_ms, "error_rate": error_rate }),
+                )
+                .await?;
+                Ok(done(action.to_string()))
+            }
+            Action::KillWorker(worker) => {
+                let i = self.worker_index(*worker)?;
+                self.cluster.workers[i].kill();
+                let id = format!("worker-{worker}");
+                Ok(Done {
+                    label: action.to_string(),
+                    killed: Some(id),
+                    restarted: Vec::new(),
+                })
+            }
+            Action::RestartWorker(worker) => {
+                let i = self.worker_index(*worker)?;
+                self.cluster.workers[i].restart()?;
+                let id = format!("worker-{worker}");
+                Ok(Done {
+                    label: action.to_string(),
+                    killed: None,
+                    restarted: vec![id],
+                })
+            }
+            Action::PauseWorker(worker) | Action::ResumeWorker(worker) => {
+                let i = self.worker_index(*worker)?;
+                let pause = matches!(action, Action::PauseWorker(_));
+                self.cluster.workers[i].signal(if pause { "STOP" } else { "CONT" })?;
+                let id = format!("worker-{worker}");
+                Ok(Done {
+                    label: action.to_string(),
+                    killed: pause.then(|| id.clone()),
+                    restarted: if pause { Vec::new() } else { vec![id] },
+                })
+            }
+            Action::KillCoordinator(CoordinatorPick::Active) => {
+                let active = self
+                    .cluster
+                    .active_coordinator()
+                    .await
+                    .context("no coordinator is active")?;
+                self.cluster.coordinators[active].kill();
+                let id = format!("coordinator-{}", active + 1);
+                Ok(Done {
+                    label: format!("{id} killed"),
+                    killed: Some(id),
+                    restarted: Vec::new(),
+                })
+            }
+            Action::RestartCoordinator(RestartPick::Killed) => {
+                let mut restarted = Vec::new();
+                for (i, coordinator) in self.cluster.coordinators.iter_mut().enumerate() {
+                    if coordinator.has_exited() {
+                        coordinator.restart()?;
+                        restarted.push(format!("coordinator-{}", i + 1));
+                    }
+                }
+                Ok(Done {
+                    label: format!("{} restarted", restarted.join(", ")),
+                    killed: None,
+                    restarted,
+                })
+            }
+        }
+    }
+
+    /// Brings the system back whole for the next run: restarts what an
+    /// earlier run killed, resumes what it paused, clears injected faults,
+    /// restores the starting strategy, and waits until every load-balancer
+    /// routes to every worker (judged up, with monitors).
+    pub async fn settle(&mut self) -> anyhow::Result<()> {
+        for worker in &mut self.cluster.workers {
+            if worker.has_exited() {
+                worker.restart()?;
+            } else {
+                // A worker an earlier run paused: harmless if it runs.
+                worker.signal("CONT")?;
+            }
+        }
+        for coordinator in &mut self.cluster.coordinators {
+            if coordinator.has_exited() {
+                coordinator.restart()?;
+            }
+        }
+        let workers = self.spec.workers.len();
+        let judged = self.spec.monitors > 0;
+        self.cluster
+            .wait_for_view("every load-balancer routing to every worker", |view| {
+                view["load_balancers"].as_array().is_some_and(|lbs| {
+                    lbs.iter().all(|lb| {
+                        lb["workers"].as_array().is_some_and(|ws| {
+                            ws.len() == workers
+                                && ws.iter().all(|w| {
+                                    (!judged || w["state"] == "up") && w["ejected"] == false
+                                })
+                        })
+                    })
+                })
+            })
+            .await?;
+        // No fault or strategy an earlier run set carries over.
+        for worker in 1..=workers {
+            self.apply(&Action::Faults {
+                worker,
+                latency_ms: 0,
+                error_rate: 0.0,
+            })
+            .await?;
+        }
+        if self.strategy != self.spec.strategy {
+            self.apply(&Action::Strategy(self.spec.strategy.clone()))
+                .await?;
+        }
+        if self.spec.bank.is_some() {
+            self.cluster.wait_for_bank().await?;
+            // The development machines run PostgreSQL with autovacuum off:
+            // without this, the dead row versions of one run slow the next.
+            sqlx::query("VACUUM ANALYZE")
+                .execute(&self.cluster.pool().await?)
+                .await
+                .context("vacuuming the bank's database")?;
+        }
+        Ok(())
+    }
+
+    /// The coordinator holding the lease, if any.
+    pub async fn active_coordinator(&self) -> Option<String> {
+        self.cluster
+            .active_coordinator()
+            .await
+            .map(|i| format!("coordinator-{}", i + 1))
+    }
+
+    async fn put(&self, path: &str, body: Value) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.gateway()))
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("PUT {path}"))?;
+        let status = response.status();
+        anyhow::ensure!(
+            status.is_success(),
+            "PUT {path}: {status} {}",
+            response.text().await.unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    /// Sums the load-balancers' counters: attempts by (worker, outcome) and
+    /// calls by outcome.
+    pub async fn balancer_counters(&self) -> anyhow::Result<BalancerCounters> {
+        let mut counters = BalancerCounters::default();
+        for admin in &self.cluster.load_balancer_admin {
+            let text = self
+                .http
+                .get(format!("{admin}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await?;
+            counters.add_exposition(&text);
+        }
+        Ok(counters)
+    }
+}
+
+/// The load-balancers' counters, summed over replicas.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BalancerCounters {
+    /// Attempts by (worker, outcome).
+    pub attempts: BTreeMap<(String, String), f64>,
+    /// Calls answered, by outcome.
+    pub calls: BTreeMap<String, f64>,
+}
+
+impl BalancerCounters {
+    /// Adds one replica's Prometheus text exposition.
+    pub fn add_exposition(&mut self, text: &str) {
+        for line in text.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let (name, labels) = series
+                .split_once('{')
+                .map_or((series, ""), |(n, l)| (n, l.trim_end_matches('}')));
+            let label = |key: &str| {
+                labels
+                    .split(',')
+                    .filter_map(|pair| pair.split_once('='))
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.trim_matches('"').to_owned())
+                    .unwrap_or_default()
+            };
+            match name {
+                "faultline_lb_attempts_total" => {
+                    *self
+                        .attempts
+                        .entry((label("worker"), label("outcome")))
+                        .or_default() += value;
+                }
+                "faultline_lb_calls_total" => {
+                    *self.calls.entry(label("outcome")).or_default() += value;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// What happened between `self` (before) and `after`: successful
+    /// attempts per worker, and attempts per call.
+    pub fn delta(&self, after: &BalancerCounters) -> (BTreeMap<String, f64>, Option<f64>) {
+        let mut ok_by_worker = BTreeMap::new();
+        let mut attempts = 0.0;
+        for (key, value) in &after.attempts {
+            let grown = value - self.attempts.get(key).copied().unwrap_or(0.0);
+            attempts += grown;
+            if key.1 == "ok" {
+                *ok_by_worker.entry(key.0.clone()).or_default() += grown;
+            }
+        }
+        let calls: f64 = after
+            .calls
+            .iter()
+            .map(|(k, v)| v - self.calls.get(k).copied().unwrap_or(0.0))
+            .sum();
+        (ok_by_worker, (calls > 0.0).then(|| attempts / calls))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balancer_counters_are_read_and_differenced() {
+        let before_text = r#"# HELP faultline_lb_attempts Attempts
+faultline_lb_attempts_total{worker="worker-1",outcome="ok"} 10
+faultline_lb_attempts_total{worker="worker-2",outcome="ok"} 10
+faultline_lb_calls_total{outcome="ok"} 20
+"#;
+        let after_text = r#"faultline_lb_attempts_total{worker="worker-1",outcome="ok"} 110
+faultline_lb_attempts_total{worker="worker-2",outcome="ok"} 60
+faultline_lb_attempts_total{worker="worker-2",outcome="timed-out"} 5
+faultline_lb_calls_total{outcome="ok"} 170
+faultline_lb_calls_total{outcome="failed"} 5
+"#;
+        let mut before = BalancerCounters::default();
+        before.add_exposition(before_text);
+        let mut after = BalancerCounters::default();
+        after.add_exposition(after_text);
+        // A second replica adds to the sums.
+        after.add_exposition(r#"faultline_lb_calls_total{outcome="ok"} 0"#);
+        let (ok, amplification) = before.delta(&after);
+        assert_eq!(ok["worker-1"], 100.0);
+        assert_eq!(ok["worker-2"], 50.0);
+        // 150 ok and 5 timed-out attempts for 155 calls.
+        assert_eq!(amplification, Some(155.0 / 155.0));
+    }
+
+    #[test]
+    fn actions_read_from_scenario_files() {
+        #[derive(Deserialize)]
+        struct Wrapper {
+            actions: Vec<Action>,
+        }
+        let parsed: Wrapper = toml::from_str(
+            r#"actions = [
+                { strategy = "weighted" },
+                { faults = { worker = 1, latency_ms = 20 } },
+                { kill_worker = 2 },
+                { kill_coordinator = "active" },
+                { restart_coordinator = "killed" },
+            ]"#,
+        )
+        .expect("parsed");
+        assert_eq!(parsed.actions[0], Action::Strategy("weighted".into()));
+        assert_eq!(
+            parsed.actions[1],
+            Action::Faults {
+                worker: 1,
+                latency_ms: 20,
+                error_rate: 0.0
+            }
+        );
+        assert_eq!(parsed.actions[2], Action::KillWorker(2));
+        assert_eq!(
+            parsed.actions[3],
+            Action::KillCoordinator(CoordinatorPick::Active)
+        );
+        assert!(
+            toml::from_str::<Wrapper>(r#"actions = [{ kill_coordinator = "standby" }]"#).is_err()
+        );
+    }
+}
