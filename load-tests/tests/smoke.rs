@@ -33,13 +33,21 @@ fn the_smoke_scenario_runs_end_to_end_and_reports_what_happened() {
             "{}: every request sent is counted once",
             run.name
         );
+        // Every request the schedule held is accounted for, sent or not.
         let target = run.target_rate.expect("an open-model run");
-        assert!(
-            run.throughput() > 0.8 * target && run.throughput() < 1.2 * target,
-            "{}: {} per second against a target of {target}",
-            run.name,
-            run.throughput()
-        );
+        let scheduled = (target * summary.elapsed_s).round() as u64;
+        assert_eq!(run.sent + run.not_sent, scheduled, "{}", run.name);
+        // Where nothing can hang for long, the generator kept the pace.
+        // (Transfers caught in the coordinator's crash wait for the
+        // gateway's timeout and hold their connections meanwhile.)
+        if run.analysis.bank.is_none() {
+            assert!(
+                summary.throughput > 0.8 * target && summary.throughput < 1.2 * target,
+                "{}: {} per second against a target of {target}",
+                run.name,
+                summary.throughput
+            );
+        }
         // Requests are filed by due time, so nothing is due after the end;
         // answers to the last ones may complete after it.
         let buckets = (summary.elapsed_s / summary.bucket_s).round() as usize;
