@@ -6,6 +6,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::Value;
 
+use faultline_transactions::sharding::{owner_of, shard_of};
+
 use crate::database::TestDatabase;
 use crate::process::{NatsServer, Service, free_port};
 
@@ -337,27 +339,55 @@ impl Cluster {
             .await
     }
 
-    /// Waits until every shard has an owner and a coordinator is active
-    /// (it answers the in-doubt list).
+    /// Waits until every shard is owned by the worker it settles on (its
+    /// rendezvous owner among all the workers) and answers on its subject,
+    /// and a coordinator is active (it answers the in-doubt list).
+    ///
+    /// "Every shard has some owner" is not enough: while the membership
+    /// view fills up, shards move between workers, and a shard is briefly
+    /// unserved on each move (released, or claimed but not yet subscribed).
     pub async fn wait_for_bank(&self) -> anyhow::Result<()> {
         let pool = self.pool().await?;
-        crate::eventually(
-            "every shard to have an owner",
+        let workers: Vec<&str> = self.workers.iter().map(|w| w.name()).collect();
+        let shards = crate::eventually(
+            "every shard owned by its rendezvous owner",
             Duration::from_secs(30),
             || async {
-                let unowned: i64 =
-                    sqlx::query_scalar("SELECT count(*) FROM shards WHERE owner IS NULL")
-                        .fetch_one(&pool)
+                let owners: Vec<(i32, Option<String>)> =
+                    sqlx::query_as("SELECT shard, owner FROM shards")
+                        .fetch_all(&pool)
                         .await
                         .ok()?;
-                let all: i64 = sqlx::query_scalar("SELECT count(*) FROM shards")
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-                (all > 0 && unowned == 0).then_some(())
+                let settled = owners.iter().all(|(shard, owner)| {
+                    let shard = u32::try_from(*shard).unwrap_or(u32::MAX);
+                    owner.as_deref() == owner_of(shard, workers.iter().copied())
+                });
+                (!owners.is_empty() && settled).then_some(owners.len())
             },
         )
         .await?;
+        // One unknown account per shard: each must be answered "not found"
+        // by its shard's owner, not "unavailable".
+        let shards = u32::try_from(shards).context("the number of shards")?;
+        for shard in 0..shards {
+            let probe = (0..)
+                .map(|i| format!("probe-{i}"))
+                .find(|id| shard_of(id, shards) == shard)
+                .context("an account id on every shard")?;
+            crate::eventually(
+                &format!("shard {shard} to answer"),
+                Duration::from_secs(30),
+                || async {
+                    let (status, _) = self
+                        .gateway
+                        .get(&format!("/v1/accounts/{probe}"))
+                        .await
+                        .ok()?;
+                    (status == 404).then_some(())
+                },
+            )
+            .await?;
+        }
         if self.coordinators.is_empty() {
             return Ok(());
         }
