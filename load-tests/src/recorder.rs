@@ -158,16 +158,6 @@ impl Recorder {
         });
     }
 
-    /// Successes so far.
-    pub fn ok(&self) -> u64 {
-        self.ok
-    }
-
-    /// Errors so far.
-    pub fn error_count(&self) -> u64 {
-        self.errors.values().sum()
-    }
-
     /// The p99 latency of requests due in the bucket holding `at`.
     pub fn p99_at(&self, at: Duration) -> Option<Duration> {
         let bucket = self.buckets.get(self.index(at))?;

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::{Method, Request};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 
 use crate::recorder::Outcome;
@@ -67,47 +68,58 @@ pub enum Requests {
 #[derive(Debug)]
 pub struct HttpTarget {
     addr: SocketAddr,
-    host: hyper::header::HeaderValue,
+    method: Method,
+    uri: Uri,
+    /// Host, and Content-Type when there is a body.
+    headers: HeaderMap,
     requests: Requests,
 }
 
 impl HttpTarget {
     /// Loads `addr` with `requests`; refuses a path that is not a valid
-    /// request target.
+    /// request target. Method, path and headers are parsed here, once,
+    /// not for every request.
     pub fn new(addr: SocketAddr, requests: Requests) -> Result<HttpTarget, hyper::http::Error> {
-        if let Requests::Fixed { path, .. } = &requests {
-            hyper::http::uri::PathAndQuery::try_from(path.as_str())?;
+        let (method, path, json) = match &requests {
+            Requests::Fixed { method, path, body } => {
+                (method.clone(), path.as_str(), !body.is_empty())
+            }
+            Requests::Transfers(_) => (Method::POST, "/v1/transfers", true),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::try_from(addr.to_string())?);
+        if json {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
         }
         Ok(HttpTarget {
-            host: hyper::header::HeaderValue::try_from(addr.to_string())?,
             addr,
+            method,
+            uri: Uri::try_from(path)?,
+            headers,
             requests,
         })
     }
 
+    /// Request `seq`, from the parts parsed in [`HttpTarget::new`].
     fn request(&self, seq: u64) -> Request<Full<Bytes>> {
-        let builder = Request::builder().header(hyper::header::HOST, self.host.clone());
-        let built = match &self.requests {
-            Requests::Fixed { method, path, body } => {
-                let builder = builder.method(method.clone()).uri(path.as_str());
-                let builder = if body.is_empty() {
-                    builder
-                } else {
-                    builder.header(hyper::header::CONTENT_TYPE, "application/json")
-                };
-                builder.body(Full::new(body.clone()))
-            }
+        let (body, key) = match &self.requests {
+            Requests::Fixed { body, .. } => (body.clone(), None),
             Requests::Transfers(book) => {
                 let (key, body) = book.request(seq);
-                builder
-                    .method(Method::POST)
-                    .uri("/v1/transfers")
-                    .header(hyper::header::CONTENT_TYPE, "application/json")
-                    .header("idempotency-key", key)
-                    .body(Full::new(body))
+                (body, HeaderValue::try_from(key).ok())
             }
         };
-        built.expect("a request built from validated parts")
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        if let Some(key) = key {
+            request.headers_mut().insert("idempotency-key", key);
+        }
+        request
     }
 }
 

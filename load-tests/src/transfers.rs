@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use faultline_test_support::Gateway;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -36,27 +37,32 @@ enum Answer {
 }
 
 impl Answer {
-    fn from_response(status: u16, body: &[u8]) -> Answer {
-        match status {
-            200 => Answer::Committed,
-            422 => Answer::Refused,
-            503 => {
-                let code = serde_json::from_slice::<Value>(body)
-                    .ok()
-                    .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
-                if code.as_deref() == Some("transfer_aborted") {
-                    Answer::Aborted
-                } else {
-                    Answer::Indefinite
-                }
-            }
+    /// From an answer's status and JSON error code, if any.
+    fn from_code(status: u16, error_code: Option<&str>) -> Answer {
+        match (status, error_code) {
+            (200, _) => Answer::Committed,
+            (422, _) => Answer::Refused,
+            (503, Some("transfer_aborted")) => Answer::Aborted,
             _ => Answer::Indefinite,
         }
+    }
+
+    /// From an answer's status and raw body, which only a 503 needs read.
+    fn from_response(status: u16, body: &[u8]) -> Answer {
+        let parsed = (status == 503)
+            .then(|| serde_json::from_slice::<Value>(body).ok())
+            .flatten();
+        Answer::from_code(status, parsed.as_ref().and_then(error_code))
     }
 
     fn is_definite(self) -> bool {
         matches!(self, Answer::Committed | Answer::Refused | Answer::Aborted)
     }
+}
+
+/// The `code` of a JSON error answer.
+fn error_code(body: &Value) -> Option<&str> {
+    body["error"]["code"].as_str()
 }
 
 /// A cheap, well-mixed hash (SplitMix64), so that transfer `seq`'s pair and
@@ -116,11 +122,10 @@ impl BankCheck {
 }
 
 impl TransferBook {
-    /// Opens `accounts` accounts named after `run` through the gateway at
-    /// `gateway`, and keeps the pairs that live on different shards.
+    /// Opens `accounts` accounts named after `run` through `gateway`, and
+    /// keeps the pairs that live on different shards.
     pub async fn open(
-        http: &reqwest::Client,
-        gateway: &str,
+        gateway: &Gateway,
         run: &str,
         accounts: usize,
         max_amount: i64,
@@ -132,15 +137,15 @@ impl TransferBook {
         let mut shards = Vec::new();
         for i in 0..accounts {
             let id = format!("{run}-{i}");
-            let response = http
-                .post(format!("{gateway}/v1/accounts"))
-                .json(&json!({"id": id, "balance": opening_balance}))
-                .send()
+            let (status, account) = gateway
+                .post(
+                    "/v1/accounts",
+                    &json!({"id": id, "balance": opening_balance}),
+                    &[],
+                )
                 .await
                 .context("opening an account")?;
-            let status = response.status();
-            let account: Value = response.json().await.context("reading the new account")?;
-            anyhow::ensure!(status.is_success(), "opening {id}: {status} {account}");
+            anyhow::ensure!(status == 201, "opening {id}: {status} {account}");
             shards.push(account["shard"].as_u64().context("the account's shard")?);
             ids.push(id);
         }
@@ -190,27 +195,21 @@ impl TransferBook {
 
     /// Sends transfer `seq` again with its key: a client's way to learn the
     /// outcome of a transfer whose answer it missed.
-    async fn ask_again(&self, http: &reqwest::Client, gateway: &str, seq: u64) -> Answer {
+    async fn ask_again(&self, gateway: &Gateway, seq: u64) -> Answer {
         let (key, from, to, amount) = self.transfer(seq);
-        match http
-            .post(format!("{gateway}/v1/transfers"))
-            .header("idempotency-key", &key)
-            .json(&json!({"from": from, "to": to, "amount": amount}))
-            .send()
+        let body = json!({"from": from, "to": to, "amount": amount});
+        match gateway
+            .post("/v1/transfers", &body, &[("idempotency-key", &key)])
             .await
         {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let body = response.bytes().await.unwrap_or_default();
-                Answer::from_response(status, &body)
-            }
+            Ok((status, answer)) => Answer::from_code(status, error_code(&answer)),
             Err(_) => Answer::Indefinite,
         }
     }
 
     /// Asks again, with the same key, about every transfer without a
     /// definite answer; then checks the balances and the in-doubt list.
-    pub async fn check(&self, http: &reqwest::Client, gateway: &str) -> anyhow::Result<BankCheck> {
+    pub async fn check(&self, gateway: &Gateway) -> anyhow::Result<BankCheck> {
         let mut unsettled: Vec<u64> = self
             .lock()
             .iter()
@@ -223,7 +222,7 @@ impl TransferBook {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while !unsettled.is_empty() && tokio::time::Instant::now() < deadline {
             let answers = futures::stream::iter(unsettled.iter().copied())
-                .map(|seq| async move { (seq, self.ask_again(http, gateway, seq).await) })
+                .map(|seq| async move { (seq, self.ask_again(gateway, seq).await) })
                 .buffer_unordered(8)
                 .collect::<Vec<_>>()
                 .await;
@@ -239,7 +238,7 @@ impl TransferBook {
             }
         }
 
-        let in_doubt = wait_until_nothing_in_doubt(http, gateway).await?;
+        let in_doubt = wait_until_nothing_in_doubt(gateway).await;
         let answers = self.lock().clone();
         let count = |wanted: Answer| answers.values().filter(|&&a| a == wanted).count() as u64;
         let mut expected: BTreeMap<&str, i64> = self
@@ -255,14 +254,10 @@ impl TransferBook {
         let mut money_after = 0;
         let mut accounts_wrong = Vec::new();
         for (id, want) in &expected {
-            let account: Value = http
-                .get(format!("{gateway}/v1/accounts/{id}"))
-                .send()
+            let (_, account) = gateway
+                .get(&format!("/v1/accounts/{id}"))
                 .await
-                .context("reading an account")?
-                .json()
-                .await
-                .context("reading an account's JSON")?;
+                .context("reading an account")?;
             let balance = account["balance"]
                 .as_i64()
                 .context("the account's balance")?;
@@ -288,28 +283,20 @@ impl TransferBook {
     }
 }
 
-/// Waits (up to 60 s) for the in-doubt list to empty; returns what is left.
-async fn wait_until_nothing_in_doubt(
-    http: &reqwest::Client,
-    gateway: &str,
-) -> anyhow::Result<usize> {
+/// Waits (up to 60 s) for the in-doubt list to empty; returns what is left
+/// (`usize::MAX` if the list could not be read at all).
+async fn wait_until_nothing_in_doubt(gateway: &Gateway) -> usize {
     let mut left = usize::MAX;
     for _ in 0..300 {
-        if let Ok(response) = http
-            .get(format!("{gateway}/v1/transfers/in-doubt"))
-            .send()
-            .await
-            && response.status().is_success()
-        {
-            let list: Value = response.json().await.context("reading the in-doubt list")?;
+        if let Ok((200, list)) = gateway.get("/v1/transfers/in-doubt").await {
             left = list["transfers"].as_array().map_or(usize::MAX, Vec::len);
             if left == 0 {
-                return Ok(0);
+                return 0;
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(left)
+    left
 }
 
 #[cfg(test)]

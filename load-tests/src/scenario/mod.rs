@@ -10,7 +10,6 @@
 pub mod external;
 pub mod system;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -490,8 +489,7 @@ async fn run_one(
             let system_ref = system.as_deref().context("no system")?;
             let opened = Arc::new(
                 TransferBook::open(
-                    system_ref.http(),
-                    system_ref.gateway(),
+                    &system_ref.cluster.gateway,
                     &format!(
                         "{scenario}-{}-{}",
                         crate::slug(&spec.name),
@@ -543,7 +541,7 @@ async fn run_one(
             report.analysis.retry_amplification = amplification;
         }
         if let Some(book) = book {
-            report.analysis.bank = Some(book.check(system.http(), system.gateway()).await?);
+            report.analysis.bank = Some(book.check(&system.cluster.gateway).await?);
         }
     }
     if let Some(fault) = spec
@@ -775,21 +773,6 @@ fn now_rfc3339() -> String {
     )
 }
 
-/// Every scenario file in `dir`, by name.
-pub fn scenario_files(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
-    let mut files = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
-            if let Some(stem) = stem {
-                files.insert(stem, path);
-            }
-        }
-    }
-    Ok(files)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -797,9 +780,13 @@ mod tests {
     #[test]
     fn every_scenario_file_in_the_repository_reads() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
-        let files = scenario_files(&dir).expect("the scenarios directory");
+        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("the scenarios directory")
+            .map(|entry| entry.expect("a directory entry").path())
+            .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+            .collect();
         assert!(files.len() >= 6, "{files:?}");
-        for path in files.values() {
+        for path in &files {
             Scenario::load(path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         }
     }

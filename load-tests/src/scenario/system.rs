@@ -274,11 +274,6 @@ impl System {
         &self.cluster.gateway.url
     }
 
-    /// A client for control calls.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
-
     /// Membership events heard since `since`.
     pub fn heard_since(&self, since: Instant) -> Vec<Heard> {
         lock(&self.heard)
@@ -299,10 +294,7 @@ impl System {
     }
 
     fn worker_index(&self, worker: usize) -> anyhow::Result<usize> {
-        anyhow::ensure!(
-            (1..=self.cluster.workers.len()).contains(&worker),
-            "there is no worker-{worker}"
-        );
+        check_worker(worker, self.cluster.workers.len())?;
         Ok(worker - 1)
     }
 
@@ -421,24 +413,9 @@ impl System {
                 coordinator.restart()?;
             }
         }
-        let workers = self.spec.workers.len();
-        let judged = self.spec.monitors > 0;
-        self.cluster
-            .wait_for_view("every load-balancer routing to every worker", |view| {
-                view["load_balancers"].as_array().is_some_and(|lbs| {
-                    lbs.iter().all(|lb| {
-                        lb["workers"].as_array().is_some_and(|ws| {
-                            ws.len() == workers
-                                && ws.iter().all(|w| {
-                                    (!judged || w["state"] == "up") && w["ejected"] == false
-                                })
-                        })
-                    })
-                })
-            })
-            .await?;
+        self.cluster.wait_until_whole().await?;
         // No fault or strategy an earlier run set carries over.
-        for worker in 1..=workers {
+        for worker in 1..=self.spec.workers.len() {
             self.apply(&Action::Faults {
                 worker,
                 latency_ms: 0,
@@ -451,7 +428,6 @@ impl System {
                 .await?;
         }
         if self.spec.bank.is_some() {
-            self.cluster.wait_for_bank().await?;
             // The development machines run PostgreSQL with autovacuum off:
             // without this, the dead row versions of one run slow the next.
             sqlx::query("VACUUM ANALYZE")
@@ -471,18 +447,10 @@ impl System {
     }
 
     async fn put(&self, path: &str, body: Value) -> anyhow::Result<()> {
-        let response = self
-            .http
-            .put(format!("{}{path}", self.gateway()))
-            .json(&body)
-            .send()
-            .await
-            .with_context(|| format!("PUT {path}"))?;
-        let status = response.status();
+        let (status, answer) = self.cluster.gateway.put(path, &body).await?;
         anyhow::ensure!(
-            status.is_success(),
-            "PUT {path}: {status} {}",
-            response.text().await.unwrap_or_default()
+            (200..300).contains(&status),
+            "PUT {path}: {status} {answer}"
         );
         Ok(())
     }

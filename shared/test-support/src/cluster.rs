@@ -292,26 +292,8 @@ impl Cluster {
         } else {
             Ok(())
         };
-        if ready.is_ok() && spec.monitors > 0 && spec.load_balancers > 0 {
-            ready = cluster
-                .wait_for_view(
-                    "every load-balancer routing to every worker the monitor judged up",
-                    |view| {
-                        let workers = spec.worker_weights.len();
-                        view["load_balancers"].as_array().is_some_and(|lbs| {
-                            lbs.iter().all(|lb| {
-                                let judged_up = lb["workers"].as_array().map_or(0, |ws| {
-                                    ws.iter().filter(|w| w["state"] == "up").count()
-                                });
-                                judged_up == workers
-                            })
-                        })
-                    },
-                )
-                .await;
-        }
-        if ready.is_ok() && spec.bank.is_some() {
-            ready = cluster.wait_for_bank().await;
+        if ready.is_ok() {
+            ready = cluster.wait_until_whole().await;
         }
         if let Err(error) = ready {
             anyhow::bail!("{error:#}\n{}", cluster.logs());
@@ -339,6 +321,37 @@ impl Cluster {
             .await
     }
 
+    /// Waits until the cluster is whole: every load-balancer routes to
+    /// every worker, none ejected and, with monitors, every one judged up;
+    /// for a bank, every shard is served and a coordinator is active. The
+    /// state a test (or a load run) starts from.
+    pub async fn wait_until_whole(&self) -> anyhow::Result<()> {
+        if !self.load_balancers.is_empty() {
+            let workers = self.workers.len();
+            let judged = !self.monitors.is_empty();
+            self.wait_for_view(
+                "every load-balancer routing to every worker, judged up, none ejected",
+                |view| {
+                    view["load_balancers"].as_array().is_some_and(|lbs| {
+                        lbs.iter().all(|lb| {
+                            lb["workers"].as_array().is_some_and(|ws| {
+                                ws.len() == workers
+                                    && ws.iter().all(|w| {
+                                        (!judged || w["state"] == "up") && w["ejected"] == false
+                                    })
+                            })
+                        })
+                    })
+                },
+            )
+            .await?;
+        }
+        if self.database.is_some() {
+            self.wait_for_bank().await?;
+        }
+        Ok(())
+    }
+
     /// Waits until every shard is owned by the worker it settles on (its
     /// rendezvous owner among all the workers) and answers on its subject,
     /// and a coordinator is active (it answers the in-doubt list).
@@ -346,7 +359,7 @@ impl Cluster {
     /// "Every shard has some owner" is not enough: while the membership
     /// view fills up, shards move between workers, and a shard is briefly
     /// unserved on each move (released, or claimed but not yet subscribed).
-    pub async fn wait_for_bank(&self) -> anyhow::Result<()> {
+    async fn wait_for_bank(&self) -> anyhow::Result<()> {
         let pool = self.pool().await?;
         let workers: Vec<&str> = self.workers.iter().map(|w| w.name()).collect();
         let shards = crate::eventually(
