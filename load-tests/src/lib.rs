@@ -6,7 +6,8 @@
 //! | [`schedule`] | when each request is due (constant or stepped rate) |
 //! | [`recorder`] | HDR latency histograms, errors by class, the timeline |
 //! | [`engine`] | open-model and closed-loop drivers over N connections |
-//! | [`target`] | HTTP (hyper, HTTP/1.1) and NATS request/reply targets |
+//! | [`http1`] | a minimal HTTP/1.1 client: request written once, head parsed in place |
+//! | [`target`] | HTTP and NATS request/reply targets |
 //! | [`transfers`] | transfer requests and the bank invariant check |
 //! | [`scenario`] | scenario files: system, faults, baselines, runs |
 //! | [`report`] | JSON and Markdown reports, read-offs (shares, failover) |
@@ -14,7 +15,8 @@
 //! | [`summary`] | the table of ratios across scenarios |
 //!
 //! `schedule`, `recorder` and the read-offs in `report` are pure arithmetic
-//! with unit tests; I/O lives in `engine`, `target` and `scenario`.
+//! with unit tests, as is `http1`'s parsing; I/O lives in `engine`,
+//! `http1`'s connection, `target` and `scenario`.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -40,6 +42,7 @@ pub fn slug(name: &str) -> String {
 }
 
 pub mod engine;
+pub mod http1;
 pub mod plot;
 pub mod recorder;
 pub mod report;

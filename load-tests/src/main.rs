@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use faultline_load::engine::{LoadSpec, Mode, RunningLoad};
+use faultline_load::http1::Method;
 use faultline_load::scenario;
 use faultline_load::schedule::Schedule;
 use faultline_load::summary::Results;
@@ -131,8 +132,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => Mode::Closed(duration),
             };
             let (method, body) = match body {
-                Some(body) => (hyper::Method::POST, Bytes::from(body)),
-                None => (hyper::Method::GET, Bytes::new()),
+                Some(body) => (Method::Post, Bytes::from(body)),
+                None => (Method::Get, Bytes::new()),
             };
             let target = HttpTarget::new(
                 addr,

@@ -90,38 +90,46 @@ impl Results {
                     _ => missing(what, &target),
                 }
             };
-        let what = "Generator ceiling: faultline-load against wrk, closed loop, 64 connections, on nginx (two turns each)";
-        let turns = |names: [&str; 2]| -> Option<Vec<f64>> {
-            names
-                .iter()
-                .map(|n| self.run("ceiling", n).map(RunReport::throughput))
-                .collect()
+        let what = "Generator ceiling: faultline-load against wrk, closed loop, 64 connections, on nginx (turns taken in alternation)";
+        // Every turn of each generator counts: the machine's speed drifts
+        // by a fifth within minutes here, and alternating turns spread the
+        // drift over both.
+        let turns = |generator: &str| -> Vec<f64> {
+            self.reports
+                .get("ceiling")
+                .map(|report| {
+                    report
+                        .runs
+                        .iter()
+                        .filter(|r| r.generator == generator)
+                        .map(RunReport::throughput)
+                        .collect()
+                })
+                .unwrap_or_default()
         };
+        let (ours, wrk) = (turns("faultline-load"), turns("wrk"));
         rows.push(
-            match (
-                turns(["faultline-load", "faultline-load, again"]),
-                turns(["wrk", "wrk, again"]),
-            ) {
-                (Some(ours), Some(wrk)) if wrk.iter().sum::<f64>() > 0.0 => {
-                    let ratio = ours.iter().sum::<f64>() / wrk.iter().sum::<f64>();
-                    let list = |v: &[f64]| {
-                        v.iter()
-                            .map(|t| format!("{t:.0}/s"))
-                            .collect::<Vec<_>>()
-                            .join(" and ")
-                    };
-                    Row {
-                        what: what.to_owned(),
-                        measured: format!(
-                            "**{ratio:.2}x** ({} against {})",
-                            list(&ours),
-                            list(&wrk)
-                        ),
-                        target: ">= 0.90x".to_owned(),
-                        met: Some(ratio >= 0.9),
-                    }
+            if !ours.is_empty() && ours.len() == wrk.len() && wrk.iter().sum::<f64>() > 0.0 {
+                let ratio = ours.iter().sum::<f64>() / wrk.iter().sum::<f64>();
+                let list = |v: &[f64]| {
+                    v.iter()
+                        .map(|t| format!("{t:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                Row {
+                    what: what.to_owned(),
+                    measured: format!(
+                        "**{ratio:.2}x** ({} turns each; {} /s against {} /s)",
+                        ours.len(),
+                        list(&ours),
+                        list(&wrk)
+                    ),
+                    target: ">= 0.90x".to_owned(),
+                    met: Some(ratio >= 0.9),
                 }
-                _ => missing(what, ">= 0.90x"),
+            } else {
+                missing(what, ">= 0.90x")
             },
         );
         rows.push(throughput_ratio(
@@ -425,7 +433,12 @@ mod tests {
         RunReport {
             name: name.to_owned(),
             target: String::new(),
-            generator: "wrk".to_owned(),
+            generator: if name.starts_with("wrk") {
+                "wrk"
+            } else {
+                "faultline-load"
+            }
+            .to_owned(),
             mode: "closed".to_owned(),
             connections: 64,
             target_rate: None,

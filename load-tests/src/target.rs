@@ -2,10 +2,10 @@
 //!
 //! A [`Target`] opens connections and sends one request on one of them.
 //! The engine owns timing and recording, so a target only says how a
-//! request ended. HTTP goes through hyper's bare HTTP/1.1 connection (no
-//! pool, no redirects, no decompression): one request at a time per
-//! connection, like wrk, so the generator costs as little CPU as possible
-//! on a machine it shares with the system under test.
+//! request ended. HTTP goes through [`crate::http1`], a minimal HTTP/1.1
+//! client (no pool, no redirects, no decompression): one request at a time
+//! per connection, like wrk, so the generator costs as little CPU as
+//! possible on a machine it shares with the system under test.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,12 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Request, Uri};
-use hyper_util::rt::TokioIo;
 
+use crate::http1::{self, BadPath, Method};
 use crate::recorder::Outcome;
 use crate::transfers::TransferBook;
 
@@ -52,7 +48,7 @@ pub trait Target: Send + Sync + 'static {
 pub enum Requests {
     /// The same request every time.
     Fixed {
-        /// GET, POST...
+        /// GET or POST.
         method: Method,
         /// Path and query.
         path: String,
@@ -68,100 +64,103 @@ pub enum Requests {
 #[derive(Debug)]
 pub struct HttpTarget {
     addr: SocketAddr,
-    method: Method,
-    uri: Uri,
-    /// Host, and Content-Type when there is a body.
-    headers: HeaderMap,
-    requests: Requests,
+    /// The `Host` header's value.
+    host: String,
+    requests: Prepared,
 }
 
+/// [`Requests`], with a fixed request already serialised.
+#[derive(Debug)]
+enum Prepared {
+    Fixed(Bytes),
+    Transfers(Arc<TransferBook>),
+}
+
+/// Where transfers go.
+const TRANSFERS_PATH: &str = "/v1/transfers";
+
 impl HttpTarget {
-    /// Loads `addr` with `requests`; refuses a path that is not a valid
-    /// request target. Method, path and headers are parsed here, once,
-    /// not for every request.
-    pub fn new(addr: SocketAddr, requests: Requests) -> Result<HttpTarget, hyper::http::Error> {
-        let (method, path, json) = match &requests {
+    /// Loads `addr` with `requests`; refuses a path that cannot stand on a
+    /// request line. A fixed request is serialised here, once, not for
+    /// every request.
+    pub fn new(addr: SocketAddr, requests: Requests) -> Result<HttpTarget, BadPath> {
+        let host = addr.to_string();
+        let requests = match requests {
             Requests::Fixed { method, path, body } => {
-                (method.clone(), path.as_str(), !body.is_empty())
+                http1::check_path(&path)?;
+                Prepared::Fixed(Bytes::from(http1::encode_request(
+                    method,
+                    &path,
+                    &host,
+                    &[],
+                    &body,
+                )))
             }
-            Requests::Transfers(_) => (Method::POST, "/v1/transfers", true),
+            Requests::Transfers(book) => Prepared::Transfers(book),
         };
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, HeaderValue::try_from(addr.to_string())?);
-        if json {
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-        }
         Ok(HttpTarget {
             addr,
-            method,
-            uri: Uri::try_from(path)?,
-            headers,
+            host,
             requests,
         })
     }
 
-    /// Request `seq`, from the parts parsed in [`HttpTarget::new`].
-    fn request(&self, seq: u64) -> Request<Full<Bytes>> {
-        let (body, key) = match &self.requests {
-            Requests::Fixed { body, .. } => (body.clone(), None),
-            Requests::Transfers(book) => {
+    /// Request `seq`, serialised.
+    fn request(&self, seq: u64) -> Bytes {
+        match &self.requests {
+            Prepared::Fixed(request) => request.clone(),
+            Prepared::Transfers(book) => {
                 let (key, body) = book.request(seq);
-                (body, HeaderValue::try_from(key).ok())
+                Bytes::from(http1::encode_request(
+                    Method::Post,
+                    TRANSFERS_PATH,
+                    &self.host,
+                    &[("Idempotency-Key", &key)],
+                    &body,
+                ))
             }
-        };
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = self.headers.clone();
-        if let Some(key) = key {
-            request.headers_mut().insert("idempotency-key", key);
         }
-        request
     }
 }
 
 impl Target for HttpTarget {
-    type Connection = SendRequest<Full<Bytes>>;
+    type Connection = http1::Connection;
 
     async fn connect(&self) -> Result<Self::Connection, Outcome> {
-        let stream = tokio::net::TcpStream::connect(self.addr)
+        http1::Connection::open(self.addr)
             .await
-            .map_err(|_| Outcome::Connection)?;
-        stream.set_nodelay(true).map_err(|_| Outcome::Connection)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| Outcome::Connection)?;
-        tokio::spawn(connection);
-        Ok(sender)
+            .map_err(|_| Outcome::Connection)
     }
 
-    fn is_open(&self, sender: &Self::Connection) -> bool {
-        !sender.is_closed()
+    fn is_open(&self, connection: &Self::Connection) -> bool {
+        connection.reusable()
     }
 
-    async fn send(&self, sender: &mut Self::Connection, seq: u64) -> Outcome {
-        if sender.ready().await.is_err() {
+    async fn send(&self, connection: &mut Self::Connection, seq: u64) -> Outcome {
+        let request = self.request(seq);
+        let answer = match connection.exchange(&request).await {
+            // The server closed an idle kept-alive connection: send again
+            // on a fresh one (a transfer carries its idempotency key, so a
+            // resend is never applied twice).
+            Err(http1::Error::ClosedBeforeAnswer) => match self.connect().await {
+                Ok(fresh) => {
+                    *connection = fresh;
+                    connection.exchange(&request).await
+                }
+                Err(outcome) => return outcome,
+            },
+            answer => answer,
+        };
+        let Ok(response) = answer else {
             return Outcome::Connection;
-        }
-        let response = match sender.send_request(self.request(seq)).await {
-            Ok(response) => response,
-            Err(_) => return Outcome::Connection,
         };
-        let status = response.status().as_u16();
-        let body = match response.into_body().collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(_) => return Outcome::Connection,
-        };
-        if let Requests::Transfers(book) = &self.requests {
-            book.answered(seq, status, &body);
+        if let Prepared::Transfers(book) = &self.requests {
+            book.answered(seq, response.status, &response.body);
         }
-        if (200..300).contains(&status) {
+        if (200..300).contains(&response.status) {
             Outcome::Ok
         } else {
-            Outcome::Status(status)
+            Outcome::Status(response.status)
         }
     }
 }
@@ -225,5 +224,50 @@ impl Target for NatsTarget {
                 _ => Outcome::Other("nats_error"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_the_server_closed_is_replaced_without_an_error() {
+        let addr = crate::http1::tests::closing_server().await;
+        let target = HttpTarget::new(
+            addr,
+            Requests::Fixed {
+                method: Method::Get,
+                path: "/".to_owned(),
+                body: Bytes::new(),
+            },
+        )
+        .expect("valid path");
+        let mut connection = target.connect().await.expect("connect");
+        // The server answers one request per connection, then closes it
+        // when the next arrives: every request after the first meets a
+        // closed connection and must go again on a fresh one.
+        for seq in 0..3 {
+            assert_eq!(
+                target.send(&mut connection, seq).await,
+                Outcome::Ok,
+                "{seq}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_path_that_cannot_stand_on_a_request_line_is_refused() {
+        let fixed = |path: &str| Requests::Fixed {
+            method: Method::Post,
+            path: path.to_owned(),
+            body: Bytes::from_static(b"{}"),
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        assert!(HttpTarget::new(addr, fixed("/v1/call")).is_ok());
+        assert_eq!(
+            HttpTarget::new(addr, fixed("/v1/ca ll")).err(),
+            Some(BadPath("/v1/ca ll".to_owned()))
+        );
     }
 }

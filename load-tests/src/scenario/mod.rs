@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use hyper::Method;
 use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::engine::{Finished, LoadSpec, Mode, RunningLoad};
+use crate::http1::Method;
 use crate::report::{Analysis, Failover, RunReport, ScenarioReport};
 use crate::schedule::{Schedule, Step};
 use crate::target::{HttpTarget, NatsTarget, Requests, Target};
@@ -478,7 +478,7 @@ async fn run_one(
             let target = HttpTarget::new(
                 gateway_addr()?,
                 Requests::Fixed {
-                    method: Method::POST,
+                    method: Method::Post,
                     path: "/v1/call".to_owned(),
                     body,
                 },
@@ -520,7 +520,7 @@ async fn run_one(
             let target = HttpTarget::new(
                 nginx.context("no nginx")?.addr,
                 Requests::Fixed {
-                    method: Method::GET,
+                    method: Method::Get,
                     path: "/".to_owned(),
                     body: Bytes::new(),
                 },
