@@ -380,7 +380,9 @@ pub fn shares(
             share: n / total,
             expected: match strategy {
                 "round-robin" | "random" => Some(1.0 / weights.len().max(1) as f64),
-                "weighted" if weight_sum > 0 => Some(
+                // Weighted rendezvous hashing: over many distinct keys,
+                // each worker owns keys in proportion to its weight.
+                "weighted" | "consistent-hash" if weight_sum > 0 => Some(
                     f64::from(weights.get(worker).copied().unwrap_or(0)) / f64::from(weight_sum),
                 ),
                 _ => None,

@@ -55,6 +55,16 @@ pub enum Requests {
         /// JSON body, empty for none.
         body: Bytes,
     },
+    /// A POST of a JSON object with a routing key added: `"key":
+    /// "key-<n>"` for request `n` modulo `keys`.
+    Keyed {
+        /// Path and query.
+        path: String,
+        /// The object the key is added to.
+        body: serde_json::Map<String, serde_json::Value>,
+        /// How many distinct keys.
+        keys: u64,
+    },
     /// A new cross-shard transfer each time, with its own idempotency key;
     /// the book remembers each one's answer for the invariant check.
     Transfers(Arc<TransferBook>),
@@ -73,6 +83,11 @@ pub struct HttpTarget {
 #[derive(Debug)]
 enum Prepared {
     Fixed(Bytes),
+    Keyed {
+        path: String,
+        body: serde_json::Map<String, serde_json::Value>,
+        keys: u64,
+    },
     Transfers(Arc<TransferBook>),
 }
 
@@ -96,6 +111,14 @@ impl HttpTarget {
                     &body,
                 )))
             }
+            Requests::Keyed { path, body, keys } => {
+                http1::check_path(&path)?;
+                Prepared::Keyed {
+                    path,
+                    body,
+                    keys: keys.max(1),
+                }
+            }
             Requests::Transfers(book) => Prepared::Transfers(book),
         };
         Ok(HttpTarget {
@@ -109,6 +132,18 @@ impl HttpTarget {
     fn request(&self, seq: u64) -> Bytes {
         match &self.requests {
             Prepared::Fixed(request) => request.clone(),
+            Prepared::Keyed { path, body, keys } => {
+                let mut body = body.clone();
+                body.insert("key".to_owned(), format!("key-{}", seq % keys).into());
+                let body = serde_json::Value::Object(body).to_string();
+                Bytes::from(http1::encode_request(
+                    Method::Post,
+                    path,
+                    &self.host,
+                    &[],
+                    body.as_bytes(),
+                ))
+            }
             Prepared::Transfers(book) => {
                 let (key, body) = book.request(seq);
                 Bytes::from(http1::encode_request(
@@ -254,6 +289,32 @@ mod tests {
                 "{seq}"
             );
         }
+    }
+
+    #[test]
+    fn keyed_calls_carry_their_key_in_turn() {
+        let body = serde_json::json!({"op": "echo", "message": "hi"});
+        let target = HttpTarget::new(
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Requests::Keyed {
+                path: "/v1/call".to_owned(),
+                body: body.as_object().cloned().expect("an object"),
+                keys: 3,
+            },
+        )
+        .expect("valid path");
+        let key = |seq| {
+            let request = target.request(seq);
+            let text = std::str::from_utf8(&request).expect("ascii").to_owned();
+            let json = &text[text.find("\r\n\r\n").expect("a head") + 4..];
+            let json: serde_json::Value = serde_json::from_str(json).expect("json");
+            assert_eq!(json["message"], "hi");
+            json["key"].as_str().expect("a key").to_owned()
+        };
+        assert_eq!(
+            (0..4).map(key).collect::<Vec<_>>(),
+            ["key-0", "key-1", "key-2", "key-0"]
+        );
     }
 
     #[test]

@@ -124,6 +124,9 @@ pub struct RunSpec {
     pub bucket_ms: u64,
     /// The call's JSON body (`call` and `nats`).
     pub body: Option<String>,
+    /// Each call carries a routing key, `key-<n>` for request `n` modulo
+    /// this many (`call` only): what consistent hashing balances by.
+    pub keys: Option<u64>,
     /// Accounts to open (`transfer`).
     #[serde(default = "default_accounts")]
     pub accounts: usize,
@@ -252,6 +255,15 @@ impl Scenario {
             anyhow::ensure!(
                 run.generator != Generator::Wrk || matches!(run.load, Load::Nginx | Load::Call),
                 "run {name:?}: wrk loads nginx or call"
+            );
+            anyhow::ensure!(
+                run.keys.is_none()
+                    || (run.load == Load::Call && run.generator == Generator::FaultlineLoad),
+                "run {name:?}: `keys` is for calls sent by faultline-load"
+            );
+            anyhow::ensure!(
+                run.keys != Some(0),
+                "run {name:?}: `keys` must be at least 1"
             );
             anyhow::ensure!(
                 run.setup.is_empty() || self.system.is_some(),
@@ -475,14 +487,19 @@ async fn run_one(
     let mut book = None;
     let finished = match spec.load {
         Load::Call => {
-            let target = HttpTarget::new(
-                gateway_addr()?,
-                Requests::Fixed {
+            let requests = match spec.keys {
+                Some(keys) => Requests::Keyed {
+                    path: "/v1/call".to_owned(),
+                    body: serde_json::from_slice(&body).context("the call's `body`")?,
+                    keys,
+                },
+                None => Requests::Fixed {
                     method: Method::Post,
                     path: "/v1/call".to_owned(),
                     body,
                 },
-            )?;
+            };
+            let target = HttpTarget::new(gateway_addr()?, requests)?;
             drive(target, load, spec, system.as_deref_mut(), &mut report).await?
         }
         Load::Transfer => {
@@ -828,6 +845,10 @@ mod tests {
         assert!(err.contains("events need"), "{err}");
         let err = refused("rate = 10\nseconds = 5\nconnections = 0\n");
         assert!(err.contains("connections"), "{err}");
+        let err = refused("rate = 10\nseconds = 5\nkeys = 0\n");
+        assert!(err.contains("`keys` must be at least 1"), "{err}");
+        let err = refused("generator = 'wrk'\nkeys = 10\n");
+        assert!(err.contains("`keys` is for calls sent by faultline-load"), "{err}");
         let err = write(
             "title = 't'\n[[run]]\nname = 'a b'\nload = 'nginx'\nrate = 1\nseconds = 1\n\
              [[run]]\nname = 'a-b'\nload = 'nginx'\nrate = 1\nseconds = 1\n",
