@@ -848,7 +848,10 @@ mod tests {
         let err = refused("rate = 10\nseconds = 5\nkeys = 0\n");
         assert!(err.contains("`keys` must be at least 1"), "{err}");
         let err = refused("generator = 'wrk'\nkeys = 10\n");
-        assert!(err.contains("`keys` is for calls sent by faultline-load"), "{err}");
+        assert!(
+            err.contains("`keys` is for calls sent by faultline-load"),
+            "{err}"
+        );
         let err = write(
             "title = 't'\n[[run]]\nname = 'a b'\nload = 'nginx'\nrate = 1\nseconds = 1\n\
              [[run]]\nname = 'a-b'\nload = 'nginx'\nrate = 1\nseconds = 1\n",

@@ -238,6 +238,7 @@ impl System {
                 ..BankSpec::default()
             }),
             nats_auth: false,
+            env: Vec::new(),
         })
         .await?;
         let nats = async_nats::connect(cluster.nats.url())

@@ -16,6 +16,12 @@
 //! so that a committed transfer can be read back at once; past that wait
 //! it answers with the decision (which is durable: it will be applied) and
 //! `finished: false`, and recovery completes phase two.
+//!
+//! Each step is a span inside the request's `coordinator.transfer` span:
+//! `2pc.begin`, `2pc.prepare` (with one `2pc.prepare.shard` client span per
+//! shard, the parent of that shard's `shard.prepare`), `2pc.decide`,
+//! `2pc.phase_two` (one `2pc.decision.shard` per shard) and `2pc.finish`;
+//! each step's duration is also the `phase_duration_seconds` histogram.
 
 use faultline_protocol::bank::{
     CoordinatorReply, TransferCommand, TransferRecord, TransferRequest, TransferState,
@@ -27,10 +33,13 @@ use faultline_transactions::sharding::branches;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 use uuid::Uuid;
 
 use crate::Term;
 use crate::log::Logged;
+use crate::metrics::Phase;
 use crate::participants::PhaseTwo;
 
 /// Crash after the begin record is durable, before any prepare is sent.
@@ -50,9 +59,23 @@ pub async fn transfer(term: &Term, command: TransferCommand) -> CoordinatorReply
         return refuse(400, error.to_body("invalid_field").error);
     }
     let xid = Uuid::now_v7();
-    match term.log.begin(xid, command.clone(), term.token).await {
+    let request = tracing::Span::current();
+    request.record("xid", tracing::field::display(xid));
+    let traceparent = faultline_bus::trace_context::traceparent(&request);
+    let begun = term
+        .timed(
+            Phase::Begin,
+            term.log
+                .begin(xid, command.clone(), term.token, traceparent),
+        )
+        .instrument(tracing::info_span!("2pc.begin"))
+        .await;
+    match begun {
         Ok(Logged::Begun) => {}
-        Ok(Logged::Existing(record)) => return replay(record, &command.transfer),
+        Ok(Logged::Existing(record)) => {
+            request.record("state", "replayed");
+            return replay(record, &command.transfer);
+        }
         Ok(other) => return unavailable(&format!("unexpected log answer {other:?}")),
         Err(error) => return unavailable(&error.to_string()),
     }
@@ -60,11 +83,19 @@ pub async fn transfer(term: &Term, command: TransferCommand) -> CoordinatorReply
     term.metrics.begun.inc();
 
     let deadline = Instant::now() + term.prepare_window;
-    let votes: Vec<_> = branches(&command.transfer, term.shard_count)
-        .into_iter()
-        .map(|(shard, legs)| term.shards.prepare(shard, xid, term.token, legs, deadline))
-        .collect::<FuturesUnordered<_>>()
-        .collect()
+    let legs = branches(&command.transfer, term.shard_count);
+    // Built inside the span (an async block runs when polled), so that
+    // each shard's span is a child of `2pc.prepare`.
+    let prepare_all = async {
+        legs.into_iter()
+            .map(|(shard, legs)| term.shards.prepare(shard, xid, term.token, legs, deadline))
+            .collect::<FuturesUnordered<_>>()
+            .collect::<Vec<_>>()
+            .await
+    };
+    let votes = term
+        .timed(Phase::Prepare, prepare_all)
+        .instrument(tracing::info_span!("2pc.prepare"))
         .await;
     crash_point(AFTER_VOTES);
 
@@ -72,7 +103,14 @@ pub async fn transfer(term: &Term, command: TransferCommand) -> CoordinatorReply
         Decision::Commit => (TransferState::Committed, None),
         Decision::Abort(reason) => (TransferState::Aborted, Some(reason)),
     };
-    let mut record = match term.log.decide(xid, state, reason, term.token).await {
+    let decided = term
+        .timed(
+            Phase::Decide,
+            term.log.decide(xid, state, reason, term.token),
+        )
+        .instrument(tracing::info_span!("2pc.decide", decision = state.as_str()))
+        .await;
+    let mut record = match decided {
         Ok(Logged::Decided(record)) => record,
         Ok(Logged::Fenced { current }) => return deposed(current),
         Ok(other) => return unavailable(&format!("unexpected log answer {other:?}")),
@@ -80,6 +118,7 @@ pub async fn transfer(term: &Term, command: TransferCommand) -> CoordinatorReply
     };
     crash_point(AFTER_DECISION);
     term.metrics.decided(record.state);
+    request.record("state", record.state.as_str());
 
     record.finished = phase_two(term, &record, Instant::now() + term.phase_two_wait).await;
     CoordinatorReply::Transfer(record)
@@ -88,7 +127,20 @@ pub async fn transfer(term: &Term, command: TransferCommand) -> CoordinatorReply
 /// Sends the record's decision to every shard of the transfer, until each
 /// acknowledges or `deadline` passes; marks the transfer finished if all
 /// did. Returns whether it is finished.
+#[tracing::instrument(
+    name = "2pc.phase_two",
+    skip_all,
+    fields(decision = record.state.as_str(), acknowledged = Empty, finished = Empty)
+)]
 pub async fn phase_two(term: &Term, record: &TransferRecord, deadline: Instant) -> bool {
+    let started = Instant::now();
+    let finished = send_decision(term, record, deadline).await;
+    term.metrics.phase(Phase::PhaseTwo, started.elapsed());
+    tracing::Span::current().record("finished", finished);
+    finished
+}
+
+async fn send_decision(term: &Term, record: &TransferRecord, deadline: Instant) -> bool {
     let commit = match record.state {
         TransferState::Committed => true,
         TransferState::Aborted => false,
@@ -116,10 +168,15 @@ pub async fn phase_two(term: &Term, record: &TransferRecord, deadline: Instant) 
             }
         }
     }
+    tracing::Span::current().record("acknowledged", acknowledged);
     if acknowledged < shards.len() {
         return false;
     }
-    match term.log.finish(record.id).await {
+    let finish = term
+        .timed(Phase::Finish, term.log.finish(record.id))
+        .instrument(tracing::info_span!("2pc.finish"))
+        .await;
+    match finish {
         Ok(()) => true,
         Err(error) => {
             tracing::warn!(%error, xid = %record.id, "Cannot mark a transfer finished.");

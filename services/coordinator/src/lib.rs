@@ -24,12 +24,20 @@
 //! the term is aborted at once, and whatever it left half-done is the next
 //! term's recovery work. The pure rules live in
 //! [`faultline_transactions::coordinator`]; this crate is their I/O.
+//!
+//! Every request is a server span that continues the sender's trace, and
+//! every step of a transfer a span inside it ([`driver`]), so one trace
+//! holds the gateway, the coordinator and both shards. Recovery's work is
+//! a trace of its own per transfer, linked to the trace the transfer
+//! began in ([`recovery`]). `/metrics` has the transfers by decision, the
+//! unfinished ones by state and the age of the oldest, and each phase's
+//! duration.
 #![forbid(unsafe_code)]
 
 pub mod driver;
 pub mod lease;
 pub mod log;
-mod metrics;
+pub mod metrics;
 pub mod participants;
 pub mod recovery;
 
@@ -46,6 +54,8 @@ use faultline_transactions::coordinator::Logged;
 use futures::StreamExt as _;
 use serde::Deserialize;
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::lease::Lease;
 use crate::log::{DecisionLog, Entry};
@@ -129,6 +139,14 @@ pub struct Term {
 }
 
 impl Term {
+    /// Runs one step of two-phase commit, recording its duration.
+    pub async fn timed<T>(&self, phase: metrics::Phase, step: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let result = step.await;
+        self.metrics.phase(phase, started.elapsed());
+        result
+    }
+
     /// How recovery and status queries must treat a log entry: undecided
     /// work of an earlier term is abandoned at once; this term's own only
     /// after the prepare window and a margin for its decision to be
@@ -353,20 +371,58 @@ struct TransferId {
     id: uuid::Uuid,
 }
 
+/// Answers one request in a server span named for its subject, which
+/// continues the sender's trace (the gateway's, or a participant's
+/// in-doubt question); the reply carries the span's trace context back.
 async fn answer(client: &Client, term: &Term, message: async_nats::Message) {
     let Some(reply) = message.reply.clone() else {
         return;
     };
+    let span = tracing::info_span!(
+        "coordinator.request",
+        otel.name = span_name(message.subject.as_str()),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        messaging.system = "nats",
+        messaging.destination.name = message.subject.as_str(),
+        xid = Empty,
+        state = Empty,
+        token = term.token,
+    );
+    faultline_bus::trace_context::continue_from(&span, message.headers.as_ref());
+    let Some(body) = respond(term, &message).instrument(span.clone()).await else {
+        return;
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    faultline_bus::trace_context::inject(&span, &mut headers);
+    if let Err(error) = client
+        .publish_with_headers(reply, headers, body.into())
+        .await
+    {
+        span.in_scope(|| tracing::warn!(%error, "Cannot send a coordinator reply."));
+    }
+}
+
+/// The span name for a request on `subject`.
+fn span_name(subject: &str) -> &'static str {
+    match subject {
+        subjects::COORDINATOR_STATUS => "coordinator.status",
+        subjects::COORDINATOR_TRANSFER => "coordinator.transfer",
+        subjects::COORDINATOR_TRANSFER_READ => "coordinator.read_transfer",
+        _ => "coordinator.unfinished",
+    }
+}
+
+/// The reply body for one request; `None` when no answer is better than
+/// a guess (the asker asks again).
+async fn respond(term: &Term, message: &async_nats::Message) -> Option<Vec<u8>> {
     let body = match message.subject.as_str() {
         subjects::COORDINATOR_STATUS => {
-            let Ok(query) = serde_json::from_slice::<StatusQuery>(&message.payload) else {
-                return;
-            };
+            let query = serde_json::from_slice::<StatusQuery>(&message.payload).ok()?;
+            tracing::Span::current().record("xid", tracing::field::display(query.xid));
             // No answer (log unreadable) is better than a guess: the
             // participant asks again.
-            let Some(status) = recovery::status(term, query.xid).await else {
-                return;
-            };
+            let status = recovery::status(term, query.xid).await?;
             serde_json::to_vec(&status)
         }
         subjects::COORDINATOR_TRANSFER => {
@@ -404,10 +460,7 @@ async fn answer(client: &Client, term: &Term, message: async_nats::Message) {
             serde_json::to_vec(&reply)
         }
     };
-    let body = body.unwrap_or_default();
-    if let Err(error) = client.publish(reply, body.into()).await {
-        tracing::warn!(%error, "Cannot send a coordinator reply.");
-    }
+    Some(body.unwrap_or_default())
 }
 
 fn bad_request(message: &str) -> CoordinatorReply {

@@ -39,6 +39,8 @@ pub enum LogWrite {
         command: TransferCommand,
         /// The term's token.
         token: u64,
+        /// The trace it began in, for recovery's spans to link to.
+        traceparent: Option<String>,
     },
     /// Decide, by compare-and-set from `preparing`.
     Decide {
@@ -130,12 +132,14 @@ impl DecisionLog {
         }
     }
 
-    /// Records a new transfer, or finds the one with the same key.
+    /// Records a new transfer, begun in the trace `traceparent` names, or
+    /// finds the one with the same key.
     pub async fn begin(
         &self,
         xid: Uuid,
         command: TransferCommand,
         token: u64,
+        traceparent: Option<String>,
     ) -> Result<Logged, LogError> {
         Ok(self
             .forced
@@ -143,6 +147,7 @@ impl DecisionLog {
                 xid,
                 command,
                 token,
+                traceparent,
             })
             .await?)
     }
@@ -234,6 +239,8 @@ pub struct Entry {
     pub age: Duration,
     /// The token of the term that began it.
     pub begun_by_token: u64,
+    /// The trace it began in.
+    pub traceparent: Option<String>,
 }
 
 const SELECT_BY_IDS: &str = "SELECT id, idempotency_key, from_account, to_account, amount, \
@@ -242,11 +249,11 @@ const SELECT_BY_KEYS: &str = "SELECT id, idempotency_key, from_account, to_accou
      state, reason, finished_at IS NOT NULL AS finished FROM transfers \
      WHERE idempotency_key = ANY($1)";
 const SELECT_ENTRY_BY_ID: &str = "SELECT id, idempotency_key, from_account, to_account, amount, \
-     state, reason, finished_at IS NOT NULL AS finished, begun_by_token, \
+     state, reason, finished_at IS NOT NULL AS finished, begun_by_token, traceparent, \
      extract(epoch FROM clock_timestamp() - created_at)::float8 AS age \
      FROM transfers WHERE id = $1";
 const SELECT_UNFINISHED: &str = "SELECT id, idempotency_key, from_account, to_account, amount, \
-     state, reason, finished_at IS NOT NULL AS finished, begun_by_token, \
+     state, reason, finished_at IS NOT NULL AS finished, begun_by_token, traceparent, \
      extract(epoch FROM clock_timestamp() - created_at)::float8 AS age \
      FROM transfers WHERE finished_at IS NULL AND id > $1 ORDER BY id LIMIT $2";
 
@@ -273,6 +280,7 @@ fn entry(row: &sqlx::postgres::PgRow) -> Result<Entry, sqlx::Error> {
         record: record(row)?,
         age: Duration::from_secs_f64(age.max(0.0)),
         begun_by_token: u64::try_from(token).unwrap_or(0),
+        traceparent: row.try_get("traceparent")?,
     })
 }
 
@@ -347,11 +355,13 @@ async fn write_begins(
     let mut tos = Vec::new();
     let mut amounts = Vec::new();
     let mut tokens = Vec::new();
+    let mut traces = Vec::new();
     for &i in begins {
         if let LogWrite::Begin {
             xid,
             command,
             token,
+            traceparent,
         } = &requests[i]
         {
             ids.push(*xid);
@@ -360,13 +370,15 @@ async fn write_begins(
             tos.push(command.transfer.to.as_str());
             amounts.push(command.transfer.amount);
             tokens.push(to_i64(*token));
+            traces.push(traceparent.as_deref());
         }
     }
     let inserted: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO transfers (id, idempotency_key, from_account, to_account, amount, state, \
-         begun_by_token) SELECT i, k, f, t, a, 'preparing', tok \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[]) \
-         AS b(i, k, f, t, a, tok) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+         begun_by_token, traceparent) SELECT i, k, f, t, a, 'preparing', tok, tp \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
+         $7::text[]) AS b(i, k, f, t, a, tok, tp) \
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
     )
     .bind(&ids)
     .bind(&keys)
@@ -374,6 +386,7 @@ async fn write_begins(
     .bind(tos)
     .bind(amounts)
     .bind(tokens)
+    .bind(traces)
     .fetch_all(&mut *conn)
     .await?;
     let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();

@@ -1,10 +1,13 @@
-//! The coordinator binary: parse settings, start logging, connect, run.
+//! The coordinator binary: parse settings, start logging and tracing, connect, run, flush the last spans.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings: coordinator::Settings = faultline_telemetry::settings::parse();
-    faultline_telemetry::init_logging("coordinator", &settings.service.log);
+    let telemetry =
+        faultline_telemetry::init("coordinator", &settings.id, &settings.service.telemetry);
     let _failpoints = faultline_telemetry::failpoints::init();
     let nats = faultline_bus::connect(&settings.nats, &settings.id).await?;
-    coordinator::run(nats, settings, faultline_telemetry::shutdown_signal()).await
+    let result = coordinator::run(nats, settings, faultline_telemetry::shutdown_signal()).await;
+    telemetry.shutdown().await;
+    result
 }

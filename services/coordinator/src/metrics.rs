@@ -1,15 +1,85 @@
 //! The coordinator's Prometheus metrics.
 
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
 use faultline_protocol::bank::TransferState;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: &'static str,
+}
+
+/// A step of two-phase commit, as the duration histogram labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Writing the begin record.
+    Begin,
+    /// Collecting every shard's vote.
+    Prepare,
+    /// Writing the decision.
+    Decide,
+    /// Sending the decision until every shard acknowledges.
+    PhaseTwo,
+    /// Marking the transfer finished.
+    Finish,
+}
+
+impl Phase {
+    const ALL: [Phase; 5] = [
+        Phase::Begin,
+        Phase::Prepare,
+        Phase::Decide,
+        Phase::PhaseTwo,
+        Phase::Finish,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Begin => "begin",
+            Phase::Prepare => "prepare",
+            Phase::Decide => "decide",
+            Phase::PhaseTwo => "phase_two",
+            Phase::Finish => "finish",
+        }
+    }
+}
+
+/// What one recovery sweep saw: unfinished transfers by state, and the
+/// age of the oldest.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct InDoubt {
+    /// Not decided yet.
+    pub preparing: u64,
+    /// Decided commit, not acknowledged by every shard yet.
+    pub committed: u64,
+    /// Decided abort, not acknowledged by every shard yet.
+    pub aborted: u64,
+    /// Age of the oldest of them.
+    pub oldest: Duration,
+}
+
+impl InDoubt {
+    /// Counts one unfinished transfer.
+    pub fn add(&mut self, state: TransferState, age: Duration) {
+        match state {
+            TransferState::Preparing => self.preparing += 1,
+            TransferState::Committed => self.committed += 1,
+            TransferState::Aborted => self.aborted += 1,
+        }
+        self.oldest = self.oldest.max(age);
+    }
 }
 
 /// Counters and gauges of the coordinator.
@@ -21,6 +91,9 @@ pub struct Metrics {
     recovered: Family<StateLabel, Counter>,
     active: Gauge,
     token: Gauge,
+    phases: Family<PhaseLabel, Histogram>,
+    unfinished: Family<StateLabel, Gauge>,
+    oldest_unfinished: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -32,6 +105,12 @@ impl Metrics {
             recovered: Family::default(),
             active: Gauge::default(),
             token: Gauge::default(),
+            // 0.1 ms to about 13 s.
+            phases: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+            }),
+            unfinished: Family::default(),
+            oldest_unfinished: Gauge::default(),
         };
         registry.register("transfers_begun", "Transfers begun", metrics.begun.clone());
         registry.register(
@@ -54,8 +133,23 @@ impl Metrics {
             "The fencing token of the current term (0 in standby)",
             metrics.token.clone(),
         );
-        // Both decisions exist from the start at 0, so dashboards and
-        // `rate()` see a series before the first commit or recovery.
+        registry.register(
+            "phase_duration_seconds",
+            "Time each step of two-phase commit took, by phase",
+            metrics.phases.clone(),
+        );
+        registry.register(
+            "unfinished_transfers",
+            "Transfers not finished at the last recovery sweep (in doubt), by state",
+            metrics.unfinished.clone(),
+        );
+        registry.register(
+            "oldest_unfinished_age_seconds",
+            "Age of the oldest transfer not finished at the last recovery sweep",
+            metrics.oldest_unfinished.clone(),
+        );
+        // Every series exists from the start at 0, so dashboards and
+        // `rate()` see one before the first commit or recovery.
         for state in [TransferState::Committed, TransferState::Aborted] {
             let label = StateLabel {
                 state: state.as_str(),
@@ -63,7 +157,38 @@ impl Metrics {
             drop(metrics.decided.get_or_create(&label));
             drop(metrics.recovered.get_or_create(&label));
         }
+        for phase in Phase::ALL {
+            drop(metrics.phases.get_or_create(&PhaseLabel {
+                phase: phase.as_str(),
+            }));
+        }
+        metrics.in_doubt(InDoubt::default());
         metrics
+    }
+
+    /// A step took `elapsed`.
+    pub fn phase(&self, phase: Phase, elapsed: Duration) {
+        self.phases
+            .get_or_create(&PhaseLabel {
+                phase: phase.as_str(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// What the last recovery sweep saw.
+    pub fn in_doubt(&self, seen: InDoubt) {
+        for (state, count) in [
+            (TransferState::Preparing, seen.preparing),
+            (TransferState::Committed, seen.committed),
+            (TransferState::Aborted, seen.aborted),
+        ] {
+            self.unfinished
+                .get_or_create(&StateLabel {
+                    state: state.as_str(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        self.oldest_unfinished.set(seen.oldest.as_secs_f64());
     }
 
     /// A driver decided.
@@ -84,8 +209,12 @@ impl Metrics {
             .inc();
     }
 
-    /// A term began (`Some(token)`) or ended.
+    /// A term began (`Some(token)`) or ended. A standby sweeps nothing,
+    /// so it shows no unfinished transfers rather than its last term's.
     pub fn term(&self, token: Option<u64>) {
+        if token.is_none() {
+            self.in_doubt(InDoubt::default());
+        }
         self.active.set(i64::from(token.is_some()));
         self.token
             .set(token.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)));

@@ -16,6 +16,7 @@ use faultline_protocol::bank::{Leg, ShardReply, ShardRequest};
 use faultline_protocol::subjects;
 use faultline_transactions::coordinator::Vote;
 use tokio::time::Instant;
+use tracing::field::Empty;
 use uuid::Uuid;
 
 /// How one shard ended phase two.
@@ -47,6 +48,11 @@ impl ShardClient {
 
     /// Phase one for one shard: its vote, or [`Vote::NoAnswer`] if none
     /// came before `deadline`.
+    #[tracing::instrument(
+        name = "2pc.prepare.shard",
+        skip(self, token, legs, deadline),
+        fields(otel.kind = "client", %xid, vote = Empty, attempts = Empty)
+    )]
     pub async fn prepare(
         &self,
         shard: u32,
@@ -56,15 +62,27 @@ impl ShardClient {
         deadline: Instant,
     ) -> Vote {
         let request = ShardRequest::Prepare { xid, token, legs };
-        match self.until_answered(shard, &request, deadline).await {
+        let vote = match self.until_answered(shard, &request, deadline).await {
             Some(ShardReply::Prepared) => Vote::Yes,
             Some(ShardReply::Refused(reason)) => Vote::No(reason),
             // Stale token: we were deposed; no vote we collect can be used.
             _ => Vote::NoAnswer { shard },
-        }
+        };
+        let name = match &vote {
+            Vote::Yes => "yes",
+            Vote::No(_) => "no",
+            Vote::NoAnswer { .. } => "no_answer",
+        };
+        tracing::Span::current().record("vote", name);
+        vote
     }
 
     /// Phase two for one shard.
+    #[tracing::instrument(
+        name = "2pc.decision.shard",
+        skip(self, token, deadline),
+        fields(otel.kind = "client", %xid, outcome = Empty, attempts = Empty)
+    )]
     pub async fn decide(
         &self,
         shard: u32,
@@ -78,7 +96,7 @@ impl ShardClient {
         } else {
             ShardRequest::Abort { xid, token }
         };
-        match self.until_answered(shard, &request, deadline).await {
+        let outcome = match self.until_answered(shard, &request, deadline).await {
             Some(ShardReply::Acknowledged) => PhaseTwo::Acknowledged,
             Some(ShardReply::StaleToken { .. }) => PhaseTwo::Fenced,
             Some(ShardReply::Refused(reason)) => {
@@ -86,27 +104,39 @@ impl ShardClient {
                 PhaseTwo::Unanswered
             }
             _ => PhaseTwo::Unanswered,
-        }
+        };
+        let name = match outcome {
+            PhaseTwo::Acknowledged => "acknowledged",
+            PhaseTwo::Fenced => "fenced",
+            PhaseTwo::Unanswered => "unanswered",
+        };
+        tracing::Span::current().record("outcome", name);
+        outcome
     }
 
-    /// Sends `request` until a definite reply or the deadline.
+    /// Sends `request` until a definite reply or the deadline, with the
+    /// current span's trace context; records the attempts it took.
     async fn until_answered(
         &self,
         shard: u32,
         request: &ShardRequest,
         deadline: Instant,
     ) -> Option<ShardReply> {
-        let body = serde_json::to_vec(request).ok()?;
+        let body = bytes::Bytes::from(serde_json::to_vec(request).ok()?);
         let subject = subjects::shard(shard);
+        let mut headers = async_nats::HeaderMap::new();
+        faultline_bus::trace_context::inject_current(&mut headers);
         let mut attempt = 0u32;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return None;
             }
+            tracing::Span::current().record("attempts", attempt + 1);
             let answer = tokio::time::timeout(
                 self.attempt_timeout.min(left),
-                self.client.request(subject.clone(), body.clone().into()),
+                self.client
+                    .request_with_headers(subject.clone(), headers.clone(), body.clone()),
             )
             .await;
             if let Ok(Ok(message)) = answer {

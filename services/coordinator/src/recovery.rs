@@ -15,6 +15,12 @@
 //! A participant's question is answered from the log by
 //! [`faultline_transactions::coordinator::answer`]; presumed abort makes "no
 //! record" an abort.
+//!
+//! Each transfer recovery acts on is a trace of its own, a `2pc.recover`
+//! span (with the phase-two spans beneath it) that links to the span the
+//! transfer began in: the log keeps that span's `traceparent`. A sweep
+//! that finds nothing to do leaves no trace. Each sweep also sets the
+//! unfinished-transfer gauges.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,11 +29,14 @@ use faultline_protocol::bank::{StatusAnswer, TransferState};
 use faultline_transactions::coordinator::{self, Recovery, StatusAction};
 use futures::StreamExt as _;
 use tokio::time::Instant;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 use uuid::Uuid;
 
 use crate::Term;
 use crate::driver::phase_two;
 use crate::log::{Entry, Logged};
+use crate::metrics::InDoubt;
 
 /// Sweeps now and then every `interval`, for the whole term.
 pub async fn run(term: Arc<Term>, interval: Duration) {
@@ -47,10 +56,14 @@ pub async fn sweep(term: &Term) -> Result<usize, crate::log::LogError> {
     const PAGE: i64 = 500;
     let mut after = None;
     let mut acted = 0;
+    let mut seen = InDoubt::default();
     loop {
         let entries = term.log.unfinished(after, PAGE).await?;
         let full = entries.len() == usize::try_from(PAGE).unwrap_or(usize::MAX);
         after = entries.last().map(|entry| entry.record.id);
+        for entry in &entries {
+            seen.add(entry.record.state, entry.age);
+        }
         acted += futures::stream::iter(entries)
             .map(|entry| recover_one(term, entry))
             .buffer_unordered(64)
@@ -58,23 +71,47 @@ pub async fn sweep(term: &Term) -> Result<usize, crate::log::LogError> {
             .count()
             .await;
         if !full {
+            term.metrics.in_doubt(seen);
             return Ok(acted);
         }
     }
 }
 
 async fn recover_one(term: &Term, entry: Entry) -> bool {
-    let record = match coordinator::recover(term.judge(&entry)) {
-        Recovery::Wait => return false,
-        Recovery::Resend(_) => entry.record,
-        Recovery::AbortAbandoned => match abort_abandoned(term, entry.record.id).await {
-            Some(record) => record,
-            None => return false,
+    let action = coordinator::recover(term.judge(&entry));
+    if action == Recovery::Wait {
+        return false;
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "2pc.recover",
+        xid = %entry.record.id,
+        action = match action {
+            Recovery::AbortAbandoned => "abort_abandoned",
+            _ => "resend_decision",
         },
-    };
-    term.metrics.recovered(record.state);
-    phase_two(term, &record, Instant::now() + term.phase_two_wait).await;
-    true
+        age_ms = u64::try_from(entry.age.as_millis()).unwrap_or(u64::MAX),
+        state = Empty,
+        token = term.token,
+    );
+    if let Some(traceparent) = &entry.traceparent {
+        faultline_bus::trace_context::link(&span, traceparent);
+    }
+    async {
+        let record = match action {
+            Recovery::AbortAbandoned => match abort_abandoned(term, entry.record.id).await {
+                Some(record) => record,
+                None => return false,
+            },
+            _ => entry.record,
+        };
+        tracing::Span::current().record("state", record.state.as_str());
+        term.metrics.recovered(record.state);
+        phase_two(term, &record, Instant::now() + term.phase_two_wait).await;
+        true
+    }
+    .instrument(span.clone())
+    .await
 }
 
 /// Aborts an abandoned transfer (compare-and-set) and returns the record

@@ -42,12 +42,12 @@ async fn a_deposed_coordinator_cannot_decide_and_no_decision_is_overwritten() {
     assert!(!log.raise_fence(4).await.expect("raise"));
     let xid = Uuid::now_v7();
     assert!(matches!(
-        log.begin(xid, command("k1"), 4).await.expect("begin"),
+        log.begin(xid, command("k1"), 4, None).await.expect("begin"),
         Logged::Begun
     ));
     // The same key again finds the first transfer.
     let Logged::Existing(existing) = log
-        .begin(Uuid::now_v7(), command("k1"), 4)
+        .begin(Uuid::now_v7(), command("k1"), 4, None)
         .await
         .expect("begin")
     else {

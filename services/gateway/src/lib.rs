@@ -12,6 +12,9 @@
 //! | `GET /v1/transfers/{id}`, `GET /v1/transfers/in-doubt` | a transfer's state; unfinished transfers |
 //! | `GET /live`, `/ready`, `/metrics` | liveness, readiness, Prometheus metrics |
 //!
+//! Every request gets a server span that continues the client's trace and
+//! is counted in the metrics ([`observe`]).
+//!
 //! Every input is validated here and refused with a 4xx JSON error naming
 //! the field ([`api::error`]); nothing invalid travels further. The gateway
 //! holds no cluster state of its own: balancing settings live in the
@@ -21,12 +24,12 @@
 
 pub mod api;
 mod metrics;
+mod observe;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use actix_web::dev::Service as _;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use async_nats::jetstream::kv;
@@ -79,9 +82,9 @@ pub struct Settings {
     /// NATS connection.
     #[command(flatten)]
     pub nats: faultline_bus::NatsArgs,
-    /// Logging.
+    /// Logging and tracing.
     #[command(flatten)]
-    pub log: faultline_telemetry::LogArgs,
+    pub telemetry: faultline_telemetry::TelemetryArgs,
 }
 
 /// What every handler shares.
@@ -138,27 +141,7 @@ pub async fn run(
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .wrap_fn(|request, service| {
-                let started = Instant::now();
-                let method = metric_method(request.method());
-                let fut = service.call(request);
-                async move {
-                    let response = fut.await?;
-                    let route = response
-                        .request()
-                        .match_pattern()
-                        .unwrap_or_else(|| "unmatched".to_owned());
-                    if let Some(state) = response.request().app_data::<web::Data<AppState>>() {
-                        state.metrics.request(
-                            &route,
-                            method,
-                            response.status().as_u16(),
-                            started.elapsed().as_secs_f64(),
-                        );
-                    }
-                    Ok(response)
-                }
-            })
+            .wrap(actix_web::middleware::from_fn(observe::observe))
             .configure(faultline_telemetry::admin::routes(admin.clone()))
             .service(
                 web::resource("/v1/call")
@@ -245,22 +228,6 @@ pub async fn run(
     handle.stop(true).await;
     serving.await.context("the HTTP server task failed")??;
     Ok(())
-}
-
-/// The method as a metric label: one of the standard methods, or "other",
-/// so that clients inventing methods cannot create unbounded series.
-fn metric_method(method: &actix_web::http::Method) -> &'static str {
-    use actix_web::http::Method;
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        _ => "other",
-    }
 }
 
 async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {

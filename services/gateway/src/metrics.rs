@@ -31,6 +31,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
     calls: Family<WorkerLabels, Counter>,
+    lb_retries: Counter,
 }
 
 impl Metrics {
@@ -42,6 +43,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
             calls: Family::default(),
+            lb_retries: Counter::default(),
         };
         registry.register(
             "http_requests",
@@ -58,7 +60,17 @@ impl Metrics {
             "Balanced calls answered, by the worker that served them and outcome",
             metrics.calls.clone(),
         );
+        registry.register(
+            "lb_retries",
+            "Calls sent again to another load-balancer replica after one did not answer",
+            metrics.lb_retries.clone(),
+        );
         metrics
+    }
+
+    /// Counts a call sent again to another load-balancer replica.
+    pub fn lb_retry(&self) {
+        self.lb_retries.inc();
     }
 
     /// Records one HTTP request.

@@ -21,8 +21,10 @@ pub mod lease;
 pub mod table;
 pub mod view_store;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -30,7 +32,7 @@ use async_nats::{Client, Request};
 use faultline_bus::heartbeat::{self, NoLoad};
 use faultline_failure_detection::{DetectorKind, State};
 use faultline_protocol::cluster::{Heartbeat, Role};
-use faultline_protocol::membership::{MembershipEvent, MembershipView, MonitorView};
+use faultline_protocol::membership::{MemberHealth, MembershipEvent, MembershipView, MonitorView};
 use faultline_protocol::subjects;
 use futures::StreamExt as _;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -93,9 +95,15 @@ pub struct Settings {
 #[derive(Debug, Clone, Default)]
 struct Metrics {
     leader: Gauge,
-    transitions: Counter,
+    transitions: Family<TransitionLabels, Counter>,
     fenced_writes: Counter,
     members: Family<MemberLabels, Gauge>,
+    member_state: Family<MemberStateLabels, Gauge>,
+    detector_value: Family<MemberIdLabels, Gauge<f64, AtomicU64>>,
+    detector_threshold: Family<MemberIdLabels, Gauge<f64, AtomicU64>>,
+    /// The members whose per-member series exist, to drop a forgotten
+    /// member's.
+    exported: Arc<std::sync::Mutex<BTreeSet<MemberIdLabels>>>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,18 +112,52 @@ struct MemberLabels {
     state: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct MemberIdLabels {
+    member: String,
+    role: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberStateLabels {
+    member: String,
+    role: &'static str,
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    role: &'static str,
+    to: &'static str,
+}
+
+/// Every role, for series that exist before the first event.
+const ROLES: [Role; 5] = [
+    Role::Gateway,
+    Role::LoadBalancer,
+    Role::Worker,
+    Role::Coordinator,
+    Role::HealthMonitor,
+];
+
 impl Metrics {
+    /// Creates every transition series at 0, so that `increase()` sees a
+    /// series before the first failover.
+    fn start_transitions(&self) {
+        for role in ROLES {
+            for state in [State::Up, State::Suspect, State::Down] {
+                drop(self.transitions.get_or_create(&TransitionLabels {
+                    role: role.as_str(),
+                    to: state_name(state),
+                }));
+            }
+        }
+    }
+
     /// Sets the member count of every role and state (zero included, so a
     /// state nobody is in any more drops to 0 instead of keeping its last
     /// count).
     fn count_members(&self, view: &MembershipView) {
-        const ROLES: [Role; 5] = [
-            Role::Gateway,
-            Role::LoadBalancer,
-            Role::Worker,
-            Role::Coordinator,
-            Role::HealthMonitor,
-        ];
         for role in ROLES {
             for state in [State::Up, State::Suspect, State::Down] {
                 let count = view
@@ -131,6 +173,52 @@ impl Metrics {
                     .set(i64::try_from(count).unwrap_or(i64::MAX));
             }
         }
+    }
+}
+
+impl Metrics {
+    /// Sets each member's detector value, threshold and state (1 for the
+    /// state it is in, 0 for the others), and drops the series of members
+    /// the table no longer holds.
+    fn judge_members(&self, health: &[MemberHealth]) {
+        let Ok(mut exported) = self.exported.lock() else {
+            return;
+        };
+        let mut now = BTreeSet::new();
+        for member in health {
+            let id = MemberIdLabels {
+                member: member.id.clone(),
+                role: member.role.as_str(),
+            };
+            self.detector_value
+                .get_or_create(&id)
+                .set(member.detector_value);
+            self.detector_threshold
+                .get_or_create(&id)
+                .set(member.detector_threshold);
+            for state in [State::Up, State::Suspect, State::Down] {
+                self.member_state
+                    .get_or_create(&MemberStateLabels {
+                        member: member.id.clone(),
+                        role: id.role,
+                        state: state_name(state),
+                    })
+                    .set(i64::from(member.state == state));
+            }
+            now.insert(id);
+        }
+        for gone in exported.difference(&now) {
+            self.detector_value.remove(gone);
+            self.detector_threshold.remove(gone);
+            for state in [State::Up, State::Suspect, State::Down] {
+                self.member_state.remove(&MemberStateLabels {
+                    member: gone.member.clone(),
+                    role: gone.role,
+                    state: state_name(state),
+                });
+            }
+        }
+        *exported = now;
     }
 }
 
@@ -155,6 +243,7 @@ pub async fn run(
     let interval = Duration::from_millis(settings.heartbeat_interval_ms);
     let mut registry = prometheus_client::registry::Registry::with_prefix("faultline_monitor");
     let metrics = Metrics::default();
+    metrics.start_transitions();
     registry.register(
         "leader",
         "1 while this monitor holds the lease",
@@ -162,7 +251,7 @@ pub async fn run(
     );
     registry.register(
         "transitions",
-        "Member state changes decided",
+        "Member state changes decided, by role and new state",
         metrics.transitions.clone(),
     );
     registry.register(
@@ -174,6 +263,21 @@ pub async fn run(
         "members",
         "Members this monitor judges, by role and state",
         metrics.members.clone(),
+    );
+    registry.register(
+        "member_state",
+        "1 for the state each member is in (up, suspect, down), 0 for the others",
+        metrics.member_state.clone(),
+    );
+    registry.register(
+        "detector_value",
+        "Each member's failure-detector value now: missed heartbeat intervals (timeout) or phi",
+        metrics.detector_value.clone(),
+    );
+    registry.register(
+        "detector_threshold",
+        "The detector value at which each member is suspected",
+        metrics.detector_threshold.clone(),
     );
     let ready_client = client.clone();
     let admin = faultline_telemetry::admin::Admin {
@@ -259,7 +363,9 @@ pub async fn run(
                 for probe in table.due_probes(now) {
                     tokio::spawn(send_probe(client.clone(), probe, interval, probe_results.clone()));
                 }
-                table.tick(now)
+                let ticked = table.tick(now);
+                metrics.judge_members(&table.health(now));
+                ticked
             }
             Some((id, answer)) = probe_inbox.recv() => {
                 let mut changes: Vec<Change> = Vec::new();
@@ -275,7 +381,15 @@ pub async fn run(
                 continue;
             }
         };
-        metrics.transitions.inc_by(changes.len() as u64);
+        for change in &changes {
+            metrics
+                .transitions
+                .get_or_create(&TransitionLabels {
+                    role: change.role.as_str(),
+                    to: state_name(change.to),
+                })
+                .inc();
+        }
         if !changes.is_empty() {
             metrics.count_members(&table.view(0, &settings.id));
         }

@@ -1,9 +1,12 @@
-//! The health-monitor binary: parse settings, start logging, connect, run.
+//! The health-monitor binary: parse settings, start logging and tracing, connect, run, flush the last spans.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings: health_monitor::Settings = faultline_telemetry::settings::parse();
-    faultline_telemetry::init_logging("health-monitor", &settings.service.log);
+    let telemetry =
+        faultline_telemetry::init("health-monitor", &settings.id, &settings.service.telemetry);
     let nats = faultline_bus::connect(&settings.nats, &settings.id).await?;
-    health_monitor::run(nats, settings, faultline_telemetry::shutdown_signal()).await
+    let result = health_monitor::run(nats, settings, faultline_telemetry::shutdown_signal()).await;
+    telemetry.shutdown().await;
+    result
 }

@@ -25,8 +25,13 @@ use crate::retry_budget::RetryBudget;
 /// The answer to a pick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Picked {
-    /// Send the attempt to this worker.
-    Worker(MemberId),
+    /// Send the attempt to this worker, chosen by this strategy.
+    Worker {
+        /// The worker.
+        worker: MemberId,
+        /// The strategy that chose it.
+        strategy: StrategyKind,
+    },
     /// No worker is left to try.
     NoneLeft,
     /// Too few workers are healthy and the panic mode is fail-closed.
@@ -46,6 +51,8 @@ enum Command {
         id: MemberId,
         cost: Duration,
         failed: bool,
+        /// The attempt's span, where an ejection it causes is recorded.
+        span: tracing::Span,
     },
     Heartbeat(Heartbeat),
     MembershipView(MembershipView),
@@ -130,10 +137,18 @@ impl Dispatcher {
     }
 
     /// Reports the end of an attempt on `id`: what it cost (its latency,
-    /// or a penalty for a failure) and whether it failed.
-    pub async fn complete(&self, id: MemberId, cost: Duration, failed: bool) {
+    /// or a penalty for a failure) and whether it failed. An ejection it
+    /// causes is recorded as a span inside `span`, the attempt's.
+    pub async fn complete(&self, id: MemberId, cost: Duration, failed: bool, span: tracing::Span) {
         // Losing this at shutdown is harmless.
-        let _ = self.send(Command::Complete { id, cost, failed }).await;
+        let _ = self
+            .send(Command::Complete {
+                id,
+                cost,
+                failed,
+                span,
+            })
+            .await;
     }
 
     /// Feeds the health-monitor's latest view.
@@ -212,18 +227,26 @@ impl State {
             } => {
                 let _ = reply.send(self.pick(key.as_deref(), excluded, retry));
             }
-            Command::Complete { id, cost, failed } => {
+            Command::Complete {
+                id,
+                cost,
+                failed,
+                span,
+            } => {
                 self.balancer.complete(&id, Some(cost));
                 if failed {
                     let workers = self.balancer.members().len();
                     if let Some(ejection) = self.outliers.failure(&id, Instant::now(), workers) {
-                        tracing::warn!(
+                        // In the trace of the call whose failure tipped it.
+                        tracing::info_span!(
+                            parent: &span,
+                            "lb.ejection",
                             worker = %ejection.worker,
                             seconds = ejection.duration.as_secs_f64(),
                             times = ejection.times,
-                            "Ejected a failing worker."
-                        );
-                        self.metrics.ejection();
+                        )
+                        .in_scope(|| tracing::warn!(worker = %ejection.worker, "Ejected a failing worker."));
+                        self.metrics.ejection(&ejection.worker);
                     }
                 } else {
                     self.outliers.success(&id);
@@ -292,12 +315,16 @@ impl State {
                 excluded.extend(ejected.into_iter().map(MemberId::from));
             }
         }
+        let strategy = self.balancer.strategy();
         self.balancer
             .pick(&PickRequest {
                 key,
                 excluded: &excluded,
             })
-            .map_or(Picked::NoneLeft, Picked::Worker)
+            .map_or(Picked::NoneLeft, |worker| Picked::Worker {
+                worker,
+                strategy,
+            })
     }
 
     fn apply(&mut self, changes: impl IntoIterator<Item = Change>) {
@@ -306,6 +333,7 @@ impl State {
                 Change::Upsert { id, weight } => {
                     if !self.balancer.members().iter().any(|m| *m.id == *id) {
                         tracing::info!(worker = %id, weight, "Worker joined the rotation.");
+                        self.metrics.worker_joined(&id);
                     }
                     self.balancer.upsert(&id, weight);
                 }

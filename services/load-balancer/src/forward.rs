@@ -18,6 +18,13 @@
 //! A failed attempt is reported as costing its whole time slice: failures
 //! count as load, so a worker that fails fast does not look fast to
 //! least-loaded.
+//!
+//! Traces: the call is one `lb.call` span, a child of the gateway's;
+//! each attempt is an `lb.attempt` span beneath it that names the
+//! balancing decision (strategy, worker, attempt number, whether it is a
+//! retry) and parents the worker's span; the pause before a retry is an
+//! `lb.backoff` span, and an ejection the attempt causes is an
+//! `lb.ejection` span inside it ([`crate::dispatcher`]).
 
 use std::time::{Duration, Instant};
 
@@ -25,8 +32,9 @@ use async_nats::{Client, HeaderMap, Message, Request, RequestErrorKind};
 use bytes::Bytes;
 use faultline_balancing::MemberId;
 use faultline_protocol::headers as h;
-use faultline_protocol::trace::TraceParent;
 use faultline_protocol::{ErrorBody, Outcome, subjects};
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::dispatcher::{Dispatcher, Picked};
 use crate::metrics::Metrics;
@@ -64,14 +72,35 @@ pub async fn serve(
     let Some(reply_to) = message.reply.clone() else {
         return;
     };
-    let (result, attempts) = forward(client, dispatcher, metrics, policy, &message).await;
-    metrics.call(result.outcome);
+    let span = tracing::info_span!(
+        "lb.call",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        messaging.system = "nats",
+        request_id = faultline_bus::headers::get(message.headers.as_ref(), h::REQUEST_ID),
+        attempts = Empty,
+        outcome = Empty,
+        worker = Empty,
+    );
+    faultline_bus::trace_context::continue_from(&span, message.headers.as_ref());
+    let started = Instant::now();
+    let (result, attempts) = forward(client, dispatcher, metrics, policy, &message)
+        .instrument(span.clone())
+        .await;
+    metrics.call(result.outcome, started.elapsed());
+    span.record("attempts", attempts);
+    span.record("outcome", result.outcome.as_str());
+    if result.outcome != Outcome::Ok {
+        span.record("otel.status_code", "ERROR");
+    }
     let mut headers = HeaderMap::new();
     headers.insert(h::OUTCOME, result.outcome.as_str());
     headers.insert(h::ATTEMPTS, attempts.to_string());
     if let Some(worker) = &result.worker {
+        span.record("worker", &**worker);
         headers.insert(h::WORKER, &**worker);
     }
+    faultline_bus::trace_context::inject(&span, &mut headers);
     if let Err(error) = client
         .publish_with_headers(reply_to, headers, result.body)
         .await
@@ -98,8 +127,6 @@ async fn forward(
     let key = faultline_bus::headers::get(incoming, h::ROUTING_KEY)
         .map(|k| Bytes::copy_from_slice(k.as_bytes()));
     let request_id = faultline_bus::headers::get(incoming, h::REQUEST_ID);
-    let trace = faultline_bus::headers::get(incoming, h::TRACEPARENT)
-        .and_then(|v| v.parse::<TraceParent>().ok());
 
     let mut tried: Vec<MemberId> = Vec::new();
     let mut last = Final {
@@ -119,7 +146,16 @@ async fn forward(
                 policy.backoff_cap,
             );
             let remaining = deadline.saturating_duration_since(Instant::now());
-            tokio::time::sleep(pause.min(remaining / 2)).await;
+            let pause = pause.min(remaining / 2);
+            metrics.retry(last.outcome);
+            tokio::time::sleep(pause)
+                .instrument(tracing::info_span!(
+                    "lb.backoff",
+                    attempt,
+                    pause_ms = pause.as_secs_f64() * 1000.0,
+                    after = last.outcome.as_str(),
+                ))
+                .await;
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let attempts_left = policy.max_attempts - attempt + 1;
@@ -139,8 +175,35 @@ async fn forward(
             };
             return (last, attempt - 1);
         };
-        let worker = match dispatcher.pick(key.clone(), tried.clone(), retry).await {
-            Ok(Picked::Worker(worker)) => worker,
+        let attempt_span = tracing::info_span!(
+            "lb.attempt",
+            otel.kind = "client",
+            otel.status_code = Empty,
+            messaging.system = "nats",
+            attempt,
+            retry,
+            timeout_ms = u64::try_from(slice.as_millis()).unwrap_or(u64::MAX),
+            balancing.strategy = Empty,
+            balancing.excluded = tried.len(),
+            worker = Empty,
+            outcome = Empty,
+        );
+        let picked = dispatcher
+            .pick(key.clone(), tried.clone(), retry)
+            .instrument(attempt_span.clone())
+            .await;
+        let not_sent = match &picked {
+            Ok(Picked::Worker { .. }) => None,
+            Ok(Picked::NoneLeft) => Some("no_worker_left"),
+            Ok(Picked::PanicClosed) => Some("panic_closed"),
+            Ok(Picked::BudgetSpent) => Some("retry_budget_spent"),
+            Err(_) => Some("stopping"),
+        };
+        if let Some(why) = not_sent {
+            attempt_span.record("outcome", why);
+        }
+        let (worker, strategy) = match picked {
+            Ok(Picked::Worker { worker, strategy }) => (worker, strategy),
             Ok(Picked::PanicClosed) => {
                 let body = error_body(
                     "no_healthy_worker",
@@ -160,14 +223,14 @@ async fn forward(
             Ok(Picked::NoneLeft | Picked::BudgetSpent) | Err(_) => return (last, attempt - 1),
         };
 
+        attempt_span.record("balancing.strategy", strategy.as_str());
+        attempt_span.record("worker", &*worker);
         let mut headers = HeaderMap::new();
         headers.insert(h::TIMEOUT_MS, h::format_timeout(slice));
         if let Some(id) = request_id {
             headers.insert(h::REQUEST_ID, id);
         }
-        if let Some(trace) = trace {
-            headers.insert(h::TRACEPARENT, trace.child(rand::random()).to_string());
-        }
+        faultline_bus::trace_context::inject(&attempt_span, &mut headers);
         let sent = Instant::now();
         let response = client
             .send_request(
@@ -177,6 +240,7 @@ async fn forward(
                     .payload(message.payload.clone())
                     .timeout(Some(slice)),
             )
+            .instrument(attempt_span.clone())
             .await;
         let outcome = match &response {
             Ok(reply) => faultline_bus::headers::outcome(reply.headers.as_ref()),
@@ -189,8 +253,14 @@ async fn forward(
         let elapsed = sent.elapsed();
         let failed = matches!(outcome, Outcome::Retryable | Outcome::TimedOut);
         let cost = if failed { slice } else { elapsed };
-        dispatcher.complete(worker.clone(), cost, failed).await;
-        metrics.attempt(&worker, outcome, elapsed);
+        attempt_span.record("outcome", outcome.as_str());
+        if outcome != Outcome::Ok {
+            attempt_span.record("otel.status_code", "ERROR");
+        }
+        dispatcher
+            .complete(worker.clone(), cost, failed, attempt_span.clone())
+            .await;
+        metrics.attempt(&worker, strategy, outcome, elapsed);
         last = match response {
             Ok(reply) => Final {
                 outcome,
@@ -198,7 +268,9 @@ async fn forward(
                 body: reply.payload,
             },
             Err(error) => {
-                tracing::debug!(worker = %worker, attempt, %error, "Attempt failed.");
+                attempt_span.in_scope(|| {
+                    tracing::debug!(worker = %worker, attempt, %error, "Attempt failed.");
+                });
                 let body = match error.kind() {
                     RequestErrorKind::NoResponders => {
                         error_body("worker_unreachable", "the chosen worker is not listening")

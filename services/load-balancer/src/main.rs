@@ -1,9 +1,12 @@
-//! The load-balancer binary: parse settings, start logging, connect, run.
+//! The load-balancer binary: parse settings, start logging and tracing, connect, run, flush the last spans.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings: load_balancer::Settings = faultline_telemetry::settings::parse();
-    faultline_telemetry::init_logging("load-balancer", &settings.service.log);
+    let telemetry =
+        faultline_telemetry::init("load-balancer", &settings.id, &settings.service.telemetry);
     let nats = faultline_bus::connect(&settings.nats, &settings.id).await?;
-    load_balancer::run(nats, settings, faultline_telemetry::shutdown_signal()).await
+    let result = load_balancer::run(nats, settings, faultline_telemetry::shutdown_signal()).await;
+    telemetry.shutdown().await;
+    result
 }

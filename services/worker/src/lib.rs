@@ -20,7 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod faults;
-mod metrics;
+pub(crate) mod metrics;
 pub mod operations;
 pub mod participant;
 
@@ -37,6 +37,8 @@ use faultline_protocol::call::OperationKind;
 use faultline_protocol::cluster::{FaultSpec, Role};
 use faultline_protocol::{CallRequest, ErrorBody, Outcome, subjects};
 use futures::StreamExt as _;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::faults::Faults;
 use crate::metrics::Metrics;
@@ -137,6 +139,7 @@ pub async fn run(
         settings.id.clone(),
         settings.participant.clone(),
         settings.nats.replicas,
+        worker.metrics.clone(),
     );
 
     // Fault injection has its own task: a worker saturated with calls must
@@ -172,23 +175,51 @@ pub async fn run(
 }
 
 impl Worker {
-    /// Serves one call and replies, unless the caller's deadline passed.
+    /// Serves one call in a `worker.call` span, a child of the span that
+    /// sent it (a load-balancer's attempt).
     async fn serve(&self, message: async_nats::Message) {
+        let span = tracing::info_span!(
+            "worker.call",
+            otel.kind = "server",
+            otel.status_code = Empty,
+            messaging.system = "nats",
+            messaging.destination.name = message.subject.as_str(),
+            op = Empty,
+            outcome = Empty,
+            injected_latency_ms = Empty,
+        );
+        faultline_bus::trace_context::continue_from(&span, message.headers.as_ref());
+        self.answer_call(message).instrument(span).await;
+    }
+
+    /// Answers one call, unless the caller's deadline passed.
+    async fn answer_call(&self, message: async_nats::Message) {
         let Some(reply) = message.reply.clone() else {
             return; // Nobody to answer: a call is always a request.
         };
+        let started = tokio::time::Instant::now();
         let deadline = faultline_bus::headers::timeout(message.headers.as_ref())
-            .map(|budget| tokio::time::Instant::now() + budget);
+            .map(|budget| started + budget);
         let work = self.execute(&message.payload, deadline);
         let answer = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok().flatten(),
             None => work.await,
         };
+        let span = tracing::Span::current();
         let Some((outcome, body, op)) = answer else {
-            self.metrics.call(None, Outcome::TimedOut);
+            span.record("outcome", "deadline_passed");
+            self.metrics
+                .call(None, Outcome::TimedOut, started.elapsed());
             return; // The caller has given up; a reply would be dropped.
         };
-        self.metrics.call(op, outcome);
+        span.record("outcome", outcome.as_str());
+        if let Some(op) = op {
+            span.record("op", op.as_str());
+        }
+        if outcome != Outcome::Ok {
+            span.record("otel.status_code", "ERROR");
+        }
+        self.metrics.call(op, outcome, started.elapsed());
         let headers = faultline_bus::headers::reply(outcome, &self.id);
         if let Err(error) = self.client.publish_with_headers(reply, headers, body).await {
             tracing::warn!(%error, "Cannot send a reply.");
@@ -213,6 +244,7 @@ impl Worker {
         let kind = Some(call.operation.kind());
         let injected = self.faults.get();
         if injected.latency_ms > 0 {
+            tracing::Span::current().record("injected_latency_ms", injected.latency_ms);
             tokio::time::sleep(Duration::from_millis(injected.latency_ms)).await;
         }
         if self.faults.should_fail(injected) {

@@ -1,10 +1,14 @@
 //! The worker's Prometheus metrics.
 
+use std::time::Duration;
+
 use faultline_protocol::Outcome;
 use faultline_protocol::call::OperationKind;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -13,29 +17,92 @@ struct CallLabels {
     outcome: &'static str,
 }
 
-/// Counters the call tasks update.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    request: &'static str,
+    reply: &'static str,
+}
+
+/// What the call tasks and the participant record.
 #[derive(Debug, Clone)]
 pub(crate) struct Metrics {
     calls: Family<CallLabels, Counter>,
+    duration: Family<OpLabels, Histogram>,
+    shard_requests: Family<ShardLabels, Counter>,
+    shards_owned: Gauge,
+    in_doubt: Gauge,
 }
 
 impl Metrics {
     pub(crate) fn register(registry: &mut Registry) -> Self {
-        let calls = Family::<CallLabels, Counter>::default();
+        let metrics = Metrics {
+            calls: Family::default(),
+            // 0.1 ms to about 13 s.
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+            }),
+            shard_requests: Family::default(),
+            shards_owned: Gauge::default(),
+            in_doubt: Gauge::default(),
+        };
         registry.register(
             "calls",
             "Calls answered, by operation and outcome",
-            calls.clone(),
+            metrics.calls.clone(),
         );
-        Metrics { calls }
+        registry.register(
+            "call_duration_seconds",
+            "Time to serve a call, injected latency included, by operation",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "shard_requests",
+            "Two-phase-commit and account requests answered as a shard owner, by request and reply",
+            metrics.shard_requests.clone(),
+        );
+        registry.register(
+            "shards_owned",
+            "Account shards this worker owns and serves",
+            metrics.shards_owned.clone(),
+        );
+        registry.register(
+            "in_doubt_branches",
+            "Prepared branches older than --in-doubt-after-ms at the last look (asking the coordinator)",
+            metrics.in_doubt.clone(),
+        );
+        metrics
     }
 
-    pub(crate) fn call(&self, op: Option<OperationKind>, outcome: Outcome) {
+    pub(crate) fn call(&self, op: Option<OperationKind>, outcome: Outcome, elapsed: Duration) {
+        let op = op.map_or("invalid", OperationKind::as_str);
         self.calls
             .get_or_create(&CallLabels {
-                op: op.map_or("invalid", OperationKind::as_str),
+                op,
                 outcome: outcome.as_str(),
             })
             .inc();
+        self.duration
+            .get_or_create(&OpLabels { op })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn shard_request(&self, request: &'static str, reply: &'static str) {
+        self.shard_requests
+            .get_or_create(&ShardLabels { request, reply })
+            .inc();
+    }
+
+    pub(crate) fn shards_owned(&self, count: usize) {
+        self.shards_owned
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn in_doubt_branches(&self, count: usize) {
+        self.in_doubt.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 }

@@ -25,11 +25,13 @@ pub fn outcome(headers: Option<&HeaderMap>) -> Outcome {
         .unwrap_or(Outcome::Failed)
 }
 
-/// Headers for a reply with `outcome` from `worker`.
+/// Headers for a reply with `outcome` from `worker`, with the trace
+/// context of the span that answers.
 pub fn reply(outcome: Outcome, worker: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(h::OUTCOME, outcome.as_str());
     headers.insert(h::WORKER, worker);
+    crate::trace_context::inject_current(&mut headers);
     headers
 }
 

@@ -14,6 +14,7 @@
 //! - [`heartbeat`]: the periodic "I am alive" every member publishes.
 //! - [`kv_buckets`]: the JetStream KV buckets (balancer settings, membership).
 //! - [`membership_watch`]: following the health-monitors' membership view.
+//! - [`trace_context`]: W3C trace context in message headers, both ways.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
@@ -22,6 +23,7 @@ pub mod heartbeat;
 pub mod in_flight;
 pub mod kv_buckets;
 pub mod membership_watch;
+pub mod trace_context;
 
 use std::time::Duration;
 

@@ -230,6 +230,27 @@ pub enum ShardRequest {
 }
 
 impl ShardRequest {
+    /// The request's kind, as span names and metric labels use it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ShardRequest::Prepare { .. } => "prepare",
+            ShardRequest::Commit { .. } => "commit",
+            ShardRequest::Abort { .. } => "abort",
+            ShardRequest::OpenAccount(_) => "open_account",
+            ShardRequest::ReadAccount { .. } => "read_account",
+        }
+    }
+
+    /// The global transaction it is part of, if any.
+    pub fn xid(&self) -> Option<Uuid> {
+        match self {
+            ShardRequest::Prepare { xid, .. }
+            | ShardRequest::Commit { xid, .. }
+            | ShardRequest::Abort { xid, .. } => Some(*xid),
+            ShardRequest::OpenAccount(_) | ShardRequest::ReadAccount { .. } => None,
+        }
+    }
+
     /// Checks what a shard owner must not trust blindly (the request came
     /// over the bus, from any client): legs that are real amounts on valid
     /// ids, tokens and balances that fit the database's `bigint`.
@@ -306,6 +327,21 @@ pub enum ShardReply {
         /// What failed.
         message: String,
     },
+}
+
+impl ShardReply {
+    /// The reply's kind, as span fields and metric labels use it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ShardReply::Prepared => "prepared",
+            ShardReply::Acknowledged => "acknowledged",
+            ShardReply::Account(_) => "account",
+            ShardReply::Refused(_) => "refused",
+            ShardReply::StaleToken { .. } => "stale_token",
+            ShardReply::NotOwner => "not_owner",
+            ShardReply::Unavailable { .. } => "unavailable",
+        }
+    }
 }
 
 /// A participant's question about a branch it prepared and heard nothing

@@ -17,8 +17,6 @@ pub const TIMEOUT_MS: &str = "Faultline-Timeout-Ms";
 /// The longest one attempt may take, in whole milliseconds, when the caller
 /// set it; otherwise each attempt gets an equal share of the time left.
 pub const ATTEMPT_TIMEOUT_MS: &str = "Faultline-Attempt-Timeout-Ms";
-/// W3C trace context, see [`crate::trace`].
-pub const TRACEPARENT: &str = "traceparent";
 /// The routing key for consistent hashing (absent: no affinity).
 pub const ROUTING_KEY: &str = "Faultline-Key";
 /// `true` when the call may safely run twice, so it may be retried after a

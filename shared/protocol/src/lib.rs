@@ -3,8 +3,10 @@
 //!
 //! - [`subjects`] names every NATS subject, queue group and KV key, so a
 //!   grep for one subject finds every publisher and subscriber.
-//! - [`headers`] names the message headers (request id, deadline, trace
-//!   context, routing key, outcome) and parses them.
+//! - [`headers`] names the message headers (request id, deadline, routing
+//!   key, outcome) and parses them. Trace context travels in W3C's own
+//!   `traceparent` header, written and read by OpenTelemetry's propagator
+//!   (`faultline_bus::trace_context`).
 //! - [`call`] is the balanced call: what a client asks a worker to do, with
 //!   validation that names the offending field.
 //! - [`outcome`] is the typed result of one attempt (ok, definite failure,
@@ -32,7 +34,6 @@ pub mod headers;
 pub mod membership;
 pub mod outcome;
 pub mod subjects;
-pub mod trace;
 
 pub use call::{CallRequest, Operation};
 pub use error::{ErrorBody, InputError};

@@ -34,6 +34,9 @@ pub struct ClusterSpec {
     /// Start NATS with the deployment's users and permissions
     /// (`infra/nats/auth.conf`), each service connecting as its role.
     pub nats_auth: bool,
+    /// Environment variables for every service (an OTLP endpoint, a log
+    /// format...).
+    pub env: Vec<(String, String)>,
 }
 
 /// The two-phase-commit part of a cluster.
@@ -79,6 +82,7 @@ impl Default for ClusterSpec {
             monitor_args: Vec::new(),
             bank: None,
             nats_auth: false,
+            env: Vec::new(),
         }
     }
 }
@@ -151,6 +155,12 @@ impl Cluster {
                 spec.heartbeat_interval_ms.to_string(),
             ]
         };
+        // Each role's NATS credentials, and what the spec adds for all.
+        let env = |role: &str| {
+            let mut env = nats.credentials(role);
+            env.extend(spec.env.iter().cloned());
+            env
+        };
         let mut other_admin = Vec::new();
         let mut workers = Vec::new();
         for (i, weight) in spec.worker_weights.iter().enumerate() {
@@ -172,7 +182,7 @@ impl Cluster {
                 &id,
                 "worker",
                 &args,
-                &nats.credentials("worker"),
+                &env("worker"),
                 logs.clone(),
             )?);
         }
@@ -192,7 +202,7 @@ impl Cluster {
                 &id,
                 "load-balancer",
                 &args,
-                &nats.credentials("load-balancer"),
+                &env("load-balancer"),
                 logs.clone(),
             )?);
             load_balancer_admin.push(format!("http://127.0.0.1:{port}"));
@@ -209,7 +219,7 @@ impl Cluster {
                 &id,
                 "health-monitor",
                 &args,
-                &nats.credentials("health-monitor"),
+                &env("health-monitor"),
                 logs.clone(),
             )?);
         }
@@ -234,7 +244,7 @@ impl Cluster {
                     &id,
                     "coordinator",
                     &args,
-                    &nats.credentials("coordinator"),
+                    &env("coordinator"),
                     logs.clone(),
                 )?);
                 coordinator_admin.push(format!("http://127.0.0.1:{port}"));
@@ -262,13 +272,7 @@ impl Cluster {
             ]);
         }
         let gateway = Gateway {
-            service: Service::start(
-                "gateway",
-                "gateway",
-                &args,
-                &nats.credentials("gateway"),
-                logs.clone(),
-            )?,
+            service: Service::start("gateway", "gateway", &args, &env("gateway"), logs.clone())?,
             url: format!("http://127.0.0.1:{http_port}"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))

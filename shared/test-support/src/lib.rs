@@ -10,6 +10,8 @@
 //!   waited for until every load-balancer routes to every worker.
 //! - [`database`]: a private PostgreSQL database and Redis key prefix per
 //!   test, for the two-phase-commit services.
+//! - [`otlp`]: an OTLP/HTTP trace receiver on loopback, where the
+//!   services' spans arrive as they would at the collector.
 //! - [`eventually`]: poll a condition with a deadline instead of sleeping
 //!   and hoping.
 //!
@@ -20,6 +22,7 @@
 
 mod cluster;
 pub mod database;
+pub mod otlp;
 mod process;
 
 pub use cluster::{BankSpec, Cluster, ClusterSpec, Gateway};

@@ -299,6 +299,7 @@ impl Service {
             // test: a worker given no database must not find one.
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",

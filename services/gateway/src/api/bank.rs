@@ -120,17 +120,29 @@ pub async fn in_doubt(state: web::Data<AppState>) -> Result<HttpResponse, ApiErr
 
 /// Asks the active coordinator; "no responders" (no coordinator active,
 /// say during a takeover) is retried for a moment before giving up.
+#[tracing::instrument(
+    name = "gateway.coordinator",
+    skip_all,
+    fields(otel.kind = "client", messaging.destination.name = subject)
+)]
 async fn ask_coordinator(
     state: &AppState,
     subject: &'static str,
     body: &impl serde::Serialize,
 ) -> Result<CoordinatorReply, ApiError> {
     let payload = bytes::Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+    let headers = traced_headers();
     let deadline = Instant::now() + state.transfer_timeout;
     let mut attempt = 0usize;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let answer = tokio::time::timeout(left, state.nats.request(subject, payload.clone())).await;
+        let answer = tokio::time::timeout(
+            left,
+            state
+                .nats
+                .request_with_headers(subject, headers.clone(), payload.clone()),
+        )
+        .await;
         match answer {
             Ok(Ok(message)) => {
                 return serde_json::from_slice(&message.payload).map_err(|error| {
@@ -154,6 +166,7 @@ async fn ask_coordinator(
 /// between owners, or its database is briefly unreachable. A request that
 /// went unanswered may have been carried out, so it is sent again only if
 /// `repeatable` (a read); a write answers "outcome unknown" instead.
+#[tracing::instrument(name = "gateway.shard", skip_all, fields(otel.kind = "client", shard = shard))]
 async fn ask_shard(
     state: &AppState,
     shard: u32,
@@ -161,6 +174,7 @@ async fn ask_shard(
     repeatable: bool,
 ) -> Result<ShardReply, ApiError> {
     let payload = bytes::Bytes::from(serde_json::to_vec(request).unwrap_or_default());
+    let headers = traced_headers();
     let deadline = Instant::now() + state.transfer_timeout;
     let mut attempt = 0usize;
     let mut last = String::from("no worker owns the shard");
@@ -171,7 +185,11 @@ async fn ask_shard(
         }
         let answer = tokio::time::timeout(
             left.min(Duration::from_secs(1)),
-            state.nats.request(subjects::shard(shard), payload.clone()),
+            state.nats.request_with_headers(
+                subjects::shard(shard),
+                headers.clone(),
+                payload.clone(),
+            ),
         )
         .await;
         match answer {
@@ -195,6 +213,13 @@ async fn ask_shard(
         tokio::time::sleep(faultline_bus::reconnect_delay(attempt).min(left)).await;
         attempt += 1;
     }
+}
+
+/// Headers carrying the current span's trace context.
+fn traced_headers() -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    faultline_bus::trace_context::inject_current(&mut headers);
+    headers
 }
 
 /// A shard's definite refusal as an HTTP error.

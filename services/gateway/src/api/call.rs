@@ -16,8 +16,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use async_nats::{HeaderMap, Request, RequestErrorKind};
 use bytes::{BufMut as _, Bytes, BytesMut};
 use faultline_protocol::headers as h;
-use faultline_protocol::trace::TraceParent;
 use faultline_protocol::{CallRequest, Outcome, subjects};
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use super::error::ApiError;
 use crate::AppState;
@@ -38,13 +39,12 @@ pub async fn call(
     let body = super::body::read(&request, payload, state.max_body_bytes).await?;
     let call = CallRequest::parse(&body)?;
     let request_id = request_id(&request);
-    let trace = incoming_trace(&request);
+    tracing::Span::current().record("request_id", request_id.as_str());
     let idempotent = call.operation.is_idempotent();
     let deadline = Instant::now() + call.timeout;
 
     let mut headers = HeaderMap::new();
     headers.insert(h::REQUEST_ID, request_id.as_str());
-    headers.insert(h::TRACEPARENT, trace.child(rand::random()).to_string());
     headers.insert(h::IDEMPOTENT, if idempotent { "true" } else { "false" });
     if let Some(key) = &call.key {
         headers.insert(h::ROUTING_KEY, key.as_str());
@@ -72,6 +72,17 @@ pub async fn call(
         // "deadline exceeded") arrives before we give up on it.
         let margin = (slice / 10).min(MAX_MARGIN);
         headers.insert(h::TIMEOUT_MS, h::format_timeout(slice - margin));
+        // One client span per try: a try that a dead replica swallowed
+        // shows as its own span, timed out, beside the one that answered.
+        let try_span = tracing::info_span!(
+            "gateway.forward",
+            otel.kind = "client",
+            messaging.system = "nats",
+            messaging.destination.name = subjects::LB_CALL,
+            try_number,
+            outcome = Empty,
+        );
+        faultline_bus::trace_context::inject(&try_span, &mut headers);
         let response = state
             .nats
             .send_request(
@@ -81,6 +92,7 @@ pub async fn call(
                     .payload(body.clone())
                     .timeout(Some(slice)),
             )
+            .instrument(try_span.clone())
             .await;
         match response {
             Ok(reply) => {
@@ -94,6 +106,7 @@ pub async fn call(
                     .filter(|w| subjects::is_valid_member_id(w))
                     .unwrap_or("none");
                 state.metrics.served_by(worker, outcome);
+                try_span.record("outcome", outcome.as_str());
                 return match outcome {
                     Outcome::Ok => Ok(HttpResponse::Ok()
                         .content_type("application/json")
@@ -117,7 +130,13 @@ pub async fn call(
                     RequestErrorKind::TimedOut => ApiError::DeadlineExceeded,
                     _ => ApiError::NoLoadBalancer,
                 };
-                tracing::warn!(request_id, try_number, %error, "A load-balancer did not answer.");
+                try_span.record("outcome", "no_answer");
+                if try_number < max_tries {
+                    state.metrics.lb_retry();
+                }
+                try_span.in_scope(|| {
+                    tracing::warn!(request_id, try_number, %error, "A load-balancer did not answer.");
+                });
             }
         }
     }
@@ -166,16 +185,6 @@ fn request_id(request: &HttpRequest) -> String {
         })
         .map(str::to_owned)
         .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
-}
-
-/// The client's trace context, or a new trace.
-fn incoming_trace(request: &HttpRequest) -> TraceParent {
-    request
-        .headers()
-        .get(h::TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| TraceParent::new_root(rand::random(), rand::random()))
 }
 
 #[cfg(test)]

@@ -44,6 +44,10 @@ use futures::StreamExt as _;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+use tracing::field::Empty;
+
+use crate::metrics::Metrics;
 
 use store::{Op, ShardWrite, ShardWriter};
 
@@ -80,14 +84,16 @@ struct Participant {
     store: GroupCommit<ShardWriter>,
     /// Shards served now, with the epoch they were claimed under.
     owned: RwLock<BTreeMap<u32, i64>>,
+    metrics: Metrics,
 }
 
 /// Starts the participant if a database is configured; runs until aborted.
-pub fn spawn(
+pub(crate) fn spawn(
     client: Client,
     worker_id: String,
     args: ParticipantArgs,
     bucket_replicas: u8,
+    metrics: Metrics,
 ) -> Option<JoinHandle<()>> {
     let url = args.database.url.clone()?;
     Some(tokio::spawn(async move {
@@ -120,6 +126,7 @@ pub fn spawn(
             shards: args.shards,
             store,
             owned: RwLock::new(BTreeMap::new()),
+            metrics,
         });
         tracing::info!(
             shards = args.shards,
@@ -183,31 +190,61 @@ impl Participant {
                 Some(epoch) => owned.insert(shard, epoch),
                 None => owned.remove(&shard),
             };
+            self.metrics.shards_owned(owned.len());
         }
     }
 
-    /// Answers one message on a shard's subject.
+    /// Answers one message on a shard's subject, in a `shard.<kind>` span
+    /// that continues the sender's trace (the coordinator's prepare or
+    /// phase two, or the gateway's account request).
     async fn handle(&self, shard: u32, message: async_nats::Message) {
         let Some(reply_to) = message.reply.clone() else {
             return;
         };
+        let span = tracing::info_span!(
+            "shard.request",
+            otel.name = "shard.request",
+            otel.kind = "server",
+            otel.status_code = Empty,
+            messaging.system = "nats",
+            shard,
+            xid = Empty,
+            reply = Empty,
+        );
+        faultline_bus::trace_context::continue_from(&span, message.headers.as_ref());
         let request = serde_json::from_slice::<ShardRequest>(&message.payload)
             .map_err(|error| error.to_string())
             .and_then(|request| match request.validate() {
                 Ok(()) => Ok(request),
                 Err(error) => Err(error.to_string()),
             });
+        let kind = request.as_ref().map_or("invalid", ShardRequest::kind);
+        span.record("otel.name", format!("shard.{kind}"));
+        if let Some(xid) = request.as_ref().ok().and_then(ShardRequest::xid) {
+            span.record("xid", tracing::field::display(xid));
+        }
         let reply = match request {
-            Ok(request) => self.answer(shard, request).await,
+            Ok(request) => self.answer(shard, request).instrument(span.clone()).await,
             Err(message) => ShardReply::Refused(AbortReason {
                 code: "invalid_request".into(),
                 message,
                 field: None,
             }),
         };
+        span.record("reply", reply.kind());
+        if matches!(reply, ShardReply::Unavailable { .. }) {
+            span.record("otel.status_code", "ERROR");
+        }
+        self.metrics.shard_request(kind, reply.kind());
+        let mut headers = async_nats::HeaderMap::new();
+        faultline_bus::trace_context::inject(&span, &mut headers);
         let body = serde_json::to_vec(&reply).unwrap_or_default();
-        if let Err(error) = self.client.publish(reply_to, body.into()).await {
-            tracing::warn!(%error, "Cannot answer a shard request.");
+        if let Err(error) = self
+            .client
+            .publish_with_headers(reply_to, headers, body.into())
+            .await
+        {
+            span.in_scope(|| tracing::warn!(%error, "Cannot answer a shard request."));
         }
     }
 
@@ -418,6 +455,7 @@ async fn resolve_in_doubt(participant: Arc<Participant>, after: Duration) {
                 continue;
             }
         };
+        participant.metrics.in_doubt_branches(branches.len());
         // Ask about many at once: one slow answer must not hold up the rest.
         futures::stream::iter(branches)
             .for_each_concurrent(32, |(xid, shard)| {
@@ -429,13 +467,30 @@ async fn resolve_in_doubt(participant: Arc<Participant>, after: Duration) {
 }
 
 impl Participant {
-    /// Asks about one in-doubt branch and applies the answer, if any.
+    /// Asks about one in-doubt branch and applies the answer, if any. Each
+    /// question is a trace of its own, `shard.resolve_in_doubt`, whose
+    /// child is the coordinator's answer.
+    #[tracing::instrument(
+        name = "shard.resolve_in_doubt",
+        skip(self),
+        fields(%xid, shard, answer = Empty)
+    )]
     async fn resolve(&self, xid: uuid::Uuid, shard: u32) {
-        let (token, commit) = match ask_coordinator(&self.client, xid).await {
+        let answer = ask_coordinator(&self.client, xid).await;
+        let span = tracing::Span::current();
+        let (token, commit) = match answer {
             Some(StatusAnswer::Commit { token }) => (token, true),
             Some(StatusAnswer::Abort { token }) => (token, false),
-            Some(StatusAnswer::Pending) | None => return,
+            Some(StatusAnswer::Pending) => {
+                span.record("answer", "pending");
+                return;
+            }
+            None => {
+                span.record("answer", "none");
+                return;
+            }
         };
+        span.record("answer", if commit { "commit" } else { "abort" });
         let reply = self.write(shard, Op::Decide { xid, token, commit }).await;
         tracing::info!(%xid, shard, commit, ?reply, "Resolved an in-doubt branch.");
     }
@@ -443,9 +498,11 @@ impl Participant {
 
 async fn ask_coordinator(client: &Client, xid: uuid::Uuid) -> Option<StatusAnswer> {
     let query = serde_json::to_vec(&StatusQuery { xid }).ok()?;
+    let mut headers = async_nats::HeaderMap::new();
+    faultline_bus::trace_context::inject_current(&mut headers);
     let answer = tokio::time::timeout(
         Duration::from_secs(1),
-        client.request(subjects::COORDINATOR_STATUS, query.into()),
+        client.request_with_headers(subjects::COORDINATOR_STATUS, headers, query.into()),
     )
     .await
     .ok()?

@@ -8,6 +8,7 @@ mod deployment;
 mod health_monitor;
 mod load_balancer_failover;
 mod nats_permissions;
+mod observability;
 mod run_command;
 mod runtime_changes;
 mod two_phase_commit;
