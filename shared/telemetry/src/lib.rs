@@ -132,15 +132,15 @@ fn subscriber<W>(
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let log_filter =
-        EnvFilter::try_new(&args.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    // The logs have ids of their own; the spans' busy and idle times and
-    // thread names would cost a clock read at every poll.
+    // The spans' busy and idle times and thread names would cost a clock
+    // read at every poll; the trace shows the time each span took.
     let spans = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("faultline"))
         .with_tracked_inactivity(false)
         .with_threads(false)
         .with_filter(EnvFilter::new(TRACE_FILTER));
+    let log_filter =
+        EnvFilter::try_new(&args.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let base = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_ansi(false);
@@ -261,8 +261,40 @@ mod tests {
         assert_eq!(inside["message"], "inside");
         assert_eq!(inside["trace_id"], trace_id.as_str());
         assert_eq!(inside["span_id"], span_id.as_str());
-        assert_eq!(inside["span"]["job"], 7);
+        assert_eq!(inside["span"]["job"], 7, "the span's fields too");
         assert_eq!(trace_id.len(), 32);
+    }
+
+    /// Whether a new trace's first span is sampled, and has valid ids,
+    /// with tracing set up from `flags`.
+    fn new_trace_sampled(flags: &[&str]) -> (bool, bool) {
+        let args =
+            Sample::parse_from(std::iter::once("sample").chain(flags.iter().copied())).telemetry;
+        let provider = traces::provider("test", "test-1", &args.trace).expect("provider");
+        let sampled = tracing::subscriber::with_default(
+            subscriber(&provider, &args, Lines::default()),
+            || {
+                let context = tracing::info_span!("work").context();
+                let span = context.span();
+                let ids = span.span_context();
+                (ids.is_sampled(), ids.is_valid())
+            },
+        );
+        let _ = provider.shutdown();
+        sampled
+    }
+
+    #[test]
+    fn new_traces_are_recorded_only_when_spans_go_somewhere() {
+        // No exporter: ids for propagation and logs, nothing recorded.
+        assert_eq!(new_trace_sampled(&[]), (false, true));
+        // An exporter (to a port where nothing listens: the spans are
+        // lost, which is no error): every trace recorded, or none at a
+        // ratio of 0.
+        let otlp = ["--otlp-endpoint", "http://127.0.0.1:1"];
+        assert_eq!(new_trace_sampled(&otlp), (true, true));
+        let none = [otlp[0], otlp[1], "--trace-sample-ratio", "0"];
+        assert_eq!(new_trace_sampled(&none), (false, true));
     }
 
     #[test]
