@@ -226,28 +226,40 @@ async fn a_retried_call_is_one_trace_from_the_gateway_through_the_load_balancer_
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_transfer_is_one_trace_through_the_coordinator_and_both_shards() {
-    let receiver = OtlpReceiver::start()
-        .await
-        .expect("the OTLP receiver starts");
+/// A bank cluster with `env` for every service, and two accounts on
+/// different shards: `<prefix>-from` with 100, and one with 0.
+async fn bank_with_two_shards(
+    env: Vec<(String, String)>,
+    prefix: &str,
+) -> (Cluster, String, String) {
     let cluster = Cluster::start(ClusterSpec {
         monitors: 1,
         bank: Some(BankSpec::default()),
-        env: receiver.env(),
+        env,
         ..ClusterSpec::default()
     })
     .await
     .expect("the cluster starts");
     let shard =
         |id: &str| faultline_transactions::sharding::shard_of(id, BankSpec::default().shards);
-    let from = "trace-from";
+    let from = format!("{prefix}-from");
     let to = (0..)
-        .map(|i| format!("trace-to-{i}"))
-        .find(|to| shard(to) != shard(from))
+        .map(|i| format!("{prefix}-to-{i}"))
+        .find(|to| shard(to) != shard(&from))
         .expect("an account on another shard");
-    crate::open_account(&cluster, from, 100).await;
+    crate::open_account(&cluster, &from, 100).await;
     crate::open_account(&cluster, &to, 0).await;
+    (cluster, from, to)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_is_one_trace_through_the_coordinator_and_both_shards() {
+    let receiver = OtlpReceiver::start()
+        .await
+        .expect("the OTLP receiver starts");
+    let (cluster, from, to) = bank_with_two_shards(receiver.env(), "trace").await;
+    let shard =
+        |id: &str| faultline_transactions::sharding::shard_of(id, BankSpec::default().shards);
 
     let (traceparent, trace_id, client_span) = new_traceparent();
     let (status, body) = cluster
@@ -297,7 +309,7 @@ async fn a_transfer_is_one_trace_through_the_coordinator_and_both_shards() {
     // Each shard: the coordinator's client span, and the owning worker's
     // span beneath it, for both phases.
     let expected_shards =
-        BTreeMap::from([(shard(from).to_string(), ()), (shard(&to).to_string(), ())]);
+        BTreeMap::from([(shard(&from).to_string(), ()), (shard(&to).to_string(), ())]);
     for (coordinator_side, parent_step, participant_side) in [
         ("2pc.prepare.shard", "2pc.prepare", "shard.prepare"),
         ("2pc.decision.shard", "2pc.phase_two", "shard.commit"),
@@ -493,31 +505,30 @@ async fn every_service_exports_prometheus_text_whose_counters_move_with_the_traf
         ),
         1.0
     );
-    for phase in ["begin", "prepare", "decide", "phase_two", "finish"] {
-        assert_eq!(
-            moved(
-                "faultline_coordinator_phase_duration_seconds",
-                &[("phase", phase)]
-            ),
-            1.0,
-            "{phase}"
-        );
+    // Phase two may run twice: a recovery sweep that finds the transfer
+    // decided and not yet marked finished sends the decision again (which
+    // is harmless; the shards answer it idempotently). The first three
+    // steps run once.
+    let phase = |phase| {
+        moved(
+            "faultline_coordinator_phase_duration_seconds",
+            &[("phase", phase)],
+        )
+    };
+    for once in ["begin", "prepare", "decide"] {
+        assert_eq!(phase(once), 1.0, "{once}");
     }
-    for request in ["prepare", "commit"] {
-        let reply = if request == "prepare" {
-            "prepared"
-        } else {
-            "acknowledged"
-        };
-        assert_eq!(
-            moved(
-                "faultline_worker_shard_requests",
-                &[("request", request), ("reply", reply)]
-            ),
-            2.0,
-            "{request}"
-        );
+    for at_least_once in ["phase_two", "finish"] {
+        assert!(phase(at_least_once) >= 1.0, "{at_least_once}");
     }
+    let shard_requests = |request, reply| {
+        moved(
+            "faultline_worker_shard_requests",
+            &[("request", request), ("reply", reply)],
+        )
+    };
+    assert_eq!(shard_requests("prepare", "prepared"), 2.0);
+    assert!(shard_requests("commit", "acknowledged") >= 2.0);
     assert_eq!(total(&after, "faultline_worker_shards_owned", &[]), 8.0);
     // What explains a failover is there even while nothing fails.
     for family in [
@@ -580,23 +591,7 @@ async fn recovery_after_a_coordinator_crash_links_back_to_the_transfers_trace() 
         "FAILPOINTS".to_owned(),
         "coordinator::after-decision=return".to_owned(),
     ));
-    let cluster = Cluster::start(ClusterSpec {
-        monitors: 1,
-        bank: Some(BankSpec::default()),
-        env,
-        ..ClusterSpec::default()
-    })
-    .await
-    .expect("the cluster starts");
-    let shard =
-        |id: &str| faultline_transactions::sharding::shard_of(id, BankSpec::default().shards);
-    let from = "recover-from";
-    let to = (0..)
-        .map(|i| format!("recover-to-{i}"))
-        .find(|to| shard(to) != shard(from))
-        .expect("an account on another shard");
-    crate::open_account(&cluster, from, 100).await;
-    crate::open_account(&cluster, &to, 0).await;
+    let (cluster, from, to) = bank_with_two_shards(env, "recover").await;
 
     let (traceparent, trace_id, _) = new_traceparent();
     let transfer = json!({ "from": from, "to": to, "amount": 40 });
