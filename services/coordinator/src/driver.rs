@@ -133,9 +133,9 @@ pub async fn transfer(term: &Term, command: TransferCommand) -> CoordinatorReply
     fields(decision = record.state.as_str(), acknowledged = Empty, finished = Empty)
 )]
 pub async fn phase_two(term: &Term, record: &TransferRecord, deadline: Instant) -> bool {
-    let started = Instant::now();
-    let finished = send_decision(term, record, deadline).await;
-    term.metrics.phase(Phase::PhaseTwo, started.elapsed());
+    let finished = term
+        .timed(Phase::PhaseTwo, send_decision(term, record, deadline))
+        .await;
     tracing::Span::current().record("finished", finished);
     finished
 }

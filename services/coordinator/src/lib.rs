@@ -393,8 +393,7 @@ async fn answer(client: &Client, term: &Term, message: async_nats::Message) {
     let Some(body) = respond(term, &message).instrument(span.clone()).await else {
         return;
     };
-    let mut headers = async_nats::HeaderMap::new();
-    faultline_bus::trace_context::inject(&span, &mut headers);
+    let headers = faultline_bus::trace_context::headers(&span);
     if let Err(error) = client
         .publish_with_headers(reply, headers, body.into())
         .await

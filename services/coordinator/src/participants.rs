@@ -124,8 +124,7 @@ impl ShardClient {
     ) -> Option<ShardReply> {
         let body = bytes::Bytes::from(serde_json::to_vec(request).ok()?);
         let subject = subjects::shard(shard);
-        let mut headers = async_nats::HeaderMap::new();
-        faultline_bus::trace_context::inject_current(&mut headers);
+        let headers = faultline_bus::trace_context::headers(&tracing::Span::current());
         let mut attempt = 0u32;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

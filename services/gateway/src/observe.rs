@@ -11,7 +11,6 @@
 //! `traceresponse` header (W3C Trace Context Level 2), so `curl -i` shows
 //! which trace to open.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
@@ -67,7 +66,9 @@ pub async fn observe(
     if status >= 500 {
         span.record("otel.status_code", "ERROR");
     }
-    if let Some(value) = traceresponse(&span) {
+    if let Some(value) = faultline_bus::trace_context::traceparent(&span)
+        .and_then(|traceparent| HeaderValue::from_str(&traceparent).ok())
+    {
         response
             .headers_mut()
             .insert(HeaderName::from_static("traceresponse"), value);
@@ -78,15 +79,6 @@ pub async fn observe(
             .request(&route, method, status, started.elapsed().as_secs_f64());
     }
     Ok(response)
-}
-
-/// The `traceresponse` header naming `span`, if it has a trace.
-fn traceresponse(span: &tracing::Span) -> Option<HeaderValue> {
-    let mut fields = HashMap::new();
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&span.context(), &mut fields);
-    });
-    HeaderValue::from_str(fields.get("traceparent")?).ok()
 }
 
 /// The method as a metric label and span name: one of the standard

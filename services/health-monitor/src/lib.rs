@@ -103,7 +103,7 @@ struct Metrics {
     detector_threshold: Family<MemberIdLabels, Gauge<f64, AtomicU64>>,
     /// The members whose per-member series exist, to drop a forgotten
     /// member's.
-    exported: Arc<std::sync::Mutex<BTreeSet<MemberIdLabels>>>,
+    exported: BTreeSet<MemberIdLabels>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -180,10 +180,7 @@ impl Metrics {
     /// Sets each member's detector value, threshold and state (1 for the
     /// state it is in, 0 for the others), and drops the series of members
     /// the table no longer holds.
-    fn judge_members(&self, health: &[MemberHealth]) {
-        let Ok(mut exported) = self.exported.lock() else {
-            return;
-        };
+    fn judge_members(&mut self, health: &[MemberHealth]) {
         let mut now = BTreeSet::new();
         for member in health {
             let id = MemberIdLabels {
@@ -207,7 +204,7 @@ impl Metrics {
             }
             now.insert(id);
         }
-        for gone in exported.difference(&now) {
+        for gone in self.exported.difference(&now) {
             self.detector_value.remove(gone);
             self.detector_threshold.remove(gone);
             for state in [State::Up, State::Suspect, State::Down] {
@@ -218,7 +215,7 @@ impl Metrics {
                 });
             }
         }
-        *exported = now;
+        self.exported = now;
     }
 }
 
@@ -242,7 +239,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let interval = Duration::from_millis(settings.heartbeat_interval_ms);
     let mut registry = prometheus_client::registry::Registry::with_prefix("faultline_monitor");
-    let metrics = Metrics::default();
+    let mut metrics = Metrics::default();
     metrics.start_transitions();
     registry.register(
         "leader",

@@ -50,9 +50,9 @@ enum Command {
     Complete {
         id: MemberId,
         cost: Duration,
-        failed: bool,
-        /// The attempt's span, where an ejection it causes is recorded.
-        span: tracing::Span,
+        /// For a failed attempt, its span, where an ejection it causes is
+        /// recorded.
+        failed: Option<tracing::Span>,
     },
     Heartbeat(Heartbeat),
     MembershipView(MembershipView),
@@ -137,18 +137,11 @@ impl Dispatcher {
     }
 
     /// Reports the end of an attempt on `id`: what it cost (its latency,
-    /// or a penalty for a failure) and whether it failed. An ejection it
-    /// causes is recorded as a span inside `span`, the attempt's.
-    pub async fn complete(&self, id: MemberId, cost: Duration, failed: bool, span: tracing::Span) {
+    /// or a penalty for a failure) and, if it failed, the attempt's span,
+    /// inside which an ejection the failure causes is recorded.
+    pub async fn complete(&self, id: MemberId, cost: Duration, failed: Option<tracing::Span>) {
         // Losing this at shutdown is harmless.
-        let _ = self
-            .send(Command::Complete {
-                id,
-                cost,
-                failed,
-                span,
-            })
-            .await;
+        let _ = self.send(Command::Complete { id, cost, failed }).await;
     }
 
     /// Feeds the health-monitor's latest view.
@@ -227,14 +220,9 @@ impl State {
             } => {
                 let _ = reply.send(self.pick(key.as_deref(), excluded, retry));
             }
-            Command::Complete {
-                id,
-                cost,
-                failed,
-                span,
-            } => {
+            Command::Complete { id, cost, failed } => {
                 self.balancer.complete(&id, Some(cost));
-                if failed {
+                if let Some(span) = failed {
                     let workers = self.balancer.members().len();
                     if let Some(ejection) = self.outliers.failure(&id, Instant::now(), workers) {
                         // In the trace of the call whose failure tipped it.

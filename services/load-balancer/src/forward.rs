@@ -258,7 +258,7 @@ async fn forward(
             attempt_span.record("otel.status_code", "ERROR");
         }
         dispatcher
-            .complete(worker.clone(), cost, failed, attempt_span.clone())
+            .complete(worker.clone(), cost, failed.then(|| attempt_span.clone()))
             .await;
         metrics.attempt(&worker, strategy, outcome, elapsed);
         last = match response {

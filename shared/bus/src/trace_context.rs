@@ -33,6 +33,14 @@ pub fn inject_current(headers: &mut HeaderMap) {
     inject(&tracing::Span::current(), headers);
 }
 
+/// New headers carrying `span`'s trace context, for a request or reply
+/// that needs no other header.
+pub fn headers(span: &tracing::Span) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    inject(span, &mut headers);
+    headers
+}
+
 /// The trace context a message carries (an empty one if none, or a
 /// malformed one: a bad header never fails a request).
 pub fn extract(headers: Option<&HeaderMap>) -> opentelemetry::Context {
@@ -52,9 +60,9 @@ pub fn continue_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
     let _ = span.set_parent(extract(headers));
 }
 
-/// `span`'s `traceparent`, for a record that outlives the request (the
-/// decision log keeps it, so that recovery can link to the trace a
-/// transfer began in).
+/// `span`'s `traceparent`, as text: for a record that outlives the
+/// request (the decision log keeps it, so that recovery can link to the
+/// trace a transfer began in) or an HTTP header.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
     let context = span.context();
     let mut fields = std::collections::HashMap::new();

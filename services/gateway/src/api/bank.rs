@@ -131,7 +131,7 @@ async fn ask_coordinator(
     body: &impl serde::Serialize,
 ) -> Result<CoordinatorReply, ApiError> {
     let payload = bytes::Bytes::from(serde_json::to_vec(body).unwrap_or_default());
-    let headers = traced_headers();
+    let headers = faultline_bus::trace_context::headers(&tracing::Span::current());
     let deadline = Instant::now() + state.transfer_timeout;
     let mut attempt = 0usize;
     loop {
@@ -174,7 +174,7 @@ async fn ask_shard(
     repeatable: bool,
 ) -> Result<ShardReply, ApiError> {
     let payload = bytes::Bytes::from(serde_json::to_vec(request).unwrap_or_default());
-    let headers = traced_headers();
+    let headers = faultline_bus::trace_context::headers(&tracing::Span::current());
     let deadline = Instant::now() + state.transfer_timeout;
     let mut attempt = 0usize;
     let mut last = String::from("no worker owns the shard");
@@ -213,13 +213,6 @@ async fn ask_shard(
         tokio::time::sleep(faultline_bus::reconnect_delay(attempt).min(left)).await;
         attempt += 1;
     }
-}
-
-/// Headers carrying the current span's trace context.
-fn traced_headers() -> async_nats::HeaderMap {
-    let mut headers = async_nats::HeaderMap::new();
-    faultline_bus::trace_context::inject_current(&mut headers);
-    headers
 }
 
 /// A shard's definite refusal as an HTTP error.

@@ -236,8 +236,7 @@ impl Participant {
             span.record("otel.status_code", "ERROR");
         }
         self.metrics.shard_request(kind, reply.kind());
-        let mut headers = async_nats::HeaderMap::new();
-        faultline_bus::trace_context::inject(&span, &mut headers);
+        let headers = faultline_bus::trace_context::headers(&span);
         let body = serde_json::to_vec(&reply).unwrap_or_default();
         if let Err(error) = self
             .client
@@ -498,8 +497,7 @@ impl Participant {
 
 async fn ask_coordinator(client: &Client, xid: uuid::Uuid) -> Option<StatusAnswer> {
     let query = serde_json::to_vec(&StatusQuery { xid }).ok()?;
-    let mut headers = async_nats::HeaderMap::new();
-    faultline_bus::trace_context::inject_current(&mut headers);
+    let headers = faultline_bus::trace_context::headers(&tracing::Span::current());
     let answer = tokio::time::timeout(
         Duration::from_secs(1),
         client.request_with_headers(subjects::COORDINATOR_STATUS, headers, query.into()),
