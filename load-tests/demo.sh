@@ -70,8 +70,13 @@ calls_between() {
     awk -v from="$1" -v to="$2" "\$1 >= from && \$1 < to && (${3:-1}) { n++ } END { print n + 0 }" "$work/traffic.log"
 }
 
+# The metrics are read whole before they are searched: under pipefail,
+# `curl | grep -q` fails whenever grep stops at the first match while curl
+# is still writing (SIGPIPE), which made an active coordinator look idle.
 coordinator_is_active() { # name
-    curl -fs "$(admin_url "$1")/metrics" 2>/dev/null | grep -qE '^faultline_coordinator_active 1$'
+    local metrics
+    metrics=$(curl -fs "$(admin_url "$1")/metrics" 2>/dev/null) || return 1
+    grep -qE '^faultline_coordinator_active 1$' <<<"$metrics"
 }
 
 active_coordinator() {

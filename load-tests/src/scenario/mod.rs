@@ -205,6 +205,7 @@ impl Scenario {
         let mut names = std::collections::HashSet::new();
         let mut files = std::collections::HashSet::new();
         let workers = self.system.as_ref().map_or(0, |s| s.workers.len());
+        let load_balancers = self.system.as_ref().map_or(0, |s| s.load_balancers);
         for run in &self.runs {
             let name = &run.name;
             anyhow::ensure!(names.insert(name), "two runs are named {name:?}");
@@ -285,7 +286,7 @@ impl Scenario {
             }
             for action in run.setup.iter().chain(run.events.iter().map(|e| &e.action)) {
                 action
-                    .check(workers)
+                    .check(workers, load_balancers)
                     .with_context(|| format!("run {name:?}"))?;
             }
         }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use faultline_protocol::membership::MembershipEvent;
+use faultline_protocol::routing::DataPath;
 use faultline_protocol::subjects;
 use faultline_test_support::{BankSpec, Cluster, ClusterSpec};
 use futures::StreamExt as _;
@@ -42,6 +43,9 @@ pub struct SystemSpec {
     pub heartbeat_interval_ms: u64,
     /// Two-phase commit: shards and coordinators.
     pub bank: Option<BankSystemSpec>,
+    /// The data path each run starts in (a run's setup may switch it).
+    #[serde(default)]
+    pub data_path: DataPath,
 }
 
 /// `[system.bank]` in a scenario file.
@@ -81,6 +85,12 @@ fn default_coordinators() -> usize {
 pub enum Action {
     /// Switch every load-balancer to a strategy.
     Strategy(String),
+    /// Switch the data path (`proxy` or `direct`).
+    DataPath(DataPath),
+    /// SIGKILL a load-balancer (1-based).
+    KillLoadBalancer(usize),
+    /// Start a killed load-balancer again (1-based).
+    RestartLoadBalancer(usize),
     /// Set a worker's injected faults (1-based worker number).
     Faults {
         /// Which worker, from 1.
@@ -108,8 +118,9 @@ pub enum Action {
 }
 
 impl Action {
-    /// Checks the action against a system of `workers` workers.
-    pub fn check(&self, workers: usize) -> anyhow::Result<()> {
+    /// Checks the action against a system of `workers` workers and
+    /// `load_balancers` load-balancers.
+    pub fn check(&self, workers: usize, load_balancers: usize) -> anyhow::Result<()> {
         match self {
             Action::Faults {
                 worker, error_rate, ..
@@ -124,9 +135,17 @@ impl Action {
             | Action::RestartWorker(worker)
             | Action::PauseWorker(worker)
             | Action::ResumeWorker(worker) => check_worker(*worker, workers),
-            Action::Strategy(_) | Action::KillCoordinator(_) | Action::RestartCoordinator(_) => {
+            Action::KillLoadBalancer(lb) | Action::RestartLoadBalancer(lb) => {
+                anyhow::ensure!(
+                    (1..=load_balancers).contains(lb),
+                    "there is no lb-{lb} (the system has {load_balancers} load-balancers)"
+                );
                 Ok(())
             }
+            Action::Strategy(_)
+            | Action::DataPath(_)
+            | Action::KillCoordinator(_)
+            | Action::RestartCoordinator(_) => Ok(()),
         }
     }
 }
@@ -143,6 +162,9 @@ impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Action::Strategy(strategy) => write!(f, "strategy {strategy}"),
+            Action::DataPath(path) => write!(f, "{path} data path"),
+            Action::KillLoadBalancer(lb) => write!(f, "lb-{lb} killed"),
+            Action::RestartLoadBalancer(lb) => write!(f, "lb-{lb} restarted"),
             Action::Faults {
                 worker,
                 latency_ms,
@@ -211,6 +233,8 @@ pub struct System {
     pub spec: SystemSpec,
     /// The strategy in force.
     pub strategy: String,
+    /// The data path in force.
+    pub data_path: DataPath,
     http: reqwest::Client,
     heard: Arc<Mutex<Vec<Heard>>>,
     listener: tokio::task::JoinHandle<()>,
@@ -239,6 +263,8 @@ impl System {
             }),
             nats_auth: false,
             env: Vec::new(),
+            data_path: spec.data_path,
+            gateways: 1,
         })
         .await?;
         let nats = async_nats::connect(cluster.nats.url())
@@ -260,6 +286,7 @@ impl System {
         });
         Ok(System {
             strategy: spec.strategy.clone(),
+            data_path: spec.data_path,
             cluster,
             spec,
             http: reqwest::Client::builder()
@@ -313,13 +340,42 @@ impl System {
                 self.strategy = strategy.clone();
                 let wanted = strategy.clone();
                 self.cluster
-                    .wait_for_view(&format!("every load-balancer on {strategy}"), |view| {
-                        view["load_balancers"].as_array().is_some_and(|lbs| {
-                            lbs.iter().all(|lb| lb["strategy"] == wanted.as_str())
-                        })
+                    .wait_for_view(&format!("every balancer on {strategy}"), |view| {
+                        view["gateway"]["strategy"] == wanted.as_str()
+                            && view["load_balancers"].as_array().is_some_and(|lbs| {
+                                lbs.iter().all(|lb| lb["strategy"] == wanted.as_str())
+                            })
                     })
                     .await?;
                 Ok(done(action.to_string()))
+            }
+            Action::DataPath(path) => {
+                self.cluster.switch_data_path(*path).await?;
+                self.data_path = *path;
+                Ok(done(action.to_string()))
+            }
+            Action::KillLoadBalancer(lb) | Action::RestartLoadBalancer(lb) => {
+                let replica = self
+                    .cluster
+                    .load_balancers
+                    .get_mut(lb.wrapping_sub(1))
+                    .with_context(|| format!("there is no lb-{lb}"))?;
+                let id = format!("lb-{lb}");
+                if matches!(action, Action::KillLoadBalancer(_)) {
+                    replica.kill();
+                    Ok(Done {
+                        label: action.to_string(),
+                        killed: Some(id),
+                        restarted: Vec::new(),
+                    })
+                } else {
+                    replica.restart()?;
+                    Ok(Done {
+                        label: action.to_string(),
+                        killed: None,
+                        restarted: vec![id],
+                    })
+                }
             }
             Action::Faults {
                 worker,
@@ -409,10 +465,18 @@ impl System {
                 worker.signal("CONT")?;
             }
         }
-        for coordinator in &mut self.cluster.coordinators {
-            if coordinator.has_exited() {
-                coordinator.restart()?;
+        for service in self
+            .cluster
+            .coordinators
+            .iter_mut()
+            .chain(self.cluster.load_balancers.iter_mut())
+        {
+            if service.has_exited() {
+                service.restart()?;
             }
+        }
+        if self.data_path != self.spec.data_path {
+            self.apply(&Action::DataPath(self.spec.data_path)).await?;
         }
         self.cluster.wait_until_whole().await?;
         // No fault or strategy an earlier run set carries over.
@@ -456,11 +520,13 @@ impl System {
         Ok(())
     }
 
-    /// Sums the load-balancers' counters: attempts by (worker, outcome) and
-    /// calls by outcome.
+    /// Sums the balancing counters of every process that balances (the
+    /// load-balancers in proxy mode, the gateways in direct mode): attempts
+    /// by (worker, outcome) and calls by outcome.
     pub async fn balancer_counters(&self) -> anyhow::Result<BalancerCounters> {
         let mut counters = BalancerCounters::default();
-        for admin in &self.cluster.load_balancer_admin {
+        let gateway = [self.cluster.gateway.url.clone()];
+        for admin in self.cluster.load_balancer_admin.iter().chain(&gateway) {
             let text = self
                 .http
                 .get(format!("{admin}/metrics"))
@@ -474,7 +540,7 @@ impl System {
     }
 }
 
-/// The load-balancers' counters, summed over replicas.
+/// The balancing counters, summed over every process that balances.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BalancerCounters {
     /// Attempts by (worker, outcome).
@@ -505,13 +571,13 @@ impl BalancerCounters {
                     .unwrap_or_default()
             };
             match name {
-                "faultline_lb_attempts_total" => {
+                "faultline_balancer_attempts_total" => {
                     *self
                         .attempts
                         .entry((label("worker"), label("outcome")))
                         .or_default() += value;
                 }
-                "faultline_lb_calls_total" => {
+                "faultline_balancer_calls_total" => {
                     *self.calls.entry(label("outcome")).or_default() += value;
                 }
                 _ => {}
@@ -546,23 +612,23 @@ mod tests {
 
     #[test]
     fn balancer_counters_are_read_and_differenced() {
-        let before_text = r#"# HELP faultline_lb_attempts Attempts
-faultline_lb_attempts_total{worker="worker-1",outcome="ok"} 10
-faultline_lb_attempts_total{worker="worker-2",outcome="ok"} 10
-faultline_lb_calls_total{outcome="ok"} 20
+        let before_text = r#"# HELP faultline_balancer_attempts Attempts
+faultline_balancer_attempts_total{worker="worker-1",outcome="ok"} 10
+faultline_balancer_attempts_total{worker="worker-2",outcome="ok"} 10
+faultline_balancer_calls_total{outcome="ok"} 20
 "#;
-        let after_text = r#"faultline_lb_attempts_total{worker="worker-1",outcome="ok"} 110
-faultline_lb_attempts_total{worker="worker-2",outcome="ok"} 60
-faultline_lb_attempts_total{worker="worker-2",outcome="timed-out"} 5
-faultline_lb_calls_total{outcome="ok"} 170
-faultline_lb_calls_total{outcome="failed"} 5
+        let after_text = r#"faultline_balancer_attempts_total{worker="worker-1",outcome="ok"} 110
+faultline_balancer_attempts_total{worker="worker-2",outcome="ok"} 60
+faultline_balancer_attempts_total{worker="worker-2",outcome="timed-out"} 5
+faultline_balancer_calls_total{outcome="ok"} 170
+faultline_balancer_calls_total{outcome="failed"} 5
 "#;
         let mut before = BalancerCounters::default();
         before.add_exposition(before_text);
         let mut after = BalancerCounters::default();
         after.add_exposition(after_text);
         // A second replica adds to the sums.
-        after.add_exposition(r#"faultline_lb_calls_total{outcome="ok"} 0"#);
+        after.add_exposition(r#"faultline_balancer_calls_total{outcome="ok"} 0"#);
         let (ok, amplification) = before.delta(&after);
         assert_eq!(ok["worker-1"], 100.0);
         assert_eq!(ok["worker-2"], 50.0);

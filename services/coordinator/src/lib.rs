@@ -47,14 +47,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::Client;
+use faultline_bus::in_flight::InFlight;
+use faultline_bus::serve::{Handler, Reply, Request};
 use faultline_protocol::bank::{CoordinatorReply, StatusQuery, TransferCommand};
 use faultline_protocol::error::ErrorDetail;
 use faultline_protocol::subjects;
 use faultline_transactions::coordinator::Logged;
-use futures::StreamExt as _;
 use serde::Deserialize;
 use tokio::task::JoinSet;
-use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use crate::lease::Lease;
@@ -114,6 +114,9 @@ pub struct Settings {
     /// NATS connection.
     #[command(flatten)]
     pub nats: faultline_bus::NatsArgs,
+    /// The async runtime.
+    #[command(flatten)]
+    pub runtime: faultline_bus::RuntimeArgs,
     /// Admin endpoints and logging.
     #[command(flatten)]
     pub service: faultline_telemetry::ServiceArgs,
@@ -323,34 +326,30 @@ async fn hold_lease(lease: &mut Lease, token: u64, mut valid_until: Instant) {
     }
 }
 
-/// Serves the coordinator's subjects for the term; every request runs in
-/// a task of this term, aborted with it.
+/// Serves the coordinator's subjects for the term. Every request runs in a
+/// task of the serving layer, which this term's task owns: when the term
+/// ends and its tasks are aborted, so are the requests still running.
 async fn serve(client: Client, term: Arc<Term>) {
-    let mut requests = match subscribe(&client).await {
+    let requests = match subscribe(&client).await {
         Ok(requests) => requests,
         Err(error) => {
             tracing::error!(%error, "Cannot subscribe; the term serves nothing.");
             return;
         }
     };
-    let mut running = JoinSet::new();
-    loop {
-        tokio::select! {
-            Some(message) = requests.next() => {
-                let term = term.clone();
-                let client = client.clone();
-                running.spawn(async move { answer(&client, &term, message).await });
-            }
-            Some(_) = running.join_next(), if !running.is_empty() => {}
-            else => return,
-        }
-    }
+    let bound = InFlight::new(MAX_REQUESTS);
+    let until_aborted = std::future::pending::<()>();
+    faultline_bus::serve::serve(client, requests, bound, until_aborted, term).await;
 }
+
+/// Most requests the active coordinator handles at once; the rest wait in
+/// NATS.
+const MAX_REQUESTS: u32 = 4096;
 
 async fn subscribe(
     client: &Client,
-) -> Result<futures::stream::SelectAll<async_nats::Subscriber>, async_nats::SubscribeError> {
-    let mut all = futures::stream::SelectAll::new();
+) -> Result<Vec<async_nats::Subscriber>, async_nats::SubscribeError> {
+    let mut all = Vec::new();
     for subject in [
         subjects::COORDINATOR_TRANSFER,
         subjects::COORDINATOR_TRANSFER_READ,
@@ -371,34 +370,26 @@ struct TransferId {
     id: uuid::Uuid,
 }
 
-/// Answers one request in a server span named for its subject, which
-/// continues the sender's trace (the gateway's, or a participant's
-/// in-doubt question); the reply carries the span's trace context back.
-async fn answer(client: &Client, term: &Term, message: async_nats::Message) {
-    let Some(reply) = message.reply.clone() else {
-        return;
-    };
-    let span = tracing::info_span!(
-        "coordinator.request",
-        otel.name = span_name(message.subject.as_str()),
-        otel.kind = "server",
-        otel.status_code = Empty,
-        messaging.system = "nats",
-        messaging.destination.name = message.subject.as_str(),
-        xid = Empty,
-        state = Empty,
-        token = term.token,
-    );
-    faultline_bus::trace_context::continue_from(&span, message.headers.as_ref());
-    let Some(body) = respond(term, &message).instrument(span.clone()).await else {
-        return;
-    };
-    let headers = faultline_bus::trace_context::headers(&span);
-    if let Err(error) = client
-        .publish_with_headers(reply, headers, body.into())
-        .await
-    {
-        span.in_scope(|| tracing::warn!(%error, "Cannot send a coordinator reply."));
+/// Every request is a server span named for its subject, which continues
+/// the sender's trace (the gateway's, or a participant's in-doubt
+/// question); the reply carries the span's trace context back.
+impl Handler for Term {
+    fn span(&self, request: &Request) -> tracing::Span {
+        tracing::info_span!(
+            "coordinator.request",
+            otel.name = span_name(request.subject.as_str()),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            messaging.system = "nats",
+            messaging.destination.name = request.subject.as_str(),
+            xid = Empty,
+            state = Empty,
+            token = self.token,
+        )
+    }
+
+    async fn handle(&self, request: Request) -> Option<Reply> {
+        respond(self, &request).await.map(Reply::body)
     }
 }
 
@@ -414,7 +405,7 @@ fn span_name(subject: &str) -> &'static str {
 
 /// The reply body for one request; `None` when no answer is better than
 /// a guess (the asker asks again).
-async fn respond(term: &Term, message: &async_nats::Message) -> Option<Vec<u8>> {
+async fn respond(term: &Term, message: &Request) -> Option<Vec<u8>> {
     let body = match message.subject.as_str() {
         subjects::COORDINATOR_STATUS => {
             let query = serde_json::from_slice::<StatusQuery>(&message.payload).ok()?;

@@ -3,8 +3,9 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/call` | a balanced call: `{"op":"echo","message":"hi"}`, `{"op":"cpu","iterations":N}`, `{"op":"sleep","millis":N}`, optional `key`, `timeout_ms` |
-//! | `GET /v1/cluster` | every load-balancer replica's view: strategy, workers, weights, counts |
+//! | `GET /v1/cluster` | every load-balancer replica's view, this gateway's own, the monitor's judgement |
 //! | `PUT /v1/strategy` | `{"strategy":"weighted"}`: switch strategy at run time |
+//! | `PUT /v1/data-path` | `{"data_path":"direct"}`: switch the data path at run time |
 //! | `PUT /v1/workers/{id}/weight` | `{"weight":3}`: override a worker's weight; `DELETE` clears it |
 //! | `GET`/`PUT /v1/workers/{id}/faults` | read or inject faults: `{"latency_ms":200,"error_rate":0.1}` |
 //! | `POST /v1/accounts`, `GET /v1/accounts/{id}` | open and read accounts ([`api::bank`]) |
@@ -12,23 +13,34 @@
 //! | `GET /v1/transfers/{id}`, `GET /v1/transfers/in-doubt` | a transfer's state; unfinished transfers |
 //! | `GET /live`, `/ready`, `/metrics` | liveness, readiness, Prometheus metrics |
 //!
-//! Every request gets a server span that continues the client's trace and
-//! is counted in the metrics ([`observe`]).
+//! Every request is counted, and a recorded one is a server span that
+//! continues the client's trace ([`observe`]).
 //!
 //! Every input is validated here and refused with a 4xx JSON error naming
-//! the field ([`api::error`]); nothing invalid travels further. The gateway
-//! holds no cluster state of its own: balancing settings live in the
-//! JetStream settings bucket, views come from the load-balancers, so any
-//! number of gateway replicas can run side by side.
+//! the field ([`api::error`]); nothing invalid travels further. Calls take
+//! the data path in force ([`api::call`]): through a load-balancer, or, in
+//! direct mode, straight to a worker the gateway picks with the same
+//! balancing library. Settings live in the JetStream settings bucket and
+//! every gateway follows them, so any number of gateway replicas can run
+//! side by side.
+//!
+//! Threads: actix runs one event loop per HTTP worker thread, and each has
+//! a NATS connection of its own ([`Connection`]), so a call never leaves
+//! its thread between the HTTP request, the NATS request and the reply.
+//! Sharing one connection made every call cross threads twice, and cost a
+//! third of the gateway's CPU per call (measured, see the README).
 #![forbid(unsafe_code)]
 
 pub mod api;
 mod metrics;
 mod observe;
+pub mod replicas;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+use std::sync::Mutex;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
@@ -36,6 +48,8 @@ use async_nats::jetstream::kv;
 use faultline_bus::heartbeat::{self, NoLoad};
 use faultline_protocol::cluster::Role;
 use faultline_protocol::subjects;
+use faultline_routing::feeds::{self, FeedSettings};
+use faultline_routing::{Policy, Router, RoutingArgs};
 use tokio::sync::OnceCell;
 
 use crate::api::error::ApiError;
@@ -79,9 +93,17 @@ pub struct Settings {
     #[arg(long, env = "TRANSFER_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub transfer_timeout_ms: u64,
+    /// Balancing in direct mode: strategy, attempts, ejection, retry
+    /// budget (the load-balancers' settings, by the same names).
+    #[command(flatten)]
+    pub routing: RoutingArgs,
     /// NATS connection.
     #[command(flatten)]
     pub nats: faultline_bus::NatsArgs,
+    /// The async runtime of the background tasks (HTTP has its own
+    /// threads, `--http-workers`).
+    #[command(flatten)]
+    pub runtime: faultline_bus::RuntimeArgs,
     /// Logging and tracing.
     #[command(flatten)]
     pub telemetry: faultline_telemetry::TelemetryArgs,
@@ -90,6 +112,8 @@ pub struct Settings {
 /// What every handler shares.
 #[derive(Debug)]
 pub struct AppState {
+    /// The connection of the background tasks, used by the routes that
+    /// are not on the call path.
     nats: async_nats::Client,
     settings: OnceCell<kv::Store>,
     /// Copies of the settings bucket, should the gateway create it.
@@ -99,6 +123,20 @@ pub struct AppState {
     shards: u32,
     transfer_timeout: Duration,
     metrics: Metrics,
+    /// Routing for direct mode, and the data path in force.
+    router: Arc<Router>,
+    policy: Policy,
+    /// Changes each time a load-balancer replica is lost.
+    lb_losses: replicas::Losses,
+    /// Every HTTP thread's connection, for readiness.
+    connections: Arc<Mutex<Vec<async_nats::Client>>>,
+}
+
+/// The NATS connection of one HTTP worker thread, made on that thread so
+/// that its I/O runs on the thread's own event loop.
+#[derive(Debug)]
+pub struct Connection {
+    nats: async_nats::Client,
 }
 
 impl AppState {
@@ -121,7 +159,40 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut registry = prometheus_client::registry::Registry::with_prefix("faultline_gateway");
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Metrics::register(registry.sub_registry_with_prefix("faultline_gateway"));
+    let router = Arc::new(Router::new(
+        &settings.id,
+        &settings.routing,
+        faultline_routing::metrics::Metrics::register(
+            registry.sub_registry_with_prefix("faultline_balancer"),
+        ),
+    ));
+    let heartbeat_interval = Duration::from_millis(settings.heartbeat_interval_ms);
+    let feeds = feeds::start(
+        client.clone(),
+        router.clone(),
+        FeedSettings {
+            replicas: settings.nats.replicas,
+            default_strategy: settings.routing.strategy,
+            sweep_every: heartbeat_interval.min(Duration::from_millis(100)),
+            peers: Role::Gateway,
+            gateway: true,
+        },
+    )
+    .await
+    .context("subscribing to the balancing feeds")?;
+    let (loss_tx, lb_losses) = tokio::sync::watch::channel(None);
+    let lb_beats = client
+        .subscribe(subjects::LOAD_BALANCER_HEARTBEATS)
+        .await
+        .context("subscribing to load-balancer heartbeats")?;
+    let lb_watch = tokio::spawn(replicas::watch(
+        lb_beats,
+        loss_tx,
+        heartbeat_interval.min(Duration::from_millis(50)),
+    ));
+    let connections = Arc::new(Mutex::new(Vec::new()));
     let state = web::Data::new(AppState {
         nats: client.clone(),
         settings: OnceCell::new(),
@@ -130,36 +201,74 @@ pub async fn run(
         lb_attempts: settings.lb_attempts,
         shards: settings.shards,
         transfer_timeout: Duration::from_millis(settings.transfer_timeout_ms),
-        metrics: Metrics::register(&mut registry),
+        metrics,
+        router,
+        policy: settings.routing.policy(),
+        lb_losses,
+        connections: connections.clone(),
     });
     let ready_client = client.clone();
+    let ready_settings = feeds.settings_loaded();
     let admin = faultline_telemetry::admin::Admin {
         registry: Arc::new(registry),
-        ready: Arc::new(move || faultline_bus::connection_ready(&ready_client)),
+        ready: Arc::new(move || {
+            faultline_bus::connection_ready(&ready_client)?;
+            for connection in connections
+                .lock()
+                .map_err(|_| "poisoned".to_owned())?
+                .iter()
+            {
+                faultline_bus::connection_ready(connection)?;
+            }
+            if !*ready_settings.borrow() {
+                return Err("balancer settings not loaded".to_owned());
+            }
+            Ok(())
+        }),
     };
 
+    let nats_args = settings.nats.clone();
+    let connection_name = settings.id.clone();
     let mut server = HttpServer::new(move || {
+        let (nats_args, connection_name) = (nats_args.clone(), connection_name.clone());
+        let connections = state.connections.clone();
         App::new()
             .app_data(state.clone())
+            .data_factory(move || {
+                let (nats_args, connection_name) = (nats_args.clone(), connection_name.clone());
+                let connections = connections.clone();
+                async move {
+                    let nats = faultline_bus::connect(&nats_args, &connection_name).await?;
+                    if let Ok(mut all) = connections.lock() {
+                        all.push(nats.clone());
+                    }
+                    Ok::<_, faultline_bus::BusError>(Connection { nats })
+                }
+            })
             .wrap(actix_web::middleware::from_fn(observe::observe))
             .configure(faultline_telemetry::admin::routes(admin.clone()))
             .service(
-                web::resource("/v1/call")
+                resource("/v1/call")
                     .route(web::post().to(api::call::call))
                     .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "POST"))),
             )
             .service(
-                web::resource("/v1/cluster")
+                resource("/v1/cluster")
                     .route(web::get().to(api::cluster::view))
                     .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET"))),
             )
             .service(
-                web::resource("/v1/strategy")
+                resource("/v1/strategy")
                     .route(web::put().to(api::cluster::set_strategy))
                     .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "PUT"))),
             )
             .service(
-                web::resource("/v1/workers/{id}/weight")
+                resource("/v1/data-path")
+                    .route(web::put().to(api::cluster::set_data_path))
+                    .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "PUT"))),
+            )
+            .service(
+                resource("/v1/workers/{id}/weight")
                     .route(web::put().to(api::cluster::set_weight))
                     .route(web::delete().to(api::cluster::clear_weight))
                     .default_service(web::to(|r: HttpRequest| {
@@ -167,34 +276,34 @@ pub async fn run(
                     })),
             )
             .service(
-                web::resource("/v1/workers/{id}/faults")
+                resource("/v1/workers/{id}/faults")
                     .route(web::get().to(api::cluster::faults))
                     .route(web::put().to(api::cluster::faults))
                     .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET, PUT"))),
             )
             .service(
-                web::resource("/v1/accounts")
+                resource("/v1/accounts")
                     .route(web::post().to(api::bank::open_account))
                     .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "POST"))),
             )
             .service(
-                web::resource("/v1/accounts/{id}")
+                resource("/v1/accounts/{id}")
                     .route(web::get().to(api::bank::read_account))
                     .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET"))),
             )
             .service(
-                web::resource("/v1/transfers")
+                resource("/v1/transfers")
                     .route(web::post().to(api::bank::transfer))
                     .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "POST"))),
             )
             // Before `/v1/transfers/{id}`, which would otherwise match it.
             .service(
-                web::resource("/v1/transfers/in-doubt")
+                resource("/v1/transfers/in-doubt")
                     .route(web::get().to(api::bank::in_doubt))
                     .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET"))),
             )
             .service(
-                web::resource("/v1/transfers/{id}")
+                resource("/v1/transfers/{id}")
                     .route(web::get().to(api::bank::read_transfer))
                     .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET"))),
             )
@@ -218,7 +327,7 @@ pub async fn run(
         Role::Gateway,
         settings.id.clone(),
         1,
-        Duration::from_millis(settings.heartbeat_interval_ms),
+        heartbeat_interval,
         Arc::new(NoLoad),
     );
     tracing::info!(id = %settings.id, addr = %settings.http_addr, "Gateway serving HTTP.");
@@ -227,7 +336,45 @@ pub async fn run(
     heartbeat.abort();
     handle.stop(true).await;
     serving.await.context("the HTTP server task failed")??;
+    lb_watch.abort();
+    drop(feeds);
     Ok(())
+}
+
+/// Every route the API serves, by its pattern: the only values of the
+/// `route` metric label and span attribute.
+const ROUTES: &[&str] = &[
+    "/v1/call",
+    "/v1/cluster",
+    "/v1/strategy",
+    "/v1/data-path",
+    "/v1/workers/{id}/weight",
+    "/v1/workers/{id}/faults",
+    "/v1/accounts",
+    "/v1/accounts/{id}",
+    "/v1/transfers",
+    "/v1/transfers/in-doubt",
+    "/v1/transfers/{id}",
+    "/live",
+    "/ready",
+    "/metrics",
+];
+
+/// A resource named by its pattern, so that its route label is found
+/// without building the pattern again for every request.
+fn resource(pattern: &'static str) -> actix_web::Resource {
+    web::resource(pattern).name(pattern)
+}
+
+/// The route a request matched, as a label; "unmatched" for none.
+fn route_label(request: &HttpRequest) -> &'static str {
+    let known = |pattern: &str| ROUTES.iter().find(|route| **route == pattern).copied();
+    request
+        .match_name()
+        .and_then(known)
+        // The admin routes are not named.
+        .or_else(|| request.match_pattern().as_deref().and_then(known))
+        .unwrap_or("unmatched")
 }
 
 async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {

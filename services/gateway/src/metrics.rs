@@ -1,4 +1,12 @@
-//! The gateway's Prometheus metrics.
+//! The gateway's Prometheus metrics (`faultline_gateway_*`). In direct
+//! mode the gateway balances, and also counts the balancing series
+//! (`faultline_balancer_*`, `faultline_routing::metrics`).
+//!
+//! No label is built on the request path: routes are the API's own static
+//! names, and each worker's counters are looked up once and kept.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
 
 use faultline_protocol::Outcome;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -9,14 +17,14 @@ use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
+    route: &'static str,
     method: &'static str,
     status: u16,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -25,17 +33,27 @@ struct WorkerLabels {
     outcome: &'static str,
 }
 
+const OUTCOMES: [Outcome; 4] = [
+    Outcome::Ok,
+    Outcome::Failed,
+    Outcome::Retryable,
+    Outcome::TimedOut,
+];
+
 /// The gateway's metrics.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
     calls: Family<WorkerLabels, Counter>,
+    /// Each worker's `calls` counters, one per outcome, once looked up.
+    served: RwLock<HashMap<String, [Counter; 4]>>,
     lb_retries: Counter,
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them.
+    /// Creates the metrics and registers them in `registry` (give it the
+    /// prefix `faultline_gateway`).
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Metrics {
             requests: Family::default(),
@@ -43,6 +61,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
             calls: Family::default(),
+            served: RwLock::new(HashMap::new()),
             lb_retries: Counter::default(),
         };
         registry.register(
@@ -62,7 +81,7 @@ impl Metrics {
         );
         registry.register(
             "lb_retries",
-            "Calls sent again to another load-balancer replica after one did not answer",
+            "Calls sent again to another load-balancer replica after one did not answer, or died holding them",
             metrics.lb_retries.clone(),
         );
         metrics
@@ -74,28 +93,43 @@ impl Metrics {
     }
 
     /// Records one HTTP request.
-    pub fn request(&self, route: &str, method: &'static str, status: u16, seconds: f64) {
+    pub fn request(&self, route: &'static str, method: &'static str, status: u16, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.to_owned(),
+                route,
                 method,
                 status,
             })
             .inc();
         self.duration
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-            })
+            .get_or_create(&RouteLabels { route })
             .observe(seconds);
     }
 
     /// Records which worker served a call.
     pub fn served_by(&self, worker: &str, outcome: Outcome) {
-        self.calls
-            .get_or_create(&WorkerLabels {
-                worker: worker.to_owned(),
-                outcome: outcome.as_str(),
-            })
-            .inc();
+        let i = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
+        if let Some(counters) = self
+            .served
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(worker)
+        {
+            counters[i].inc();
+            return;
+        }
+        let counters = OUTCOMES.map(|o| {
+            self.calls
+                .get_or_create(&WorkerLabels {
+                    worker: worker.to_owned(),
+                    outcome: o.as_str(),
+                })
+                .clone()
+        });
+        counters[i].inc();
+        self.served
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(worker.to_owned(), counters);
     }
 }

@@ -1,15 +1,21 @@
-//! Every HTTP request, observed: one server span per request, which
-//! continues the client's trace, and the request counter and latency
-//! histogram.
+//! Every HTTP request, observed: the request counter and latency
+//! histogram, and, where the trace is recorded, one server span per
+//! request that continues the client's trace.
 //!
-//! The span is the root of everything the request causes: the NATS hops to
-//! a load-balancer and on to a worker, or to the coordinator and on to the
-//! shards, are its descendants, because each hop carries the W3C
-//! `traceparent` of the span that sent it ([`faultline_bus::trace_context`]).
-//! A client that sends a `traceparent` of its own gets its request's spans
-//! in its trace; every answer names the gateway's span in a
-//! `traceresponse` header (W3C Trace Context Level 2), so `curl -i` shows
-//! which trace to open.
+//! The gateway is where traces begin. A request that carries a W3C
+//! `traceparent` follows its caller's decision (sampled or not); one that
+//! carries none is recorded only if this process records new traces
+//! (an exporter is set and the sample ratio is above 0). An unrecorded
+//! request makes no span anywhere: not here, and not at any hop after,
+//! since every hop reads the decision from the context it receives.
+//!
+//! A recorded request's span is the root of everything it causes: the
+//! NATS hops to a load-balancer and on to a worker (or straight to a
+//! worker, in direct mode), or to the coordinator and on to the shards,
+//! are its descendants, because each hop carries the W3C `traceparent` of
+//! the span that sent it ([`faultline_bus::trace_context`]). Its answer
+//! names the gateway's span in a `traceresponse` header (W3C Trace Context
+//! Level 2), so `curl -i` shows which trace to open.
 
 use std::time::Instant;
 
@@ -18,13 +24,45 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web;
-use opentelemetry::propagation::Extractor;
-use opentelemetry::trace::TraceContextExt as _;
+use faultline_protocol::headers::TraceParent;
 use tracing::Instrument as _;
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::AppState;
+
+/// The trace context a client sent, if any: its `traceparent` (when it
+/// parses) and `tracestate`.
+#[derive(Debug, Clone, Default)]
+pub struct Inherited {
+    /// The caller's span.
+    pub parent: Option<TraceParent>,
+    /// The caller's `tracestate`.
+    pub tracestate: Option<String>,
+}
+
+impl Inherited {
+    /// Reads it from a request's headers.
+    pub fn of(headers: &actix_web::http::header::HeaderMap) -> Inherited {
+        let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        let parent = text("traceparent").and_then(TraceParent::parse);
+        Inherited {
+            parent,
+            tracestate: parent
+                .and(text("tracestate"))
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+        }
+    }
+
+    /// Whether the request is recorded: the caller's decision, or, for a
+    /// trace that begins here, this process's.
+    fn recorded(&self) -> bool {
+        match self.parent {
+            Some(parent) => parent.sampled,
+            None => faultline_telemetry::traces::records_new_traces(),
+        }
+    }
+}
 
 /// The middleware (`actix_web::middleware::from_fn(observe)`).
 pub async fn observe(
@@ -33,50 +71,56 @@ pub async fn observe(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let method = metric_method(request.method());
-    let span = tracing::info_span!(
-        "http.request",
-        otel.name = method,
-        otel.kind = "server",
-        otel.status_code = Empty,
-        http.request.method = method,
-        http.route = Empty,
-        url.path = request.path(),
-        http.response.status_code = Empty,
-        request_id = Empty,
-    );
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HttpHeaders(request.headers()))
-    });
-    // Fails only when tracing is not set up; the request goes on untraced.
-    let _ = span.set_parent(parent);
-    let mut response = next.call(request).instrument(span.clone()).await?;
+    let inherited = Inherited::of(request.headers());
+    let span = if inherited.recorded() {
+        let span = tracing::info_span!(
+            "http.request",
+            otel.name = method,
+            otel.kind = "server",
+            otel.status_code = Empty,
+            http.request.method = method,
+            http.route = Empty,
+            url.path = request.path(),
+            http.response.status_code = Empty,
+            request_id = Empty,
+        );
+        faultline_bus::trace_context::continue_remote(
+            &span,
+            inherited.parent,
+            inherited.tracestate.as_deref(),
+        );
+        span
+    } else {
+        tracing::Span::none()
+    };
+    let mut response = if span.is_disabled() {
+        next.call(request).await?
+    } else {
+        next.call(request).instrument(span.clone()).await?
+    };
 
-    let route = response
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = crate::route_label(response.request());
     let status = response.status().as_u16();
-    // The route is known only once the router has matched: rename the
-    // started span (a `otel.name` field is read only at its start).
-    span.context()
-        .span()
-        .update_name(format!("{method} {route}"));
-    span.record("http.route", route.as_str());
-    span.record("http.response.status_code", status);
-    if status >= 500 {
-        span.record("otel.status_code", "ERROR");
-    }
-    if let Some(value) = faultline_bus::trace_context::traceparent(&span)
-        .and_then(|traceparent| HeaderValue::from_str(&traceparent).ok())
-    {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static("traceresponse"), value);
+    if !span.is_disabled() {
+        // The route is known only once the router has matched.
+        faultline_bus::trace_context::rename(&span, format!("{method} {route}"));
+        span.record("http.route", route);
+        span.record("http.response.status_code", status);
+        if status >= 500 {
+            span.record("otel.status_code", "ERROR");
+        }
+        if let Some(value) = faultline_bus::trace_context::traceparent(&span)
+            .and_then(|traceparent| HeaderValue::from_str(&traceparent).ok())
+        {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static("traceresponse"), value);
+        }
     }
     if let Some(state) = response.request().app_data::<web::Data<AppState>>() {
         state
             .metrics
-            .request(&route, method, status, started.elapsed().as_secs_f64());
+            .request(route, method, status, started.elapsed().as_secs_f64());
     }
     Ok(response)
 }
@@ -95,18 +139,5 @@ fn metric_method(method: &actix_web::http::Method) -> &'static str {
         Method::OPTIONS => "OPTIONS",
         Method::PATCH => "PATCH",
         _ => "other",
-    }
-}
-
-/// Reads propagation fields from HTTP request headers.
-struct HttpHeaders<'a>(&'a actix_web::http::header::HeaderMap);
-
-impl Extractor for HttpHeaders<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(HeaderName::as_str).collect()
     }
 }

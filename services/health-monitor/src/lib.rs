@@ -87,6 +87,9 @@ pub struct Settings {
     /// NATS connection.
     #[command(flatten)]
     pub nats: faultline_bus::NatsArgs,
+    /// The async runtime.
+    #[command(flatten)]
+    pub runtime: faultline_bus::RuntimeArgs,
     /// Admin endpoints and logging.
     #[command(flatten)]
     pub service: faultline_telemetry::ServiceArgs,

@@ -1,40 +1,27 @@
-//! The load-balancer: receives calls over NATS, picks a worker by strategy,
-//! forwards the call to that worker's own subject, retries elsewhere when
-//! safe, and replies.
+//! The load-balancer: the balancing tier, in either data path.
 //!
-//! Replicas share the work through the NATS queue group
-//! `faultline-load-balancers`: NATS hands each call to one live replica, so
-//! killing a replica only loses the calls it held at that instant, which
-//! the gateway retries.
+//! - **Proxy mode** ([`proxy`]): it receives calls from gateways over
+//!   NATS (replicas share the work through the queue group
+//!   `faultline-load-balancers`), picks a worker by strategy, forwards the
+//!   call to that worker's own subject, retries elsewhere when safe, and
+//!   replies. Four NATS messages per call; it sees every outcome.
+//! - **Direct mode** ([`control`]): gateways balance and call workers
+//!   themselves (two messages per call), and the load-balancers are their
+//!   look-aside control plane: they merge every gateway's outcome reports,
+//!   run outlier detection over them all and publish ejections and weights.
 //!
-//! Design choice: this replica stays on the reply path (it awaits the
-//! worker, then answers the gateway). A balancer that forwarded with the
-//! gateway's reply subject, letting the worker answer the gateway directly,
-//! saves one hop (about 1.45× the throughput of a naive proxy in
-//! DESIGN.md's measurements), but could not see the worker's latency or
-//! failures, so it could neither retry on another worker nor feed
-//! least-loaded its latency averages. We keep the hop and make it cheap:
-//! one NATS connection, bodies forwarded as the same bytes (routing facts
-//! travel in headers), one task per call with a bound, and no lock on the
-//! pick (see [`dispatcher`]).
+//! The mode is a setting in the settings bucket, switched at run time;
+//! every replica serves calls in both modes (a gateway switches at its own
+//! moment) and acts as control plane in direct mode.
 //!
-//! Inside: [`membership`] decides who is in rotation, from heartbeats and
-//! the health-monitor's view (followed by [`membership_watch`]);
-//! [`outlier`] ejects workers that keep failing real calls;
-//! [`retry_budget`] rations retries; [`dispatcher`] owns all of that
-//! balancing state; [`forward`] runs one call's attempts; and
-//! [`settings_watch`] applies strategy and weight changes from the settings
-//! bucket at run time.
+//! The balancing itself (membership, strategies, outlier ejection, retry
+//! budget, the attempt loop) is `faultline_routing`, the same library the
+//! gateway embeds for direct mode; this crate only wires it to its
+//! subjects.
 #![forbid(unsafe_code)]
 
-pub mod dispatcher;
-pub mod forward;
-pub mod membership;
-pub mod membership_watch;
-mod metrics;
-pub mod outlier;
-pub mod retry_budget;
-pub mod settings_watch;
+pub mod control;
+pub mod proxy;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,19 +30,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::Client;
-use faultline_balancing::{Balancer, StrategyKind};
 use faultline_bus::heartbeat;
-use faultline_bus::in_flight::{self, InFlight};
-use faultline_protocol::cluster::{Heartbeat, Role};
+use faultline_bus::in_flight::InFlight;
+use faultline_protocol::cluster::Role;
 use faultline_protocol::subjects;
+use faultline_routing::feeds::{self, FeedSettings};
+use faultline_routing::{Router, RoutingArgs};
 use futures::StreamExt as _;
 
-use crate::dispatcher::Dispatcher;
-use crate::forward::Policy;
-use crate::membership::Membership;
-use crate::metrics::Metrics;
-use crate::outlier::{OutlierDetector, OutlierPolicy, PanicMode};
-use crate::retry_budget::RetryBudget;
+use crate::proxy::Proxy;
 
 /// Load-balancer settings; every flag is also an environment variable.
 #[derive(Debug, Clone, clap::Parser)]
@@ -69,57 +52,9 @@ pub struct Settings {
     #[arg(long, env = "LB_ID", default_value_t = format!("load-balancer-{}", std::process::id()),
           value_parser = subjects::parse_member_id)]
     pub id: String,
-    /// Strategy used until the settings bucket names one.
-    #[arg(long, env = "LB_STRATEGY", default_value = "round-robin")]
-    pub strategy: StrategyKind,
-    /// Seed for the random choices (random, least-loaded), for repeatable
-    /// runs; omitted, the operating system seeds it.
-    #[arg(long, env = "LB_SEED")]
-    pub seed: Option<u64>,
-    /// Most attempts per call, the first included.
-    #[arg(long, env = "LB_MAX_ATTEMPTS", default_value_t = 3,
-          value_parser = clap::value_parser!(u32).range(1..=10))]
-    pub max_attempts: u32,
-    /// Shortest time one attempt is given, in milliseconds.
-    #[arg(long, env = "LB_MIN_ATTEMPT_TIMEOUT_MS", default_value_t = 50,
-          value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    pub min_attempt_timeout_ms: u64,
-    /// A worker leaves the rotation after this many missed heartbeats.
-    #[arg(long, env = "LB_MISSED_HEARTBEATS", default_value_t = 3,
-          value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub missed_heartbeats: u32,
-    /// The health-monitors count as gone (and new workers are admitted on
-    /// heartbeats alone) once no lease renewal is seen for this long, in
-    /// milliseconds.
-    #[arg(long, env = "LB_MONITOR_TIMEOUT_MS", default_value_t = 3_000,
-          value_parser = clap::value_parser!(u64).range(100..=600_000))]
-    pub monitor_timeout_ms: u64,
-    /// Failed attempts in a row that eject a worker.
-    #[arg(long, env = "LB_EJECT_AFTER_FAILURES", default_value_t = 5,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub eject_after_failures: u32,
-    /// How long a first ejection lasts, in milliseconds; repeats last longer.
-    #[arg(long, env = "LB_EJECTION_MS", default_value_t = 2_000,
-          value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub ejection_ms: u64,
-    /// Most workers ejected at once, in percent (at least one may be).
-    #[arg(long, env = "LB_MAX_EJECTED_PERCENT", default_value_t = 50,
-          value_parser = clap::value_parser!(u32).range(0..=100))]
-    pub max_ejected_percent: u32,
-    /// Below this share of healthy workers, in percent, the balancer panics.
-    #[arg(long, env = "LB_PANIC_THRESHOLD_PERCENT", default_value_t = 50,
-          value_parser = clap::value_parser!(u32).range(0..=100))]
-    pub panic_threshold_percent: u32,
-    /// What panic means: fail-open (route to every worker) or fail-closed
-    /// (refuse at once).
-    #[arg(long, env = "LB_PANIC_MODE", value_enum, default_value_t = PanicMode::FailOpen)]
-    pub panic_mode: PanicMode,
-    /// Retries may add this share of the calls (0.2: 20 % extra load).
-    #[arg(long, env = "LB_RETRY_BUDGET_RATIO", default_value_t = 0.2)]
-    pub retry_budget_ratio: f64,
-    /// ...plus this many retries per second, so a quiet replica can retry.
-    #[arg(long, env = "LB_RETRY_BUDGET_FLOOR", default_value_t = 10.0)]
-    pub retry_budget_floor: f64,
+    /// Balancing: strategy, attempts, ejection, retry budget.
+    #[command(flatten)]
+    pub routing: RoutingArgs,
     /// This replica's own heartbeat interval, in milliseconds.
     #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 250,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
@@ -131,6 +66,9 @@ pub struct Settings {
     /// NATS connection.
     #[command(flatten)]
     pub nats: faultline_bus::NatsArgs,
+    /// The async runtime.
+    #[command(flatten)]
+    pub runtime: faultline_bus::RuntimeArgs,
     /// Admin endpoints and logging.
     #[command(flatten)]
     pub service: faultline_telemetry::ServiceArgs,
@@ -143,74 +81,38 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut registry = prometheus_client::registry::Registry::with_prefix("faultline_lb");
-    let metrics = Metrics::register(&mut registry);
-    let balancer = match settings.seed {
-        Some(seed) => Balancer::with_seed(settings.strategy, seed),
-        None => Balancer::new(settings.strategy),
-    };
-    let ejection = Duration::from_millis(settings.ejection_ms);
-    let dispatcher = Dispatcher::spawn(
-        settings.id.clone(),
-        balancer,
-        Membership::new(
-            settings.missed_heartbeats,
-            Duration::from_millis(settings.monitor_timeout_ms),
-        ),
-        OutlierDetector::new(OutlierPolicy {
-            consecutive_failures: settings.eject_after_failures,
-            base_ejection: ejection,
-            max_ejection: ejection * 15,
-            max_ejected_percent: settings.max_ejected_percent,
-            panic_threshold_percent: settings.panic_threshold_percent,
-            panic_mode: settings.panic_mode,
-        }),
-        RetryBudget::new(
-            settings.retry_budget_ratio,
-            settings.retry_budget_floor,
-            Duration::from_secs(10),
-        ),
-        Duration::from_millis(settings.heartbeat_interval_ms.min(100)),
-        metrics.clone(),
-    );
-    let policy = Policy {
-        max_attempts: settings.max_attempts,
-        min_attempt_timeout: Duration::from_millis(settings.min_attempt_timeout_ms),
-        default_timeout: faultline_protocol::call::DEFAULT_TIMEOUT,
-        backoff_base: Duration::from_millis(5),
-        backoff_cap: Duration::from_millis(100),
-    };
+    let mut registry = prometheus_client::registry::Registry::with_prefix("faultline_balancer");
+    let metrics = faultline_routing::metrics::Metrics::register(&mut registry);
+    let router = Arc::new(Router::new(&settings.id, &settings.routing, metrics));
+    let heartbeat_interval = Duration::from_millis(settings.heartbeat_interval_ms);
+    let feeds = feeds::start(
+        client.clone(),
+        router.clone(),
+        FeedSettings {
+            replicas: settings.nats.replicas,
+            default_strategy: settings.routing.strategy,
+            sweep_every: heartbeat_interval.min(Duration::from_millis(100)),
+            peers: Role::LoadBalancer,
+            gateway: false,
+        },
+    )
+    .await
+    .context("subscribing to the balancing feeds")?;
 
     let views = client
         .subscribe(subjects::LB_VIEW)
         .await
         .context("subscribing to view queries")?;
-    let heartbeats = client
-        .subscribe(subjects::WORKER_HEARTBEATS)
+    let viewer = tokio::spawn(answer_views(client.clone(), views, router.clone()));
+    let reports = client
+        .subscribe(subjects::LB_REPORTS)
         .await
-        .context("subscribing to worker heartbeats")?;
-    // Membership and views have tasks of their own, so that a saturated call
-    // loop can never starve the heartbeats (and eject every worker).
-    let listener = tokio::spawn(feed_heartbeats(heartbeats, dispatcher.clone()));
-    let viewer = tokio::spawn(answer_views(client.clone(), views, dispatcher.clone()));
-
-    let membership_watcher = tokio::spawn(membership_watch::run(
-        client.clone(),
-        settings.nats.replicas,
-        dispatcher.clone(),
-    ));
-    let (settings_ready, settings_loaded) = tokio::sync::watch::channel(false);
-    let watcher = tokio::spawn(settings_watch::run(
-        client.clone(),
-        settings.nats.replicas,
-        dispatcher.clone(),
-        settings_ready,
-        settings.strategy,
-    ));
+        .context("subscribing to outcome reports")?;
+    let control_plane = tokio::spawn(control::run(client.clone(), reports, router.clone()));
 
     let serving = Arc::new(AtomicBool::new(false));
     let ready_client = client.clone();
-    let ready_settings = settings_loaded.clone();
+    let ready_settings = feeds.settings_loaded();
     let ready_serving = serving.clone();
     let admin = faultline_telemetry::admin::Admin {
         registry: Arc::new(registry),
@@ -233,35 +135,34 @@ pub async fn run(
         Role::LoadBalancer,
         settings.id.clone(),
         1,
-        Duration::from_millis(settings.heartbeat_interval_ms),
+        heartbeat_interval,
         calls_in_flight.clone(),
     );
 
     tokio::pin!(shutdown);
-    let heartbeat_interval = Duration::from_millis(settings.heartbeat_interval_ms);
     tokio::select! {
         () = &mut shutdown => {}
-        () = warm_up(settings_loaded, dispatcher.members(), heartbeat_interval) => {
+        () = warm_up(feeds.settings_loaded(), router.members(), heartbeat_interval) => {
             let calls = client
                 .queue_subscribe(subjects::LB_CALL, subjects::LB_QUEUE_GROUP.to_owned())
                 .await
                 .context("joining the load-balancer queue group")?;
             serving.store(true, Ordering::Relaxed);
             tracing::info!(id = %settings.id, "Load-balancer serving calls.");
-            let (client, dispatcher, metrics) = (client.clone(), dispatcher.clone(), metrics.clone());
-            in_flight::serve(vec![calls], calls_in_flight, &mut shutdown, move |message| {
-                let (client, dispatcher, metrics) = (client.clone(), dispatcher.clone(), metrics.clone());
-                async move { forward::serve(&client, &dispatcher, &metrics, policy, message).await }
-            })
-            .await;
+            let proxy = Arc::new(Proxy {
+                client: client.clone(),
+                router: router.clone(),
+                policy: settings.routing.policy(),
+            });
+            faultline_bus::serve::serve(client.clone(), vec![calls], calls_in_flight, &mut shutdown, proxy)
+                .await;
         }
     }
 
     heartbeat.abort();
-    watcher.abort();
-    membership_watcher.abort();
-    listener.abort();
+    control_plane.abort();
     viewer.abort();
+    drop(feeds);
     faultline_bus::flush_before_exit(&client, Duration::from_secs(2)).await;
     admin_handle.stop(true).await;
     Ok(())
@@ -293,40 +194,17 @@ async fn warm_up(
     }
 }
 
-/// Feeds worker heartbeats to the dispatcher.
-async fn feed_heartbeats(mut heartbeats: async_nats::Subscriber, dispatcher: Dispatcher) {
-    while let Some(beat) = heartbeats.next().await {
-        match serde_json::from_slice::<Heartbeat>(&beat.payload) {
-            Ok(beat) if subjects::is_valid_member_id(&beat.id) => {
-                if dispatcher.heartbeat(beat).await.is_err() {
-                    return;
+/// Answers view queries from gateways.
+async fn answer_views(client: Client, mut queries: async_nats::Subscriber, router: Arc<Router>) {
+    while let Some(query) = queries.next().await {
+        let Some(reply) = query.reply else { continue };
+        match serde_json::to_vec(&router.view()) {
+            Ok(body) => {
+                if let Err(error) = client.publish(reply, body.into()).await {
+                    tracing::warn!(%error, "Cannot answer a view query.");
                 }
             }
-            Ok(beat) => tracing::warn!(id = %beat.id, "Ignoring a heartbeat with an invalid id."),
-            Err(error) => tracing::warn!(%error, "Ignoring a malformed heartbeat."),
+            Err(error) => tracing::error!(%error, "Cannot encode the cluster view."),
         }
-    }
-}
-
-/// Answers view queries from gateways.
-async fn answer_views(client: Client, mut queries: async_nats::Subscriber, dispatcher: Dispatcher) {
-    while let Some(query) = queries.next().await {
-        let (client, dispatcher) = (client.clone(), dispatcher.clone());
-        tokio::spawn(async move { answer_view(&client, &dispatcher, query).await });
-    }
-}
-
-async fn answer_view(client: &Client, dispatcher: &Dispatcher, query: async_nats::Message) {
-    let Some(reply) = query.reply else { return };
-    let Ok(view) = dispatcher.view().await else {
-        return;
-    };
-    match serde_json::to_vec(&view) {
-        Ok(body) => {
-            if let Err(error) = client.publish(reply, body.into()).await {
-                tracing::warn!(%error, "Cannot answer a view query.");
-            }
-        }
-        Err(error) => tracing::error!(%error, "Cannot encode the cluster view."),
     }
 }

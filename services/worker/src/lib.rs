@@ -26,18 +26,20 @@ pub mod participant;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::Client;
 use bytes::Bytes;
 use faultline_bus::heartbeat;
-use faultline_bus::in_flight::{self, InFlight};
+use faultline_bus::in_flight::InFlight;
+use faultline_bus::serve::{Handler, Reply, Request};
 use faultline_protocol::call::OperationKind;
 use faultline_protocol::cluster::{FaultSpec, Role};
+use faultline_protocol::headers::Envelope;
 use faultline_protocol::{CallRequest, ErrorBody, Outcome, subjects};
 use futures::StreamExt as _;
-use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use crate::faults::Faults;
@@ -72,6 +74,9 @@ pub struct Settings {
     /// NATS connection.
     #[command(flatten)]
     pub nats: faultline_bus::NatsArgs,
+    /// The async runtime.
+    #[command(flatten)]
+    pub runtime: faultline_bus::RuntimeArgs,
     /// Admin endpoints and logging.
     #[command(flatten)]
     pub service: faultline_telemetry::ServiceArgs,
@@ -152,15 +157,12 @@ pub async fn run(
             }
         }
     });
-    let serving = worker.clone();
-    in_flight::serve(
+    faultline_bus::serve::serve(
+        client.clone(),
         vec![own, baseline],
         calls_in_flight,
         shutdown,
-        move |message| {
-            let worker = serving.clone();
-            async move { worker.serve(message).await }
-        },
+        worker,
     )
     .await;
 
@@ -174,43 +176,42 @@ pub async fn run(
     Ok(())
 }
 
-impl Worker {
-    /// Serves one call in a `worker.call` span, a child of the span that
-    /// sent it (a load-balancer's attempt).
-    async fn serve(&self, message: async_nats::Message) {
-        let span = tracing::info_span!(
+impl Handler for Worker {
+    /// A `worker.call` span, a child of the span that sent the call (a
+    /// load-balancer's or a gateway's attempt).
+    fn span(&self, request: &Request) -> tracing::Span {
+        tracing::info_span!(
             "worker.call",
             otel.kind = "server",
             otel.status_code = Empty,
             messaging.system = "nats",
-            messaging.destination.name = message.subject.as_str(),
+            messaging.destination.name = request.subject.as_str(),
             op = Empty,
             outcome = Empty,
             injected_latency_ms = Empty,
-        );
-        faultline_bus::trace_context::continue_from(&span, message.headers.as_ref());
-        self.answer_call(message).instrument(span).await;
+        )
     }
 
-    /// Answers one call, unless the caller's deadline passed.
-    async fn answer_call(&self, message: async_nats::Message) {
-        let Some(reply) = message.reply.clone() else {
-            return; // Nobody to answer: a call is always a request.
+    /// Answers one call, unless the caller's deadline passed first: then
+    /// it answers nothing, since the reply would be dropped.
+    async fn handle(&self, request: Request) -> Option<Reply> {
+        let deadline = request.deadline();
+        let mut work = std::pin::pin!(self.execute(&request.payload, deadline));
+        // Most work (an echo, a little CPU) is done at its first poll: it
+        // needs no timer for its deadline.
+        let answer = match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+            Poll::Ready(answer) => answer,
+            Poll::Pending => match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok().flatten(),
+                None => work.await,
+            },
         };
-        let started = tokio::time::Instant::now();
-        let deadline = faultline_bus::headers::timeout(message.headers.as_ref())
-            .map(|budget| started + budget);
-        let work = self.execute(&message.payload, deadline);
-        let answer = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok().flatten(),
-            None => work.await,
-        };
-        let span = tracing::Span::current();
+        let span = &request.span;
+        let elapsed = request.received.elapsed();
         let Some((outcome, body, op)) = answer else {
             span.record("outcome", "deadline_passed");
-            self.metrics
-                .call(None, Outcome::TimedOut, started.elapsed());
-            return; // The caller has given up; a reply would be dropped.
+            self.metrics.call(None, Outcome::TimedOut, elapsed);
+            return None;
         };
         span.record("outcome", outcome.as_str());
         if let Some(op) = op {
@@ -219,10 +220,21 @@ impl Worker {
         if outcome != Outcome::Ok {
             span.record("otel.status_code", "ERROR");
         }
-        self.metrics.call(op, outcome, started.elapsed());
-        let headers = faultline_bus::headers::reply(outcome, &self.id);
-        if let Err(error) = self.client.publish_with_headers(reply, headers, body).await {
-            tracing::warn!(%error, "Cannot send a reply.");
+        self.metrics.call(op, outcome, elapsed);
+        Some(self.reply(outcome, body))
+    }
+}
+
+impl Worker {
+    /// A reply from this worker.
+    fn reply(&self, outcome: Outcome, body: Bytes) -> Reply {
+        Reply {
+            envelope: Envelope {
+                outcome: Some(outcome),
+                worker: Some(self.id.clone()),
+                ..Envelope::default()
+            },
+            body,
         }
     }
 
@@ -275,9 +287,12 @@ impl Worker {
 
     /// Applies (or, with an empty body, reads) the fault settings.
     async fn answer_faults(&self, request: async_nats::Message) {
-        let Some(reply) = request.reply else { return };
-        let (outcome, body) = if request.payload.is_empty() {
-            (Outcome::Ok, self.faults.get())
+        let Some(reply_to) = request.reply else {
+            return;
+        };
+        let reply = if request.payload.is_empty() {
+            let body = serde_json::to_vec(&self.faults.get()).unwrap_or_default();
+            self.reply(Outcome::Ok, body.into())
         } else {
             match FaultSpec::parse(&request.payload) {
                 Ok(spec) => {
@@ -287,27 +302,19 @@ impl Worker {
                         "Fault injection changed."
                     );
                     self.faults.set(spec);
-                    (Outcome::Ok, spec)
+                    let body = serde_json::to_vec(&spec).unwrap_or_default();
+                    self.reply(Outcome::Ok, body.into())
                 }
                 Err(error) => {
                     let body = error.to_body("invalid_faults").to_json();
-                    let headers = faultline_bus::headers::reply(Outcome::Failed, &self.id);
-                    if let Err(error) = self
-                        .client
-                        .publish_with_headers(reply, headers, body.into())
-                        .await
-                    {
-                        tracing::warn!(%error, "Cannot answer a fault request.");
-                    }
-                    return;
+                    self.reply(Outcome::Failed, body.into())
                 }
             }
         };
-        let body = serde_json::to_vec(&body).unwrap_or_default();
-        let headers = faultline_bus::headers::reply(outcome, &self.id);
+        let headers = faultline_bus::headers::to_headers(&reply.envelope);
         if let Err(error) = self
             .client
-            .publish_with_headers(reply, headers, body.into())
+            .publish_with_headers(reply_to, headers, reply.body)
             .await
         {
             tracing::warn!(%error, "Cannot answer a fault request.");

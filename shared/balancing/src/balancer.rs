@@ -93,6 +93,14 @@ impl Balancer {
         Some(member.id.clone())
     }
 
+    /// Folds a latency observed elsewhere (another replica's report) into
+    /// `id`'s moving average, without touching its in-flight count.
+    pub fn observe_latency(&mut self, id: &str, latency: Duration) {
+        if let Ok(i) = self.members.binary_search_by(|m| (*m.id).cmp(id)) {
+            self.members[i].observe_latency(latency);
+        }
+    }
+
     /// Records that an attempt on `id` finished. `latency` is what the
     /// attempt cost the caller: how long an answer took, or, for a failure,
     /// a penalty the caller picks (failures count as load, so a worker that

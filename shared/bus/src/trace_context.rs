@@ -1,169 +1,196 @@
-//! Trace context across NATS: the W3C `traceparent` (and `tracestate`)
-//! headers on every request and every reply.
+//! Trace context across NATS: the W3C `traceparent` (and `tracestate`) of
+//! the sending span in every request's and every reply's envelope.
 //!
 //! A trace viewer can only stitch the gateway's, the load-balancer's and
 //! the worker's spans into one tree if each message says which span sent
-//! it. The sender injects the context of its current span into the
-//! message's headers ([`inject`]); the receiver starts its span as a child
-//! of that context ([`continue_from`]). Replies carry the replying span's
-//! context back ([`headers::reply`](crate::headers::reply) does it), so a
-//! caller can link to the span that answered it, as an HTTP server's
-//! `traceparent` response header does.
+//! it. The sender writes its span's context into the message's envelope
+//! ([`stamp`]); the receiver starts its span as a child of that context
+//! ([`continue_from`]). Replies carry the replying span's context back, so
+//! a caller can link to the span that answered it, as an HTTP server's
+//! `traceresponse` header does.
 //!
-//! The propagator is OpenTelemetry's global one, which
-//! `faultline_telemetry::init` sets to W3C Trace Context. Without it (in a
-//! unit test, say) nothing is injected and every span starts a new trace,
-//! which is harmless.
+//! **Spans only where the trace is recorded.** The `traceparent` carries
+//! the sampling decision made where the trace began. A hop whose incoming
+//! trace is not sampled makes no spans at all ([`is_recorded`]): creating,
+//! entering and closing a span costs microseconds even when nothing is
+//! exported, which on the call path was a tenth of a call's CPU. It passes
+//! the context it received on unchanged instead ([`outgoing`]), so an
+//! unrecorded trace still has one id from end to end, for the logs.
+//!
+//! The ids are W3C's; `faultline_protocol::headers::TraceParent` reads
+//! and writes them, and this module turns them into OpenTelemetry's span
+//! contexts. Without OpenTelemetry set up (in a unit test, say) spans have
+//! no context and every one starts a new trace, which is harmless.
+
+use std::str::FromStr as _;
 
 use async_nats::HeaderMap;
-use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::TraceContextExt as _;
+use faultline_protocol::headers::{Envelope, TraceParent};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-/// Writes `span`'s trace context into `headers`.
-pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
-    let context = span.context();
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut HeaderInjector(headers));
-    });
+/// Whether a message with this context belongs to a recorded trace, so
+/// that its receiver should make spans.
+pub fn is_recorded(trace: Option<&TraceParent>) -> bool {
+    trace.is_some_and(|t| t.sampled)
 }
 
-/// Writes the current span's trace context into `headers`.
-pub fn inject_current(headers: &mut HeaderMap) {
-    inject(&tracing::Span::current(), headers);
+/// Makes `span` a child of the span that sent a message with `envelope`.
+/// Call it before the span is first entered.
+pub fn continue_envelope(span: &tracing::Span, envelope: &Envelope) {
+    continue_remote(span, envelope.trace, envelope.tracestate.as_deref());
 }
 
-/// New headers carrying `span`'s trace context, for a request or reply
-/// that needs no other header.
-pub fn headers(span: &tracing::Span) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    inject(span, &mut headers);
-    headers
-}
-
-/// The trace context a message carries (an empty one if none, or a
-/// malformed one: a bad header never fails a request).
-pub fn extract(headers: Option<&HeaderMap>) -> opentelemetry::Context {
-    let Some(headers) = headers else {
-        return opentelemetry::Context::new();
-    };
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(headers))
-    })
+/// Makes `span` a child of the remote span `parent` (with its
+/// `tracestate`), if there is one: a caller's, from a message or an HTTP
+/// request.
+pub fn continue_remote(
+    span: &tracing::Span,
+    parent: Option<TraceParent>,
+    tracestate: Option<&str>,
+) {
+    if let Some(parent) = parent {
+        // Fails only without the OpenTelemetry layer (no tracing set up) or
+        // for a span filtered out: either way there is nothing to link.
+        let _ = span.set_parent(remote(parent, tracestate));
+    }
 }
 
 /// Makes `span` a child of the span that sent a message with `headers`.
-/// Call it before the span is first entered.
 pub fn continue_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
-    // Fails only without the OpenTelemetry layer (no tracing set up) or
-    // for a span filtered out: either way there is nothing to link.
-    let _ = span.set_parent(extract(headers));
+    continue_envelope(span, &crate::headers::envelope(headers));
+}
+
+/// The trace context to send on from work done in `span`: the span's own
+/// when it exists (a recorded trace), else `inherited`, the context the
+/// work arrived with, unchanged.
+pub fn outgoing(span: &tracing::Span, inherited: Option<TraceParent>) -> Option<TraceParent> {
+    own(span).or(inherited)
+}
+
+/// Writes `span`'s trace context into `envelope` (or keeps the one already
+/// there when `span` does not exist, see [`outgoing`]).
+pub fn stamp(span: &tracing::Span, envelope: &mut Envelope) {
+    envelope.trace = outgoing(span, envelope.trace);
+}
+
+/// Headers carrying only `span`'s trace context, for a request or reply
+/// that needs nothing else.
+pub fn headers(span: &tracing::Span) -> HeaderMap {
+    let mut envelope = Envelope::default();
+    stamp(span, &mut envelope);
+    envelope.tracestate = own_tracestate(span);
+    crate::headers::to_headers(&envelope)
 }
 
 /// `span`'s `traceparent`, as text: for a record that outlives the
 /// request (the decision log keeps it, so that recovery can link to the
 /// trace a transfer began in) or an HTTP header.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
-    let context = span.context();
-    let mut fields = std::collections::HashMap::new();
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut fields);
-    });
-    fields.remove("traceparent")
+    own(span).map(|tp| tp.to_string())
 }
 
 /// Links `span` to the span a stored `traceparent` names: a span that
 /// acts for an earlier trace without being part of it (recovery finishing
 /// a transfer whose driver died) points back at it.
 pub fn link(span: &tracing::Span, traceparent: &str) {
-    let fields =
-        std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-    let context =
-        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&fields));
-    span.add_link(context.span().span_context().clone());
-}
-
-/// Writes propagation fields into NATS headers.
-struct HeaderInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        // A NATS header value cannot hold a line break (the client would
-        // panic); W3C values never do, but an incoming `tracestate` is
-        // someone else's text.
-        if !value.contains(['\r', '\n']) {
-            self.0.insert(key, value);
-        }
+    if let Some(parent) = TraceParent::parse(traceparent) {
+        span.add_link(span_context(parent, None));
     }
 }
 
-/// Reads propagation fields from NATS headers.
-struct HeaderExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(|value| value.as_str())
+/// Renames a span already started (its `otel.name` field is read only when
+/// it starts): for a server span whose name depends on what the request
+/// turns out to be.
+pub fn rename(span: &tracing::Span, name: String) {
+    if !span.is_disabled() {
+        span.context().span().update_name(name);
     }
+}
 
-    fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+/// `span`'s own context, if it has a valid one.
+fn own(span: &tracing::Span) -> Option<TraceParent> {
+    if span.is_disabled() {
+        return None;
     }
+    let context = span.context();
+    let span_ref = context.span();
+    let ids = span_ref.span_context();
+    ids.is_valid().then(|| TraceParent {
+        trace_id: u128::from_be_bytes(ids.trace_id().to_bytes()),
+        span_id: u64::from_be_bytes(ids.span_id().to_bytes()),
+        sampled: ids.is_sampled(),
+    })
+}
+
+fn own_tracestate(span: &tracing::Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
+    let state = span.context().span().span_context().trace_state().header();
+    (!state.is_empty()).then_some(state)
+}
+
+/// An OpenTelemetry context whose (remote) parent is `parent`.
+fn remote(parent: TraceParent, tracestate: Option<&str>) -> opentelemetry::Context {
+    opentelemetry::Context::new().with_remote_span_context(span_context(parent, tracestate))
+}
+
+fn span_context(parent: TraceParent, tracestate: Option<&str>) -> SpanContext {
+    let flags = if parent.sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let state = tracestate
+        .and_then(|s| TraceState::from_str(s).ok())
+        .unwrap_or_default();
+    SpanContext::new(
+        TraceId::from_bytes(parent.trace_id.to_be_bytes()),
+        SpanId::from_bytes(parent.span_id.to_be_bytes()),
+        flags,
+        true,
+        state,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::propagation::TextMapPropagator as _;
-    use opentelemetry::trace::{SpanContext, TraceFlags, TraceState};
-    use opentelemetry_sdk::propagation::TraceContextPropagator;
 
     #[test]
-    fn a_context_survives_the_trip_through_nats_headers() {
-        let propagator = TraceContextPropagator::new();
-        let sent = SpanContext::new(
-            0x4bf92f3577b34da6a3ce929d0e0e4736_u128.into(),
-            0x00f067aa0ba902b7_u64.into(),
-            TraceFlags::SAMPLED,
-            true,
-            TraceState::default(),
-        );
-        let mut headers = HeaderMap::new();
-        propagator.inject_context(
-            &opentelemetry::Context::new().with_remote_span_context(sent.clone()),
-            &mut HeaderInjector(&mut headers),
-        );
-        assert_eq!(
-            headers.get("traceparent").map(|v| v.as_str()),
-            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-        );
-        let received = propagator.extract(&HeaderExtractor(&headers));
-        let span = received.span();
+    fn a_remote_context_keeps_the_ids_and_the_decision() {
+        let parent = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .expect("valid");
+        let context = remote(parent, Some("congo=t61rcWkgMzE"));
+        let span = context.span();
         let got = span.span_context();
         assert_eq!(
-            (
-                got.trace_id(),
-                got.span_id(),
-                got.is_sampled(),
-                got.is_remote()
-            ),
-            (sent.trace_id(), sent.span_id(), true, true)
+            got.trace_id(),
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("hex")
         );
+        assert_eq!(
+            got.span_id(),
+            SpanId::from_hex("00f067aa0ba902b7").expect("hex")
+        );
+        assert!(got.is_sampled() && got.is_remote());
+        assert_eq!(got.trace_state().get("congo"), Some("t61rcWkgMzE"));
     }
 
     #[test]
-    fn a_malformed_or_missing_traceparent_gives_an_empty_context() {
-        let propagator = TraceContextPropagator::new();
-        let mut headers = HeaderMap::new();
-        headers.insert("traceparent", "00-zz-00f067aa0ba902b7-01");
-        let received = propagator.extract(&HeaderExtractor(&headers));
-        assert!(!received.span().span_context().is_valid());
-        assert!(!extract(None).span().span_context().is_valid());
-    }
-
-    #[test]
-    fn values_with_line_breaks_are_not_written() {
-        let mut headers = HeaderMap::new();
-        HeaderInjector(&mut headers).set("tracestate", "a=1\r\nX: y".to_owned());
-        assert!(headers.get("tracestate").is_none());
+    fn without_a_span_the_inherited_context_goes_on_unchanged() {
+        let inherited = TraceParent {
+            trace_id: 7,
+            span_id: 9,
+            sampled: false,
+        };
+        assert_eq!(
+            outgoing(&tracing::Span::none(), Some(inherited)),
+            Some(inherited)
+        );
+        assert!(!is_recorded(Some(&inherited)));
+        assert_eq!(outgoing(&tracing::Span::none(), None), None);
     }
 }

@@ -138,6 +138,10 @@ pub struct ClusterView {
     pub load_balancer: String,
     /// The strategy in force.
     pub strategy: StrategyKind,
+    /// The data path in force: in `direct` mode this replica balances no
+    /// call itself, and its counts are the gateways' reports.
+    #[serde(default)]
+    pub data_path: crate::routing::DataPath,
     /// The workers it can route to, by id.
     pub workers: Vec<WorkerView>,
 }
@@ -154,7 +158,8 @@ pub struct WorkerView {
     pub advertised_weight: u32,
     /// Calls this replica has in flight to it.
     pub in_flight: u32,
-    /// Calls this replica has sent it.
+    /// Calls this replica has sent it (in direct mode: attempts the
+    /// gateways reported).
     pub picks: u64,
     /// Calls the worker says it has answered, from all replicas.
     pub served: u64,

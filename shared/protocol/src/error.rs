@@ -92,6 +92,12 @@ impl InputError {
             None => return Err(InputError::body("body is empty; expected a JSON object")),
             Some(_) => return Err(InputError::body("body must be a JSON object")),
         }
+        // Valid input, the common case, is parsed once without tracking
+        // where the parser is; only input that fails is parsed again, to
+        // name the field at fault.
+        if let Ok(value) = serde_json::from_slice(bytes) {
+            return Ok(value);
+        }
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
             let path = err.path().to_string();

@@ -3,10 +3,9 @@
 //!
 //! - [`subjects`] names every NATS subject, queue group and KV key, so a
 //!   grep for one subject finds every publisher and subscriber.
-//! - [`headers`] names the message headers (request id, deadline, routing
-//!   key, outcome) and parses them. Trace context travels in W3C's own
-//!   `traceparent` header, written and read by OpenTelemetry's propagator
-//!   (`faultline_bus::trace_context`).
+//! - [`headers`] is the one compact header every message carries (request
+//!   id, deadline, routing key, outcome, and the W3C trace context), and
+//!   the rule that shares a deadline among attempts.
 //! - [`call`] is the balanced call: what a client asks a worker to do, with
 //!   validation that names the offending field.
 //! - [`outcome`] is the typed result of one attempt (ok, definite failure,
@@ -14,6 +13,8 @@
 //!   retry is safe.
 //! - [`cluster`] holds the heartbeat, fault-injection and cluster-view
 //!   messages.
+//! - [`routing`] names the two data paths (proxy, direct) and the messages
+//!   of the look-aside control plane (outcome reports, directives).
 //! - [`membership`] is the health-monitor's membership view, its events and
 //!   its lease, as stored in JetStream KV.
 //! - [`bank`] is accounts and transfers: the public requests and the
@@ -33,6 +34,7 @@ pub mod error;
 pub mod headers;
 pub mod membership;
 pub mod outcome;
+pub mod routing;
 pub mod subjects;
 
 pub use call::{CallRequest, Operation};

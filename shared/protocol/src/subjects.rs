@@ -13,6 +13,15 @@ pub const LB_VIEW: &str = "faultline.lb.view";
 /// to one live member, so a dead replica simply stops receiving work.
 pub const LB_QUEUE_GROUP: &str = "faultline-load-balancers";
 
+/// Outcome reports from gateways in direct mode (a
+/// [`crate::routing::OutcomeReport`]). Every load-balancer replica
+/// subscribes (no queue group), so each runs outlier detection over every
+/// gateway's outcomes.
+pub const LB_REPORTS: &str = "faultline.lb.reports";
+/// Directives from the load-balancers to every gateway (a
+/// [`crate::routing::Directive`]): ejections and the weights in force.
+pub const LB_DIRECTIVES: &str = "faultline.lb.directives";
+
 /// Baseline only: every worker also joins one queue group on this subject,
 /// so load tests can compare NATS's own random spreading with the balancer.
 pub const WORKERS_BASELINE_CALL: &str = "faultline.workers.call";
@@ -21,6 +30,13 @@ pub const WORKERS_BASELINE_QUEUE_GROUP: &str = "faultline-workers";
 
 /// Heartbeats of every worker: `faultline.heartbeat.worker.<id>`.
 pub const WORKER_HEARTBEATS: &str = "faultline.heartbeat.worker.*";
+
+/// Heartbeats of every load-balancer replica: a gateway in proxy mode
+/// watches them to learn at once which replica died holding its calls.
+pub const LOAD_BALANCER_HEARTBEATS: &str = "faultline.heartbeat.load-balancer.*";
+/// Heartbeats of every gateway: gateways in direct mode count each other,
+/// to share the retry budget's floor.
+pub const GATEWAY_HEARTBEATS: &str = "faultline.heartbeat.gateway.*";
 
 /// Heartbeats of every member of every role.
 pub const HEARTBEATS: &str = "faultline.heartbeat.>";
@@ -91,12 +107,16 @@ pub fn heartbeat(role: &str, id: &str) -> String {
 }
 
 /// The JetStream key-value bucket that holds the balancing settings
-/// (strategy and weight overrides). Every load-balancer replica watches it,
+/// (strategy, weight overrides, data path). Every load-balancer replica and
+/// every gateway watches it,
 /// so a change made through any gateway reaches all of them, and a replica
 /// started later reads the current settings.
 pub const BALANCER_SETTINGS_BUCKET: &str = "faultline_balancer";
 /// Key of the strategy in [`BALANCER_SETTINGS_BUCKET`].
 pub const STRATEGY_KEY: &str = "strategy";
+/// Key of the data path (`proxy` or `direct`) in
+/// [`BALANCER_SETTINGS_BUCKET`].
+pub const DATA_PATH_KEY: &str = "data_path";
 /// Prefix of weight overrides in [`BALANCER_SETTINGS_BUCKET`].
 pub const WEIGHT_KEY_PREFIX: &str = "weight.";
 

@@ -34,6 +34,7 @@
 //! over OTLP (+15 %). Most of it is the five spans a call makes (gateway
 //! ×2, load-balancer ×2, worker), whether recorded or not.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -111,6 +112,18 @@ pub enum TraceSetupError {
     },
 }
 
+/// Whether this process records some of the traces it begins: set by
+/// [`provider`], read by [`records_new_traces`].
+static RECORDS_NEW_TRACES: AtomicBool = AtomicBool::new(false);
+
+/// Whether a trace this process begins (a request with no `traceparent`)
+/// may be recorded: false with no exporter or a ratio of 0. A server that
+/// begins traces asks before making its first span, so an unrecorded
+/// request costs no span at all.
+pub fn records_new_traces() -> bool {
+    RECORDS_NEW_TRACES.load(Ordering::Relaxed)
+}
+
 /// The tracer provider for `service` (its `service.name`), instance
 /// `instance` (`service.instance.id`, such as `worker-2`).
 pub fn provider(
@@ -123,6 +136,10 @@ pub fn provider(
         .with_attribute(KeyValue::new("service.instance.id", instance.to_owned()))
         .build();
     let exporter = args.exporter();
+    RECORDS_NEW_TRACES.store(
+        exporter != TraceExporter::None && args.trace_sample_ratio > 0.0,
+        Ordering::Relaxed,
+    );
     // Recording spans that go nowhere would only cost time.
     let new_traces = match exporter {
         TraceExporter::None => Sampler::AlwaysOff,

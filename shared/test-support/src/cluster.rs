@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::Value;
 
+use faultline_protocol::routing::DataPath;
 use faultline_transactions::sharding::{owner_of, shard_of};
 
 use crate::database::TestDatabase;
@@ -37,6 +38,11 @@ pub struct ClusterSpec {
     /// Environment variables for every service (an OTLP endpoint, a log
     /// format...).
     pub env: Vec<(String, String)>,
+    /// The data path the cluster runs in, set in the settings bucket once
+    /// everything is up.
+    pub data_path: DataPath,
+    /// How many gateways (each with its own HTTP port).
+    pub gateways: usize,
 }
 
 /// The two-phase-commit part of a cluster.
@@ -83,6 +89,18 @@ impl Default for ClusterSpec {
             bank: None,
             nats_auth: false,
             env: Vec::new(),
+            data_path: DataPath::Proxy,
+            gateways: 1,
+        }
+    }
+}
+
+impl ClusterSpec {
+    /// The default cluster, in `data_path` mode.
+    pub fn in_mode(data_path: DataPath) -> Self {
+        ClusterSpec {
+            data_path,
+            ..ClusterSpec::default()
         }
     }
 }
@@ -92,6 +110,9 @@ impl Default for ClusterSpec {
 pub struct Cluster {
     /// The gateway; declared first so it is dropped (killed) first.
     pub gateway: Gateway,
+    /// The other gateways, `gateway-2` first, when the spec asks for more
+    /// than one.
+    pub other_gateways: Vec<Gateway>,
     /// Load-balancer replicas, `lb-1` first.
     pub load_balancers: Vec<Service>,
     /// Workers, `worker-1` first.
@@ -250,37 +271,51 @@ impl Cluster {
                 coordinator_admin.push(format!("http://127.0.0.1:{port}"));
             }
         }
-        let http_port = free_port();
-        let mut args = vec![
-            "--nats-servers".to_owned(),
-            nats.url(),
-            "--http-addr".to_owned(),
-            format!("127.0.0.1:{http_port}"),
-            "--http-workers".to_owned(),
-            "2".to_owned(),
-            "--heartbeat-interval-ms".to_owned(),
-            spec.heartbeat_interval_ms.to_string(),
-        ];
-        if let Some(bank) = &spec.bank {
-            args.extend([
-                "--shards".to_owned(),
-                bank.shards.to_string(),
-                // A crashed coordinator's clients learn "outcome unknown"
-                // sooner and retry with their key.
-                "--transfer-timeout-ms".to_owned(),
-                "5000".to_owned(),
-            ]);
-        }
-        let gateway = Gateway {
-            service: Service::start("gateway", "gateway", &args, &env("gateway"), logs.clone())?,
-            url: format!("http://127.0.0.1:{http_port}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .context("building the HTTP client")?,
+        let start_gateway = |n: usize| -> anyhow::Result<Gateway> {
+            let http_port = free_port();
+            let id = format!("gateway-{n}");
+            let mut args = vec![
+                "--id".to_owned(),
+                id.clone(),
+                "--nats-servers".to_owned(),
+                nats.url(),
+                "--http-addr".to_owned(),
+                format!("127.0.0.1:{http_port}"),
+                "--http-workers".to_owned(),
+                "2".to_owned(),
+                "--heartbeat-interval-ms".to_owned(),
+                spec.heartbeat_interval_ms.to_string(),
+                "--strategy".to_owned(),
+                spec.strategy.clone(),
+            ];
+            if let Some(bank) = &spec.bank {
+                args.extend([
+                    "--shards".to_owned(),
+                    bank.shards.to_string(),
+                    // A crashed coordinator's clients learn "outcome
+                    // unknown" sooner and retry with their key.
+                    "--transfer-timeout-ms".to_owned(),
+                    "5000".to_owned(),
+                ]);
+            }
+            // The first keeps the plain name the tests and logs know it by.
+            let name = if n == 1 { "gateway".to_owned() } else { id };
+            Ok(Gateway {
+                service: Service::start(&name, "gateway", &args, &env("gateway"), logs.clone())?,
+                url: format!("http://127.0.0.1:{http_port}"),
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .context("building the HTTP client")?,
+            })
         };
+        let gateway = start_gateway(1)?;
+        let other_gateways = (2..=spec.gateways.max(1))
+            .map(start_gateway)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let cluster = Cluster {
             gateway,
+            other_gateways,
             load_balancers,
             workers,
             monitors,
@@ -296,6 +331,9 @@ impl Cluster {
         } else {
             Ok(())
         };
+        if ready.is_ok() && spec.data_path != DataPath::default() {
+            ready = cluster.switch_data_path(spec.data_path).await;
+        }
         if ready.is_ok() {
             ready = cluster.wait_until_whole().await;
         }
@@ -325,30 +363,85 @@ impl Cluster {
             .await
     }
 
-    /// Waits until the cluster is whole: every load-balancer routes to
-    /// every worker, none ejected and, with monitors, every one judged up;
-    /// for a bank, every shard is served and a coordinator is active. The
-    /// state a test (or a load run) starts from.
-    pub async fn wait_until_whole(&self) -> anyhow::Result<()> {
-        if !self.load_balancers.is_empty() {
-            let workers = self.workers.len();
-            let judged = !self.monitors.is_empty();
-            self.wait_for_view(
-                "every load-balancer routing to every worker, judged up, none ejected",
-                |view| {
-                    view["load_balancers"].as_array().is_some_and(|lbs| {
-                        lbs.iter().all(|lb| {
-                            lb["workers"].as_array().is_some_and(|ws| {
-                                ws.len() == workers
-                                    && ws.iter().all(|w| {
-                                        (!judged || w["state"] == "up") && w["ejected"] == false
-                                    })
-                            })
-                        })
-                    })
+    /// Every gateway, the first one first.
+    pub fn gateways(&self) -> impl Iterator<Item = &Gateway> {
+        std::iter::once(&self.gateway).chain(&self.other_gateways)
+    }
+
+    /// Switches the data path through the settings bucket and waits until
+    /// every gateway and every load-balancer follows it.
+    pub async fn switch_data_path(&self, data_path: DataPath) -> anyhow::Result<()> {
+        let (status, body) = self
+            .gateway
+            .put(
+                "/v1/data-path",
+                &serde_json::json!({ "data_path": data_path.as_str() }),
+            )
+            .await?;
+        anyhow::ensure!(status == 200, "switching to {data_path}: {status} {body}");
+        for gateway in self.gateways() {
+            crate::eventually(
+                &format!(
+                    "{} and every load-balancer in {data_path} mode",
+                    gateway.url
+                ),
+                Duration::from_secs(20),
+                || async {
+                    let (status, view) = gateway.get("/v1/cluster").await.ok()?;
+                    let all_lbs = view["load_balancers"]
+                        .as_array()?
+                        .iter()
+                        .all(|lb| lb["data_path"] == data_path.as_str());
+                    (status == 200 && view["data_path"] == data_path.as_str() && all_lbs)
+                        .then_some(())
                 },
             )
             .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the cluster is whole: every load-balancer and every
+    /// gateway routes to every worker, none ejected and, with monitors,
+    /// every one judged up; for a bank, every shard is served and a
+    /// coordinator is active. The state a test (or a load run) starts from.
+    pub async fn wait_until_whole(&self) -> anyhow::Result<()> {
+        let workers = self.workers.len();
+        let judged = !self.monitors.is_empty();
+        let whole = |view: &Value| {
+            view["workers"].as_array().is_some_and(|ws| {
+                ws.len() == workers
+                    && ws
+                        .iter()
+                        .all(|w| (!judged || w["state"] == "up") && w["ejected"] == false)
+            })
+        };
+        if !self.load_balancers.is_empty() {
+            self.wait_for_view(
+                "every load-balancer routing to every worker, judged up, none ejected",
+                |view| {
+                    view["load_balancers"]
+                        .as_array()
+                        .is_some_and(|lbs| lbs.iter().all(whole))
+                },
+            )
+            .await?;
+        }
+        if !self.workers.is_empty() {
+            for gateway in self.gateways() {
+                crate::eventually(
+                    &format!(
+                        "{} routing to every worker, judged up, none ejected",
+                        gateway.url
+                    ),
+                    Duration::from_secs(20),
+                    || async {
+                        let (status, view) = gateway.get("/v1/cluster").await.ok()?;
+                        (status == 200 && whole(&view["gateway"])).then_some(())
+                    },
+                )
+                .await?;
+            }
         }
         if self.database.is_some() {
             self.wait_for_bank().await?;
@@ -493,7 +586,7 @@ impl Cluster {
             .chain(&self.load_balancers)
             .chain(&self.monitors)
             .chain(&self.coordinators)
-            .chain([&self.gateway.service])
+            .chain(self.gateways().map(|g| &g.service))
         {
             out.push_str(&format!("----- {} -----\n{}\n", s.name(), s.log()));
         }

@@ -1,27 +1,37 @@
-//! `POST /v1/call`: one balanced call.
+//! `POST /v1/call`: one balanced call, by either data path.
 //!
-//! The body is validated here, at the edge, then sent as the same bytes to
-//! the load-balancer queue group with the routing facts in headers. The
-//! gateway retries an idempotent call on another replica when a replica
-//! does not answer in its time slice (it may have died holding the call),
-//! or when none is subscribed at that instant.
+//! The body is validated here, at the edge, then sent on as the same bytes
+//! with the routing facts in the envelope:
+//!
+//! - **proxy**: to the load-balancers' queue group; one replica picks a
+//!   worker, forwards, retries, and answers. The gateway sends an
+//!   idempotent call again to another replica when one does not answer in
+//!   its time slice, when none is subscribed at that instant, or at once
+//!   when one dies while the call is in flight ([`crate::replicas`]).
+//! - **direct**: the gateway picks the worker and calls it itself, with
+//!   the same library, the same strategies, retries and ejection as a
+//!   load-balancer (`faultline_routing::forward`).
 //!
 //! The 200 answer is assembled from the worker's reply without parsing it:
 //! `{"request_id":…, "worker":…, "attempts":…, "result": <worker's JSON>}`.
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use async_nats::{HeaderMap, Request, RequestErrorKind};
+use async_nats::{Request, RequestErrorKind};
 use bytes::{BufMut as _, Bytes, BytesMut};
-use faultline_protocol::headers as h;
+use faultline_protocol::call::Call as ValidCall;
+use faultline_protocol::headers::{self as h, Envelope};
+use faultline_protocol::routing::DataPath;
 use faultline_protocol::{CallRequest, Outcome, subjects};
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use super::error::ApiError;
-use crate::AppState;
+use crate::observe::Inherited;
+use crate::{AppState, Connection};
 
 /// The most of its wait the gateway keeps back from a load-balancer's
 /// budget, so the balancer's own answer arrives first.
@@ -30,36 +40,118 @@ const MAX_MARGIN: Duration = Duration::from_millis(50);
 /// The longest request id accepted from a client.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// How a call ended: the outcome, the worker that answered (if any), the
+/// attempts made, and the body.
+struct Served {
+    outcome: Outcome,
+    worker: Option<String>,
+    attempts: u32,
+    body: Bytes,
+}
+
 /// Handles `POST /v1/call`.
 pub async fn call(
     state: web::Data<AppState>,
+    connection: web::Data<Connection>,
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = super::body::read(&request, payload, state.max_body_bytes).await?;
     let call = CallRequest::parse(&body)?;
     let request_id = request_id(&request);
-    tracing::Span::current().record("request_id", request_id.as_str());
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record("request_id", request_id.as_str());
+    }
+    let inherited = Inherited::of(request.headers());
+    let served = match state.router.data_path() {
+        DataPath::Direct => direct(&state, &connection, call, body, &request_id, inherited).await,
+        DataPath::Proxy => proxy(&state, &connection, call, body, &request_id, inherited).await?,
+    };
+    let worker = served
+        .worker
+        .as_deref()
+        .filter(|w| subjects::is_valid_member_id(w))
+        .unwrap_or("none");
+    state.metrics.served_by(worker, served.outcome);
+    match served.outcome {
+        Outcome::Ok => Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .insert_header(("x-request-id", request_id.as_str()))
+            .body(success_body(
+                &request_id,
+                worker,
+                served.attempts,
+                &served.body,
+            ))),
+        failure => Err(ApiError::Upstream {
+            status: status_for(failure),
+            body: served.body,
+        }),
+    }
+}
+
+/// Direct mode: this gateway balances and calls the worker itself.
+async fn direct(
+    state: &AppState,
+    connection: &Connection,
+    call: ValidCall,
+    body: Bytes,
+    request_id: &str,
+    inherited: Inherited,
+) -> Served {
+    let call = faultline_routing::Call {
+        payload: body,
+        deadline: (Instant::now() + call.timeout).into(),
+        attempt_timeout: call.attempt_timeout,
+        idempotent: call.operation.is_idempotent(),
+        key: call.key,
+        request_id: Some(request_id.to_owned()),
+        trace: inherited.parent,
+        tracestate: inherited.tracestate,
+    };
+    let started = tokio::time::Instant::now();
+    let answer =
+        faultline_routing::forward(&state.router, &connection.nats, state.policy, &call).await;
+    state
+        .router
+        .metrics()
+        .call(answer.outcome, started.elapsed());
+    Served {
+        outcome: answer.outcome,
+        worker: answer.worker.as_deref().map(str::to_owned),
+        attempts: answer.attempts,
+        body: answer.body,
+    }
+}
+
+/// Proxy mode: a load-balancer replica balances; this gateway retries an
+/// idempotent call on another replica when one does not answer.
+async fn proxy(
+    state: &AppState,
+    connection: &Connection,
+    call: ValidCall,
+    body: Bytes,
+    request_id: &str,
+    inherited: Inherited,
+) -> Result<Served, ApiError> {
     let idempotent = call.operation.is_idempotent();
     let deadline = Instant::now() + call.timeout;
-
-    let mut headers = HeaderMap::new();
-    headers.insert(h::REQUEST_ID, request_id.as_str());
-    headers.insert(h::IDEMPOTENT, if idempotent { "true" } else { "false" });
-    if let Some(key) = &call.key {
-        headers.insert(h::ROUTING_KEY, key.as_str());
-    }
-
-    if let Some(attempt) = call.attempt_timeout {
-        headers.insert(h::ATTEMPT_TIMEOUT_MS, h::format_timeout(attempt));
-    }
-
+    let mut envelope = Envelope {
+        tracestate: inherited.tracestate,
+        attempt_timeout: call.attempt_timeout,
+        request_id: Some(request_id.to_owned()),
+        idempotent,
+        key: call.key,
+        ..Envelope::default()
+    };
     let max_tries = if idempotent { state.lb_attempts } else { 1 };
     // When the caller fixed an attempt timeout, a balancer must be given at
     // least that long (plus our margin) for its first attempt.
     let floor = call
         .attempt_timeout
         .map_or(Duration::ZERO, |t| t + MAX_MARGIN);
+    let recording = !tracing::Span::current().is_disabled();
     let mut earlier_attempts = 0u32;
     let mut last_error = ApiError::NoLoadBalancer;
     for try_number in 1..=max_tries {
@@ -71,54 +163,58 @@ pub async fn call(
         // Tell the balancer a little less than we wait, so its answer (even
         // "deadline exceeded") arrives before we give up on it.
         let margin = (slice / 10).min(MAX_MARGIN);
-        headers.insert(h::TIMEOUT_MS, h::format_timeout(slice - margin));
+        envelope.timeout = Some(slice - margin);
         // One client span per try: a try that a dead replica swallowed
-        // shows as its own span, timed out, beside the one that answered.
-        let try_span = tracing::info_span!(
-            "gateway.forward",
-            otel.kind = "client",
-            messaging.system = "nats",
-            messaging.destination.name = subjects::LB_CALL,
-            try_number,
-            outcome = Empty,
-        );
-        faultline_bus::trace_context::inject(&try_span, &mut headers);
-        let response = state
-            .nats
-            .send_request(
-                subjects::LB_CALL,
-                Request::new()
-                    .headers(headers.clone())
-                    .payload(body.clone())
-                    .timeout(Some(slice)),
+        // shows as its own span, beside the one that answered.
+        let try_span = if recording {
+            tracing::info_span!(
+                "gateway.forward",
+                otel.kind = "client",
+                messaging.system = "nats",
+                messaging.destination.name = subjects::LB_CALL,
+                try_number,
+                outcome = Empty,
             )
-            .instrument(try_span.clone())
-            .await;
-        match response {
-            Ok(reply) => {
-                let reply_headers = reply.headers.as_ref();
-                let outcome = faultline_bus::headers::outcome(reply_headers);
-                let attempts = earlier_attempts
-                    + faultline_bus::headers::get(reply_headers, h::ATTEMPTS)
-                        .and_then(|a| a.parse::<u32>().ok())
-                        .unwrap_or(1);
-                let worker = faultline_bus::headers::get(reply_headers, h::WORKER)
-                    .filter(|w| subjects::is_valid_member_id(w))
-                    .unwrap_or("none");
-                state.metrics.served_by(worker, outcome);
-                try_span.record("outcome", outcome.as_str());
-                return match outcome {
-                    Outcome::Ok => Ok(HttpResponse::Ok()
-                        .content_type("application/json")
-                        .insert_header(("x-request-id", request_id.as_str()))
-                        .body(success_body(&request_id, worker, attempts, &reply.payload))),
-                    failure => Err(ApiError::Upstream {
-                        status: status_for(failure),
-                        body: reply.payload,
-                    }),
-                };
+        } else {
+            tracing::Span::none()
+        };
+        envelope.trace = faultline_bus::trace_context::outgoing(&try_span, inherited.parent);
+        let mut losses = state.lb_losses.clone();
+        let sent = Instant::now();
+        let request = connection.nats.send_request(
+            subjects::LB_CALL,
+            Request::new()
+                .headers(faultline_bus::headers::to_headers(&envelope))
+                .payload(body.clone())
+                .timeout(Some(slice)),
+        );
+        let answered = async {
+            tokio::select! {
+                response = request => Some(response),
+                // A replica lost while this call was in it: send it again
+                // now rather than wait out the slice.
+                Ok(_) = losses.wait_for(|loss| crate::replicas::may_hold(*loss, sent)),
+                    if try_number < max_tries => None,
             }
-            Err(error) => {
+        };
+        let response = if recording {
+            answered.instrument(try_span.clone()).await
+        } else {
+            answered.await
+        };
+        match response {
+            Some(Ok(reply)) => {
+                let reply_envelope = faultline_bus::headers::envelope(reply.headers.as_ref());
+                let outcome = reply_envelope.outcome.unwrap_or(Outcome::Failed);
+                try_span.record("outcome", outcome.as_str());
+                return Ok(Served {
+                    outcome,
+                    worker: reply_envelope.worker,
+                    attempts: earlier_attempts + reply_envelope.attempts.unwrap_or(1),
+                    body: reply.payload,
+                });
+            }
+            Some(Err(error)) => {
                 earlier_attempts += 1;
                 last_error = match error.kind() {
                     RequestErrorKind::NoResponders => {
@@ -131,13 +227,17 @@ pub async fn call(
                     _ => ApiError::NoLoadBalancer,
                 };
                 try_span.record("outcome", "no_answer");
-                if try_number < max_tries {
-                    state.metrics.lb_retry();
-                }
                 try_span.in_scope(|| {
                     tracing::warn!(request_id, try_number, %error, "A load-balancer did not answer.");
                 });
             }
+            None => {
+                earlier_attempts += 1;
+                try_span.record("outcome", "replica_lost");
+            }
+        }
+        if try_number < max_tries {
+            state.metrics.lb_retry();
         }
     }
     Err(last_error)
@@ -163,7 +263,7 @@ fn success_body(request_id: &str, worker: &str, attempts: u32, result: &[u8]) ->
     out.put_slice(b"\",\"worker\":\"");
     out.put_slice(worker.as_bytes());
     out.put_slice(b"\",\"attempts\":");
-    out.put_slice(attempts.to_string().as_bytes());
+    let _ = write!(out, "{attempts}");
     out.put_slice(b",\"result\":");
     out.put_slice(if result.is_empty() { b"null" } else { result });
     out.put_u8(b'}');
@@ -193,10 +293,10 @@ mod tests {
 
     #[test]
     fn the_success_body_is_json_around_the_raw_result() {
-        let body = success_body("r1", "w1", 2, br#"{"op":"echo","message":"hi"}"#);
+        let body = success_body("r1", "w1", 12, br#"{"op":"echo","message":"hi"}"#);
         let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(json["worker"], "w1");
-        assert_eq!(json["attempts"], 2);
+        assert_eq!(json["attempts"], 12);
         assert_eq!(json["result"]["message"], "hi");
     }
 

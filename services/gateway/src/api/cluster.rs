@@ -3,10 +3,12 @@
 //!
 //! - `GET /v1/cluster` gathers the view of every load-balancer replica
 //!   (scatter-gather: one request, every replica answers) and merges them,
-//!   with the leading health-monitor's judgement of every member.
-//! - `PUT /v1/strategy` and `PUT|DELETE /v1/workers/{id}/weight` write the
-//!   settings bucket; every replica watches it and applies the change
-//!   within milliseconds, without a restart.
+//!   with this gateway's own view (what it routes by in direct mode) and
+//!   the leading health-monitor's judgement of every member.
+//! - `PUT /v1/strategy`, `PUT /v1/data-path` and
+//!   `PUT|DELETE /v1/workers/{id}/weight` write the settings bucket; every
+//!   replica and gateway watches it and applies the change within
+//!   milliseconds, without a restart.
 //! - `GET|PUT /v1/workers/{id}/faults` reads or sets a worker's injected
 //!   faults directly on that worker.
 
@@ -21,6 +23,7 @@ use faultline_protocol::cluster::{
     ClusterView, FaultSpec, StrategyChange, WeightChange, WorkerView,
 };
 use faultline_protocol::membership::{MemberHealth, MonitorView};
+use faultline_protocol::routing::{DataPath, DataPathChange};
 use faultline_protocol::{InputError, Outcome, subjects};
 use futures::StreamExt as _;
 use serde::Serialize;
@@ -39,6 +42,11 @@ pub struct MergedView {
     /// The strategy the replicas report (the most common one, if they are
     /// still converging after a change).
     pub strategy: StrategyKind,
+    /// The data path in force, as this gateway follows it.
+    pub data_path: DataPath,
+    /// This gateway's own routing view: what it balances by in direct mode
+    /// (its picks, ejections, weights).
+    pub gateway: ClusterView,
     /// Every worker any replica routes to, with counts summed over replicas.
     pub workers: Vec<WorkerView>,
     /// Each replica's own view.
@@ -55,27 +63,28 @@ pub struct MergedView {
 }
 
 /// Handles `GET /v1/cluster`.
-pub async fn view(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(gather(&state).await?))
+pub async fn view(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(gather(&state).await)
 }
 
 /// Asks every load-balancer replica and every health-monitor for its view
 /// and merges them.
-pub async fn gather(state: &AppState) -> Result<MergedView, ApiError> {
+pub async fn gather(state: &AppState) -> MergedView {
     let (mut views, monitors) = tokio::join!(
         scatter_gather::<ClusterView>(&state.nats, subjects::LB_VIEW),
         scatter_gather::<MonitorView>(&state.nats, subjects::MONITOR_VIEW),
     );
-    if views.is_empty() {
-        return Err(ApiError::NoLoadBalancer);
-    }
+    // With no load-balancer answering (in direct mode they may all be
+    // gone) the view still shows this gateway's own routing and the
+    // monitor's judgement.
+    let data_path = state.router.data_path();
     views.sort_by(|a, b| a.load_balancer.cmp(&b.load_balancer));
     // The leader's judgement is the one load-balancers act on; any monitor
     // will do while none leads.
     let monitor = monitors
         .into_iter()
         .max_by_key(|m| (m.leader, std::cmp::Reverse(m.monitor.clone())));
-    Ok(merge(views, monitor))
+    merge(views, state.router.view(), data_path, monitor)
 }
 
 /// Publishes one request on `subject` and gathers every answer that
@@ -120,7 +129,12 @@ async fn scatter_gather<T: serde::de::DeserializeOwned>(
     views
 }
 
-fn merge(load_balancers: Vec<ClusterView>, monitor: Option<MonitorView>) -> MergedView {
+fn merge(
+    load_balancers: Vec<ClusterView>,
+    gateway: ClusterView,
+    data_path: DataPath,
+    monitor: Option<MonitorView>,
+) -> MergedView {
     let mut strategies: BTreeMap<&'static str, (usize, StrategyKind)> = BTreeMap::new();
     let mut workers: BTreeMap<String, WorkerView> = BTreeMap::new();
     for view in &load_balancers {
@@ -143,12 +157,17 @@ fn merge(load_balancers: Vec<ClusterView>, monitor: Option<MonitorView>) -> Merg
     let strategy = strategies
         .values()
         .max_by_key(|(count, _)| *count)
-        .map_or(StrategyKind::RoundRobin, |(_, kind)| *kind);
+        .map_or(gateway.strategy, |(_, kind)| *kind);
+    if workers.is_empty() {
+        workers.extend(gateway.workers.iter().map(|w| (w.id.clone(), w.clone())));
+    }
     let (monitor, monitor_leads, members) = monitor.map_or((None, false, Vec::new()), |m| {
         (Some(m.monitor), m.leader, m.members)
     });
     MergedView {
         strategy,
+        data_path,
+        gateway,
         workers: workers.into_values().collect(),
         load_balancers,
         monitor,
@@ -174,6 +193,26 @@ pub async fn set_strategy(
         .await
         .map_err(|e| ApiError::SettingsUnavailable(e.to_string()))?;
     tracing::info!(strategy = %change.strategy, "Strategy changed.");
+    Ok(HttpResponse::Ok().json(change))
+}
+
+/// Handles `PUT /v1/data-path`.
+pub async fn set_data_path(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = super::body::read(&request, payload, state.max_body_bytes).await?;
+    let change: DataPathChange = InputError::parse_json(&body)?;
+    let store = state.settings_store().await?;
+    store
+        .put(
+            subjects::DATA_PATH_KEY,
+            change.data_path.as_str().to_owned().into(),
+        )
+        .await
+        .map_err(|e| ApiError::SettingsUnavailable(e.to_string()))?;
+    tracing::info!(data_path = %change.data_path, "Data path changed.");
     Ok(HttpResponse::Ok().json(change))
 }
 
@@ -265,7 +304,7 @@ fn valid_worker_id(id: String) -> Result<String, ApiError> {
 
 /// A (valid) worker id that some load-balancer routes to.
 async fn known_worker(state: &AppState, id: String) -> Result<String, ApiError> {
-    let view = gather(state).await?;
+    let view = gather(state).await;
     if view.workers.iter().any(|w| w.id == id) {
         Ok(id)
     } else {

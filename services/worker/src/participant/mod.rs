@@ -32,7 +32,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::Client;
+use faultline_bus::in_flight::InFlight;
 use faultline_bus::membership_watch::{self, MembershipChange};
+use faultline_bus::serve::{Handler, Reply, Request};
 use faultline_protocol::bank::{AbortReason, ShardReply, ShardRequest, StatusAnswer, StatusQuery};
 use faultline_protocol::cluster::Role;
 use faultline_protocol::membership::MembershipView;
@@ -44,7 +46,6 @@ use futures::StreamExt as _;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use crate::metrics::Metrics;
@@ -194,37 +195,26 @@ impl Participant {
         }
     }
 
-    /// Answers one message on a shard's subject, in a `shard.<kind>` span
-    /// that continues the sender's trace (the coordinator's prepare or
-    /// phase two, or the gateway's account request).
-    async fn handle(&self, shard: u32, message: async_nats::Message) {
-        let Some(reply_to) = message.reply.clone() else {
-            return;
-        };
-        let span = tracing::info_span!(
-            "shard.request",
-            otel.name = "shard.request",
-            otel.kind = "server",
-            otel.status_code = Empty,
-            messaging.system = "nats",
-            shard,
-            xid = Empty,
-            reply = Empty,
-        );
-        faultline_bus::trace_context::continue_from(&span, message.headers.as_ref());
-        let request = serde_json::from_slice::<ShardRequest>(&message.payload)
+    /// Answers one message on a shard's subject. In a recorded trace it
+    /// runs in a `shard.<kind>` span that continues the sender's trace (the
+    /// coordinator's prepare or phase two, or the gateway's account
+    /// request).
+    async fn handle(&self, shard: u32, payload: &[u8], span: &tracing::Span) -> ShardReply {
+        let request = serde_json::from_slice::<ShardRequest>(payload)
             .map_err(|error| error.to_string())
             .and_then(|request| match request.validate() {
                 Ok(()) => Ok(request),
                 Err(error) => Err(error.to_string()),
             });
         let kind = request.as_ref().map_or("invalid", ShardRequest::kind);
-        span.record("otel.name", format!("shard.{kind}"));
-        if let Some(xid) = request.as_ref().ok().and_then(ShardRequest::xid) {
-            span.record("xid", tracing::field::display(xid));
+        if !span.is_disabled() {
+            faultline_bus::trace_context::rename(span, format!("shard.{kind}"));
+            if let Some(xid) = request.as_ref().ok().and_then(ShardRequest::xid) {
+                span.record("xid", tracing::field::display(xid));
+            }
         }
         let reply = match request {
-            Ok(request) => self.answer(shard, request).instrument(span.clone()).await,
+            Ok(request) => self.answer(shard, request).await,
             Err(message) => ShardReply::Refused(AbortReason {
                 code: "invalid_request".into(),
                 message,
@@ -236,15 +226,7 @@ impl Participant {
             span.record("otel.status_code", "ERROR");
         }
         self.metrics.shard_request(kind, reply.kind());
-        let headers = faultline_bus::trace_context::headers(&span);
-        let body = serde_json::to_vec(&reply).unwrap_or_default();
-        if let Err(error) = self
-            .client
-            .publish_with_headers(reply_to, headers, body.into())
-            .await
-        {
-            span.in_scope(|| tracing::warn!(%error, "Cannot answer a shard request."));
-        }
+        reply
     }
 
     async fn answer(&self, shard: u32, request: ShardRequest) -> ShardReply {
@@ -410,23 +392,64 @@ impl Participant {
     }
 }
 
+/// One shard's subject, as the serving layer sees it.
+#[derive(Debug)]
+struct ShardSubject {
+    participant: Arc<Participant>,
+    shard: u32,
+}
+
+impl Handler for ShardSubject {
+    fn span(&self, _request: &Request) -> tracing::Span {
+        tracing::info_span!(
+            "shard.request",
+            otel.name = "shard.request",
+            otel.kind = "server",
+            otel.status_code = Empty,
+            messaging.system = "nats",
+            shard = self.shard,
+            xid = Empty,
+            reply = Empty,
+        )
+    }
+
+    async fn handle(&self, request: Request) -> Option<Reply> {
+        let reply = self
+            .participant
+            .handle(self.shard, &request.payload, &request.span)
+            .await;
+        Some(Reply::body(serde_json::to_vec(&reply).unwrap_or_default()))
+    }
+}
+
+/// Most requests one shard's owner handles at once; the rest wait in
+/// NATS, as calls do at a worker.
+const MAX_SHARD_REQUESTS: u32 = 1024;
+
 /// Serves one shard's subject until aborted (which unsubscribes).
 async fn serve_shard(participant: Arc<Participant>, shard: u32) {
     let mut delay = 0usize;
+    let client = participant.client.clone();
+    let subject = Arc::new(ShardSubject { participant, shard });
     loop {
-        match participant
-            .client
+        match client
             .queue_subscribe(
                 subjects::shard(shard),
                 subjects::SHARD_QUEUE_GROUP.to_owned(),
             )
             .await
         {
-            Ok(mut messages) => {
-                while let Some(message) = messages.next().await {
-                    let participant = participant.clone();
-                    tokio::spawn(async move { participant.handle(shard, message).await });
-                }
+            Ok(messages) => {
+                let bound = InFlight::new(MAX_SHARD_REQUESTS);
+                let never = std::future::pending::<()>();
+                faultline_bus::serve::serve(
+                    client.clone(),
+                    vec![messages],
+                    bound,
+                    never,
+                    subject.clone(),
+                )
+                .await;
             }
             Err(error) => tracing::warn!(%error, shard, "Cannot subscribe to a shard."),
         }

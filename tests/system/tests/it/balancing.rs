@@ -1,19 +1,19 @@
-//! The distribution of calls per strategy, end to end.
+//! The distribution of calls per strategy, end to end, in both data paths.
 //!
-//! Two load-balancer replicas balance independently, each over the calls
-//! NATS hands it, so exact per-replica guarantees become "within one per
-//! replica" for the total.
+//! Replicas balance independently (two load-balancers over the calls NATS
+//! hands each in proxy mode; the gateway in direct mode), so exact
+//! per-replica guarantees become "within one per replica" for the total.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use faultline_test_support::{Cluster, ClusterSpec};
 use serde_json::json;
 
-use crate::{drive, echo, served_by, switch_strategy};
+use crate::{balancing_replicas, drive, echo, served_by, switch_strategy};
 
-#[tokio::test]
-async fn round_robin_is_even_and_names_the_worker_and_attempts() {
-    let cluster = Cluster::start(ClusterSpec::default())
+in_both_data_paths! {
+async fn round_robin_is_even_and_names_the_worker_and_attempts(mode) {
+    let cluster = Cluster::start(ClusterSpec::in_mode(mode))
         .await
         .expect("cluster starts");
     let answers = drive(&cluster.gateway, 300, 8, echo).await;
@@ -34,19 +34,20 @@ async fn round_robin_is_even_and_names_the_worker_and_attempts() {
     );
     let spread = max.unwrap_or(0) - min.unwrap_or(0);
     assert!(
-        spread <= cluster.load_balancers.len(),
+        spread <= balancing_replicas(&cluster, mode),
         "round-robin spread {spread}: {counts:?}"
     );
 }
+}
 
-#[tokio::test]
-async fn weighted_follows_the_weights() {
+in_both_data_paths! {
+async fn weighted_follows_the_weights(mode) {
     // Weights 1, 2, 3: over 600 calls, 100, 200 and 300. Smooth weighted
     // round-robin stays within one call of the exact share at every point
     // per replica, so the total is within one per replica.
     let cluster = Cluster::start(ClusterSpec {
         strategy: "weighted".into(),
-        ..ClusterSpec::default()
+        ..ClusterSpec::in_mode(mode)
     })
     .await
     .expect("cluster starts");
@@ -54,20 +55,21 @@ async fn weighted_follows_the_weights() {
     for (worker, expected) in [("worker-1", 100), ("worker-2", 200), ("worker-3", 300)] {
         let got = counts.get(worker).copied().unwrap_or(0);
         assert!(
-            got.abs_diff(expected) <= cluster.load_balancers.len(),
+            got.abs_diff(expected) <= balancing_replicas(&cluster, mode),
             "{worker}: {got} vs {expected}: {counts:?}"
         );
     }
 }
+}
 
-#[tokio::test]
-async fn random_stays_within_statistical_bounds() {
+in_both_data_paths! {
+async fn random_stays_within_statistical_bounds(mode) {
     // 600 calls over 3 workers: each count is Binomial(600, 1/3), mean 200,
     // standard deviation 11.5. Five standard deviations (58) fail a correct
     // implementation with probability under 2e-6.
     let cluster = Cluster::start(ClusterSpec {
         strategy: "random".into(),
-        ..ClusterSpec::default()
+        ..ClusterSpec::in_mode(mode)
     })
     .await
     .expect("cluster starts");
@@ -77,12 +79,13 @@ async fn random_stays_within_statistical_bounds() {
         assert!(got.abs_diff(200) <= 58, "{worker}: {got}: {counts:?}");
     }
 }
+}
 
-#[tokio::test]
-async fn consistent_hash_keeps_each_key_on_one_worker() {
+in_both_data_paths! {
+async fn consistent_hash_keeps_each_key_on_one_worker(mode) {
     let cluster = Cluster::start(ClusterSpec {
         strategy: "consistent-hash".into(),
-        ..ClusterSpec::default()
+        ..ClusterSpec::in_mode(mode)
     })
     .await
     .expect("cluster starts");
@@ -114,12 +117,13 @@ async fn consistent_hash_keeps_each_key_on_one_worker() {
         "40 keys should spread over all 3 workers: {owners:?}"
     );
 }
+}
 
-#[tokio::test]
-async fn least_loaded_steers_away_from_a_slow_worker() {
+in_both_data_paths! {
+async fn least_loaded_steers_away_from_a_slow_worker(mode) {
     let cluster = Cluster::start(ClusterSpec {
         worker_weights: vec![1, 1, 1],
-        ..ClusterSpec::default()
+        ..ClusterSpec::in_mode(mode)
     })
     .await
     .expect("cluster starts");
@@ -134,7 +138,7 @@ async fn least_loaded_steers_away_from_a_slow_worker() {
     // full third regardless.
     let counts = served_by(&drive(&cluster.gateway, 150, 8, echo).await);
     assert!(
-        counts["worker-3"].abs_diff(50) <= cluster.load_balancers.len(),
+        counts["worker-3"].abs_diff(50) <= balancing_replicas(&cluster, mode),
         "{counts:?}"
     );
 
@@ -145,4 +149,5 @@ async fn least_loaded_steers_away_from_a_slow_worker() {
         slow < 30,
         "least-loaded sent {slow} of 300 calls to the slow worker: {counts:?}"
     );
+}
 }

@@ -1,6 +1,7 @@
 //! Failure made a non-event: the health-monitors find dead and frozen
-//! members, the load-balancers route around them, recovered members come
-//! back through probes and slow start, a standby monitor takes over from a
+//! members, the balancers (load-balancers, or gateways in direct mode)
+//! route around them, recovered members come back through probes and slow
+//! start, a standby monitor takes over from a
 //! dead or paused leader without letting it write again, and a restarted
 //! nats-server is rejoined by every service on its own.
 //!
@@ -11,23 +12,29 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use faultline_protocol::membership::{MembershipEvent, MembershipView, State};
+use faultline_protocol::routing::DataPath;
 use faultline_protocol::subjects;
 use faultline_test_support::{Cluster, ClusterSpec, eventually};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 
 use crate::{
-    at_fixed_rate, drive, echo, left_rotation, retried, served_by, wait_out_of_rotation, worker_in,
+    at_fixed_rate, drive, echo, left_rotation, retried, routing_views, served_by,
+    wait_out_of_rotation, worker_in,
 };
 
 const INTERVAL_MS: u64 = 100;
 
 fn spec(monitor_args: &[&str]) -> ClusterSpec {
+    spec_in(DataPath::Proxy, monitor_args)
+}
+
+fn spec_in(mode: DataPath, monitor_args: &[&str]) -> ClusterSpec {
     ClusterSpec {
         monitors: 2,
         heartbeat_interval_ms: INTERVAL_MS,
         monitor_args: monitor_args.iter().map(|a| (*a).to_owned()).collect(),
-        ..ClusterSpec::default()
+        ..ClusterSpec::in_mode(mode)
     }
 }
 
@@ -128,14 +135,20 @@ fn intervals(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0 / INTERVAL_MS as f64
 }
 
-/// The weight `lb-1` gives `worker`, if it routes to it.
-fn routed_weight(view: &Value, worker: &str) -> Option<u64> {
-    worker_in(&view["load_balancers"][0], worker)?["weight"].as_u64()
+/// The weight the balancing replicas give `worker` (the first
+/// load-balancer's in proxy mode, the gateway's in direct mode), if they
+/// route to it.
+fn routed_weight(view: &Value, mode: DataPath, worker: &str) -> Option<u64> {
+    let replica = match mode {
+        DataPath::Proxy => &view["load_balancers"][0],
+        DataPath::Direct => &view["gateway"],
+    };
+    worker_in(replica, worker)?["weight"].as_u64()
 }
 
-#[tokio::test]
-async fn a_killed_worker_is_marked_down_fast_and_no_idempotent_call_fails() {
-    let mut cluster = Cluster::start(spec(&["--slow-start-ms", "0"]))
+in_both_data_paths! {
+async fn a_killed_worker_is_marked_down_fast_and_no_idempotent_call_fails(mode) {
+    let mut cluster = Cluster::start(spec_in(mode, &["--slow-start-ms", "0"]))
         .await
         .expect("cluster starts");
     let events = Events::follow(&cluster).await;
@@ -191,13 +204,14 @@ async fn a_killed_worker_is_marked_down_fast_and_no_idempotent_call_fails() {
     assert!(intervals(detection) < 20.0, "detection took {detection:?}");
     wait_out_of_rotation(&cluster, "worker-2", "the dead worker leaves the rotation").await;
 }
+}
 
-#[tokio::test]
-async fn a_frozen_worker_is_probed_out_and_returns_through_slow_start() {
+in_both_data_paths! {
+async fn a_frozen_worker_is_probed_out_and_returns_through_slow_start(mode) {
     let cluster = Cluster::start(ClusterSpec {
         worker_weights: vec![10, 10, 10],
         strategy: "weighted".to_owned(),
-        ..spec(&["--slow-start-ms", "3000"])
+        ..spec_in(mode, &["--slow-start-ms", "3000"])
     })
     .await
     .expect("cluster starts");
@@ -240,7 +254,7 @@ async fn a_frozen_worker_is_probed_out_and_returns_through_slow_start() {
         Duration::from_secs(20),
         || async {
             let (_, view) = cluster.gateway.get("/v1/cluster").await.ok()?;
-            let weight = routed_weight(&view, "worker-2")?;
+            let weight = routed_weight(&view, mode, "worker-2")?;
             smallest.fetch_min(weight, std::sync::atomic::Ordering::Relaxed);
             (weight == 10).then_some(())
         },
@@ -253,10 +267,11 @@ async fn a_frozen_worker_is_probed_out_and_returns_through_slow_start() {
         "worker-2 came back at weight {smallest}, not ramping up from a small share"
     );
 }
+}
 
-#[tokio::test]
-async fn a_killed_worker_restarted_is_back_in_rotation_by_itself() {
-    let mut cluster = Cluster::start(spec(&["--slow-start-ms", "500"]))
+in_both_data_paths! {
+async fn a_killed_worker_restarted_is_back_in_rotation_by_itself(mode) {
+    let mut cluster = Cluster::start(spec_in(mode, &["--slow-start-ms", "500"]))
         .await
         .expect("cluster starts");
     cluster.workers[1].kill();
@@ -264,15 +279,14 @@ async fn a_killed_worker_restarted_is_back_in_rotation_by_itself() {
     cluster.workers[1].restart().expect("worker-2 starts again");
     cluster
         .wait_for_view("worker-2 judged up and routed again", |view| {
-            view["load_balancers"].as_array().is_some_and(|lbs| {
-                lbs.iter()
-                    .all(|lb| worker_in(lb, "worker-2").is_some_and(|w| w["state"] == "up"))
-            })
+            routing_views(view)
+                .all(|replica| worker_in(replica, "worker-2").is_some_and(|w| w["state"] == "up"))
         })
         .await
         .expect("the restarted worker rejoins without help");
     let answers = drive(&cluster.gateway, 30, 3, echo).await;
     assert!(served_by(&answers).contains_key("worker-2"));
+}
 }
 
 /// The leading monitor's id, as the gateway's view shows it.
@@ -411,9 +425,9 @@ async fn a_killed_leading_monitor_is_replaced_by_the_standby() {
     assert_eq!(event.leader, new);
 }
 
-#[tokio::test]
-async fn every_monitor_gone_leaves_balancing_on_the_last_view() {
-    let mut cluster = Cluster::start(spec(&["--slow-start-ms", "0"]))
+in_both_data_paths! {
+async fn every_monitor_gone_leaves_balancing_on_the_last_view(mode) {
+    let mut cluster = Cluster::start(spec_in(mode, &["--slow-start-ms", "0"]))
         .await
         .expect("cluster starts");
     for monitor in &mut cluster.monitors {
@@ -443,6 +457,7 @@ async fn every_monitor_gone_leaves_balancing_on_the_last_view() {
         "heartbeat expiry still works without monitors",
     )
     .await;
+}
 }
 
 #[tokio::test]

@@ -1,25 +1,30 @@
 //! A load-balancer replica that dies (SIGKILL) or is stopped (SIGTERM)
-//! under load fails no call.
+//! under load fails no call. In proxy mode the calls it held are sent
+//! again as soon as its heartbeats stop; in direct mode the gateway calls
+//! workers itself and does not notice at all, even when every
+//! load-balancer is gone.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use faultline_protocol::routing::DataPath;
 use faultline_test_support::{Cluster, ClusterSpec, Service, eventually};
 use serde_json::{Value, json};
 
-use crate::{drive, retried, served_by};
+use crate::{drive, echo, retried, served_by, wait_out_of_rotation};
 
-/// Starts a cluster and sends `total` calls, 16 at a time, each sleeping
-/// `sleep_ms` at a worker so that some are always inside a replica; runs
-/// `strike` on `lb-1` once a third of them are sent. Returns the cluster
-/// and every answer.
+/// Starts a cluster in `mode` and sends `total` calls, 16 at a time, each
+/// sleeping `sleep_ms` at a worker so that some are always inside a
+/// replica; runs `strike` on `lb-1` once a third of them are sent. Returns
+/// the cluster and every answer.
 async fn under_load(
+    mode: DataPath,
     total: usize,
     sleep_ms: u64,
     timeout_ms: u64,
     strike: impl FnOnce(&mut Service),
 ) -> (Cluster, Vec<(u16, Value)>) {
-    let mut cluster = Cluster::start(ClusterSpec::default())
+    let mut cluster = Cluster::start(ClusterSpec::in_mode(mode))
         .await
         .expect("cluster starts");
     let Cluster {
@@ -46,26 +51,27 @@ async fn under_load(
     (cluster, answers)
 }
 
-#[tokio::test]
-async fn killing_one_load_balancer_fails_no_call() {
+in_both_data_paths! {
+async fn killing_one_load_balancer_fails_no_call(mode) {
     let total = 600;
-    // A call caught in the killed replica waits out the gateway's first
-    // share of its 2 s deadline, then goes to the survivor.
-    let (cluster, answers) = under_load(total, 5, 2000, Service::kill).await;
+    let (cluster, answers) = under_load(mode, total, 5, 5000, Service::kill).await;
 
     // Every call succeeded (served_by panics on any failure)...
     assert_eq!(served_by(&answers).values().sum::<usize>(), total);
-    // ...including calls that were inside the killed replica: they show a
-    // second try (otherwise this test would not have tested failover).
     let retried = retried(&answers);
-    assert!(
-        retried > 0,
-        "no call was caught in the killed replica; the kill came too late or too early"
-    );
-    eprintln!("{retried} of {total} calls were retried after the replica died");
+    match mode {
+        // ...including calls that were inside the killed replica: they show
+        // a second try (otherwise this test would not have tested failover).
+        DataPath::Proxy => assert!(
+            retried > 0,
+            "no call was caught in the killed replica; the kill came too late or too early"
+        ),
+        // ...and in direct mode no call went through a load-balancer.
+        DataPath::Direct => assert_eq!(retried, 0, "direct calls do not pass a load-balancer"),
+    }
+    eprintln!("{retried} of {total} calls were sent again after the replica died");
 
     // The survivor carries on alone.
-    let echo = |i: usize| json!({ "op": "echo", "message": i.to_string() });
     let after = served_by(&drive(&cluster.gateway, 30, 4, echo).await);
     assert_eq!(after.values().sum::<usize>(), 30);
     cluster
@@ -77,6 +83,103 @@ async fn killing_one_load_balancer_fails_no_call() {
         .await
         .expect("the dead replica is gone from the view");
 }
+}
+
+#[tokio::test]
+async fn calls_caught_in_a_killed_load_balancer_are_sent_again_within_a_second() {
+    // 5 s deadlines: without the rescue, a call caught in the killed
+    // replica waits out its first share, 2.45 s, before its second try.
+    let mut cluster = Cluster::start(ClusterSpec::default())
+        .await
+        .expect("cluster starts");
+    let Cluster {
+        gateway,
+        load_balancers,
+        ..
+    } = &mut cluster;
+    let gateway = &*gateway;
+    let call = |i: usize| async move {
+        let started = Instant::now();
+        let answer = gateway
+            .call(&json!({ "op": "sleep", "millis": 300, "key": i.to_string() }))
+            .await
+            .expect("the gateway answers");
+        (answer, started.elapsed())
+    };
+    let calls = futures::future::join_all((0..32).map(call));
+    let strike = async {
+        // Kill lb-1 while it holds calls: its view counts them in flight.
+        eventually("lb-1 holding calls", Duration::from_secs(10), || async {
+            let (_, view) = gateway.get("/v1/cluster").await.ok()?;
+            let holding = view["load_balancers"]
+                .as_array()?
+                .iter()
+                .find(|lb| lb["load_balancer"] == "lb-1")?["workers"]
+                .as_array()?
+                .iter()
+                .any(|w| w["in_flight"].as_u64() > Some(0));
+            holding.then_some(())
+        })
+        .await
+        .expect("calls reach lb-1");
+        load_balancers[0].kill();
+    };
+    let (answers, ()) = tokio::join!(calls, strike);
+    let rescued: Vec<Duration> = answers
+        .iter()
+        .filter(|((status, body), _)| {
+            assert_eq!(*status, 200, "{body}");
+            body["attempts"].as_u64() >= Some(2)
+        })
+        .map(|(_, took)| *took)
+        .collect();
+    assert!(
+        !rescued.is_empty(),
+        "no call was caught in the killed replica"
+    );
+    let slowest = rescued.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "{} calls caught in the killed replica; the slowest answered after {slowest:?}",
+        rescued.len()
+    );
+    // Heartbeats every 100 ms: lost after three, then sent again at once,
+    // and 300 ms of work again. Without the rescue each would take more
+    // than 2.45 s.
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "a caught call took {slowest:?}"
+    );
+}
+
+#[tokio::test]
+async fn in_direct_mode_every_load_balancer_gone_changes_nothing() {
+    let mut cluster = Cluster::start(ClusterSpec {
+        monitors: 1,
+        ..ClusterSpec::in_mode(DataPath::Direct)
+    })
+    .await
+    .expect("cluster starts");
+    for replica in &mut cluster.load_balancers {
+        replica.kill();
+    }
+    // Calls go on succeeding on the gateway's last view.
+    let counts = served_by(&drive(&cluster.gateway, 90, 6, echo).await);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    // And a worker killed now is still routed around: the gateway retries
+    // on "no responders" at once, and its own heartbeat expiry and the
+    // monitor's view take the worker out.
+    cluster.workers[1].kill();
+    let counts = served_by(&drive(&cluster.gateway, 90, 6, echo).await);
+    assert!(!counts.contains_key("worker-2"), "{counts:?}");
+    wait_out_of_rotation(
+        &cluster,
+        "worker-2",
+        "the dead worker leaves the gateway's rotation",
+    )
+    .await;
+    let counts = served_by(&drive(&cluster.gateway, 60, 6, echo).await);
+    assert_eq!(counts.len(), 2, "{counts:?}");
+}
 
 #[tokio::test]
 async fn a_load_balancer_stopped_with_sigterm_drains_and_fails_no_call() {
@@ -84,7 +187,7 @@ async fn a_load_balancer_stopped_with_sigterm_drains_and_fails_no_call() {
     // it is stopped, while only about 80 a second arrive, so hardly any is
     // in transit at the instant of the drain (see below).
     let total = 160;
-    let (mut cluster, answers) = under_load(total, 200, 4000, |lb| {
+    let (mut cluster, answers) = under_load(DataPath::Proxy, total, 200, 4000, |lb| {
         lb.signal("TERM").expect("SIGTERM");
     })
     .await;

@@ -1,5 +1,36 @@
 //! System tests: a private nats-server, three workers, two load-balancer
 //! replicas and a gateway, all real processes, driven over HTTP.
+//!
+//! The tests of balancing, failover, outlier ejection, retries and the
+//! loss of a load-balancer run in both data paths ([`in_both_data_paths`]):
+//! once through the load-balancers (proxy), once with the gateway
+//! balancing and calling workers itself (direct).
+
+/// Declares a test that runs once per data path, as
+/// `<name>::proxy` and `<name>::direct`: the body is written once and
+/// takes the [`DataPath`](faultline_protocol::routing::DataPath) as
+/// `$mode`.
+macro_rules! in_both_data_paths {
+    ($(#[doc = $doc:literal])* async fn $name:ident($mode:ident) $body:block) => {
+        $(#[doc = $doc])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn test($mode: faultline_protocol::routing::DataPath) $body
+
+            #[tokio::test]
+            async fn proxy() {
+                test(faultline_protocol::routing::DataPath::Proxy).await;
+            }
+
+            #[tokio::test]
+            async fn direct() {
+                test(faultline_protocol::routing::DataPath::Direct).await;
+            }
+        }
+    };
+}
 
 mod bad_input;
 mod balancing;
@@ -89,8 +120,31 @@ pub async fn transfer(
         .expect("the gateway answers")
 }
 
+/// How many processes balance side by side in `mode`: the load-balancer
+/// replicas in proxy mode, the gateways in direct mode. Exact per-replica
+/// guarantees ("within one call") add up over them.
+pub fn balancing_replicas(
+    cluster: &faultline_test_support::Cluster,
+    mode: faultline_protocol::routing::DataPath,
+) -> usize {
+    match mode {
+        faultline_protocol::routing::DataPath::Proxy => cluster.load_balancers.len(),
+        faultline_protocol::routing::DataPath::Direct => cluster.gateways().count(),
+    }
+}
+
+/// Every routing view in a merged view: each load-balancer replica's, and
+/// the gateway's own.
+pub fn routing_views(view: &Value) -> impl Iterator<Item = &Value> {
+    view["load_balancers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(std::iter::once(&view["gateway"]))
+}
+
 /// Sets the strategy through the gateway and waits until every
-/// load-balancer replica reports it.
+/// load-balancer replica and the gateway report it.
 pub async fn switch_strategy(cluster: &faultline_test_support::Cluster, strategy: &str) {
     let (status, body) = cluster
         .gateway
@@ -100,16 +154,14 @@ pub async fn switch_strategy(cluster: &faultline_test_support::Cluster, strategy
     assert_eq!(status, 200, "{body}");
     cluster
         .wait_for_view(&format!("every replica on {strategy}"), |view| {
-            view["load_balancers"]
-                .as_array()
-                .is_some_and(|lbs| lbs.iter().all(|lb| lb["strategy"] == strategy))
+            routing_views(view).all(|v| v["strategy"] == strategy)
         })
         .await
         .expect("the strategy reaches every replica");
 }
 
-/// Waits until no load-balancer replica routes to `worker`; panics with
-/// `why` if that does not happen.
+/// Waits until no replica (load-balancer or gateway) routes to `worker`;
+/// panics with `why` if that does not happen.
 pub async fn wait_out_of_rotation(
     cluster: &faultline_test_support::Cluster,
     worker: &str,
@@ -123,19 +175,23 @@ pub async fn wait_out_of_rotation(
         .expect(why);
 }
 
-/// `worker` as one load-balancer replica's view lists it, if it routes to it.
-pub fn worker_in<'a>(load_balancer: &'a Value, worker: &str) -> Option<&'a Value> {
-    load_balancer["workers"]
+/// `worker` as one replica's routing view lists it, if it routes to it.
+pub fn worker_in<'a>(replica: &'a Value, worker: &str) -> Option<&'a Value> {
+    replica["workers"]
         .as_array()?
         .iter()
         .find(|w| w["id"] == worker)
 }
 
-/// Whether no load-balancer replica routes to `worker`.
+/// Whether no replica (load-balancer or gateway) routes to `worker`.
 pub fn left_rotation(view: &Value, worker: &str) -> bool {
-    view["load_balancers"]
-        .as_array()
-        .is_some_and(|lbs| lbs.iter().all(|lb| worker_in(lb, worker).is_none()))
+    routing_views(view).all(|replica| worker_in(replica, worker).is_none())
+}
+
+/// Whether some replica (load-balancer or gateway) has ejected `worker`.
+pub fn ejected_somewhere(view: &Value, worker: &str) -> bool {
+    routing_views(view)
+        .any(|replica| worker_in(replica, worker).is_some_and(|w| w["ejected"] == true))
 }
 
 /// Open-model load: starts one call every `every` for `duration`, whether

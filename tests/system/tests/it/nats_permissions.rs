@@ -1,12 +1,13 @@
 //! The deployment's NATS users and permissions (`infra/nats/auth.conf`, the
 //! file every node of the compose and Kubernetes clusters includes) fit the
-//! code: the whole system does all its work under them without a single
-//! refusal, and they refuse what they exist to refuse: a worker forging a
+//! code: the whole system does all its work under them, in both data
+//! paths, without a single refusal, and they refuse what they exist to refuse: a worker forging a
 //! coordinator's decision, or rewriting the membership view.
 
 use std::time::Duration;
 
 use async_nats::{ConnectOptions, Event, ServerError};
+use faultline_protocol::routing::DataPath;
 use faultline_test_support::{BankSpec, Cluster, ClusterSpec, NatsServer};
 use futures::StreamExt as _;
 use serde_json::json;
@@ -37,6 +38,37 @@ async fn the_system_works_under_its_nats_permissions_and_a_worker_cannot_forge_a
     let served = served_by(&drive(gateway, 30, 4, echo).await);
     assert_eq!(served.len(), 3, "every worker serves: {served:?}");
     crate::switch_strategy(&cluster, "weighted").await;
+    // Direct mode: the gateway follows heartbeats and the membership view,
+    // calls workers itself and reports to the load-balancers, which
+    // publish their directives.
+    cluster
+        .switch_data_path(DataPath::Direct)
+        .await
+        .expect("direct mode under the permissions");
+    let served = served_by(&drive(gateway, 30, 4, echo).await);
+    assert_eq!(served.len(), 3, "every worker serves directly: {served:?}");
+    cluster
+        .wait_for_view(
+            "the load-balancers counting the gateway's reports",
+            |view| {
+                view["load_balancers"].as_array().is_some_and(|lbs| {
+                    lbs.iter().all(|lb| {
+                        lb["workers"].as_array().is_some_and(|ws| {
+                            ws.iter()
+                                .map(|w| w["picks"].as_u64().unwrap_or(0))
+                                .sum::<u64>()
+                                >= 30
+                        })
+                    })
+                })
+            },
+        )
+        .await
+        .expect("outcome reports reach every load-balancer");
+    cluster
+        .switch_data_path(DataPath::Proxy)
+        .await
+        .expect("back to proxy mode");
     let (status, body) = gateway
         .put("/v1/workers/worker-1/faults", &json!({ "latency_ms": 0 }))
         .await

@@ -112,7 +112,7 @@ async fn a_retried_call_is_one_trace_from_the_gateway_through_the_load_balancer_
     let spans = receiver
         .wait_for_trace(&trace_id, SPANS_ARRIVE, |spans| {
             count(spans, "worker.call") == 2
-                && count(spans, "lb.attempt") == 2
+                && count(spans, "balancer.attempt") == 2
                 && count(spans, "lb.call") == 1
                 && count(spans, "POST /v1/call") == 1
         })
@@ -135,7 +135,7 @@ async fn a_retried_call_is_one_trace_from_the_gateway_through_the_load_balancer_
     let call = one(&spans, "lb.call", Some("lb-1"));
     child_of(call, forward);
     assert_eq!(call.attribute("attempts"), Some("2"));
-    let attempts: BTreeMap<String, &ReceivedSpan> = all(&spans, "lb.attempt")
+    let attempts: BTreeMap<String, &ReceivedSpan> = all(&spans, "balancer.attempt")
         .into_iter()
         .map(|a| (a.attribute("attempt").unwrap_or_default().to_owned(), a))
         .collect();
@@ -162,7 +162,7 @@ async fn a_retried_call_is_one_trace_from_the_gateway_through_the_load_balancer_
     );
     // The pause before the retry, and each worker's span under the
     // attempt that reached it.
-    child_of(one(&spans, "lb.backoff", Some("lb-1")), call);
+    child_of(one(&spans, "balancer.backoff", Some("lb-1")), call);
     let failed = one(&spans, "worker.call", Some("worker-1"));
     child_of(failed, first);
     assert_eq!(failed.attribute("outcome"), Some("retryable"));
@@ -174,7 +174,7 @@ async fn a_retried_call_is_one_trace_from_the_gateway_through_the_load_balancer_
     // attempt that tipped it, in that call's trace, and a log line of the
     // load-balancer's that names the same trace.
     let ejection = receiver
-        .wait_for_span("lb.ejection", SPANS_ARRIVE)
+        .wait_for_span("balancer.ejection", SPANS_ARRIVE)
         .await
         .expect("worker-1 was ejected");
     assert!(
@@ -194,7 +194,7 @@ async fn a_retried_call_is_one_trace_from_the_gateway_through_the_load_balancer_
         .expect("the ejection's parent");
     assert_eq!(
         (tipping.name.as_str(), tipping.attribute("worker")),
-        ("lb.attempt", Some("worker-1"))
+        ("balancer.attempt", Some("worker-1"))
     );
     let log = cluster.load_balancers[0].log();
     let line: Value = log
@@ -211,16 +211,22 @@ async fn a_retried_call_is_one_trace_from_the_gateway_through_the_load_balancer_
     assert_eq!(
         value(
             &metrics,
-            "faultline_lb_ejections",
+            "faultline_balancer_ejections",
             &[("worker", "worker-1")]
         ),
         1.0
     );
-    assert!(value(&metrics, "faultline_lb_retries", &[("after", "retryable")]) >= 5.0);
     assert!(
         value(
             &metrics,
-            "faultline_lb_attempts",
+            "faultline_balancer_retries",
+            &[("after", "retryable")]
+        ) >= 5.0
+    );
+    assert!(
+        value(
+            &metrics,
+            "faultline_balancer_attempts",
             &[("worker", "worker-1"), ("outcome", "retryable")]
         ) >= 5.0
     );
@@ -465,11 +471,17 @@ async fn every_service_exports_prometheus_text_whose_counters_move_with_the_traf
         moved("faultline_gateway_calls", &[("outcome", "ok")]),
         calls
     );
-    assert_eq!(moved("faultline_lb_calls", &[("outcome", "ok")]), calls);
-    assert_eq!(moved("faultline_lb_call_duration_seconds", &[]), calls);
+    assert_eq!(
+        moved("faultline_balancer_calls", &[("outcome", "ok")]),
+        calls
+    );
+    assert_eq!(
+        moved("faultline_balancer_call_duration_seconds", &[]),
+        calls
+    );
     assert_eq!(
         moved(
-            "faultline_lb_attempts",
+            "faultline_balancer_attempts",
             &[("strategy", "round-robin"), ("outcome", "ok")]
         ),
         calls
@@ -479,7 +491,7 @@ async fn every_service_exports_prometheus_text_whose_counters_move_with_the_traf
         // worker serves some of twelve calls.
         assert!(
             moved(
-                "faultline_lb_attempt_duration_seconds",
+                "faultline_balancer_attempt_duration_seconds",
                 &[("worker", worker), ("strategy", "round-robin")]
             ) >= 1.0,
             "{worker}"
@@ -532,9 +544,9 @@ async fn every_service_exports_prometheus_text_whose_counters_move_with_the_traf
     assert_eq!(total(&after, "faultline_worker_shards_owned", &[]), 8.0);
     // What explains a failover is there even while nothing fails.
     for family in [
-        "faultline_lb_retries",
-        "faultline_lb_ejections",
-        "faultline_lb_members",
+        "faultline_balancer_retries",
+        "faultline_balancer_ejections",
+        "faultline_balancer_members",
         "faultline_gateway_lb_retries",
         "faultline_coordinator_unfinished_transfers",
         "faultline_coordinator_oldest_unfinished_age_seconds",

@@ -1,19 +1,21 @@
-//! Strategy and weight changes at run time, without restarting anything.
+//! Strategy, weight and data-path changes at run time, without restarting
+//! anything.
 
+use faultline_protocol::routing::DataPath;
 use faultline_test_support::{Cluster, ClusterSpec};
 use serde_json::json;
 
-use crate::{drive, echo, served_by, switch_strategy};
+use crate::{balancing_replicas, drive, echo, retried, routing_views, served_by, switch_strategy};
 
-#[tokio::test]
-async fn strategy_and_weights_change_without_a_restart() {
+in_both_data_paths! {
+async fn strategy_and_weights_change_without_a_restart(mode) {
     let cluster = Cluster::start(ClusterSpec {
         worker_weights: vec![1, 1, 1],
-        ..ClusterSpec::default()
+        ..ClusterSpec::in_mode(mode)
     })
     .await
     .expect("cluster starts");
-    let replicas = cluster.load_balancers.len();
+    let replicas = balancing_replicas(&cluster, mode);
 
     // Round-robin over equal workers: even.
     let counts = served_by(&drive(&cluster.gateway, 150, 8, echo).await);
@@ -31,11 +33,9 @@ async fn strategy_and_weights_change_without_a_restart() {
     assert_eq!((status, body["weight"].as_u64()), (200, Some(4)), "{body}");
     cluster
         .wait_for_view("worker-3 weighs 4 at every replica", |view| {
-            view["load_balancers"].as_array().is_some_and(|lbs| {
-                lbs.iter().all(|lb| {
-                    lb["workers"].as_array().is_some_and(|ws| {
-                        ws.iter().any(|w| w["id"] == "worker-3" && w["weight"] == 4)
-                    })
+            routing_views(view).all(|replica| {
+                replica["workers"].as_array().is_some_and(|ws| {
+                    ws.iter().any(|w| w["id"] == "worker-3" && w["weight"] == 4)
                 })
             })
         })
@@ -76,6 +76,28 @@ async fn strategy_and_weights_change_without_a_restart() {
     {
         assert!(!service.has_exited(), "{} exited", service.name());
     }
+}
+}
+
+#[tokio::test]
+async fn the_data_path_switches_back_and_forth_under_load_and_no_call_fails() {
+    let cluster = Cluster::start(ClusterSpec::default())
+        .await
+        .expect("cluster starts");
+    let load = drive(&cluster.gateway, 600, 8, echo);
+    let switches = async {
+        for path in [DataPath::Direct, DataPath::Proxy, DataPath::Direct] {
+            cluster
+                .switch_data_path(path)
+                .await
+                .expect("the switch lands");
+        }
+    };
+    let (answers, ()) = tokio::join!(load, switches);
+    assert_eq!(served_by(&answers).values().sum::<usize>(), 600);
+    assert_eq!(retried(&answers), 0, "switching costs no call a retry");
+    let (_, view) = cluster.gateway.get("/v1/cluster").await.expect("view");
+    assert_eq!(view["data_path"], "direct", "{view}");
 }
 
 #[tokio::test]

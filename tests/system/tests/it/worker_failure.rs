@@ -1,7 +1,8 @@
-//! Workers that vanish or hang must not hang calls.
+//! Workers that vanish or hang must not hang calls, in either data path.
 //!
 //! A killed worker is found out at once: NATS answers "no responders" for
-//! its subject and the load-balancer retries elsewhere. A frozen worker
+//! its subject and the balancer (a load-balancer, or the gateway in direct
+//! mode) retries elsewhere. A frozen worker
 //! (SIGSTOP: its socket is open, nothing answers) costs each call one
 //! attempt's slice of the deadline, then the call moves on; after a few
 //! missed heartbeats it leaves the rotation.
@@ -9,11 +10,13 @@
 use faultline_test_support::{Cluster, ClusterSpec};
 use serde_json::json;
 
-use crate::{drive, echo, left_rotation, retried, served_by, wait_out_of_rotation, worker_in};
+use crate::{
+    drive, echo, ejected_somewhere, left_rotation, retried, served_by, wait_out_of_rotation,
+};
 
-#[tokio::test]
-async fn a_killed_worker_fails_no_call() {
-    let mut cluster = Cluster::start(ClusterSpec::default())
+in_both_data_paths! {
+async fn a_killed_worker_fails_no_call(mode) {
+    let mut cluster = Cluster::start(ClusterSpec::in_mode(mode))
         .await
         .expect("cluster starts");
     cluster.workers[1].kill();
@@ -28,10 +31,11 @@ async fn a_killed_worker_fails_no_call() {
     );
     wait_out_of_rotation(&cluster, "worker-2", "the dead worker leaves the rotation").await;
 }
+}
 
-#[tokio::test]
-async fn a_frozen_worker_costs_one_attempt_slice_not_the_deadline() {
-    let cluster = Cluster::start(ClusterSpec::default())
+in_both_data_paths! {
+async fn a_frozen_worker_costs_one_attempt_slice_not_the_deadline(mode) {
+    let cluster = Cluster::start(ClusterSpec::in_mode(mode))
         .await
         .expect("cluster starts");
     cluster.workers[1].signal("STOP").expect("SIGSTOP");
@@ -65,10 +69,11 @@ async fn a_frozen_worker_costs_one_attempt_slice_not_the_deadline() {
         .await
         .expect("the worker rejoins when its heartbeats resume");
 }
+}
 
-#[tokio::test]
-async fn a_worker_that_fails_every_call_is_ejected_and_calls_succeed_elsewhere() {
-    let cluster = Cluster::start(ClusterSpec::default())
+in_both_data_paths! {
+async fn a_worker_that_fails_every_call_is_ejected_and_calls_succeed_elsewhere(mode) {
+    let cluster = Cluster::start(ClusterSpec::in_mode(mode))
         .await
         .expect("cluster starts");
     let (status, _) = cluster
@@ -86,11 +91,9 @@ async fn a_worker_that_fails_every_call_is_ejected_and_calls_succeed_elsewhere()
     assert!(retried(&answers) > 0, "no call picked the failing worker");
     cluster
         .wait_for_view("worker-2 ejected by a replica", |view| {
-            view["load_balancers"].as_array().is_some_and(|lbs| {
-                lbs.iter()
-                    .any(|lb| worker_in(lb, "worker-2").is_some_and(|w| w["ejected"] == true))
-            })
+            ejected_somewhere(view, "worker-2")
         })
         .await
         .expect("passive outlier detection ejects the failing worker");
+}
 }

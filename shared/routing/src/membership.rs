@@ -20,8 +20,15 @@
 //! instead of stopping.
 //!
 //! Weight overrides set through the gateway win over the weight a worker
-//! advertises; slow start scales whichever is in force. Pure logic: the
-//! caller passes the time in and applies the returned changes.
+//! advertises; slow start scales whichever is in force. In direct mode a
+//! gateway also hears the control plane's weights (a load-balancer's
+//! [`faultline_protocol::routing::Directive`]): while they are fresh they
+//! are the weights in force, so every gateway routes by the same numbers;
+//! when the load-balancers fall silent the gateway reckons them itself
+//! from the same sources. Who may take traffic is always decided here.
+//!
+//! Pure logic: the caller passes the time in and applies the returned
+//! changes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -71,6 +78,8 @@ pub struct Membership {
     /// A monitor counts as leading until this instant (set by lease renewals).
     monitor_leads_until: Option<Instant>,
     monitor_timeout: Duration,
+    /// The control plane's weights, and until when they count.
+    control: Option<(BTreeMap<String, u32>, Instant)>,
     /// What the balancer has now: id -> weight.
     routed: BTreeMap<String, u32>,
 }
@@ -87,6 +96,7 @@ impl Membership {
             view: MembershipView::default(),
             monitor_leads_until: None,
             monitor_timeout,
+            control: None,
             routed: BTreeMap::new(),
         }
     }
@@ -130,14 +140,34 @@ impl Membership {
         self.reconcile(now)
     }
 
+    /// Takes the control plane's weights in force, which count until
+    /// `until` unless renewed.
+    pub fn set_control_weights(
+        &mut self,
+        weights: BTreeMap<String, u32>,
+        until: Instant,
+        now: Instant,
+    ) -> Vec<Change> {
+        self.control = Some((weights, until));
+        self.reconcile(now)
+    }
+
     /// A lease renewal was seen: a monitor leads.
     pub fn monitor_seen(&mut self, now: Instant) -> Vec<Change> {
         self.monitor_leads_until = Some(now + self.monitor_timeout);
         self.reconcile(now)
     }
 
-    /// Drops silent workers and re-applies the rules as time passes.
+    /// Drops silent workers and stale control weights, and re-applies the
+    /// rules as time passes.
     pub fn expire(&mut self, now: Instant) -> Vec<Change> {
+        if self
+            .control
+            .as_ref()
+            .is_some_and(|(_, until)| *until <= now)
+        {
+            self.control = None;
+        }
         let limit = self.missed_heartbeats;
         self.workers.retain(|id, r| {
             let alive = now.saturating_duration_since(r.last_seen) <= r.interval * limit;
@@ -165,12 +195,18 @@ impl Membership {
             .get(id)
             .copied()
             .unwrap_or(heard.advertised_weight);
-        match self.verdict(id) {
-            Some(record) if record.routable() => Some(record.effective_weight(weight)),
-            Some(_) => None,
-            None if self.monitor_leads(now) => None,
-            None => Some(weight),
-        }
+        let own = match self.verdict(id) {
+            Some(record) if record.routable() => record.effective_weight(weight),
+            Some(_) => return None,
+            None if self.monitor_leads(now) => return None,
+            None => weight,
+        };
+        let control = self
+            .control
+            .as_ref()
+            .filter(|(_, until)| now < *until)
+            .and_then(|(weights, _)| weights.get(id).copied());
+        Some(control.unwrap_or(own))
     }
 
     fn monitor_leads(&self, now: Instant) -> bool {
@@ -348,6 +384,27 @@ mod tests {
         let mut m = Membership::new(3, ms(1000));
         m.set_view(view(1, &[("w1", State::Down, 1, 0)]), t0);
         assert_eq!(m.heartbeat(&beat("w1", 2, 1), t0 + ms(5000)), vec![]);
+    }
+
+    #[test]
+    fn fresh_control_weights_are_in_force_and_stale_ones_give_way() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(3, ms(1000));
+        m.heartbeat(&beat("w1", 2, 1), t0);
+        m.heartbeat(&beat("w2", 2, 1), t0);
+        let weights = BTreeMap::from([("w1".to_owned(), 7), ("w3".to_owned(), 9)]);
+        assert_eq!(
+            m.set_control_weights(weights, t0 + ms(300), t0),
+            vec![upsert("w1", 7)],
+            "w2 has no control weight; w3 is not heard here"
+        );
+        assert_eq!(
+            m.weight("w3"),
+            None,
+            "the control plane never adds a worker"
+        );
+        let changes = m.expire(t0 + ms(300));
+        assert_eq!(changes, vec![upsert("w1", 2)], "silent control plane");
     }
 
     #[test]

@@ -17,6 +17,11 @@
 //!   fail-closed answers at once that nothing is available (shed load,
 //!   protect the workers).
 //!
+//! In direct mode each gateway runs this detector over its own calls, and
+//! the load-balancers run it over every gateway's reports together and
+//! publish what they eject; a gateway adds those ejections to its own
+//! ([`OutlierDetector::impose`]), under the same cap.
+//!
 //! Pure logic: the caller passes the time in and acts on the answers.
 
 use std::collections::HashMap;
@@ -155,6 +160,27 @@ impl OutlierDetector {
         })
     }
 
+    /// Ejects `worker` until `until`, because the control plane said so;
+    /// returns whether it now is. A longer ejection already in force
+    /// stands, and the cap on ejected workers holds (`workers` are in
+    /// rotation) whoever ejects.
+    pub fn impose(&mut self, worker: &str, until: Instant, now: Instant, workers: usize) -> bool {
+        if self.is_ejected(worker, now) {
+            let record = self.records.entry(worker.to_owned()).or_default();
+            record.ejected_until = record.ejected_until.max(Some(until));
+        } else {
+            let allowed = ((workers * self.policy.max_ejected_percent as usize) / 100).max(1);
+            if until <= now || self.ejected_count(now) >= allowed {
+                return false;
+            }
+            let record = self.records.entry(worker.to_owned()).or_default();
+            record.ejected_until = Some(until);
+            record.consecutive_failures = 0;
+        }
+        self.ejections_end = self.ejections_end.max(Some(until));
+        true
+    }
+
     /// Forgets a worker that left the rotation.
     pub fn forget(&mut self, worker: &str) {
         self.records.remove(worker);
@@ -166,6 +192,14 @@ impl OutlierDetector {
             .get(worker)
             .and_then(|r| r.ejected_until)
             .is_some_and(|until| until > now)
+    }
+
+    /// Every worker ejected at `now`, with how long it stays out.
+    pub fn ejections(&self, now: Instant) -> impl Iterator<Item = (&str, Duration)> {
+        self.records.iter().filter_map(move |(worker, record)| {
+            let until = record.ejected_until.filter(|until| *until > now)?;
+            Some((worker.as_str(), until - now))
+        })
     }
 
     fn ejected_count(&self, now: Instant) -> usize {
@@ -263,6 +297,26 @@ mod tests {
                 .last()
                 .is_some()
         );
+    }
+
+    #[test]
+    fn ejections_heard_from_the_control_plane_count_against_the_same_cap() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut d = OutlierDetector::new(policy());
+        assert!(d.impose("w1", t0 + second, t0, 4));
+        assert!(d.is_ejected("w1", t0 + second / 2));
+        assert!(
+            d.impose("w1", t0 + second / 2, t0, 4),
+            "a shorter word keeps the longer ejection"
+        );
+        assert!(d.is_ejected("w1", t0 + second * 3 / 4));
+        assert!(fail(&mut d, "w2", t0, 3).is_some());
+        assert!(
+            !d.impose("w3", t0 + second, t0, 4),
+            "two of four is the cap"
+        );
+        assert!(!d.impose("w4", t0, t0, 4), "an ejection already over");
     }
 
     #[test]

@@ -8,6 +8,13 @@
 //! With the default ratio of 0.2 a total outage costs at most 1.2× the load,
 //! not `max_attempts`×.
 //!
+//! Several replicas balance side by side (load-balancers in proxy mode,
+//! gateways in direct mode), each with its own budget. The ratio adds up
+//! safely (each replica's retries stay within 20 % of its own calls), but
+//! the floor would be paid once per replica, so each replica takes its
+//! share of it ([`RetryBudget::share_floor`]): total retry amplification
+//! stays within the budget however many replicas run.
+//!
 //! The window is kept in ten buckets, so old calls age out in steps of a
 //! tenth of it. Pure: the caller passes the time in.
 
@@ -28,7 +35,10 @@ struct Bucket {
 #[derive(Debug)]
 pub struct RetryBudget {
     ratio: f64,
+    /// The floor of the whole fleet of replicas, in retries per window.
     floor: f64,
+    /// How many replicas share it.
+    replicas: usize,
     window: Duration,
     buckets: VecDeque<Bucket>,
 }
@@ -40,6 +50,7 @@ impl RetryBudget {
         RetryBudget {
             ratio: ratio.max(0.0),
             floor: min_per_second.max(0.0) * window.as_secs_f64(),
+            replicas: 1,
             window: window.max(Duration::from_millis(BUCKETS.into())),
             buckets: VecDeque::new(),
         }
@@ -59,12 +70,17 @@ impl RetryBudget {
             .buckets
             .iter()
             .fold((0, 0), |(c, r), b| (c + b.calls, r + b.retries));
-        let allowed = self.ratio * calls as f64 + self.floor;
+        let allowed = self.ratio * calls as f64 + self.floor / self.replicas as f64;
         if (retries + 1) as f64 > allowed {
             return false;
         }
         self.bucket(now).retries += 1;
         true
+    }
+
+    /// `replicas` replicas (at least this one) share the floor.
+    pub fn share_floor(&mut self, replicas: usize) {
+        self.replicas = replicas.max(1);
     }
 
     fn expire(&mut self, now: Instant) {
@@ -119,6 +135,21 @@ mod tests {
         budget.call(t0);
         // 0.2 × 1 call + 1/s × 10 s = 10.2: ten retries.
         assert_eq!((0..20).filter(|_| budget.try_retry(t0)).count(), 10);
+    }
+
+    #[test]
+    fn replicas_share_the_floor() {
+        let t0 = Instant::now();
+        let mut budget = RetryBudget::new(0.2, 1.0, Duration::from_secs(10));
+        budget.share_floor(2);
+        // 10 retries per window for the fleet: 5 for each of two replicas.
+        assert_eq!((0..20).filter(|_| budget.try_retry(t0)).count(), 5);
+        budget.share_floor(0);
+        assert_eq!(
+            (0..20).filter(|_| budget.try_retry(t0)).count(),
+            5,
+            "alone again: the whole floor"
+        );
     }
 
     #[test]

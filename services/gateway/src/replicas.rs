@@ -1,0 +1,142 @@
+//! Which load-balancer replicas are alive, from their heartbeats, and a
+//! signal each time one dies.
+//!
+//! In proxy mode a call goes to the load-balancers' queue group, and NATS
+//! hands it to one replica. If that replica dies holding the call, no
+//! answer will ever come: the gateway would wait out its share of the
+//! deadline (2.5 s of the default 5 s) before trying another. NATS drops a
+//! dead replica's subscriptions at once, so new calls are safe; only the
+//! calls it already held are stranded, and the gateway cannot tell which
+//! replica holds which.
+//!
+//! So the gateway watches the replicas' heartbeats itself. When one misses
+//! three of its intervals it is declared lost, and every call in flight
+//! that may safely run twice, and was sent while that replica could still
+//! have been alive, is sent again at once ([`crate::api::call`]). A
+//! replica heard at `t` with interval `i` died before `t + i` (it would
+//! have beaten again), and NATS stopped giving it calls when it died, so a
+//! call sent after that (with a quarter interval's margin for a late beat)
+//! is not sent again. A call caught in a dying replica then succeeds about
+//! three heartbeat intervals after the death (0.75 s at the default 250 ms)
+//! instead of after half its deadline; calls the live replicas hold are
+//! sent again only if they were already in flight when the replica died.
+//!
+//! What it costs: nothing per call but a look at a shared value; at each
+//! death, a burst of duplicate calls bounded by the calls in flight then.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use faultline_protocol::cluster::Heartbeat;
+use faultline_protocol::subjects;
+use futures::StreamExt as _;
+use tokio::sync::watch;
+
+/// Heartbeats a replica may miss before it counts as lost.
+const MISSED_HEARTBEATS: u32 = 3;
+
+/// The last replica lost: the latest instant it may still have been alive.
+/// A call sent before that instant may be stranded in it.
+pub type Losses = watch::Receiver<Option<Instant>>;
+
+/// Whether a call sent at `sent` may be held by the last replica lost.
+pub fn may_hold(loss: Option<Instant>, sent: Instant) -> bool {
+    loss.is_some_and(|alive_until| sent < alive_until)
+}
+
+/// One replica as its heartbeats tell.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    at: Instant,
+    interval: Duration,
+}
+
+/// The replicas heard.
+#[derive(Debug, Default)]
+struct Replicas {
+    heard: HashMap<String, Heard>,
+}
+
+impl Replicas {
+    fn heard(&mut self, id: String, interval: Duration, now: Instant) {
+        self.heard.insert(id, Heard { at: now, interval });
+    }
+
+    /// Forgets the replicas that fell silent; returns each with the latest
+    /// instant it may still have been alive.
+    fn lost(&mut self, now: Instant) -> Vec<(String, Instant)> {
+        let mut lost = Vec::new();
+        self.heard.retain(|id, heard| {
+            let silent = now >= heard.at + heard.interval * MISSED_HEARTBEATS;
+            if silent {
+                lost.push((id.clone(), heard.at + heard.interval + heard.interval / 4));
+            }
+            !silent
+        });
+        lost
+    }
+}
+
+/// Follows the replicas' heartbeats until `beats` ends, announcing each
+/// loss in `losses`; looks for silent replicas every `every`.
+pub async fn watch(
+    mut beats: async_nats::Subscriber,
+    losses: watch::Sender<Option<Instant>>,
+    every: Duration,
+) {
+    let mut replicas = Replicas::default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            beat = beats.next() => {
+                let Some(beat) = beat else { return };
+                match serde_json::from_slice::<Heartbeat>(&beat.payload) {
+                    Ok(beat) if subjects::is_valid_member_id(&beat.id) => {
+                        let interval = Duration::from_millis(beat.interval_ms.max(1));
+                        replicas.heard(beat.id, interval, Instant::now());
+                    }
+                    _ => tracing::warn!("Ignoring a malformed load-balancer heartbeat."),
+                }
+            }
+            _ = tick.tick() => {
+                for (id, alive_until) in replicas.lost(Instant::now()) {
+                    tracing::warn!(
+                        load_balancer = %id,
+                        "A load-balancer fell silent; calls it may hold are sent again."
+                    );
+                    losses.send_replace(Some(alive_until));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_is_lost_after_three_silent_intervals() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut replicas = Replicas::default();
+        replicas.heard("lb-1".into(), ms(100), t0);
+        replicas.heard("lb-2".into(), ms(100), t0);
+        replicas.heard("lb-2".into(), ms(100), t0 + ms(250));
+        assert!(replicas.lost(t0 + ms(299)).is_empty());
+        let lost = replicas.lost(t0 + ms(300));
+        assert_eq!(lost, vec![("lb-1".to_owned(), t0 + ms(125))]);
+        assert!(replicas.lost(t0 + ms(400)).is_empty(), "lost once");
+        assert_eq!(replicas.lost(t0 + ms(550))[0].0, "lb-2");
+    }
+
+    #[test]
+    fn only_calls_sent_while_the_lost_replica_may_have_lived_are_sent_again() {
+        let t0 = Instant::now();
+        let alive_until = Some(t0 + Duration::from_millis(125));
+        assert!(may_hold(alive_until, t0));
+        assert!(!may_hold(alive_until, t0 + Duration::from_millis(125)));
+        assert!(!may_hold(None, t0));
+    }
+}

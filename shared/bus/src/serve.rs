@@ -1,0 +1,286 @@
+//! The one serving layer: how every Faultline service answers requests
+//! over NATS (calls at workers and load-balancers, the coordinator's
+//! requests, the account shards' subjects).
+//!
+//! A service writes only its answer, a [`Handler`]; this layer does the
+//! rest, once, for all of them (as tower and linkerd2-proxy stack one set
+//! of layers under every service):
+//!
+//! - **back-pressure**: at most the [`InFlight`] bound's messages at once,
+//!   each in its own task; past it the service stops reading and NATS
+//!   buffers the rest, which callers see as latency;
+//! - **the envelope**, read once, before the handler runs;
+//! - **the server span**, only where the trace is recorded
+//!   ([`crate::trace_context`]), as a child of the sender's span;
+//! - **the reply**: the handler's body, with an envelope carrying its
+//!   outcome and the server span's trace context;
+//! - **the drain** on shutdown, and no request outliving the server that
+//!   took it (see [`serve`]).
+//!
+//! What it costs per message: one task, one envelope parsed and one
+//! written; no span, no allocation for tracing, when the trace is not
+//! recorded.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_nats::{Client, Message, Subject, Subscriber};
+use bytes::Bytes;
+use faultline_protocol::Outcome;
+use faultline_protocol::headers::Envelope;
+use futures::{Stream, StreamExt as _};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use crate::in_flight::{InFlight, Ticket};
+
+/// How long shutdown waits for buffered and running messages.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One request, as a handler receives it.
+#[derive(Debug)]
+pub struct Request {
+    /// The subject it arrived on.
+    pub subject: Subject,
+    /// Its body.
+    pub payload: Bytes,
+    /// Its envelope (empty if it carried none).
+    pub envelope: Envelope,
+    /// When it was taken from the subscription.
+    pub received: Instant,
+    /// The server span the handler runs in: disabled (and free to record
+    /// into) when the trace is not recorded.
+    pub span: tracing::Span,
+}
+
+impl Request {
+    /// The instant the caller gives up, if it said.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.envelope.timeout.map(|budget| self.received + budget)
+    }
+}
+
+/// A handler's answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The reply's envelope; the serving layer adds the trace context.
+    pub envelope: Envelope,
+    /// The reply's body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// A reply whose outcome is in its body (a JSON document).
+    pub fn body(body: impl Into<Bytes>) -> Reply {
+        Reply {
+            envelope: Envelope::default(),
+            body: body.into(),
+        }
+    }
+
+    /// A reply with a typed outcome in its envelope.
+    pub fn outcome(outcome: Outcome, body: impl Into<Bytes>) -> Reply {
+        Reply {
+            envelope: Envelope {
+                outcome: Some(outcome),
+                ..Envelope::default()
+            },
+            body: body.into(),
+        }
+    }
+}
+
+/// What a service does with each request.
+pub trait Handler: Send + Sync + 'static {
+    /// The server span for a request whose trace is recorded; the layer
+    /// makes it a child of the sender's span and runs
+    /// [`Handler::handle`] inside it. Never called for an unrecorded
+    /// trace, where the handler runs in no span.
+    fn span(&self, request: &Request) -> tracing::Span;
+
+    /// Answers one request; `None` sends nothing (the caller has given
+    /// up, or no answer is better than a guess).
+    fn handle(&self, request: Request) -> impl Future<Output = Option<Reply>> + Send;
+}
+
+/// Serves every message of `subscriptions` with `handler`, at most
+/// `bound`'s limit at once, until `shutdown` resolves.
+///
+/// Each message is handled in a task that lives no longer than this
+/// function: dropping its future (a coordinator's term that ends, a shard
+/// that moves away) aborts every request still running, so no request
+/// outlives the server that took it.
+///
+/// On `shutdown` it drains: it unsubscribes so that NATS sends nothing new
+/// (a queue group's next message goes to another member), handles the
+/// messages the client had already received, and waits for every task, up
+/// to 10 s. A plain unsubscribe would drop those buffered messages, and
+/// their callers would wait out their deadlines for nothing.
+///
+/// One gap remains, in the client library: async-nats 0.51 ends a drained
+/// subscription once its UNSUB is written, without waiting for the server's
+/// PONG as other NATS clients do, so a message still in transit at that
+/// instant is lost (its caller retries elsewhere after its deadline share).
+pub async fn serve<H: Handler>(
+    client: Client,
+    subscriptions: Vec<Subscriber>,
+    bound: Arc<InFlight>,
+    shutdown: impl Future<Output = ()>,
+    handler: Arc<H>,
+) {
+    let mut messages = Subscriptions {
+        all: subscriptions,
+        next: 0,
+    };
+    let mut running = JoinSet::new();
+    // Shared by every task: cloning a client per message costs more than
+    // the rest of a small reply.
+    let client = Arc::new(client);
+    let spawn = |running: &mut JoinSet<()>, message: Message, ticket: Ticket| {
+        running.spawn(answer(client.clone(), handler.clone(), message, ticket));
+    };
+    tokio::pin!(shutdown);
+    // A message already taken from the subscription when shutdown came: it
+    // is served during the drain, never dropped.
+    let mut waiting: Option<Message> = None;
+    loop {
+        let message = tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = running.join_next(), if !running.is_empty() => continue,
+            message = messages.next() => message,
+        };
+        let Some(message) = message else { return };
+        // Room is usually there: take it without waiting.
+        if let Some(ticket) = bound.try_admit() {
+            spawn(&mut running, message, ticket);
+            continue;
+        }
+        tokio::select! {
+            () = &mut shutdown => {
+                waiting = Some(message);
+                break;
+            }
+            ticket = bound.admit() => match ticket {
+                Some(ticket) => spawn(&mut running, message, ticket),
+                None => return,
+            },
+        }
+    }
+
+    for subscription in &mut messages.all {
+        if let Err(error) = subscription.drain().await {
+            tracing::warn!(%error, "Could not drain a subscription.");
+        }
+    }
+    let finish = async {
+        let buffered = futures::stream::iter(waiting).chain(&mut messages);
+        tokio::pin!(buffered);
+        while let Some(message) = buffered.next().await {
+            let Some(ticket) = bound.admit().await else {
+                break;
+            };
+            spawn(&mut running, message, ticket);
+        }
+        while running.join_next().await.is_some() {}
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, finish).await.is_err() {
+        tracing::warn!("Stopped with messages still in flight.");
+    }
+}
+
+/// A service's subscriptions read as one stream, polled in turn from the
+/// one after the last that gave a message (so none starves the others):
+/// for the one to four subscriptions a service has, cheaper than
+/// `select_all`'s bookkeeping of a task per stream.
+struct Subscriptions {
+    all: Vec<Subscriber>,
+    next: usize,
+}
+
+impl Stream for Subscriptions {
+    type Item = Message;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        let mut tried = 0;
+        while tried < self.all.len() {
+            let i = (self.next + tried) % self.all.len();
+            match Pin::new(&mut self.all[i]).poll_next(cx) {
+                Poll::Ready(Some(message)) => {
+                    self.next = (i + 1) % self.all.len();
+                    return Poll::Ready(Some(message));
+                }
+                // An ended subscription is dropped; the others go on.
+                Poll::Ready(None) => {
+                    self.all.swap_remove(i);
+                }
+                Poll::Pending => tried += 1,
+            }
+        }
+        if self.all.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// Handles one message and sends its reply.
+async fn answer<H: Handler>(
+    client: Arc<Client>,
+    handler: Arc<H>,
+    message: Message,
+    ticket: Ticket,
+) {
+    let Message {
+        subject,
+        reply: reply_to,
+        payload,
+        headers,
+        ..
+    } = message;
+    let mut request = Request {
+        subject,
+        payload,
+        envelope: crate::headers::envelope(headers.as_ref()),
+        received: Instant::now(),
+        span: tracing::Span::none(),
+    };
+    let span = if crate::trace_context::is_recorded(request.envelope.trace.as_ref()) {
+        let span = handler.span(&request);
+        crate::trace_context::continue_envelope(&span, &request.envelope);
+        span
+    } else {
+        tracing::Span::none()
+    };
+    request.span = span.clone();
+    let reply = if span.is_disabled() {
+        handler.handle(request).await
+    } else {
+        handler.handle(request).instrument(span.clone()).await
+    };
+    if let (Some(reply_to), Some(mut reply)) = (reply_to, reply) {
+        // Only a recorded trace sends a context back: it names the span
+        // that answered, which the caller has no other way to learn.
+        if !span.is_disabled() {
+            crate::trace_context::stamp(&span, &mut reply.envelope);
+        }
+        let sent = if reply.envelope == Envelope::default() {
+            client.publish(reply_to, reply.body).await
+        } else {
+            let headers = crate::headers::to_headers(&reply.envelope);
+            client
+                .publish_with_headers(reply_to, headers, reply.body)
+                .await
+        };
+        if let Err(error) = sent {
+            span.in_scope(|| tracing::warn!(%error, "Cannot send a reply."));
+        }
+    }
+    // Held until the reply is handed to the client, so that a drain that
+    // waits for every ticket also waits for every reply.
+    drop(ticket);
+}

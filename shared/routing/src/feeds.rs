@@ -1,0 +1,303 @@
+//! What keeps a [`Router`]'s table current: one task per source, each
+//! feeding the router as news arrives.
+//!
+//! | source | subject or bucket | what it changes |
+//! |---|---|---|
+//! | worker heartbeats | `faultline.heartbeat.worker.*` | who is heard, advertised weights |
+//! | the health-monitor's view | KV `faultline_membership` | up / suspect / down, slow start |
+//! | settings | KV `faultline_balancer` | strategy, weight overrides, data path |
+//! | the clock | | workers that fell silent |
+//! | peers' heartbeats | `faultline.heartbeat.<own role>.*` | how many replicas share the retry budget's floor |
+//! | directives (gateways) | `faultline.lb.directives` | ejections and weights from the control plane |
+//! | reports (gateways, direct mode) | `faultline.lb.reports`, every 100 ms | the control plane's input |
+//!
+//! Each source fails alone: while the bus, JetStream or the monitors are
+//! gone the router keeps what it last heard, and each watch is opened
+//! again with backoff. Heartbeats and views have tasks of their own, so a
+//! process saturated with calls never starves them (and ejects everyone).
+//!
+//! The settings watch (`watch_with_history`: plain `watch` skips current
+//! values) starts with the current value of every key, then streams
+//! changes; a replica reports itself ready ([`Feeds::settings_loaded`])
+//! only once it has applied them, so it never serves a call on stale
+//! settings after a start or a reconnect.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::Operation;
+use faultline_balancing::StrategyKind;
+use faultline_bus::membership_watch::{self, MembershipChange};
+use faultline_protocol::cluster::{Heartbeat, Role};
+use faultline_protocol::routing::{DataPath, Directive};
+use faultline_protocol::subjects::{self, DATA_PATH_KEY, STRATEGY_KEY, WEIGHT_KEY_PREFIX};
+use futures::StreamExt as _;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::router::Router;
+
+/// How often a gateway in direct mode reports its outcomes.
+pub const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// Which feeds to start.
+#[derive(Debug, Clone)]
+pub struct FeedSettings {
+    /// Copies of each key-value bucket, should this replica create it.
+    pub replicas: u8,
+    /// The strategy while the settings bucket names none.
+    pub default_strategy: StrategyKind,
+    /// How often silent workers are looked for.
+    pub sweep_every: Duration,
+    /// The role of the replicas that balance beside this one.
+    pub peers: Role,
+    /// A gateway: follows the control plane, and reports to it in direct
+    /// mode.
+    pub gateway: bool,
+}
+
+/// The running feeds; dropping them stops them.
+#[derive(Debug)]
+pub struct Feeds {
+    tasks: Vec<JoinHandle<()>>,
+    settings_loaded: watch::Receiver<bool>,
+}
+
+impl Feeds {
+    /// True while the settings bucket's current values are applied.
+    pub fn settings_loaded(&self) -> watch::Receiver<bool> {
+        self.settings_loaded.clone()
+    }
+}
+
+impl Drop for Feeds {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Starts every feed of `router`.
+pub async fn start(
+    client: async_nats::Client,
+    router: Arc<Router>,
+    settings: FeedSettings,
+) -> Result<Feeds, async_nats::SubscribeError> {
+    let heartbeats = client.subscribe(subjects::WORKER_HEARTBEATS).await?;
+    let peers = client
+        .subscribe(subjects::heartbeat(settings.peers.as_str(), "*"))
+        .await?;
+    let (loaded_tx, settings_loaded) = watch::channel(false);
+    let mut tasks = vec![
+        tokio::spawn(follow_heartbeats(heartbeats, router.clone())),
+        tokio::spawn(count_peers(peers, router.clone(), settings.sweep_every)),
+        tokio::spawn(follow_membership(
+            client.clone(),
+            settings.replicas,
+            router.clone(),
+        )),
+        tokio::spawn(follow_settings(
+            client.clone(),
+            settings.replicas,
+            router.clone(),
+            loaded_tx,
+            settings.default_strategy,
+        )),
+        tokio::spawn(sweep(router.clone(), settings.sweep_every)),
+    ];
+    if settings.gateway {
+        let directives = client.subscribe(subjects::LB_DIRECTIVES).await?;
+        tasks.push(tokio::spawn(follow_directives(directives, router.clone())));
+        tasks.push(tokio::spawn(report(client, router)));
+    }
+    Ok(Feeds {
+        tasks,
+        settings_loaded,
+    })
+}
+
+/// Feeds worker heartbeats to the router.
+async fn follow_heartbeats(mut heartbeats: async_nats::Subscriber, router: Arc<Router>) {
+    while let Some(beat) = heartbeats.next().await {
+        if let Some(beat) = read_heartbeat(&beat.payload) {
+            router.heartbeat(&beat);
+        }
+    }
+}
+
+fn read_heartbeat(payload: &[u8]) -> Option<Heartbeat> {
+    match serde_json::from_slice::<Heartbeat>(payload) {
+        Ok(beat) if subjects::is_valid_member_id(&beat.id) => Some(beat),
+        Ok(beat) => {
+            tracing::warn!(id = %beat.id, "Ignoring a heartbeat with an invalid id.");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "Ignoring a malformed heartbeat.");
+            None
+        }
+    }
+}
+
+/// Counts the replicas balancing beside this one from their heartbeats:
+/// each counts until it misses three of its own intervals.
+async fn count_peers(mut beats: async_nats::Subscriber, router: Arc<Router>, every: Duration) {
+    let mut heard: HashMap<String, Instant> = HashMap::new();
+    let mut counted = 0;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            beat = beats.next() => {
+                let Some(beat) = beat else { return };
+                if let Some(beat) = read_heartbeat(&beat.payload) {
+                    let interval = Duration::from_millis(beat.interval_ms.max(1));
+                    heard.insert(beat.id, Instant::now() + interval * 3);
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        heard.retain(|_, until| *until > now);
+        if heard.len() != counted {
+            counted = heard.len();
+            router.set_peers(counted);
+        }
+    }
+}
+
+/// Feeds the health-monitor's view and lease renewals to the router.
+async fn follow_membership(client: async_nats::Client, replicas: u8, router: Arc<Router>) {
+    membership_watch::follow(client, replicas, |change| {
+        match change {
+            MembershipChange::View(view) => router.set_view(view),
+            MembershipChange::LeaseRenewed => router.monitor_seen(),
+        }
+        std::future::ready(std::ops::ControlFlow::Continue(()))
+    })
+    .await;
+}
+
+/// Drops workers that fell silent.
+async fn sweep(router: Arc<Router>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        router.expire();
+    }
+}
+
+/// Follows the load-balancers' directives.
+async fn follow_directives(mut directives: async_nats::Subscriber, router: Arc<Router>) {
+    while let Some(message) = directives.next().await {
+        match serde_json::from_slice::<Directive>(&message.payload) {
+            Ok(directive) => router.apply_directive(directive),
+            Err(error) => tracing::warn!(%error, "Ignoring a malformed directive."),
+        }
+    }
+}
+
+/// In direct mode, sends this gateway's outcomes to the load-balancers
+/// every [`REPORT_EVERY`]; keeps none in proxy mode.
+async fn report(client: async_nats::Client, router: Arc<Router>) {
+    let mut path = router.data_path_changes();
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let direct = *path.borrow_and_update() == DataPath::Direct;
+        router.set_reporting(direct);
+        tokio::select! {
+            changed = path.changed() => if changed.is_err() { return },
+            _ = tick.tick(), if direct => {
+                let Some(report) = router.take_report() else { continue };
+                match serde_json::to_vec(&report) {
+                    Ok(body) => {
+                        if let Err(error) = client.publish(subjects::LB_REPORTS, body.into()).await {
+                            tracing::debug!(%error, "An outcome report was not sent.");
+                        }
+                    }
+                    Err(error) => tracing::error!(%error, "Cannot encode an outcome report."),
+                }
+            }
+        }
+    }
+}
+
+/// Follows the settings bucket until the router is dropped, opening the
+/// watch again with backoff whenever it ends.
+async fn follow_settings(
+    client: async_nats::Client,
+    replicas: u8,
+    router: Arc<Router>,
+    ready: watch::Sender<bool>,
+    default_strategy: StrategyKind,
+) {
+    let mut attempt = 0usize;
+    loop {
+        if let Err(error) =
+            watch_settings(&client, replicas, &router, &ready, default_strategy).await
+        {
+            // Until the watch is back and has replayed, settings may be stale.
+            ready.send_replace(false);
+            tracing::warn!(%error, "Lost the settings watch; opening it again.");
+            tokio::time::sleep(faultline_bus::reconnect_delay(attempt)).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// Watches until the stream ends (an error).
+async fn watch_settings(
+    client: &async_nats::Client,
+    replicas: u8,
+    router: &Router,
+    ready: &watch::Sender<bool>,
+    default_strategy: StrategyKind,
+) -> anyhow::Result<()> {
+    let store = faultline_bus::kv_buckets::open_settings(client, replicas).await?;
+    let mut entries = store.watch_with_history(">").await?;
+    // The watch replays the current values first and marks the last of them
+    // `seen_current`; the replica is ready once it has applied them. An
+    // empty bucket replays nothing, so it is ready at once.
+    if store.status().await?.values() == 0 {
+        ready.send_replace(true);
+    }
+    while let Some(entry) = entries.next().await {
+        let entry = entry?;
+        let deleted = matches!(entry.operation, Operation::Delete | Operation::Purge);
+        let value = String::from_utf8_lossy(&entry.value);
+        if entry.key == STRATEGY_KEY {
+            match value.parse::<StrategyKind>() {
+                _ if deleted => router.set_strategy(default_strategy),
+                Ok(kind) => router.set_strategy(kind),
+                Err(error) => {
+                    tracing::error!(%error, "Ignoring an invalid strategy in the settings bucket.");
+                }
+            }
+        } else if entry.key == DATA_PATH_KEY {
+            match value.parse::<DataPath>() {
+                _ if deleted => router.set_data_path(DataPath::default()),
+                Ok(path) => router.set_data_path(path),
+                Err(error) => {
+                    tracing::error!(%error, "Ignoring an invalid data path in the settings bucket.");
+                }
+            }
+        } else if let Some(worker) = entry.key.strip_prefix(WEIGHT_KEY_PREFIX) {
+            if deleted {
+                router.set_override(worker, None);
+            } else if let Ok(weight) = value.parse::<u32>() {
+                router.set_override(worker, Some(weight));
+            } else {
+                // Keep whatever weight is in force rather than guess.
+                tracing::error!(worker, value = %value, "Ignoring an invalid weight in the settings bucket.");
+            }
+        }
+        if entry.seen_current {
+            ready.send_replace(true);
+        }
+    }
+    anyhow::bail!("the settings watch ended")
+}

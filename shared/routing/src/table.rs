@@ -1,0 +1,582 @@
+//! The routing table: everything one balancing replica knows and decides,
+//! in one value, with no I/O.
+//!
+//! A load-balancer in proxy mode and a gateway in direct mode keep one
+//! each. It joins the pieces that decide a pick: the [`Balancer`] (the
+//! strategy and each worker's load), the [`Membership`] (who is in
+//! rotation, with what weight), the [`OutlierDetector`] (who is ejected)
+//! and the [`RetryBudget`] (whether a retry may be paid for). The order of
+//! a pick is fixed here: the budget first (a refused retry costs no pick),
+//! then the outlier rules, then the strategy.
+//!
+//! It also keeps the look-aside control plane's books: a gateway's
+//! outcomes since its last report, and on a load-balancer the reports it
+//! has merged.
+//!
+//! Pure logic: the caller passes the time in, holds the table behind one
+//! lock ([`crate::Router`]), and acts on the [`Notice`]s it leaves.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use faultline_balancing::{Balancer, MemberId, PickRequest, StrategyKind};
+use faultline_protocol::Outcome;
+use faultline_protocol::cluster::{ClusterView, Heartbeat, WorkerView};
+use faultline_protocol::membership::MembershipView;
+use faultline_protocol::routing::{DataPath, Directive, OutcomeReport, WorkerOutcomes};
+
+use crate::membership::{Change, Membership};
+use crate::outlier::{Ejection, OutlierDetector, Routing};
+use crate::retry_budget::RetryBudget;
+
+/// How long the control plane's weights count after its last directive:
+/// ten directive periods, so one lost message changes nothing.
+pub const CONTROL_WEIGHTS_TTL: Duration = Duration::from_secs(1);
+
+/// The answer to a pick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Picked {
+    /// Send the attempt to this worker, chosen by this strategy.
+    Worker {
+        /// The worker.
+        worker: MemberId,
+        /// The strategy that chose it.
+        strategy: StrategyKind,
+    },
+    /// No worker is left to try.
+    NoneLeft,
+    /// Too few workers are healthy and the panic mode is fail-closed.
+    PanicClosed,
+    /// The retry budget is spent: no retry now.
+    BudgetSpent,
+}
+
+/// Something that changed, for the caller to log and count once the lock
+/// is released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A worker joined the rotation.
+    Joined(String),
+    /// A worker left the rotation.
+    Left(String),
+    /// A worker's weight in force changed.
+    Weight {
+        /// The worker.
+        worker: String,
+        /// Its new weight.
+        weight: u32,
+    },
+    /// The strategy changed.
+    Strategy(StrategyKind),
+    /// Panic routing began (`true`) or ended.
+    Panic(bool),
+    /// A retry was refused: the budget is spent.
+    RetryRefused,
+    /// A worker was ejected on the control plane's word.
+    EjectedByControlPlane {
+        /// The worker.
+        worker: String,
+        /// The load-balancer that said so.
+        by: String,
+    },
+    /// A worker was ejected over the reports of every gateway.
+    EjectedOverReports(Ejection),
+}
+
+/// One replica's routing state.
+#[derive(Debug)]
+pub struct RoutingTable {
+    balancer: Balancer,
+    membership: Membership,
+    outliers: OutlierDetector,
+    budget: RetryBudget,
+    panicking: bool,
+    /// Direct mode: this gateway's outcomes since its last report.
+    pending: Option<BTreeMap<String, WorkerOutcomes>>,
+    /// Control plane: attempts the gateways reported, per worker.
+    reported: HashMap<String, u64>,
+    notices: Vec<Notice>,
+}
+
+impl RoutingTable {
+    /// A table with no workers yet.
+    pub fn new(
+        balancer: Balancer,
+        membership: Membership,
+        outliers: OutlierDetector,
+        budget: RetryBudget,
+    ) -> Self {
+        RoutingTable {
+            balancer,
+            membership,
+            outliers,
+            budget,
+            panicking: false,
+            pending: None,
+            reported: HashMap::new(),
+            notices: Vec::new(),
+        }
+    }
+
+    /// Keeps this replica's outcomes per worker for
+    /// [`RoutingTable::take_report`] (a gateway in direct mode), or stops.
+    pub fn set_reporting(&mut self, on: bool) {
+        if on != self.pending.is_some() {
+            self.pending = on.then(BTreeMap::new);
+        }
+    }
+
+    /// What changed since the last call, oldest first.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// The workers in rotation.
+    pub fn members(&self) -> usize {
+        self.balancer.members().len()
+    }
+
+    /// The strategy in force.
+    pub fn strategy(&self) -> StrategyKind {
+        self.balancer.strategy()
+    }
+
+    /// Picks for one attempt, avoiding `tried` (the workers this call has
+    /// already tried). A `retry` is paid from the budget.
+    pub fn pick(
+        &mut self,
+        key: Option<&[u8]>,
+        tried: &[MemberId],
+        retry: bool,
+        now: Instant,
+    ) -> Picked {
+        if retry {
+            if !self.budget.try_retry(now) {
+                self.notices.push(Notice::RetryRefused);
+                return Picked::BudgetSpent;
+            }
+        } else {
+            self.budget.call(now);
+        }
+        let routing = self
+            .outliers
+            .routing(self.balancer.members().iter().map(|m| &*m.id), now);
+        let panicking = !matches!(routing, Routing::Normal { .. });
+        if panicking != self.panicking {
+            self.panicking = panicking;
+            self.notices.push(Notice::Panic(panicking));
+        }
+        let ejected = match routing {
+            Routing::PanicClosed => return Picked::PanicClosed,
+            Routing::PanicOpen => Vec::new(),
+            Routing::Normal { ejected } => ejected,
+        };
+        // Nobody ejected is the common case: no list to build.
+        let excluded: Vec<MemberId>;
+        let excluded = if ejected.is_empty() {
+            tried
+        } else {
+            excluded = tried
+                .iter()
+                .cloned()
+                .chain(ejected.into_iter().map(MemberId::from))
+                .collect();
+            &excluded
+        };
+        let strategy = self.balancer.strategy();
+        self.balancer
+            .pick(&PickRequest { key, excluded })
+            .map_or(Picked::NoneLeft, |worker| Picked::Worker {
+                worker,
+                strategy,
+            })
+    }
+
+    /// Records how an attempt on `worker` ended: `elapsed` from send to
+    /// answer, and `cost` what it cost (the whole attempt budget for a
+    /// failure: failures count as load, so a worker that fails fast does not
+    /// look fast to least-loaded). Returns the ejection the failure caused,
+    /// if any.
+    pub fn complete(
+        &mut self,
+        worker: &str,
+        outcome: Outcome,
+        elapsed: Duration,
+        cost: Duration,
+        now: Instant,
+    ) -> Option<Ejection> {
+        self.balancer.complete(worker, Some(cost));
+        let failed = counts_as_failure(outcome);
+        if let Some(pending) = &mut self.pending {
+            let entry = pending.entry(worker.to_owned()).or_default();
+            if failed {
+                entry.failures += 1;
+                entry.trailing_failures += 1;
+            } else {
+                entry.ok += 1;
+                entry.trailing_failures = 0;
+                entry.latency_micros += u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            }
+        }
+        if failed {
+            let workers = self.balancer.members().len();
+            self.outliers.failure(worker, now, workers)
+        } else {
+            self.outliers.success(worker);
+            None
+        }
+    }
+
+    /// This gateway's outcomes since the last report, if it keeps them and
+    /// made any attempt.
+    pub fn take_report(&mut self, gateway: &str) -> Option<OutcomeReport> {
+        let pending = self.pending.as_mut()?;
+        if pending.is_empty() {
+            return None;
+        }
+        Some(OutcomeReport {
+            gateway: gateway.to_owned(),
+            workers: std::mem::take(pending),
+        })
+    }
+
+    /// Merges one gateway's report into this replica's outlier detection
+    /// (a load-balancer in direct mode): the streaks continue across
+    /// gateways, so a worker that fails for everyone is ejected as soon as
+    /// the failures add up, even if each gateway sees only a few.
+    pub fn merge_report(&mut self, report: &OutcomeReport, now: Instant) {
+        let workers = self.balancer.members().len();
+        for (worker, outcomes) in &report.workers {
+            *self.reported.entry(worker.clone()).or_default() += outcomes.ok + outcomes.failures;
+            let streak = if outcomes.ok > 0 {
+                self.outliers.success(worker);
+                if let Some(mean) = outcomes.latency_micros.checked_div(outcomes.ok) {
+                    self.balancer
+                        .observe_latency(worker, Duration::from_micros(mean));
+                }
+                outcomes.trailing_failures
+            } else {
+                outcomes.failures
+            };
+            for _ in 0..streak {
+                if let Some(ejection) = self.outliers.failure(worker, now, workers) {
+                    self.notices.push(Notice::EjectedOverReports(ejection));
+                }
+            }
+        }
+    }
+
+    /// What this replica tells every gateway: its ejections and the weights
+    /// in force.
+    pub fn directive(&self, load_balancer: &str, now: Instant) -> Directive {
+        Directive {
+            load_balancer: load_balancer.to_owned(),
+            ejected: self
+                .outliers
+                .ejections(now)
+                .map(|(worker, left)| {
+                    let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+                    (worker.to_owned(), ms)
+                })
+                .collect(),
+            weights: self
+                .balancer
+                .members()
+                .iter()
+                .map(|m| (m.id.to_string(), m.weight))
+                .collect(),
+        }
+    }
+
+    /// Follows a load-balancer's directive (a gateway in direct mode).
+    pub fn apply_directive(&mut self, directive: Directive, now: Instant) {
+        let workers = self.balancer.members().len();
+        for (worker, ms) in &directive.ejected {
+            let fresh = !self.outliers.is_ejected(worker, now);
+            let until = now + Duration::from_millis(*ms);
+            if self.outliers.impose(worker, until, now, workers) && fresh {
+                self.notices.push(Notice::EjectedByControlPlane {
+                    worker: worker.clone(),
+                    by: directive.load_balancer.clone(),
+                });
+            }
+        }
+        let changes =
+            self.membership
+                .set_control_weights(directive.weights, now + CONTROL_WEIGHTS_TTL, now);
+        self.apply(changes);
+    }
+
+    /// Records a worker's heartbeat.
+    pub fn heartbeat(&mut self, beat: &Heartbeat, now: Instant) {
+        let changes = self.membership.heartbeat(beat, now);
+        self.apply(changes);
+    }
+
+    /// Takes the health-monitor's latest view.
+    pub fn set_view(&mut self, view: MembershipView, now: Instant) {
+        let changes = self.membership.set_view(view, now);
+        self.apply(changes);
+    }
+
+    /// A monitor renewed its lease: one leads.
+    pub fn monitor_seen(&mut self, now: Instant) {
+        let changes = self.membership.monitor_seen(now);
+        self.apply(changes);
+    }
+
+    /// Switches strategy.
+    pub fn set_strategy(&mut self, kind: StrategyKind) {
+        if kind != self.balancer.strategy() {
+            self.balancer.set_strategy(kind);
+            self.notices.push(Notice::Strategy(kind));
+        }
+    }
+
+    /// Sets (or, with `None`, clears) a weight override.
+    pub fn set_override(&mut self, worker: &str, weight: Option<u32>, now: Instant) {
+        let changes = self.membership.set_override(worker, weight, now);
+        self.apply(changes);
+    }
+
+    /// `replicas` replicas balance side by side (this one included) and
+    /// share the retry budget's floor.
+    pub fn set_peers(&mut self, replicas: usize) {
+        self.budget.share_floor(replicas);
+    }
+
+    /// Drops silent workers and re-applies the rules as time passes.
+    pub fn expire(&mut self, now: Instant) {
+        let changes = self.membership.expire(now);
+        self.apply(changes);
+    }
+
+    fn apply(&mut self, changes: Vec<Change>) {
+        for change in changes {
+            match change {
+                Change::Upsert { id, weight } => {
+                    let joined = !self.balancer.members().iter().any(|m| *m.id == *id);
+                    self.balancer.upsert(&id, weight);
+                    self.notices.push(if joined {
+                        Notice::Joined(id)
+                    } else {
+                        Notice::Weight { worker: id, weight }
+                    });
+                }
+                Change::Remove { id } => {
+                    if self.balancer.remove(&id) {
+                        self.notices.push(Notice::Left(id.clone()));
+                    }
+                    self.outliers.forget(&id);
+                }
+            }
+        }
+    }
+
+    /// This replica's view of the cluster.
+    pub fn view(&self, replica: &str, data_path: DataPath, now: Instant) -> ClusterView {
+        let workers = self
+            .balancer
+            .members()
+            .iter()
+            .map(|m| {
+                let record = self.membership.get(&m.id);
+                let verdict = self.membership.verdict(&m.id);
+                WorkerView {
+                    id: m.id.to_string(),
+                    weight: m.weight,
+                    advertised_weight: record.map_or(m.weight, |r| r.advertised_weight),
+                    in_flight: m.in_flight,
+                    picks: m.picks + self.reported.get(&*m.id).copied().unwrap_or(0),
+                    served: record.map_or(0, |r| r.served),
+                    latency_ms: m.latency_ewma_micros.map(|us| (us / 10.0).round() / 100.0),
+                    last_heartbeat_ms: record.map_or(0, |r| {
+                        u64::try_from(now.saturating_duration_since(r.last_seen).as_millis())
+                            .unwrap_or(u64::MAX)
+                    }),
+                    state: verdict.map(|v| v.state),
+                    ejected: self.outliers.is_ejected(&m.id, now),
+                }
+            })
+            .collect();
+        ClusterView {
+            load_balancer: replica.to_owned(),
+            strategy: self.balancer.strategy(),
+            data_path,
+            workers,
+        }
+    }
+}
+
+/// Whether an attempt's outcome counts against its worker: no answer, or a
+/// retryable refusal. A definite failure (`Failed`: the call itself was
+/// bad) says nothing about the worker.
+pub fn counts_as_failure(outcome: Outcome) -> bool {
+    matches!(outcome, Outcome::Retryable | Outcome::TimedOut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outlier::{OutlierPolicy, PanicMode};
+    use faultline_protocol::cluster::Role;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn table(budget_floor: f64) -> RoutingTable {
+        RoutingTable::new(
+            Balancer::with_seed(StrategyKind::RoundRobin, 7),
+            Membership::new(3, ms(1000)),
+            OutlierDetector::new(OutlierPolicy {
+                consecutive_failures: 3,
+                base_ejection: ms(1000),
+                max_ejection: ms(5000),
+                max_ejected_percent: 50,
+                panic_threshold_percent: 50,
+                panic_mode: PanicMode::FailOpen,
+            }),
+            RetryBudget::new(0.0, budget_floor, Duration::from_secs(1)),
+        )
+    }
+
+    fn beat(id: &str) -> Heartbeat {
+        Heartbeat {
+            id: id.into(),
+            role: Role::Worker,
+            weight: 1,
+            in_flight: 0,
+            served: 0,
+            started_at_ms: 1,
+            sequence: 0,
+            interval_ms: 100,
+        }
+    }
+
+    fn with_workers(ids: &[&str], t0: Instant) -> RoutingTable {
+        let mut table = table(2.0);
+        for id in ids {
+            table.heartbeat(&beat(id), t0);
+        }
+        table
+    }
+
+    fn picked(table: &mut RoutingTable, tried: &[MemberId], retry: bool, now: Instant) -> String {
+        match table.pick(None, tried, retry, now) {
+            Picked::Worker { worker, .. } => worker.to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_retry_avoids_what_was_tried_and_is_paid_from_the_budget() {
+        let t0 = Instant::now();
+        let mut table = with_workers(&["w1", "w2"], t0);
+        assert_eq!(
+            table.take_notices(),
+            vec![Notice::Joined("w1".into()), Notice::Joined("w2".into())]
+        );
+        let tried = [MemberId::from("w1")];
+        assert_eq!(picked(&mut table, &tried, true, t0), "w2");
+        assert_eq!(picked(&mut table, &tried, true, t0), "w2");
+        // A floor of 2 retries per window, and no ratio: the third is refused.
+        assert_eq!(picked(&mut table, &tried, true, t0), "BudgetSpent");
+        assert_eq!(table.take_notices(), vec![Notice::RetryRefused]);
+        let both = [MemberId::from("w1"), MemberId::from("w2")];
+        assert_eq!(picked(&mut table, &both, false, t0), "NoneLeft");
+    }
+
+    #[test]
+    fn failures_eject_and_ejected_workers_are_skipped() {
+        let t0 = Instant::now();
+        let mut table = with_workers(&["w1", "w2", "w3", "w4"], t0);
+        for _ in 0..2 {
+            assert_eq!(
+                table.complete("w1", Outcome::TimedOut, ms(5), ms(50), t0),
+                None
+            );
+        }
+        assert_eq!(
+            table.complete("w1", Outcome::Failed, ms(5), ms(5), t0),
+            None,
+            "a bad call is no failure of the worker's: the streak ends"
+        );
+        for _ in 0..2 {
+            table.complete("w1", Outcome::Retryable, ms(5), ms(50), t0);
+        }
+        let ejection = table
+            .complete("w1", Outcome::Retryable, ms(5), ms(50), t0)
+            .expect("three in a row");
+        assert_eq!(ejection.worker, "w1");
+        let picks: Vec<String> = (0..6).map(|_| picked(&mut table, &[], false, t0)).collect();
+        assert!(!picks.contains(&"w1".to_owned()), "{picks:?}");
+        let later = t0 + ms(1000);
+        assert!((0..4).any(|_| picked(&mut table, &[], false, later) == "w1"));
+    }
+
+    #[test]
+    fn a_gateways_report_feeds_the_control_planes_streaks() {
+        let t0 = Instant::now();
+        let mut gateway = with_workers(&["w1", "w2", "w3", "w4"], t0);
+        gateway.set_reporting(true);
+        assert_eq!(gateway.take_report("g1"), None, "nothing to say yet");
+        gateway.complete("w1", Outcome::Ok, ms(2), ms(2), t0);
+        gateway.complete("w1", Outcome::TimedOut, ms(50), ms(50), t0);
+        gateway.complete("w2", Outcome::Ok, ms(4), ms(4), t0);
+        let report = gateway.take_report("g1").expect("a report");
+        assert_eq!(
+            report.workers["w1"],
+            WorkerOutcomes {
+                ok: 1,
+                failures: 1,
+                trailing_failures: 1,
+                latency_micros: 2000
+            }
+        );
+        assert_eq!(gateway.take_report("g1"), None, "taken");
+
+        // Two gateways each saw w1 fail twice in a row: four in a row over
+        // both, enough for a streak of three.
+        let mut lb = with_workers(&["w1", "w2", "w3", "w4"], t0);
+        let two_failures = OutcomeReport {
+            gateway: "g".into(),
+            workers: BTreeMap::from([(
+                "w1".to_owned(),
+                WorkerOutcomes {
+                    ok: 0,
+                    failures: 2,
+                    trailing_failures: 2,
+                    latency_micros: 0,
+                },
+            )]),
+        };
+        lb.merge_report(&two_failures, t0);
+        lb.take_notices();
+        lb.merge_report(&two_failures, t0);
+        assert!(matches!(
+            lb.take_notices().as_slice(),
+            [Notice::EjectedOverReports(e)] if e.worker == "w1"
+        ));
+        let directive = lb.directive("lb-1", t0 + ms(400));
+        assert_eq!(directive.ejected.get("w1"), Some(&600));
+        assert_eq!(directive.weights.len(), 4);
+
+        // The gateway follows the directive.
+        gateway.take_notices();
+        gateway.apply_directive(directive, t0 + ms(400));
+        assert_eq!(
+            gateway.take_notices(),
+            vec![Notice::EjectedByControlPlane {
+                worker: "w1".into(),
+                by: "lb-1".into()
+            }]
+        );
+        let picks: Vec<String> = (0..6)
+            .map(|_| picked(&mut gateway, &[], false, t0 + ms(500)))
+            .collect();
+        assert!(!picks.contains(&"w1".to_owned()), "{picks:?}");
+        let later = t0 + ms(1000);
+        assert!((0..4).any(|_| picked(&mut gateway, &[], false, later) == "w1"));
+    }
+}
