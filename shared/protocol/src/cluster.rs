@@ -142,6 +142,10 @@ pub struct ClusterView {
     /// call itself, and its counts are the gateways' reports.
     #[serde(default)]
     pub data_path: crate::routing::DataPath,
+    /// How many replicas balance beside it, itself included (they share
+    /// the retry budget's floor).
+    #[serde(default)]
+    pub balancing_replicas: u32,
     /// The workers it can route to, by id.
     pub workers: Vec<WorkerView>,
 }

@@ -142,7 +142,10 @@ fn read_heartbeat(payload: &[u8]) -> Option<Heartbeat> {
 }
 
 /// Counts the replicas balancing beside this one from their heartbeats:
-/// each counts until it misses three of its own intervals.
+/// each counts until it misses ten of its own intervals. Slow to forget on
+/// purpose: counting a replica that left only makes this one's share of
+/// the floor smaller for a moment, while forgetting one that is merely
+/// late would let the fleet retry more than its budget.
 async fn count_peers(mut beats: async_nats::Subscriber, router: Arc<Router>, every: Duration) {
     let mut heard: HashMap<String, Instant> = HashMap::new();
     let mut counted = 0;
@@ -154,7 +157,7 @@ async fn count_peers(mut beats: async_nats::Subscriber, router: Arc<Router>, eve
                 let Some(beat) = beat else { return };
                 if let Some(beat) = read_heartbeat(&beat.payload) {
                     let interval = Duration::from_millis(beat.interval_ms.max(1));
-                    heard.insert(beat.id, Instant::now() + interval * 3);
+                    heard.insert(beat.id, Instant::now() + interval * 10);
                 }
             }
             _ = tick.tick() => {}

@@ -162,6 +162,11 @@ pub async fn forward(router: &Router, client: &Client, policy: Policy, call: &Ca
     for attempt in 1..=policy.max_attempts {
         let retry = attempt > 1;
         if retry {
+            // No budget, no retry: the last real failure is the answer, at
+            // once, with no pause first.
+            if !router.try_retry() {
+                return finish(outcome, worker_answered, attempt - 1, last);
+            }
             let pause = faultline_bus::backoff::random(
                 attempt - 1,
                 policy.backoff_base,
@@ -214,7 +219,7 @@ pub async fn forward(router: &Router, client: &Client, policy: Policy, call: &Ca
         } else {
             tracing::Span::none()
         };
-        let (worker, strategy) = match router.pick(key, &tried, retry) {
+        let (worker, strategy) = match router.pick(key, &tried, !retry) {
             Pick::Worker(worker, strategy) => (worker, strategy),
             Pick::PanicClosed => {
                 span.record("outcome", "panic_closed");
@@ -225,14 +230,10 @@ pub async fn forward(router: &Router, client: &Client, policy: Policy, call: &Ca
                     Last::Failed(Failure::PanicClosed),
                 );
             }
-            // Nobody (left) to try, or no budget for a retry: report the
-            // last real failure if there was one.
+            // Nobody (left) to try: report the last real failure if there
+            // was one.
             Pick::NoneLeft => {
                 span.record("outcome", "no_worker_left");
-                return finish(outcome, worker_answered, attempt - 1, last);
-            }
-            Pick::BudgetSpent => {
-                span.record("outcome", "retry_budget_spent");
                 return finish(outcome, worker_answered, attempt - 1, last);
             }
         };

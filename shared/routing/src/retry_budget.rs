@@ -83,6 +83,11 @@ impl RetryBudget {
         self.replicas = replicas.max(1);
     }
 
+    /// How many replicas share the floor.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
     fn expire(&mut self, now: Instant) {
         while self
             .buckets

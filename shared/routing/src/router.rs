@@ -49,8 +49,6 @@ pub enum Pick {
     NoneLeft,
     /// Too few workers are healthy and the panic mode is fail-closed.
     PanicClosed,
-    /// The retry budget is spent: no retry now.
-    BudgetSpent,
 }
 
 /// The table and what goes with it.
@@ -143,13 +141,25 @@ impl Router {
         }
     }
 
-    /// Picks for one attempt, avoiding `tried`; a `retry` is paid from the
-    /// retry budget.
-    pub fn pick(&self, key: Option<&[u8]>, tried: &[MemberId], retry: bool) -> Pick {
+    /// Asks the retry budget for one retry (see
+    /// [`RoutingTable::try_retry`]).
+    pub fn try_retry(&self) -> bool {
+        let (granted, notices) = {
+            let mut inner = self.lock();
+            let granted = inner.table.try_retry(Instant::now());
+            (granted, inner.table.take_notices())
+        };
+        self.announce(notices);
+        granted
+    }
+
+    /// Picks for one attempt, avoiding `tried`; a call's `first` pick
+    /// counts it in the retry budget's window.
+    pub fn pick(&self, key: Option<&[u8]>, tried: &[MemberId], first: bool) -> Pick {
         let now = Instant::now();
         let (pick, notices) = {
             let mut inner = self.lock();
-            let picked = inner.table.pick(key, tried, retry, now);
+            let picked = inner.table.pick(key, tried, first, now);
             let pick = match picked {
                 Picked::Worker { worker, strategy } => match inner.workers.get(&worker) {
                     Some(worker) => Pick::Worker(worker.clone(), strategy),
@@ -157,7 +167,6 @@ impl Router {
                 },
                 Picked::NoneLeft => Pick::NoneLeft,
                 Picked::PanicClosed => Pick::PanicClosed,
-                Picked::BudgetSpent => Pick::BudgetSpent,
             };
             (pick, inner.table.take_notices())
         };

@@ -5,9 +5,10 @@
 //! each. It joins the pieces that decide a pick: the [`Balancer`] (the
 //! strategy and each worker's load), the [`Membership`] (who is in
 //! rotation, with what weight), the [`OutlierDetector`] (who is ejected)
-//! and the [`RetryBudget`] (whether a retry may be paid for). The order of
-//! a pick is fixed here: the budget first (a refused retry costs no pick),
-//! then the outlier rules, then the strategy.
+//! and the [`RetryBudget`] (whether a retry may be paid for). The order is
+//! fixed here: a retry asks the budget first ([`RoutingTable::try_retry`],
+//! before it backs off: a refused retry costs neither a pause nor a pick),
+//! then a pick applies the outlier rules, then the strategy.
 //!
 //! It also keeps the look-aside control plane's books: a gateway's
 //! outcomes since its last report, and on a load-balancer the reports it
@@ -47,8 +48,6 @@ pub enum Picked {
     NoneLeft,
     /// Too few workers are healthy and the panic mode is fail-closed.
     PanicClosed,
-    /// The retry budget is spent: no retry now.
-    BudgetSpent,
 }
 
 /// Something that changed, for the caller to log and count once the lock
@@ -141,21 +140,26 @@ impl RoutingTable {
         self.balancer.strategy()
     }
 
+    /// Asks the retry budget for one retry; counts it if granted.
+    pub fn try_retry(&mut self, now: Instant) -> bool {
+        let granted = self.budget.try_retry(now);
+        if !granted {
+            self.notices.push(Notice::RetryRefused);
+        }
+        granted
+    }
+
     /// Picks for one attempt, avoiding `tried` (the workers this call has
-    /// already tried). A `retry` is paid from the budget.
+    /// already tried). A call's first pick counts it in the retry budget's
+    /// window (a retry is paid for beforehand: [`RoutingTable::try_retry`]).
     pub fn pick(
         &mut self,
         key: Option<&[u8]>,
         tried: &[MemberId],
-        retry: bool,
+        first: bool,
         now: Instant,
     ) -> Picked {
-        if retry {
-            if !self.budget.try_retry(now) {
-                self.notices.push(Notice::RetryRefused);
-                return Picked::BudgetSpent;
-            }
-        } else {
+        if first {
             self.budget.call(now);
         }
         let routing = self
@@ -403,6 +407,7 @@ impl RoutingTable {
             load_balancer: replica.to_owned(),
             strategy: self.balancer.strategy(),
             data_path,
+            balancing_replicas: u32::try_from(self.budget.replicas()).unwrap_or(u32::MAX),
             workers,
         }
     }
@@ -463,7 +468,10 @@ mod tests {
     }
 
     fn picked(table: &mut RoutingTable, tried: &[MemberId], retry: bool, now: Instant) -> String {
-        match table.pick(None, tried, retry, now) {
+        if retry && !table.try_retry(now) {
+            return "BudgetSpent".to_owned();
+        }
+        match table.pick(None, tried, !retry, now) {
             Picked::Worker { worker, .. } => worker.to_string(),
             other => format!("{other:?}"),
         }

@@ -36,6 +36,7 @@ mod bad_input;
 mod balancing;
 mod deadlines;
 mod deployment;
+mod direct_mode;
 mod health_monitor;
 mod load_balancer_failover;
 mod nats_permissions;

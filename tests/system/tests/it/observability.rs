@@ -350,7 +350,7 @@ async fn a_transfer_is_one_trace_through_the_coordinator_and_both_shards() {
 /// One service's `/metrics`, parsed as OpenMetrics text (what
 /// prometheus-client writes and Prometheus reads); panics if it does not
 /// parse.
-async fn scrape(url: &str) -> MetricsExposition<OpenMetricsType, OpenMetricsValue> {
+pub async fn scrape(url: &str) -> MetricsExposition<OpenMetricsType, OpenMetricsValue> {
     let text = reqwest::get(format!("{url}/metrics"))
         .await
         .and_then(reqwest::Response::error_for_status)
@@ -382,7 +382,7 @@ async fn scrape(url: &str) -> MetricsExposition<OpenMetricsType, OpenMetricsValu
 
 /// The sum over the samples of `family` whose labels include `labels`:
 /// a counter's or gauge's value, a histogram's count; 0 if none.
-fn value(
+pub fn value(
     metrics: &MetricsExposition<OpenMetricsType, OpenMetricsValue>,
     family: &str,
     labels: &[(&str, &str)],
