@@ -41,6 +41,7 @@ pub fn slug(name: &str) -> String {
         .collect()
 }
 
+pub mod cpu;
 pub mod engine;
 pub mod http1;
 pub mod plot;

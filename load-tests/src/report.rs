@@ -97,6 +97,16 @@ impl RunReport {
     }
 }
 
+/// Every turn of a run in `runs`: the run `name` and the one named
+/// `name, again`, taken in alternation with the runs they are compared
+/// with, since the machine's speed drifts between turns.
+pub fn turns<'a>(runs: &'a [RunReport], name: &str) -> Vec<&'a RunReport> {
+    let again = format!("{name}, again");
+    runs.iter()
+        .filter(|r| r.name == name || r.name == again)
+        .collect()
+}
+
 /// Figures read from an external tool's output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExternalFigures {
@@ -153,6 +163,10 @@ pub struct Analysis {
     /// The bank's invariant after a transfer run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bank: Option<BankCheck>,
+    /// CPU time per call answered, over every process of what was loaded
+    /// (the generator left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<crate::cpu::CpuPerCall>,
     /// Heartbeat interval of the system, ms (to express detection in
     /// heartbeat intervals).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -294,6 +308,21 @@ fn write_analysis(md: &mut String, analysis: &Analysis) {
             );
         }
         let _ = writeln!(md);
+    }
+    if let Some(cpu) = &analysis.cpu {
+        let parts: Vec<String> = cpu
+            .by_process
+            .iter()
+            .filter(|(_, us)| **us > 0.0)
+            .map(|(name, us)| format!("{name} {us:.1}"))
+            .collect();
+        let _ = writeln!(
+            md,
+            "CPU per call: **{:.1} µs** over every process of the target, over {} calls ({}).\n",
+            cpu.total_us,
+            cpu.calls,
+            parts.join(", ")
+        );
     }
     if let Some(amplification) = analysis.retry_amplification {
         let _ = writeln!(

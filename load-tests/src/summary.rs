@@ -132,43 +132,38 @@ impl Results {
                 missing(what, ">= 0.90x")
             },
         );
+        for (path, what, floor) in [
+            (
+                "direct",
+                "Direct mode (gateway -> worker, 2 NATS messages) against nginx round-robin proxy, throughput (closed loop, turns in alternation)",
+                0.80,
+            ),
+            (
+                "proxy",
+                "Proxy mode (gateway -> load-balancer -> worker, 4 NATS messages) against nginx, throughput",
+                0.45,
+            ),
+        ] {
+            rows.push(self.turns_ratio(
+                what,
+                "baselines",
+                &format!("{path}, closed"),
+                "nginx, closed",
+                floor,
+            ));
+        }
+        for (path, ceiling) in [("direct", 1.5), ("proxy", 2.5)] {
+            rows.push(self.p99_at_half(path, ceiling));
+        }
         rows.push(throughput_ratio(
-            "Full path (gateway -> load-balancer -> worker) against nginx round-robin proxy, throughput",
+            "Direct mode against raw async-nats request/reply (one hop), throughput",
             "baselines",
-            "full path, closed",
-            "nginx, closed",
-            Some(0.75),
-        ));
-        let what = "Full path against nginx, p99 at the same open-model rate";
-        rows.push(
-            match (
-                self.run("baselines", "full path, open"),
-                self.run("baselines", "nginx, open"),
-            ) {
-                (Some(a), Some(b)) => match (a.p99_ms(), b.p99_ms()) {
-                    (Some(pa), Some(pb)) if pb > 0.0 => Row {
-                        what: what.to_owned(),
-                        measured: format!(
-                            "**{:.2}x** ({pa:.2} ms against {pb:.2} ms at {:.0}/s){}",
-                            pa / pb,
-                            a.target_rate.unwrap_or(0.0),
-                            self.closed_p99_ratio()
-                        ),
-                        target: "<= 1.5x".to_owned(),
-                        met: Some(pa / pb <= 1.5),
-                    },
-                    _ => missing(what, "<= 1.5x"),
-                },
-                _ => missing(what, "<= 1.5x"),
-            },
-        );
-        rows.push(throughput_ratio(
-            "Full path against raw async-nats request/reply (one hop), throughput",
-            "baselines",
-            "full path, closed",
+            "direct, closed",
             "raw NATS, closed",
             None,
         ));
+        rows.push(self.cpu_row());
+        rows.push(self.tracing_row());
         let what = "Two-phase-commit transfers per second (cross-shard, closed loop)";
         rows.push(match self.run("transfers", "capacity") {
             Some(run) => {
@@ -228,14 +223,34 @@ impl Results {
         for (run, what) in [
             (
                 "worker killed and restarted",
-                "Failover: worker killed (SIGKILL) under load, marked down after",
+                "Failover, proxy mode: worker killed (SIGKILL) under load, marked down after",
             ),
             (
                 "worker paused and resumed",
-                "Failover: worker paused (SIGSTOP) under load, marked down after",
+                "Failover, proxy mode: worker paused (SIGSTOP) under load, marked down after",
+            ),
+            (
+                "direct: worker killed and restarted",
+                "Failover, direct mode: worker killed (SIGKILL) under load, marked down after",
+            ),
+            (
+                "direct: worker paused and resumed",
+                "Failover, direct mode: worker paused (SIGSTOP) under load, marked down after",
             ),
         ] {
             rows.push(self.failover_row("failover", run, what));
+        }
+        for (run, what) in [
+            (
+                "load-balancer killed and restarted",
+                "Failover, proxy mode: a load-balancer killed (SIGKILL) under load: failed calls, and the slowest call (the ones it held are sent again when its heartbeats stop)",
+            ),
+            (
+                "direct: load-balancer killed and restarted",
+                "Failover, direct mode: a load-balancer killed (SIGKILL) under load",
+            ),
+        ] {
+            rows.push(self.load_balancer_killed_row(run, what));
         }
         let what = "Transfers at half the target rate (500/s, open model): p99";
         rows.push(
@@ -256,82 +271,273 @@ impl Results {
                 None => missing(what, "< 50 ms"),
             },
         );
-        let what = "Slow worker (+20 ms): least-loaded p99 against round-robin p99";
-        rows.push(
-            match (
-                self.run("slow-worker", "least-loaded"),
-                self.run("slow-worker", "round-robin"),
-            ) {
-                (Some(ll), Some(rr)) => match (ll.p99_ms(), rr.p99_ms()) {
-                    (Some(a), Some(b)) if b > 0.0 => {
-                        let slow_share = |r: &RunReport| {
-                            r.analysis
-                                .shares
-                                .iter()
-                                .find(|s| s.worker == "worker-1")
-                                .map_or("-".to_owned(), |s| format!("{:.1}%", s.share * 100.0))
-                        };
-                        Row {
-                            what: what.to_owned(),
-                            measured: format!(
-                                "**{:.2}x** ({a:.1} ms against {b:.1} ms); slow worker's share {} against {}",
-                                a / b,
-                                slow_share(ll),
-                                slow_share(rr)
-                            ),
-                            target: "< 1x".to_owned(),
-                            met: Some(a < b),
-                        }
-                    }
-                    _ => missing(what, "< 1x"),
-                },
-                _ => missing(what, "< 1x"),
-            },
-        );
-        let what = "Strategies: largest gap between a worker's share and the promised share";
-        rows.push(match self.reports.get("strategies") {
-            Some(report) => {
-                let gaps: Vec<(String, f64)> = report
-                    .runs
-                    .iter()
-                    .filter_map(|r| {
-                        r.analysis
-                            .shares
-                            .iter()
-                            .filter_map(|s| s.expected.map(|e| (s.share - e).abs()))
-                            .reduce(f64::max)
-                            .map(|gap| (r.name.clone(), gap))
-                    })
-                    .collect();
-                let worst = gaps.iter().map(|g| g.1).fold(0.0, f64::max);
-                Row {
-                    what: what.to_owned(),
-                    measured: gaps
-                        .iter()
-                        .map(|(name, gap)| format!("{name} {:.2} points", gap * 100.0))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    target: "< 2 points".to_owned(),
-                    met: (!gaps.is_empty()).then_some(worst < 0.02),
-                }
-            }
-            None => missing(what, "< 2 points"),
-        });
+        for prefix in ["", "direct: "] {
+            rows.push(self.slow_worker_row(prefix));
+        }
+        for (mode, direct) in [("proxy", false), ("direct", true)] {
+            rows.push(self.strategies_row(mode, direct));
+        }
         rows
     }
 
-    /// The full path's p99 against nginx's in the closed loops (each at
-    /// its own capacity), as wrk would report them.
-    fn closed_p99_ratio(&self) -> String {
-        let p99 = |name| self.run("baselines", name).and_then(RunReport::p99_ms);
-        match (p99("full path, closed"), p99("nginx, closed")) {
-            (Some(a), Some(b)) if b > 0.0 => {
-                format!(
-                    "; closed loop, each at capacity: {:.2}x ({a:.2} ms against {b:.2} ms)",
-                    a / b
-                )
-            }
-            _ => String::new(),
+    /// Every turn of a run of `scenario` ([`crate::report::turns`]).
+    fn turns(&self, scenario: &str, name: &str) -> Vec<&RunReport> {
+        self.reports
+            .get(scenario)
+            .map_or_else(Vec::new, |report| crate::report::turns(&report.runs, name))
+    }
+
+    /// `a` against `b` over the means of their turns' throughput.
+    fn turns_ratio(&self, what: &str, scenario: &str, a: &str, b: &str, floor: f64) -> Row {
+        let target = format!(">= {floor:.2}x");
+        let (a, b) = (self.turns(scenario, a), self.turns(scenario, b));
+        let mean = |runs: &[&RunReport]| {
+            runs.iter().map(|r| r.throughput()).sum::<f64>() / runs.len().max(1) as f64
+        };
+        let list = |runs: &[&RunReport]| {
+            runs.iter()
+                .map(|r| format!("{:.0}", r.throughput()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if a.is_empty() || b.is_empty() || mean(&b) <= 0.0 {
+            return Row {
+                what: what.to_owned(),
+                measured: "not measured".to_owned(),
+                target,
+                met: None,
+            };
+        }
+        let ratio = mean(&a) / mean(&b);
+        Row {
+            what: what.to_owned(),
+            measured: format!("**{ratio:.2}x** ({} /s against {} /s)", list(&a), list(&b)),
+            target,
+            met: Some(ratio >= floor),
+        }
+    }
+
+    /// A data path's p99 at half its capacity against nginx's at the same
+    /// rate.
+    fn p99_at_half(&self, path: &str, ceiling: f64) -> Row {
+        let what = format!(
+            "{} mode p99 at half its measured capacity (open model) against nginx's p99 at the same rate",
+            if path == "direct" { "Direct" } else { "Proxy" }
+        );
+        let target = format!("<= {ceiling:.1}x");
+        let ours = self.run("baselines", &format!("{path}, at half"));
+        let nginx = self.run("baselines", &format!("nginx, at half of {path}"));
+        let (Some(a), Some(b)) = (ours, nginx) else {
+            return Row {
+                what,
+                measured: "not measured".to_owned(),
+                target,
+                met: None,
+            };
+        };
+        match (a.p99_ms(), b.p99_ms()) {
+            (Some(pa), Some(pb)) if pb > 0.0 && a.errors() == 0 => Row {
+                what,
+                measured: format!(
+                    "**{:.2}x** ({pa:.2} ms against {pb:.2} ms at {:.0}/s)",
+                    pa / pb,
+                    a.target_rate.unwrap_or(0.0)
+                ),
+                target,
+                met: Some(pa / pb <= ceiling),
+            },
+            _ => Row {
+                what,
+                measured: format!("{} errors, or no latency measured", a.errors()),
+                target,
+                met: Some(false),
+            },
+        }
+    }
+
+    /// The mean CPU per call over a run's turns.
+    fn cpu_per_call(&self, name: &str) -> Option<f64> {
+        let turns: Vec<f64> = self
+            .turns("cpu-per-call", name)
+            .iter()
+            .filter_map(|r| r.analysis.cpu.as_ref().map(|c| c.total_us))
+            .collect();
+        (!turns.is_empty()).then(|| turns.iter().sum::<f64>() / turns.len() as f64)
+    }
+
+    /// CPU per call of each path and of nginx, at the same rate.
+    fn cpu_row(&self) -> Row {
+        let what = "CPU per call at 2,000 calls/s, over every process of the target (NATS included, the generator left out), mean of two turns";
+        let (Some(nginx), Some(proxy), Some(direct)) = (
+            self.cpu_per_call("nginx"),
+            self.cpu_per_call("proxy"),
+            self.cpu_per_call("direct"),
+        ) else {
+            return Row {
+                what: what.to_owned(),
+                measured: "not measured".to_owned(),
+                target: "-".to_owned(),
+                met: None,
+            };
+        };
+        Row {
+            what: what.to_owned(),
+            measured: format!(
+                "nginx **{nginx:.0} µs**; proxy **{proxy:.0} µs** ({:.2}x nginx); direct **{direct:.0} µs** ({:.2}x nginx)",
+                proxy / nginx,
+                direct / nginx
+            ),
+            target: "-".to_owned(),
+            met: None,
+        }
+    }
+
+    /// What exporting every span adds to a call's CPU, in each path.
+    fn tracing_row(&self) -> Row {
+        let what = "Tracing: every span exported over OTLP, against tracing off, CPU per call at 2,000/s (the receiver's own CPU left out)";
+        let target = "<= +5 % and <= 25 µs";
+        let mut parts = Vec::new();
+        let mut met = true;
+        for path in ["proxy", "direct"] {
+            let (Some(off), Some(on)) = (
+                self.cpu_per_call(path),
+                self.cpu_per_call(&format!("{path}, traced")),
+            ) else {
+                return Row {
+                    what: what.to_owned(),
+                    measured: "not measured".to_owned(),
+                    target: target.to_owned(),
+                    met: None,
+                };
+            };
+            let added = on - off;
+            let share = added / off * 100.0;
+            met &= added <= 25.0 && share <= 5.0;
+            parts.push(format!(
+                "{path}: **{added:+.0} µs ({share:+.1} %)**, {off:.0} -> {on:.0} µs"
+            ));
+        }
+        Row {
+            what: what.to_owned(),
+            measured: parts.join("; "),
+            target: target.to_owned(),
+            met: Some(met),
+        }
+    }
+
+    /// A run where a load-balancer was killed: failed calls, and the
+    /// slowest call.
+    fn load_balancer_killed_row(&self, name: &str, what: &str) -> Row {
+        let target = "no failed call, none slower than 1 s";
+        let Some(run) = self.run("failover", name) else {
+            return Row {
+                what: what.to_owned(),
+                measured: "not measured".to_owned(),
+                target: target.to_owned(),
+                met: None,
+            };
+        };
+        let slowest = run.summary.as_ref().map(|s| s.latency_ms.max);
+        Row {
+            what: what.to_owned(),
+            measured: format!(
+                "{} failed calls of {}; slowest call **{}**; {} attempts per call",
+                run.errors(),
+                run.sent,
+                slowest.map_or("-".to_owned(), |ms| format!("{ms:.0} ms")),
+                run.analysis
+                    .retry_amplification
+                    .map_or("-".to_owned(), |a| format!("{a:.3}")),
+            ),
+            target: target.to_owned(),
+            met: Some(run.errors() == 0 && slowest.is_some_and(|ms| ms < 1000.0)),
+        }
+    }
+
+    /// Least-loaded against round-robin with one slow worker, in the mode
+    /// the run names start with (`""` for proxy, `"direct: "`).
+    fn slow_worker_row(&self, prefix: &str) -> Row {
+        let what = format!(
+            "Slow worker (+20 ms), {} mode: least-loaded p99 against round-robin p99",
+            if prefix.is_empty() { "proxy" } else { "direct" }
+        );
+        let runs = (
+            self.run("slow-worker", &format!("{prefix}least-loaded")),
+            self.run("slow-worker", &format!("{prefix}round-robin")),
+        );
+        let (Some(ll), Some(rr)) = runs else {
+            return Row {
+                what,
+                measured: "not measured".to_owned(),
+                target: "< 1x".to_owned(),
+                met: None,
+            };
+        };
+        let (Some(a), Some(b)) = (ll.p99_ms(), rr.p99_ms()) else {
+            return Row {
+                what,
+                measured: "no latency measured".to_owned(),
+                target: "< 1x".to_owned(),
+                met: Some(false),
+            };
+        };
+        let slow_share = |r: &RunReport| {
+            r.analysis
+                .shares
+                .iter()
+                .find(|s| s.worker == "worker-1")
+                .map_or("-".to_owned(), |s| format!("{:.1}%", s.share * 100.0))
+        };
+        Row {
+            what,
+            measured: format!(
+                "**{:.2}x** ({a:.1} ms against {b:.1} ms); slow worker's share {} against {}",
+                a / b.max(1e-9),
+                slow_share(ll),
+                slow_share(rr)
+            ),
+            target: "< 1x".to_owned(),
+            met: Some(a < b),
+        }
+    }
+
+    /// The largest gap between a worker's share and its promised share,
+    /// per strategy, in one mode (direct runs are named `direct: ...`).
+    fn strategies_row(&self, mode: &str, direct: bool) -> Row {
+        let what = format!(
+            "Strategies, {mode} mode: largest gap between a worker's share and the promised share"
+        );
+        let gaps: Vec<(String, f64)> =
+            self.reports
+                .get("strategies")
+                .map_or_else(Vec::new, |report| {
+                    report
+                        .runs
+                        .iter()
+                        .filter(|r| r.name.starts_with("direct: ") == direct)
+                        .filter_map(|r| {
+                            r.analysis
+                                .shares
+                                .iter()
+                                .filter_map(|s| s.expected.map(|e| (s.share - e).abs()))
+                                .reduce(f64::max)
+                                .map(|gap| (r.name.trim_start_matches("direct: ").to_owned(), gap))
+                        })
+                        .collect()
+                });
+        let worst = gaps.iter().map(|g| g.1).fold(0.0, f64::max);
+        Row {
+            what,
+            measured: if gaps.is_empty() {
+                "not measured".to_owned()
+            } else {
+                gaps.iter()
+                    .map(|(name, gap)| format!("{name} {:.2} points", gap * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            target: "< 2 points".to_owned(),
+            met: (!gaps.is_empty()).then_some(worst < 0.02),
         }
     }
 
@@ -453,6 +659,71 @@ mod tests {
             }),
             analysis: Analysis::default(),
         }
+    }
+
+    fn with_cpu(name: &str, us: f64) -> RunReport {
+        let mut run = external(name, 2000.0);
+        run.analysis.cpu = Some(crate::cpu::CpuPerCall {
+            total_us: us,
+            by_process: BTreeMap::new(),
+            calls: 30_000,
+        });
+        run
+    }
+
+    fn scenario(name: &str, runs: Vec<RunReport>) -> ScenarioReport {
+        ScenarioReport {
+            scenario: name.into(),
+            title: "t".into(),
+            command: "c".into(),
+            commit: None,
+            machine: "m".into(),
+            started_at: "s".into(),
+            runs,
+        }
+    }
+
+    #[test]
+    fn both_paths_are_compared_over_their_turns_and_their_cpu() {
+        let mut results = Results::default();
+        results.insert(scenario(
+            "baselines",
+            vec![
+                external("nginx, closed", 1000.0),
+                external("proxy, closed", 400.0),
+                external("direct, closed", 800.0),
+                external("direct, closed, again", 900.0),
+                external("proxy, closed, again", 500.0),
+                external("nginx, closed, again", 1200.0),
+            ],
+        ));
+        results.insert(scenario(
+            "cpu-per-call",
+            vec![
+                with_cpu("nginx", 40.0),
+                with_cpu("proxy", 200.0),
+                with_cpu("direct", 100.0),
+                with_cpu("proxy, traced", 208.0),
+                with_cpu("direct, traced", 110.0),
+            ],
+        ));
+        let rows = results.rows();
+        let row = |start: &str| {
+            rows.iter()
+                .find(|r| r.what.starts_with(start))
+                .unwrap_or_else(|| panic!("no row {start}"))
+        };
+        // Means of the turns: 850 against 1100, 450 against 1100.
+        let direct = row("Direct mode (gateway");
+        assert!(direct.measured.contains("0.77x"), "{direct:?}");
+        assert_eq!(direct.met, Some(false));
+        assert!(row("Proxy mode (gateway").measured.contains("0.41x"));
+        let cpu = row("CPU per call");
+        assert!(cpu.measured.contains("5.00x nginx"), "{cpu:?}");
+        // +8 µs (+4 %) and +10 µs (+10 %): the second misses the 5 %.
+        let tracing = row("Tracing");
+        assert!(tracing.measured.contains("+8 µs (+4.0 %)"), "{tracing:?}");
+        assert_eq!(tracing.met, Some(false));
     }
 
     #[test]

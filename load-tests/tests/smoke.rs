@@ -22,7 +22,7 @@ fn the_smoke_scenario_runs_end_to_end_and_reports_what_happened() {
 
     let json = std::fs::read_to_string(out.path().join("smoke.json")).expect("smoke.json");
     let report: ScenarioReport = serde_json::from_str(&json).expect("a scenario report");
-    assert_eq!(report.runs.len(), 3);
+    assert_eq!(report.runs.len(), 6);
     assert!(report.machine.contains("cores"), "{}", report.machine);
 
     for run in &report.runs {
@@ -33,8 +33,11 @@ fn the_smoke_scenario_runs_end_to_end_and_reports_what_happened() {
             "{}: every request sent is counted once",
             run.name
         );
+        let Some(target) = run.target_rate else {
+            assert_eq!(run.mode, "closed", "{}", run.name);
+            continue;
+        };
         // Every request the schedule held is accounted for, sent or not.
-        let target = run.target_rate.expect("an open-model run");
         let scheduled = (target * summary.elapsed_s).round() as u64;
         assert_eq!(run.sent + run.not_sent, scheduled, "{}", run.name);
         // Where nothing can hang for long, the generator kept the pace.
@@ -117,6 +120,31 @@ fn the_smoke_scenario_runs_end_to_end_and_reports_what_happened() {
 
     // Raw NATS: answered by the workers' baseline queue group.
     assert_eq!(report.runs[2].errors(), 0);
+
+    // Direct mode: a twentieth of the closed loop's rate; no call fails
+    // while a load-balancer dies, since none passes through it; the CPU
+    // every process spent per call is read.
+    let closed = &report.runs[3];
+    let direct = &report.runs[4];
+    let summary = direct.summary.as_ref().expect("figures");
+    assert_eq!(summary.errors, 0, "{:?}", summary.errors_by_class);
+    let expected = (closed.throughput() * 0.05).round();
+    assert_eq!(
+        direct.target_rate,
+        Some(expected),
+        "{}",
+        closed.throughput()
+    );
+    let cpu = direct.analysis.cpu.as_ref().expect("CPU per call");
+    assert!(cpu.total_us > 0.0, "{cpu:?}");
+    for process in ["gateway", "nats-server", "worker-1", "lb-1"] {
+        assert!(cpu.by_process.contains_key(process), "{cpu:?}");
+    }
+    let labels: Vec<&str> = summary.markers.iter().map(|m| m.label.as_str()).collect();
+    assert!(labels.contains(&"lb-1 killed"), "{labels:?}");
+
+    // Traced: every service restarted to export its spans, and back.
+    assert_eq!(report.runs[5].errors(), 0);
 
     let markdown = std::fs::read_to_string(out.path().join("smoke.md")).expect("smoke.md");
     assert!(markdown.contains("Every promise held"), "{markdown}");

@@ -105,6 +105,20 @@ http {{
     }
 }
 
+impl Nginx {
+    /// nginx's processes: the master and its workers.
+    pub fn processes(&self) -> Vec<crate::cpu::Process> {
+        let master = self.child.id();
+        std::iter::once(master)
+            .chain(crate::cpu::children(master))
+            .map(|pid| crate::cpu::Process {
+                name: "nginx".to_owned(),
+                pid,
+            })
+            .collect()
+    }
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM lets the master stop its workers.

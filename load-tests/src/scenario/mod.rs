@@ -130,12 +130,45 @@ pub struct RunSpec {
     /// Accounts to open (`transfer`).
     #[serde(default = "default_accounts")]
     pub accounts: usize,
+    /// Open model: the rate as a share of an earlier closed-loop run's
+    /// throughput (`{ run = "direct, closed", share = 0.5 }`: half of the
+    /// capacity measured), instead of `rate`.
+    pub rate_of: Option<RateOf>,
+    /// Read the CPU time every process of the target spends per call.
+    #[serde(default)]
+    pub cpu: bool,
+    /// Traces during the run: `off` (no exporter, the default) or
+    /// `exported` (every service restarted to export every span over OTLP
+    /// to a receiver in this process, whose own CPU is not counted).
+    #[serde(default)]
+    pub tracing: Tracing,
     /// Changes made before the run starts.
     #[serde(default)]
     pub setup: Vec<Action>,
     /// Faults during the run.
     #[serde(default)]
     pub events: Vec<TimedAction>,
+}
+
+/// A rate read off an earlier run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateOf {
+    /// The earlier run (closed loop) whose throughput counts.
+    pub run: String,
+    /// The share of it, above 0.
+    pub share: f64,
+}
+
+/// Whether the system exports its spans during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tracing {
+    /// No exporter: unrecorded traces make no spans.
+    #[default]
+    Off,
+    /// Every span recorded and exported over OTLP.
+    Exported,
 }
 
 fn default_connections() -> usize {
@@ -225,9 +258,44 @@ impl Scenario {
                 run.bucket_ms >= 1,
                 "run {name:?}: `bucket_ms` must be at least 1"
             );
+            if let Some(rate_of) = &run.rate_of {
+                anyhow::ensure!(
+                    run.rate.is_none() && run.steps.is_none(),
+                    "run {name:?}: `rate_of` stands instead of `rate` and `steps`"
+                );
+                anyhow::ensure!(
+                    rate_of.share.is_finite() && rate_of.share > 0.0,
+                    "run {name:?}: `rate_of.share` must be above 0"
+                );
+                anyhow::ensure!(
+                    names.contains(&rate_of.run)
+                        && self
+                            .runs
+                            .iter()
+                            .any(|r| r.name == rate_of.run && r.pacing == Pacing::Closed),
+                    "run {name:?}: `rate_of` names {:?}, which is no earlier closed-loop run",
+                    rate_of.run
+                );
+            }
+            anyhow::ensure!(
+                !run.cpu || run.generator == Generator::FaultlineLoad,
+                "run {name:?}: `cpu` is read around faultline-load's runs"
+            );
+            anyhow::ensure!(
+                run.tracing == Tracing::Off || self.system.is_some(),
+                "run {name:?}: `tracing` needs a [system]"
+            );
             let length = match run.generator {
                 Generator::FaultlineLoad => {
-                    let mode = run.mode().with_context(|| format!("run {name:?}"))?;
+                    // A rate read off an earlier run is known only then;
+                    // any rate checks the rest.
+                    let mut placeholder = run.clone();
+                    if placeholder.rate_of.is_some() {
+                        placeholder.rate = Some(1.0);
+                    }
+                    let mode = placeholder
+                        .mode()
+                        .with_context(|| format!("run {name:?}"))?;
                     Some(mode.duration().as_secs_f64())
                 }
                 Generator::Wrk | Generator::Pgbench => {
@@ -350,6 +418,7 @@ pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
     };
     for spec in &scenario.runs {
         eprintln!("[{name}] run {:?}", spec.name);
+        let spec = &with_rate_read_off(spec, &report.runs)?;
         let run = match run_one(
             spec,
             system.as_mut(),
@@ -381,6 +450,26 @@ pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
     Ok(report)
 }
 
+/// `spec` with its `rate_of` turned into a rate, from the earlier runs.
+fn with_rate_read_off(spec: &RunSpec, earlier: &[RunReport]) -> anyhow::Result<RunSpec> {
+    let mut spec = spec.clone();
+    if let Some(rate_of) = &spec.rate_of {
+        // The mean of the run's turns so far, if it was taken several times.
+        let turns = crate::report::turns(earlier, &rate_of.run);
+        anyhow::ensure!(!turns.is_empty(), "run {:?} has not run", rate_of.run);
+        let capacity = turns.iter().map(|r| r.throughput()).sum::<f64>() / turns.len() as f64;
+        let rate = capacity * rate_of.share;
+        anyhow::ensure!(
+            rate >= 1.0,
+            "run {:?}: {:?} gave {capacity:.0}/s, too little to take a share of",
+            spec.name,
+            rate_of.run,
+        );
+        spec.rate = Some(rate.round());
+    }
+    Ok(spec)
+}
+
 /// Scales rates and durations (to run a scenario small in tests).
 fn scale(scenario: &mut Scenario, rate: f64, time: f64) {
     for run in &mut scenario.runs {
@@ -406,10 +495,16 @@ async fn run_one(
 ) -> anyhow::Result<RunReport> {
     if let Some(system) = system.as_deref_mut() {
         system.settle().await?;
+        system.set_tracing(spec.tracing).await?;
         for action in &spec.setup {
             system.apply(action).await?;
         }
     }
+    let processes = match (spec.cpu, spec.load) {
+        (false, _) => Vec::new(),
+        (true, Load::Nginx) => nginx.context("no nginx")?.processes(),
+        (true, _) => system.as_deref().context("no system")?.processes(),
+    };
     let gateway: Option<SocketAddr> = system
         .as_deref()
         .map(|s| s.gateway().trim_start_matches("http://").parse())
@@ -485,6 +580,7 @@ async fn run_one(
         Some(system) if spec.load == Load::Call => Some(system.balancer_counters().await?),
         _ => None,
     };
+    let cpu_before = crate::cpu::Sample::take(&processes);
     let mut book = None;
     let finished = match spec.load {
         Load::Call => {
@@ -547,6 +643,11 @@ async fn run_one(
         }
         Load::Postgres => anyhow::bail!("only pgbench loads postgres"),
     };
+    if spec.cpu {
+        let cpu_after = crate::cpu::Sample::take(&processes);
+        report.analysis.cpu =
+            crate::cpu::CpuPerCall::between(&cpu_before, &cpu_after, finished.summary.ok);
+    }
     report.sent = finished.sent;
     report.not_sent = finished.not_sent;
     if let Some(system) = system.as_deref() {
@@ -714,7 +815,8 @@ fn ms_between(from: Instant, to: Instant) -> f64 {
 fn describe(spec: &RunSpec) -> String {
     let what = match spec.load {
         Load::Call => {
-            "echo calls through the full path: gateway (HTTP) -> load-balancer -> worker (NATS)"
+            "echo calls through the full path: gateway (HTTP), then NATS: a load-balancer and a \
+             worker (proxy mode) or the worker the gateway picks (direct mode)"
         }
         Load::Transfer => {
             "cross-shard transfers: gateway -> coordinator -> two workers' shards (two-phase commit)"
@@ -726,6 +828,9 @@ fn describe(spec: &RunSpec) -> String {
         Load::Postgres => "PostgreSQL's simple-update transaction (pgbench -N), fsync on",
     };
     let mut text = what.to_owned();
+    if spec.tracing == Tracing::Exported {
+        text.push_str("; every span exported over OTLP");
+    }
     if !spec.setup.is_empty() {
         let setup: Vec<String> = spec.setup.iter().map(ToString::to_string).collect();
         text.push_str(&format!("; before the run: {}", setup.join(", ")));
@@ -846,6 +951,8 @@ mod tests {
         assert!(err.contains("events need"), "{err}");
         let err = refused("rate = 10\nseconds = 5\nconnections = 0\n");
         assert!(err.contains("connections"), "{err}");
+        let err = refused("rate_of = { run = \"nope\", share = 0.5 }\nseconds = 5\n");
+        assert!(err.contains("no earlier closed-loop run"), "{err}");
         let err = refused("rate = 10\nseconds = 5\nkeys = 0\n");
         assert!(err.contains("`keys` must be at least 1"), "{err}");
         let err = refused("generator = 'wrk'\nkeys = 10\n");

@@ -235,6 +235,8 @@ pub struct System {
     pub strategy: String,
     /// The data path in force.
     pub data_path: DataPath,
+    /// Where spans go while a run exports them.
+    spans: Option<faultline_test_support::otlp::OtlpReceiver>,
     http: reqwest::Client,
     heard: Arc<Mutex<Vec<Heard>>>,
     listener: tokio::task::JoinHandle<()>,
@@ -287,6 +289,7 @@ impl System {
         Ok(System {
             strategy: spec.strategy.clone(),
             data_path: spec.data_path,
+            spans: None,
             cluster,
             spec,
             http: reqwest::Client::builder()
@@ -300,6 +303,67 @@ impl System {
     /// The gateway's base URL.
     pub fn gateway(&self) -> &str {
         &self.cluster.gateway.url
+    }
+
+    /// Every process of the system, NATS included, for CPU accounting.
+    pub fn processes(&self) -> Vec<crate::cpu::Process> {
+        let cluster = &self.cluster;
+        let services = cluster
+            .workers
+            .iter()
+            .chain(&cluster.load_balancers)
+            .chain(&cluster.monitors)
+            .chain(&cluster.coordinators)
+            .chain(cluster.gateways().map(|g| &g.service));
+        let named = |name: &str, pid: Option<u32>| {
+            pid.map(|pid| crate::cpu::Process {
+                name: name.to_owned(),
+                pid,
+            })
+        };
+        services
+            .filter_map(|s| named(s.name(), s.pid()))
+            .chain(named("nats-server", cluster.nats.pid()))
+            .collect()
+    }
+
+    /// Restarts every service to export its spans over OTLP to a receiver
+    /// in this process (`Exported`), or to export nothing (`Off`), unless
+    /// they already do; then waits until the system is whole.
+    pub async fn set_tracing(&mut self, tracing: super::Tracing) -> anyhow::Result<()> {
+        let exported = tracing == super::Tracing::Exported;
+        if exported == self.spans.is_some() {
+            return Ok(());
+        }
+        let endpoint = if exported {
+            let receiver = faultline_test_support::otlp::OtlpReceiver::start().await?;
+            let env = receiver.env();
+            self.spans = Some(receiver);
+            env
+        } else {
+            self.spans = None;
+            Vec::new()
+        };
+        let cluster = &mut self.cluster;
+        let services = cluster
+            .workers
+            .iter_mut()
+            .chain(cluster.load_balancers.iter_mut())
+            .chain(cluster.monitors.iter_mut())
+            .chain(cluster.coordinators.iter_mut())
+            .chain(std::iter::once(&mut cluster.gateway.service))
+            .chain(cluster.other_gateways.iter_mut().map(|g| &mut g.service));
+        // Only the endpoint: batches go out at the exporter's own pace, as
+        // they would in a deployment.
+        let url = endpoint
+            .iter()
+            .find(|(key, _)| key == "OTEL_EXPORTER_OTLP_ENDPOINT")
+            .map(|(_, url)| url.as_str());
+        for service in services {
+            service.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", url);
+            service.restart()?;
+        }
+        self.cluster.wait_until_whole().await
     }
 
     /// Membership events heard since `since`.

@@ -193,6 +193,11 @@ impl NatsServer {
         std::fs::read_to_string(self.store.path().join("nats.log")).unwrap_or_default()
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the server process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -316,6 +321,11 @@ impl Service {
     /// The service's name in this test.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the process with SIGKILL, as a crash would.
