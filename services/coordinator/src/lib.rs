@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::Client;
 use faultline_bus::in_flight::InFlight;
-use faultline_bus::serve::{Handler, Reply, Request};
+use faultline_bus::serve::{Handler, Reply, Request, ServerSpan};
 use faultline_protocol::bank::{CoordinatorReply, StatusQuery, TransferCommand};
 use faultline_protocol::error::ErrorDetail;
 use faultline_protocol::subjects;
@@ -374,8 +374,8 @@ struct TransferId {
 /// the sender's trace (the gateway's, or a participant's in-doubt
 /// question); the reply carries the span's trace context back.
 impl Handler for Term {
-    fn span(&self, request: &Request) -> tracing::Span {
-        tracing::info_span!(
+    fn span(&self, request: &Request) -> ServerSpan {
+        ServerSpan::Traced(tracing::info_span!(
             "coordinator.request",
             otel.name = span_name(request.subject.as_str()),
             otel.kind = "server",
@@ -385,7 +385,7 @@ impl Handler for Term {
             xid = Empty,
             state = Empty,
             token = self.token,
-        )
+        ))
     }
 
     async fn handle(&self, request: Request) -> Option<Reply> {

@@ -248,7 +248,7 @@ pub async fn run(
             .wrap(actix_web::middleware::from_fn(observe::observe))
             .configure(faultline_telemetry::admin::routes(admin.clone()))
             .service(
-                resource("/v1/call")
+                resource(CALL_ROUTE)
                     .route(web::post().to(api::call::call))
                     .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "POST"))),
             )
@@ -340,6 +340,9 @@ pub async fn run(
     drop(feeds);
     Ok(())
 }
+
+/// The route of balanced calls.
+const CALL_ROUTE: &str = "/v1/call";
 
 /// Every route the API serves, by its pattern: the only values of the
 /// `route` metric label and span attribute.

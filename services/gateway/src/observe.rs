@@ -23,8 +23,10 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::web;
+use actix_web::{HttpMessage as _, web};
+use faultline_bus::trace_context::CallSpan;
 use faultline_protocol::headers::TraceParent;
+use opentelemetry::KeyValue;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
@@ -72,7 +74,37 @@ pub async fn observe(
     let started = Instant::now();
     let method = metric_method(request.method());
     let inherited = Inherited::of(request.headers());
-    let span = if inherited.recorded() {
+    let recorded = inherited.recorded();
+    let response = if recorded && request.path() == crate::CALL_ROUTE {
+        // The request path: a span through OpenTelemetry's API, under
+        // which the call's own spans go (see `faultline_bus::trace_context`).
+        let attributes = vec![
+            KeyValue::new("http.request.method", method),
+            KeyValue::new("url.path", crate::CALL_ROUTE),
+        ];
+        let span = match inherited.parent {
+            Some(_) => CallSpan::server(
+                method,
+                attributes,
+                inherited.parent,
+                inherited.tracestate.as_deref(),
+            ),
+            None => CallSpan::root(method, attributes),
+        };
+        request
+            .extensions_mut()
+            .insert(span.scope(inherited.parent, inherited.tracestate.clone()));
+        let mut response = next.call(request).await?;
+        let status = response.status().as_u16();
+        span.rename(format!("{method} {}", crate::CALL_ROUTE));
+        span.set("http.route", crate::CALL_ROUTE);
+        span.set("http.response.status_code", i64::from(status));
+        if status >= 500 {
+            span.fail();
+        }
+        name_trace(&mut response, span.traceparent().map(|tp| tp.to_string()));
+        response
+    } else if recorded {
         let span = tracing::info_span!(
             "http.request",
             otel.name = method,
@@ -82,26 +114,15 @@ pub async fn observe(
             http.route = Empty,
             url.path = request.path(),
             http.response.status_code = Empty,
-            request_id = Empty,
         );
         faultline_bus::trace_context::continue_remote(
             &span,
             inherited.parent,
             inherited.tracestate.as_deref(),
         );
-        span
-    } else {
-        tracing::Span::none()
-    };
-    let mut response = if span.is_disabled() {
-        next.call(request).await?
-    } else {
-        next.call(request).instrument(span.clone()).await?
-    };
-
-    let route = crate::route_label(response.request());
-    let status = response.status().as_u16();
-    if !span.is_disabled() {
+        let mut response = next.call(request).instrument(span.clone()).await?;
+        let route = crate::route_label(response.request());
+        let status = response.status().as_u16();
         // The route is known only once the router has matched.
         faultline_bus::trace_context::rename(&span, format!("{method} {route}"));
         span.record("http.route", route);
@@ -109,20 +130,32 @@ pub async fn observe(
         if status >= 500 {
             span.record("otel.status_code", "ERROR");
         }
-        if let Some(value) = faultline_bus::trace_context::traceparent(&span)
-            .and_then(|traceparent| HeaderValue::from_str(&traceparent).ok())
-        {
-            response
-                .headers_mut()
-                .insert(HeaderName::from_static("traceresponse"), value);
-        }
-    }
+        name_trace(
+            &mut response,
+            faultline_bus::trace_context::traceparent(&span),
+        );
+        response
+    } else {
+        next.call(request).await?
+    };
+
+    let route = crate::route_label(response.request());
+    let status = response.status().as_u16();
     if let Some(state) = response.request().app_data::<web::Data<AppState>>() {
         state
             .metrics
             .request(route, method, status, started.elapsed().as_secs_f64());
     }
     Ok(response)
+}
+
+/// Names the gateway's span in the answer's `traceresponse` header.
+fn name_trace<B>(response: &mut ServiceResponse<B>, traceparent: Option<String>) {
+    if let Some(value) = traceparent.and_then(|tp| HeaderValue::from_str(&tp).ok()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("traceresponse"), value);
+    }
 }
 
 /// The method as a metric label and span name: one of the standard

@@ -20,11 +20,11 @@
 use std::sync::Arc;
 
 use async_nats::Client;
-use faultline_bus::serve::{Handler, Reply, Request};
+use faultline_bus::serve::{Handler, Reply, Request, ServerSpan};
 use faultline_protocol::headers::Envelope;
 use faultline_routing::{Call, Policy, Router};
+use opentelemetry::KeyValue;
 use tokio::time::Instant;
-use tracing::field::Empty;
 
 /// The handler of calls in proxy mode.
 #[derive(Debug)]
@@ -38,17 +38,12 @@ pub struct Proxy {
 }
 
 impl Handler for Proxy {
-    fn span(&self, request: &Request) -> tracing::Span {
-        tracing::info_span!(
-            "lb.call",
-            otel.kind = "server",
-            otel.status_code = Empty,
-            messaging.system = "nats",
-            request_id = request.envelope.request_id.as_deref(),
-            attempts = Empty,
-            outcome = Empty,
-            worker = Empty,
-        )
+    fn span(&self, request: &Request) -> ServerSpan {
+        let mut attributes = vec![KeyValue::new("messaging.system", "nats")];
+        if let Some(id) = &request.envelope.request_id {
+            attributes.push(KeyValue::new("request_id", id.clone()));
+        }
+        ServerSpan::Call("lb.call", attributes)
     }
 
     async fn handle(&self, request: Request) -> Option<Reply> {
@@ -56,7 +51,7 @@ impl Handler for Proxy {
             payload,
             envelope,
             received,
-            span,
+            scope,
             ..
         } = request;
         let call = Call {
@@ -69,22 +64,13 @@ impl Handler for Proxy {
             idempotent: envelope.idempotent,
             key: envelope.key,
             request_id: envelope.request_id,
-            trace: envelope.trace,
-            tracestate: envelope.tracestate,
+            scope,
         };
         let answer =
             faultline_routing::forward(&self.router, &self.client, self.policy, &call).await;
         self.router
             .metrics()
             .call(answer.outcome, Instant::now() - received);
-        span.record("attempts", answer.attempts);
-        span.record("outcome", answer.outcome.as_str());
-        if let Some(worker) = &answer.worker {
-            span.record("worker", &**worker);
-        }
-        if answer.outcome != faultline_protocol::Outcome::Ok {
-            span.record("otel.status_code", "ERROR");
-        }
         Some(Reply {
             envelope: Envelope {
                 outcome: Some(answer.outcome),
@@ -93,6 +79,7 @@ impl Handler for Proxy {
                 ..Envelope::default()
             },
             body: answer.body,
+            attributes: Vec::new(),
         })
     }
 }

@@ -34,13 +34,13 @@ use async_nats::Client;
 use bytes::Bytes;
 use faultline_bus::heartbeat;
 use faultline_bus::in_flight::InFlight;
-use faultline_bus::serve::{Handler, Reply, Request};
+use faultline_bus::serve::{Handler, Reply, Request, ServerSpan};
 use faultline_protocol::call::OperationKind;
 use faultline_protocol::cluster::{FaultSpec, Role};
 use faultline_protocol::headers::Envelope;
 use faultline_protocol::{CallRequest, ErrorBody, Outcome, subjects};
 use futures::StreamExt as _;
-use tracing::field::Empty;
+use opentelemetry::KeyValue;
 
 use crate::faults::Faults;
 use crate::metrics::Metrics;
@@ -179,16 +179,13 @@ pub async fn run(
 impl Handler for Worker {
     /// A `worker.call` span, a child of the span that sent the call (a
     /// load-balancer's or a gateway's attempt).
-    fn span(&self, request: &Request) -> tracing::Span {
-        tracing::info_span!(
+    fn span(&self, request: &Request) -> ServerSpan {
+        ServerSpan::Call(
             "worker.call",
-            otel.kind = "server",
-            otel.status_code = Empty,
-            messaging.system = "nats",
-            messaging.destination.name = request.subject.as_str(),
-            op = Empty,
-            outcome = Empty,
-            injected_latency_ms = Empty,
+            vec![
+                KeyValue::new("messaging.system", "nats"),
+                KeyValue::new("messaging.destination.name", request.subject.to_string()),
+            ],
         )
     }
 
@@ -196,7 +193,8 @@ impl Handler for Worker {
     /// it answers nothing, since the reply would be dropped.
     async fn handle(&self, request: Request) -> Option<Reply> {
         let deadline = request.deadline();
-        let mut work = std::pin::pin!(self.execute(&request.payload, deadline));
+        let injected = self.faults.get();
+        let mut work = std::pin::pin!(self.execute(&request.payload, injected, deadline));
         // Most work (an echo, a little CPU) is done at its first poll: it
         // needs no timer for its deadline.
         let answer = match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
@@ -206,22 +204,25 @@ impl Handler for Worker {
                 None => work.await,
             },
         };
-        let span = &request.span;
         let elapsed = request.received.elapsed();
         let Some((outcome, body, op)) = answer else {
-            span.record("outcome", "deadline_passed");
             self.metrics.call(None, Outcome::TimedOut, elapsed);
             return None;
         };
-        span.record("outcome", outcome.as_str());
-        if let Some(op) = op {
-            span.record("op", op.as_str());
-        }
-        if outcome != Outcome::Ok {
-            span.record("otel.status_code", "ERROR");
-        }
         self.metrics.call(op, outcome, elapsed);
-        Some(self.reply(outcome, body))
+        let mut reply = self.reply(outcome, body);
+        if request.scope.is_recording() {
+            if let Some(op) = op {
+                reply.attributes.push(KeyValue::new("op", op.as_str()));
+            }
+            if injected.latency_ms > 0 {
+                let latency = i64::try_from(injected.latency_ms).unwrap_or(i64::MAX);
+                reply
+                    .attributes
+                    .push(KeyValue::new("injected_latency_ms", latency));
+            }
+        }
+        Some(reply)
     }
 }
 
@@ -235,6 +236,7 @@ impl Worker {
                 ..Envelope::default()
             },
             body,
+            attributes: Vec::new(),
         }
     }
 
@@ -244,6 +246,7 @@ impl Worker {
     async fn execute(
         &self,
         payload: &[u8],
+        injected: FaultSpec,
         deadline: Option<tokio::time::Instant>,
     ) -> Option<(Outcome, Bytes, Option<OperationKind>)> {
         let call = match CallRequest::parse(payload) {
@@ -254,9 +257,7 @@ impl Worker {
             }
         };
         let kind = Some(call.operation.kind());
-        let injected = self.faults.get();
         if injected.latency_ms > 0 {
-            tracing::Span::current().record("injected_latency_ms", injected.latency_ms);
             tokio::time::sleep(Duration::from_millis(injected.latency_ms)).await;
         }
         if self.faults.should_fail(injected) {

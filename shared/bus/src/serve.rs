@@ -32,11 +32,13 @@ use bytes::Bytes;
 use faultline_protocol::Outcome;
 use faultline_protocol::headers::Envelope;
 use futures::{Stream, StreamExt as _};
+use opentelemetry::KeyValue;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::in_flight::{InFlight, Ticket};
+use crate::trace_context::{CallSpan, Scope};
 
 /// How long shutdown waits for buffered and running messages.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,9 +54,24 @@ pub struct Request {
     pub envelope: Envelope,
     /// When it was taken from the subscription.
     pub received: Instant,
-    /// The server span the handler runs in: disabled (and free to record
-    /// into) when the trace is not recorded.
+    /// For a [`ServerSpan::Call`] handler: where its work sits in the
+    /// trace (children of the server span go under it).
+    pub scope: Scope,
+    /// For a [`ServerSpan::Traced`] handler: its server span (disabled,
+    /// and free to record into, when the trace is not recorded).
     pub span: tracing::Span,
+}
+
+/// The server span a handler's work runs in, for a recorded trace.
+#[derive(Debug)]
+pub enum ServerSpan {
+    /// A request-path span, named and with these attributes, made through
+    /// OpenTelemetry's API (see `crate::trace_context`); the outcome, the
+    /// worker and the attempts are read off the reply's envelope.
+    Call(&'static str, Vec<KeyValue>),
+    /// A `tracing` span, for work that opens spans and logs lines of its
+    /// own inside it (two-phase commit).
+    Traced(tracing::Span),
 }
 
 impl Request {
@@ -71,6 +88,9 @@ pub struct Reply {
     pub envelope: Envelope,
     /// The reply's body.
     pub body: Bytes,
+    /// Attributes for a [`ServerSpan::Call`] span (set only when the trace
+    /// is recorded).
+    pub attributes: Vec<KeyValue>,
 }
 
 impl Reply {
@@ -79,6 +99,7 @@ impl Reply {
         Reply {
             envelope: Envelope::default(),
             body: body.into(),
+            attributes: Vec::new(),
         }
     }
 
@@ -90,6 +111,7 @@ impl Reply {
                 ..Envelope::default()
             },
             body: body.into(),
+            attributes: Vec::new(),
         }
     }
 }
@@ -100,7 +122,7 @@ pub trait Handler: Send + Sync + 'static {
     /// makes it a child of the sender's span and runs
     /// [`Handler::handle`] inside it. Never called for an unrecorded
     /// trace, where the handler runs in no span.
-    fn span(&self, request: &Request) -> tracing::Span;
+    fn span(&self, request: &Request) -> ServerSpan;
 
     /// Answers one request; `None` sends nothing (the caller has given
     /// up, or no answer is better than a guess).
@@ -192,6 +214,31 @@ pub async fn serve<H: Handler>(
     }
 }
 
+/// Records what a reply says on the server span: the outcome (and a failed
+/// status when it is not `ok`), the worker, the attempts, and the
+/// handler's own attributes.
+fn describe(span: &CallSpan, reply: &Reply) {
+    if !span.exists() {
+        return;
+    }
+    let envelope = &reply.envelope;
+    if let Some(outcome) = envelope.outcome {
+        span.set("outcome", outcome.as_str());
+        if outcome != Outcome::Ok {
+            span.fail();
+        }
+    }
+    if let Some(worker) = &envelope.worker {
+        span.set("worker", worker.clone());
+    }
+    if let Some(attempts) = envelope.attempts {
+        span.set("attempts", i64::from(attempts));
+    }
+    for attribute in &reply.attributes {
+        span.set_key_value(attribute.clone());
+    }
+}
+
 /// A service's subscriptions read as one stream, polled in turn from the
 /// one after the last that gave a message (so none starves the others):
 /// for the one to four subscriptions a service has, cheaper than
@@ -242,31 +289,46 @@ async fn answer<H: Handler>(
         headers,
         ..
     } = message;
+    let envelope = crate::headers::envelope(headers.as_ref());
     let mut request = Request {
         subject,
         payload,
-        envelope: crate::headers::envelope(headers.as_ref()),
+        scope: Scope::unrecorded(envelope.trace, envelope.tracestate.clone()),
+        envelope,
         received: Instant::now(),
         span: tracing::Span::none(),
     };
-    let span = if crate::trace_context::is_recorded(request.envelope.trace.as_ref()) {
-        let span = handler.span(&request);
-        crate::trace_context::continue_envelope(&span, &request.envelope);
-        span
-    } else {
-        tracing::Span::none()
-    };
-    request.span = span.clone();
-    let reply = if span.is_disabled() {
-        handler.handle(request).await
-    } else {
-        handler.handle(request).instrument(span.clone()).await
+    let mut call_span = CallSpan::none();
+    let mut traced = tracing::Span::none();
+    let recorded = crate::trace_context::is_recorded(request.envelope.trace.as_ref());
+    let reply = match recorded.then(|| handler.span(&request)) {
+        None => handler.handle(request).await,
+        Some(ServerSpan::Call(name, attributes)) => {
+            let envelope = &request.envelope;
+            call_span = CallSpan::server(
+                name,
+                attributes,
+                envelope.trace,
+                envelope.tracestate.as_deref(),
+            );
+            request.scope = call_span.scope(envelope.trace, envelope.tracestate.clone());
+            handler.handle(request).await
+        }
+        Some(ServerSpan::Traced(span)) => {
+            crate::trace_context::continue_envelope(&span, &request.envelope);
+            request.span = span.clone();
+            traced = span.clone();
+            handler.handle(request).instrument(span).await
+        }
     };
     if let (Some(reply_to), Some(mut reply)) = (reply_to, reply) {
-        // Only a recorded trace sends a context back: it names the span
-        // that answered, which the caller has no other way to learn.
-        if !span.is_disabled() {
-            crate::trace_context::stamp(&span, &mut reply.envelope);
+        if recorded {
+            describe(&call_span, &reply);
+            // Only a recorded trace sends a context back: it names the span
+            // that answered, which the caller has no other way to learn.
+            reply.envelope.trace = call_span
+                .traceparent()
+                .or_else(|| crate::trace_context::outgoing(&traced, None));
         }
         let sent = if reply.envelope == Envelope::default() {
             client.publish(reply_to, reply.body).await
@@ -277,7 +339,7 @@ async fn answer<H: Handler>(
                 .await
         };
         if let Err(error) = sent {
-            span.in_scope(|| tracing::warn!(%error, "Cannot send a reply."));
+            tracing::warn!(%error, "Cannot send a reply.");
         }
     }
     // Held until the reply is handed to the client, so that a drain that

@@ -25,8 +25,10 @@
 //! span that names the balancing decision (strategy, worker, attempt
 //! number, whether it is a retry) and parents the worker's span; the pause
 //! before a retry is a `balancer.backoff` span, and an ejection the attempt
-//! causes is a `balancer.ejection` span inside it. An unrecorded trace
-//! makes no span here: the worker gets the caller's context, unchanged.
+//! causes is a `balancer.ejection` span inside it, with the log line that
+//! tells of it. These are request-path spans
+//! ([`faultline_bus::trace_context::CallSpan`]). An unrecorded trace makes
+//! no span here: the worker gets the caller's context, unchanged.
 //!
 //! What it costs per attempt: one pick and one completion under the
 //! router's lock, one NATS request; no allocation for tracing or metrics.
@@ -36,11 +38,13 @@ use std::time::Duration;
 use async_nats::{Client, Request, RequestErrorKind};
 use bytes::Bytes;
 use faultline_balancing::MemberId;
-use faultline_protocol::headers::{self as h, Envelope, TraceParent};
+use faultline_bus::trace_context::{CallSpan, Scope};
+use faultline_protocol::headers::{self as h, Envelope};
 use faultline_protocol::{ErrorBody, Outcome};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use tokio::time::Instant;
-use tracing::Instrument as _;
-use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::router::{Pick, Router};
 
@@ -72,11 +76,9 @@ pub struct Call {
     pub key: Option<String>,
     /// The request id, passed on to the worker.
     pub request_id: Option<String>,
-    /// The trace context the call arrived with, sent on as it is when the
-    /// trace is not recorded.
-    pub trace: Option<TraceParent>,
-    /// The `tracestate` that goes with it.
-    pub tracestate: Option<String>,
+    /// Where the call sits in its trace: the attempts' spans go under it,
+    /// or, unrecorded, its context goes on to the worker as it came.
+    pub scope: Scope,
 }
 
 /// How a call ended.
@@ -144,7 +146,6 @@ enum Last {
 /// Forwards `call` over `client` to the workers `router` picks, retrying
 /// as the module docs say.
 pub async fn forward(router: &Router, client: &Client, policy: Policy, call: &Call) -> Answer {
-    let recording = !tracing::Span::current().is_disabled();
     let key = call.key.as_deref().map(str::as_bytes);
     let mut tried: Vec<MemberId> = Vec::new();
     let mut outcome = Outcome::Retryable;
@@ -174,19 +175,21 @@ pub async fn forward(router: &Router, client: &Client, policy: Policy, call: &Ca
             )
             .min(call.deadline.saturating_duration_since(Instant::now()) / 2);
             router.metrics().retry(outcome);
-            let sleep = tokio::time::sleep(pause);
-            if recording {
-                sleep
-                    .instrument(tracing::info_span!(
-                        "balancer.backoff",
-                        attempt,
-                        pause_ms = pause.as_secs_f64() * 1000.0,
-                        after = outcome.as_str(),
-                    ))
-                    .await;
+            let backoff = if call.scope.is_recording() {
+                call.scope.span(
+                    "balancer.backoff",
+                    SpanKind::Internal,
+                    vec![
+                        KeyValue::new("attempt", i64::from(attempt)),
+                        KeyValue::new("pause_ms", pause.as_secs_f64() * 1000.0),
+                        KeyValue::new("after", outcome.as_str()),
+                    ],
+                )
             } else {
-                sleep.await;
-            }
+                CallSpan::none()
+            };
+            tokio::time::sleep(pause).await;
+            drop(backoff);
         }
         let remaining = call.deadline.saturating_duration_since(Instant::now());
         let Some(slice) = h::attempt_budget(
@@ -202,27 +205,31 @@ pub async fn forward(router: &Router, client: &Client, policy: Policy, call: &Ca
                 Last::Failed(Failure::DeadlinePassed),
             );
         };
-        let span = if recording {
-            tracing::info_span!(
+        let span = if call.scope.is_recording() {
+            call.scope.span(
                 "balancer.attempt",
-                otel.kind = "client",
-                otel.status_code = Empty,
-                messaging.system = "nats",
-                attempt,
-                retry,
-                timeout_ms = u64::try_from(slice.as_millis()).unwrap_or(u64::MAX),
-                balancing.strategy = Empty,
-                balancing.excluded = tried.len(),
-                worker = Empty,
-                outcome = Empty,
+                SpanKind::Client,
+                vec![
+                    KeyValue::new("messaging.system", "nats"),
+                    KeyValue::new("attempt", i64::from(attempt)),
+                    KeyValue::new("retry", retry),
+                    KeyValue::new(
+                        "timeout_ms",
+                        i64::try_from(slice.as_millis()).unwrap_or(i64::MAX),
+                    ),
+                    KeyValue::new(
+                        "balancing.excluded",
+                        i64::try_from(tried.len()).unwrap_or(i64::MAX),
+                    ),
+                ],
             )
         } else {
-            tracing::Span::none()
+            CallSpan::none()
         };
         let (worker, strategy) = match router.pick(key, &tried, !retry) {
             Pick::Worker(worker, strategy) => (worker, strategy),
             Pick::PanicClosed => {
-                span.record("outcome", "panic_closed");
+                span.set("outcome", "panic_closed");
                 return finish(
                     Outcome::Retryable,
                     None,
@@ -233,15 +240,17 @@ pub async fn forward(router: &Router, client: &Client, policy: Policy, call: &Ca
             // Nobody (left) to try: report the last real failure if there
             // was one.
             Pick::NoneLeft => {
-                span.record("outcome", "no_worker_left");
+                span.set("outcome", "no_worker_left");
                 return finish(outcome, worker_answered, attempt - 1, last);
             }
         };
-        span.record("balancing.strategy", strategy.as_str());
-        span.record("worker", &*worker.id);
+        if span.exists() {
+            span.set("balancing.strategy", strategy.as_str());
+            span.set("worker", worker.id.to_string());
+        }
         let envelope = Envelope {
-            trace: faultline_bus::trace_context::outgoing(&span, call.trace),
-            tracestate: call.tracestate.clone(),
+            trace: span.traceparent().or_else(|| call.scope.outgoing()),
+            tracestate: call.scope.tracestate(),
             timeout: Some(slice),
             request_id: call.request_id.clone(),
             ..Envelope::default()
@@ -254,11 +263,7 @@ pub async fn forward(router: &Router, client: &Client, policy: Policy, call: &Ca
                 .payload(call.payload.clone())
                 .timeout(Some(slice)),
         );
-        let response = if recording {
-            request.instrument(span.clone()).await
-        } else {
-            request.await
-        };
+        let response = request.await;
         let elapsed = sent.elapsed();
         (outcome, last) = match response {
             Ok(reply) => (
@@ -278,24 +283,27 @@ pub async fn forward(router: &Router, client: &Client, policy: Policy, call: &Ca
         };
         let failed = crate::table::counts_as_failure(outcome);
         let cost = if failed { slice } else { elapsed };
-        span.record("outcome", outcome.as_str());
+        span.set("outcome", outcome.as_str());
         if outcome != Outcome::Ok {
-            span.record("otel.status_code", "ERROR");
+            span.fail();
         }
         if let Some(ejection) = router.complete(&worker, strategy, outcome, elapsed, cost) {
             let log = || tracing::warn!(worker = %ejection.worker, "Ejected a failing worker.");
-            if recording {
-                // In the trace of the call whose failure tipped it.
-                tracing::info_span!(
-                    parent: &span,
-                    "balancer.ejection",
-                    worker = %ejection.worker,
-                    seconds = ejection.duration.as_secs_f64(),
-                    times = ejection.times,
-                )
-                .in_scope(log);
-            } else {
-                log();
+            match span.context() {
+                // In the trace of the call whose failure tipped it: a
+                // `tracing` span (it is rare), so that the log line inside
+                // names the trace.
+                Some(attempt) => {
+                    let ejected = tracing::info_span!(
+                        "balancer.ejection",
+                        worker = %ejection.worker,
+                        seconds = ejection.duration.as_secs_f64(),
+                        times = ejection.times,
+                    );
+                    let _ = ejected.set_parent(attempt.clone());
+                    ejected.in_scope(log);
+                }
+                None => log(),
             }
         }
         worker_answered = Some(worker.id.clone());

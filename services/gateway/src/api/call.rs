@@ -19,15 +19,16 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
 use async_nats::{Request, RequestErrorKind};
 use bytes::{BufMut as _, Bytes, BytesMut};
+use faultline_bus::trace_context::{CallSpan, Scope};
 use faultline_protocol::call::Call as ValidCall;
 use faultline_protocol::headers::{self as h, Envelope};
 use faultline_protocol::routing::DataPath;
 use faultline_protocol::{CallRequest, Outcome, subjects};
-use tracing::Instrument as _;
-use tracing::field::Empty;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 use super::error::ApiError;
 use crate::observe::Inherited;
@@ -59,14 +60,19 @@ pub async fn call(
     let body = super::body::read(&request, payload, state.max_body_bytes).await?;
     let call = CallRequest::parse(&body)?;
     let request_id = request_id(&request);
-    let span = tracing::Span::current();
-    if !span.is_disabled() {
-        span.record("request_id", request_id.as_str());
-    }
-    let inherited = Inherited::of(request.headers());
+    // The span `observe` made for a recorded trace; otherwise the caller's
+    // context, passed on.
+    let scope = request
+        .extensions()
+        .get::<Scope>()
+        .cloned()
+        .unwrap_or_else(|| {
+            let inherited = Inherited::of(request.headers());
+            Scope::unrecorded(inherited.parent, inherited.tracestate)
+        });
     let served = match state.router.data_path() {
-        DataPath::Direct => direct(&state, &connection, call, body, &request_id, inherited).await,
-        DataPath::Proxy => proxy(&state, &connection, call, body, &request_id, inherited).await?,
+        DataPath::Direct => direct(&state, &connection, call, body, &request_id, scope).await,
+        DataPath::Proxy => proxy(&state, &connection, call, body, &request_id, scope).await?,
     };
     let worker = served
         .worker
@@ -98,7 +104,7 @@ async fn direct(
     call: ValidCall,
     body: Bytes,
     request_id: &str,
-    inherited: Inherited,
+    scope: Scope,
 ) -> Served {
     let call = faultline_routing::Call {
         payload: body,
@@ -107,8 +113,7 @@ async fn direct(
         idempotent: call.operation.is_idempotent(),
         key: call.key,
         request_id: Some(request_id.to_owned()),
-        trace: inherited.parent,
-        tracestate: inherited.tracestate,
+        scope,
     };
     let started = tokio::time::Instant::now();
     let answer =
@@ -133,12 +138,12 @@ async fn proxy(
     call: ValidCall,
     body: Bytes,
     request_id: &str,
-    inherited: Inherited,
+    scope: Scope,
 ) -> Result<Served, ApiError> {
     let idempotent = call.operation.is_idempotent();
     let deadline = Instant::now() + call.timeout;
     let mut envelope = Envelope {
-        tracestate: inherited.tracestate,
+        tracestate: scope.tracestate(),
         attempt_timeout: call.attempt_timeout,
         request_id: Some(request_id.to_owned()),
         idempotent,
@@ -151,7 +156,6 @@ async fn proxy(
     let floor = call
         .attempt_timeout
         .map_or(Duration::ZERO, |t| t + MAX_MARGIN);
-    let recording = !tracing::Span::current().is_disabled();
     let mut earlier_attempts = 0u32;
     let mut last_error = ApiError::NoLoadBalancer;
     for try_number in 1..=max_tries {
@@ -166,19 +170,20 @@ async fn proxy(
         envelope.timeout = Some(slice - margin);
         // One client span per try: a try that a dead replica swallowed
         // shows as its own span, beside the one that answered.
-        let try_span = if recording {
-            tracing::info_span!(
+        let try_span = if scope.is_recording() {
+            scope.span(
                 "gateway.forward",
-                otel.kind = "client",
-                messaging.system = "nats",
-                messaging.destination.name = subjects::LB_CALL,
-                try_number,
-                outcome = Empty,
+                SpanKind::Client,
+                vec![
+                    KeyValue::new("messaging.system", "nats"),
+                    KeyValue::new("messaging.destination.name", subjects::LB_CALL),
+                    KeyValue::new("try_number", i64::from(try_number)),
+                ],
             )
         } else {
-            tracing::Span::none()
+            CallSpan::none()
         };
-        envelope.trace = faultline_bus::trace_context::outgoing(&try_span, inherited.parent);
+        envelope.trace = try_span.traceparent().or_else(|| scope.outgoing());
         let mut losses = state.lb_losses.clone();
         let sent = Instant::now();
         let request = connection.nats.send_request(
@@ -188,25 +193,18 @@ async fn proxy(
                 .payload(body.clone())
                 .timeout(Some(slice)),
         );
-        let answered = async {
-            tokio::select! {
-                response = request => Some(response),
-                // A replica lost while this call was in it: send it again
-                // now rather than wait out the slice.
-                Ok(_) = losses.wait_for(|loss| crate::replicas::may_hold(*loss, sent)),
-                    if try_number < max_tries => None,
-            }
-        };
-        let response = if recording {
-            answered.instrument(try_span.clone()).await
-        } else {
-            answered.await
+        let response = tokio::select! {
+            response = request => Some(response),
+            // A replica lost while this call was in it: send it again now
+            // rather than wait out the slice.
+            Ok(_) = losses.wait_for(|loss| crate::replicas::may_hold(*loss, sent)),
+                if try_number < max_tries => None,
         };
         match response {
             Some(Ok(reply)) => {
                 let reply_envelope = faultline_bus::headers::envelope(reply.headers.as_ref());
                 let outcome = reply_envelope.outcome.unwrap_or(Outcome::Failed);
-                try_span.record("outcome", outcome.as_str());
+                try_span.set("outcome", outcome.as_str());
                 return Ok(Served {
                     outcome,
                     worker: reply_envelope.worker,
@@ -226,14 +224,12 @@ async fn proxy(
                     RequestErrorKind::TimedOut => ApiError::DeadlineExceeded,
                     _ => ApiError::NoLoadBalancer,
                 };
-                try_span.record("outcome", "no_answer");
-                try_span.in_scope(|| {
-                    tracing::warn!(request_id, try_number, %error, "A load-balancer did not answer.");
-                });
+                try_span.set("outcome", "no_answer");
+                tracing::warn!(request_id, try_number, %error, "A load-balancer did not answer.");
             }
             None => {
                 earlier_attempts += 1;
-                try_span.record("outcome", "replica_lost");
+                try_span.set("outcome", "replica_lost");
             }
         }
         if try_number < max_tries {

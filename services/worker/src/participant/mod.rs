@@ -34,7 +34,7 @@ use std::time::Duration;
 use async_nats::Client;
 use faultline_bus::in_flight::InFlight;
 use faultline_bus::membership_watch::{self, MembershipChange};
-use faultline_bus::serve::{Handler, Reply, Request};
+use faultline_bus::serve::{Handler, Reply, Request, ServerSpan};
 use faultline_protocol::bank::{AbortReason, ShardReply, ShardRequest, StatusAnswer, StatusQuery};
 use faultline_protocol::cluster::Role;
 use faultline_protocol::membership::MembershipView;
@@ -400,8 +400,8 @@ struct ShardSubject {
 }
 
 impl Handler for ShardSubject {
-    fn span(&self, _request: &Request) -> tracing::Span {
-        tracing::info_span!(
+    fn span(&self, _request: &Request) -> ServerSpan {
+        ServerSpan::Traced(tracing::info_span!(
             "shard.request",
             otel.name = "shard.request",
             otel.kind = "server",
@@ -410,7 +410,7 @@ impl Handler for ShardSubject {
             shard = self.shard,
             xid = Empty,
             reply = Empty,
-        )
+        ))
     }
 
     async fn handle(&self, request: Request) -> Option<Reply> {
