@@ -175,9 +175,8 @@ pub async fn run(
         FeedSettings {
             replicas: settings.nats.replicas,
             default_strategy: settings.routing.strategy,
-            sweep_every: heartbeat_interval.min(Duration::from_millis(100)),
-            peers: Role::Gateway,
-            gateway: true,
+            heartbeat_interval,
+            role: Role::Gateway,
         },
     )
     .await

@@ -24,11 +24,9 @@
 //! What it costs: nothing per call but a look at a shared value; at each
 //! death, a burst of duplicate calls bounded by the calls in flight then.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use faultline_protocol::cluster::Heartbeat;
-use faultline_protocol::subjects;
+use faultline_bus::heartbeat::{self, HeardFrom, LastHeard};
 use futures::StreamExt as _;
 use tokio::sync::watch;
 
@@ -44,37 +42,11 @@ pub fn may_hold(loss: Option<Instant>, sent: Instant) -> bool {
     loss.is_some_and(|alive_until| sent < alive_until)
 }
 
-/// One replica as its heartbeats tell.
-#[derive(Debug, Clone, Copy)]
-struct Heard {
-    at: Instant,
-    interval: Duration,
-}
-
-/// The replicas heard.
-#[derive(Debug, Default)]
-struct Replicas {
-    heard: HashMap<String, Heard>,
-}
-
-impl Replicas {
-    fn heard(&mut self, id: String, interval: Duration, now: Instant) {
-        self.heard.insert(id, Heard { at: now, interval });
-    }
-
-    /// Forgets the replicas that fell silent; returns each with the latest
-    /// instant it may still have been alive.
-    fn lost(&mut self, now: Instant) -> Vec<(String, Instant)> {
-        let mut lost = Vec::new();
-        self.heard.retain(|id, heard| {
-            let silent = now >= heard.at + heard.interval * MISSED_HEARTBEATS;
-            if silent {
-                lost.push((id.clone(), heard.at + heard.interval + heard.interval / 4));
-            }
-            !silent
-        });
-        lost
-    }
+/// The latest instant a replica last heard as `last` may have been alive:
+/// it would have beaten again one interval later (with a quarter
+/// interval's margin for a late beat).
+fn alive_until(last: LastHeard) -> Instant {
+    last.at + last.interval + last.interval / 4
 }
 
 /// Follows the replicas' heartbeats until `beats` ends, announcing each
@@ -84,28 +56,24 @@ pub async fn watch(
     losses: watch::Sender<Option<Instant>>,
     every: Duration,
 ) {
-    let mut replicas = Replicas::default();
+    let mut replicas = HeardFrom::new(MISSED_HEARTBEATS);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             beat = beats.next() => {
                 let Some(beat) = beat else { return };
-                match serde_json::from_slice::<Heartbeat>(&beat.payload) {
-                    Ok(beat) if subjects::is_valid_member_id(&beat.id) => {
-                        let interval = Duration::from_millis(beat.interval_ms.max(1));
-                        replicas.heard(beat.id, interval, Instant::now());
-                    }
-                    _ => tracing::warn!("Ignoring a malformed load-balancer heartbeat."),
+                if let Some(beat) = heartbeat::read(&beat.payload) {
+                    replicas.heard(beat, Instant::now());
                 }
             }
             _ = tick.tick() => {
-                for (id, alive_until) in replicas.lost(Instant::now()) {
+                for (id, last) in replicas.forget_silent(Instant::now()) {
                     tracing::warn!(
                         load_balancer = %id,
                         "A load-balancer fell silent; calls it may hold are sent again."
                     );
-                    losses.send_replace(Some(alive_until));
+                    losses.send_replace(Some(alive_until(last)));
                 }
             }
         }
@@ -117,18 +85,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_replica_is_lost_after_three_silent_intervals() {
+    fn a_replica_may_have_lived_until_a_beat_and_a_quarter_after_its_last() {
         let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let mut replicas = Replicas::default();
-        replicas.heard("lb-1".into(), ms(100), t0);
-        replicas.heard("lb-2".into(), ms(100), t0);
-        replicas.heard("lb-2".into(), ms(100), t0 + ms(250));
-        assert!(replicas.lost(t0 + ms(299)).is_empty());
-        let lost = replicas.lost(t0 + ms(300));
-        assert_eq!(lost, vec![("lb-1".to_owned(), t0 + ms(125))]);
-        assert!(replicas.lost(t0 + ms(400)).is_empty(), "lost once");
-        assert_eq!(replicas.lost(t0 + ms(550))[0].0, "lb-2");
+        let last = LastHeard {
+            at: t0,
+            interval: Duration::from_millis(100),
+        };
+        assert_eq!(alive_until(last), t0 + Duration::from_millis(125));
     }
 
     #[test]

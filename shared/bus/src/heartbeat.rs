@@ -6,9 +6,14 @@
 //! drops them, and the receivers' failure detectors read the silence. Both
 //! run on one task of the member's own runtime, so a process that is
 //! frozen (SIGSTOP, a stuck runtime) neither beats nor answers probes.
+//!
+//! On the receiving side, [`read`] checks a heartbeat and [`HeardFrom`]
+//! keeps who was heard and when, for whoever needs to notice silence
+//! without a full failure detector.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use faultline_protocol::cluster::{Heartbeat, Role};
 use faultline_protocol::subjects;
@@ -101,4 +106,127 @@ pub fn unix_millis() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// Reads a heartbeat from a message's payload; one that does not parse or
+/// names an invalid member id is logged and ignored.
+pub fn read(payload: &[u8]) -> Option<Heartbeat> {
+    match serde_json::from_slice::<Heartbeat>(payload) {
+        Ok(beat) if subjects::is_valid_member_id(&beat.id) => Some(beat),
+        Ok(beat) => {
+            tracing::warn!(id = %beat.id, "Ignoring a heartbeat with an invalid id.");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "Ignoring a malformed heartbeat.");
+            None
+        }
+    }
+}
+
+/// When a member was last heard, and the interval it beats at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastHeard {
+    /// When its last heartbeat arrived.
+    pub at: Instant,
+    /// The interval its heartbeat announced.
+    pub interval: Duration,
+}
+
+/// The members heard from, each forgotten once it misses a number of its
+/// own intervals. No I/O and no clock: the caller passes the time.
+#[derive(Debug)]
+pub struct HeardFrom {
+    missed: u32,
+    heard: HashMap<String, LastHeard>,
+}
+
+impl HeardFrom {
+    /// A member is forgotten after `missed` silent intervals.
+    pub fn new(missed: u32) -> Self {
+        HeardFrom {
+            missed,
+            heard: HashMap::new(),
+        }
+    }
+
+    /// Records `beat`, arrived at `now`.
+    pub fn heard(&mut self, beat: Heartbeat, now: Instant) {
+        let interval = Duration::from_millis(beat.interval_ms.max(1));
+        self.heard.insert(beat.id, LastHeard { at: now, interval });
+    }
+
+    /// Forgets the members silent at `now`, and returns them.
+    pub fn forget_silent(&mut self, now: Instant) -> Vec<(String, LastHeard)> {
+        let mut silent = Vec::new();
+        self.heard.retain(|id, last| {
+            let gone = now >= last.at + last.interval * self.missed;
+            if gone {
+                silent.push((id.clone(), *last));
+            }
+            !gone
+        });
+        silent
+    }
+
+    /// How many members are remembered.
+    pub fn len(&self) -> usize {
+        self.heard.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.heard.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(id: &str, interval_ms: u64) -> Heartbeat {
+        Heartbeat {
+            id: id.to_owned(),
+            role: Role::LoadBalancer,
+            weight: 1,
+            in_flight: 0,
+            served: 0,
+            started_at_ms: 0,
+            sequence: 0,
+            interval_ms,
+        }
+    }
+
+    #[test]
+    fn a_member_is_forgotten_after_its_missed_intervals_and_only_once() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut heard = HeardFrom::new(3);
+        heard.heard(beat("lb-1", 100), t0);
+        heard.heard(beat("lb-2", 100), t0);
+        heard.heard(beat("lb-2", 100), t0 + ms(250));
+        assert!(heard.forget_silent(t0 + ms(299)).is_empty());
+        let silent = heard.forget_silent(t0 + ms(300));
+        let expected = LastHeard {
+            at: t0,
+            interval: ms(100),
+        };
+        assert_eq!(silent, vec![("lb-1".to_owned(), expected)]);
+        assert_eq!(heard.len(), 1);
+        assert!(
+            heard.forget_silent(t0 + ms(400)).is_empty(),
+            "forgotten once"
+        );
+        assert_eq!(heard.forget_silent(t0 + ms(550))[0].0, "lb-2");
+        assert!(heard.is_empty());
+    }
+
+    #[test]
+    fn heartbeats_with_bad_ids_or_bad_json_are_ignored() {
+        assert!(read(br#"{"id":"#).is_none());
+        let bad_id = serde_json::to_vec(&beat("lb 1", 100)).expect("json");
+        assert!(read(&bad_id).is_none());
+        let good = serde_json::to_vec(&beat("lb-1", 100)).expect("json");
+        assert_eq!(read(&good).map(|b| b.id), Some("lb-1".to_owned()));
+    }
 }

@@ -22,14 +22,14 @@
 //! only once it has applied them, so it never serves a call on stale
 //! settings after a start or a reconnect.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::Operation;
 use faultline_balancing::StrategyKind;
+use faultline_bus::heartbeat::{self, HeardFrom};
 use faultline_bus::membership_watch::{self, MembershipChange};
-use faultline_protocol::cluster::{Heartbeat, Role};
+use faultline_protocol::cluster::Role;
 use faultline_protocol::routing::{DataPath, Directive};
 use faultline_protocol::subjects::{self, DATA_PATH_KEY, STRATEGY_KEY, WEIGHT_KEY_PREFIX};
 use futures::StreamExt as _;
@@ -48,13 +48,19 @@ pub struct FeedSettings {
     pub replicas: u8,
     /// The strategy while the settings bucket names none.
     pub default_strategy: StrategyKind,
-    /// How often silent workers are looked for.
-    pub sweep_every: Duration,
-    /// The role of the replicas that balance beside this one.
-    pub peers: Role,
-    /// A gateway: follows the control plane, and reports to it in direct
-    /// mode.
-    pub gateway: bool,
+    /// This process's heartbeat interval; silent workers are looked for
+    /// as often, or every 100 ms if that is sooner.
+    pub heartbeat_interval: Duration,
+    /// What balances here: a load-balancer, or a gateway, which also
+    /// follows the control plane and reports to it in direct mode. Its
+    /// peers (those sharing the retry budget's floor) have the same role.
+    pub role: Role,
+}
+
+impl FeedSettings {
+    fn sweep_every(&self) -> Duration {
+        self.heartbeat_interval.min(Duration::from_millis(100))
+    }
 }
 
 /// The running feeds; dropping them stops them.
@@ -87,12 +93,12 @@ pub async fn start(
 ) -> Result<Feeds, async_nats::SubscribeError> {
     let heartbeats = client.subscribe(subjects::WORKER_HEARTBEATS).await?;
     let peers = client
-        .subscribe(subjects::heartbeat(settings.peers.as_str(), "*"))
+        .subscribe(subjects::heartbeat(settings.role.as_str(), "*"))
         .await?;
     let (loaded_tx, settings_loaded) = watch::channel(false);
     let mut tasks = vec![
         tokio::spawn(follow_heartbeats(heartbeats, router.clone())),
-        tokio::spawn(count_peers(peers, router.clone(), settings.sweep_every)),
+        tokio::spawn(count_peers(peers, router.clone(), settings.sweep_every())),
         tokio::spawn(follow_membership(
             client.clone(),
             settings.replicas,
@@ -105,9 +111,9 @@ pub async fn start(
             loaded_tx,
             settings.default_strategy,
         )),
-        tokio::spawn(sweep(router.clone(), settings.sweep_every)),
+        tokio::spawn(sweep(router.clone(), settings.sweep_every())),
     ];
-    if settings.gateway {
+    if settings.role == Role::Gateway {
         let directives = client.subscribe(subjects::LB_DIRECTIVES).await?;
         tasks.push(tokio::spawn(follow_directives(directives, router.clone())));
         tasks.push(tokio::spawn(report(client, router)));
@@ -121,22 +127,8 @@ pub async fn start(
 /// Feeds worker heartbeats to the router.
 async fn follow_heartbeats(mut heartbeats: async_nats::Subscriber, router: Arc<Router>) {
     while let Some(beat) = heartbeats.next().await {
-        if let Some(beat) = read_heartbeat(&beat.payload) {
+        if let Some(beat) = heartbeat::read(&beat.payload) {
             router.heartbeat(&beat);
-        }
-    }
-}
-
-fn read_heartbeat(payload: &[u8]) -> Option<Heartbeat> {
-    match serde_json::from_slice::<Heartbeat>(payload) {
-        Ok(beat) if subjects::is_valid_member_id(&beat.id) => Some(beat),
-        Ok(beat) => {
-            tracing::warn!(id = %beat.id, "Ignoring a heartbeat with an invalid id.");
-            None
-        }
-        Err(error) => {
-            tracing::warn!(%error, "Ignoring a malformed heartbeat.");
-            None
         }
     }
 }
@@ -147,7 +139,7 @@ fn read_heartbeat(payload: &[u8]) -> Option<Heartbeat> {
 /// the floor smaller for a moment, while forgetting one that is merely
 /// late would let the fleet retry more than its budget.
 async fn count_peers(mut beats: async_nats::Subscriber, router: Arc<Router>, every: Duration) {
-    let mut heard: HashMap<String, Instant> = HashMap::new();
+    let mut heard = HeardFrom::new(10);
     let mut counted = 0;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -155,15 +147,13 @@ async fn count_peers(mut beats: async_nats::Subscriber, router: Arc<Router>, eve
         tokio::select! {
             beat = beats.next() => {
                 let Some(beat) = beat else { return };
-                if let Some(beat) = read_heartbeat(&beat.payload) {
-                    let interval = Duration::from_millis(beat.interval_ms.max(1));
-                    heard.insert(beat.id, Instant::now() + interval * 10);
+                if let Some(beat) = heartbeat::read(&beat.payload) {
+                    heard.heard(beat, Instant::now());
                 }
             }
             _ = tick.tick() => {}
         }
-        let now = Instant::now();
-        heard.retain(|_, until| *until > now);
+        heard.forget_silent(Instant::now());
         if heard.len() != counted {
             counted = heard.len();
             router.set_peers(counted);

@@ -595,6 +595,16 @@ impl Cluster {
 }
 
 impl Gateway {
+    /// Sets `worker`'s injected faults (`{"latency_ms": .., "error_rate":
+    /// ..}`); an answer other than 200 is an error.
+    pub async fn inject_faults(&self, worker: &str, faults: Value) -> anyhow::Result<()> {
+        let (status, body) = self
+            .put(&format!("/v1/workers/{worker}/faults"), &faults)
+            .await?;
+        anyhow::ensure!(status == 200, "faults for {worker}: {status} {body}");
+        Ok(())
+    }
+
     /// `POST /v1/call` with `body`; returns the status and the JSON answer.
     pub async fn call(&self, body: &Value) -> anyhow::Result<(u16, Value)> {
         self.send(reqwest::Method::POST, "/v1/call", Some(body.to_string()))

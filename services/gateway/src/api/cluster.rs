@@ -176,6 +176,18 @@ fn merge(
     }
 }
 
+/// Writes one value to the settings bucket, which every load-balancer and
+/// gateway watches.
+async fn put_setting(state: &AppState, key: &str, value: String) -> Result<(), ApiError> {
+    state
+        .settings_store()
+        .await?
+        .put(key, value.into())
+        .await
+        .map_err(|e| ApiError::SettingsUnavailable(e.to_string()))?;
+    Ok(())
+}
+
 /// Handles `PUT /v1/strategy`.
 pub async fn set_strategy(
     state: web::Data<AppState>,
@@ -184,14 +196,12 @@ pub async fn set_strategy(
 ) -> Result<HttpResponse, ApiError> {
     let body = super::body::read(&request, payload, state.max_body_bytes).await?;
     let change: StrategyChange = InputError::parse_json(&body)?;
-    let store = state.settings_store().await?;
-    store
-        .put(
-            subjects::STRATEGY_KEY,
-            change.strategy.as_str().to_owned().into(),
-        )
-        .await
-        .map_err(|e| ApiError::SettingsUnavailable(e.to_string()))?;
+    put_setting(
+        &state,
+        subjects::STRATEGY_KEY,
+        change.strategy.as_str().to_owned(),
+    )
+    .await?;
     tracing::info!(strategy = %change.strategy, "Strategy changed.");
     Ok(HttpResponse::Ok().json(change))
 }
@@ -204,14 +214,12 @@ pub async fn set_data_path(
 ) -> Result<HttpResponse, ApiError> {
     let body = super::body::read(&request, payload, state.max_body_bytes).await?;
     let change: DataPathChange = InputError::parse_json(&body)?;
-    let store = state.settings_store().await?;
-    store
-        .put(
-            subjects::DATA_PATH_KEY,
-            change.data_path.as_str().to_owned().into(),
-        )
-        .await
-        .map_err(|e| ApiError::SettingsUnavailable(e.to_string()))?;
+    put_setting(
+        &state,
+        subjects::DATA_PATH_KEY,
+        change.data_path.as_str().to_owned(),
+    )
+    .await?;
     tracing::info!(data_path = %change.data_path, "Data path changed.");
     Ok(HttpResponse::Ok().json(change))
 }
@@ -228,14 +236,12 @@ pub async fn set_weight(
     let body = super::body::read(&request, payload, state.max_body_bytes).await?;
     let change = WeightChange::parse(&body)?;
     let worker = known_worker(&state, worker).await?;
-    let store = state.settings_store().await?;
-    store
-        .put(
-            subjects::weight_key(&worker),
-            change.weight.to_string().into(),
-        )
-        .await
-        .map_err(|e| ApiError::SettingsUnavailable(e.to_string()))?;
+    put_setting(
+        &state,
+        &subjects::weight_key(&worker),
+        change.weight.to_string(),
+    )
+    .await?;
     tracing::info!(worker, weight = change.weight, "Weight override set.");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "worker": worker, "weight": change.weight })))
 }

@@ -127,12 +127,11 @@ async fn least_loaded_steers_away_from_a_slow_worker(mode) {
     })
     .await
     .expect("cluster starts");
-    let (status, body) = cluster
+    cluster
         .gateway
-        .put("/v1/workers/worker-3/faults", &json!({ "latency_ms": 60 }))
+        .inject_faults("worker-3", json!({ "latency_ms": 60 }))
         .await
-        .expect("answer");
-    assert_eq!(status, 200, "{body}");
+        .expect("faults set");
 
     // Baseline in the same cluster: round-robin gives the slow worker its
     // full third regardless.

@@ -59,16 +59,12 @@ async fn the_retry_budget_holds_for_every_gateway_together() {
     // A floor of 2 retries a second for the fleet (20 per 10 s window),
     // and the default ratio of 0.2.
     let cluster = two_gateways(&[("LB_RETRY_BUDGET_FLOOR", "2")]).await;
-    for worker in 1..=3 {
-        let (status, _) = cluster
+    for worker in ["worker-1", "worker-2", "worker-3"] {
+        cluster
             .gateway
-            .put(
-                &format!("/v1/workers/worker-{worker}/faults"),
-                &json!({ "error_rate": 1.0 }),
-            )
+            .inject_faults(worker, json!({ "error_rate": 1.0 }))
             .await
-            .expect("the gateway answers");
-        assert_eq!(status, 200);
+            .expect("faults set");
     }
     // Every attempt fails, so every call would retry twice if allowed:
     // only the budget stops it.
@@ -107,12 +103,11 @@ async fn the_retry_budget_holds_for_every_gateway_together() {
 #[tokio::test]
 async fn the_control_plane_ejects_over_every_gateways_reports_and_every_gateway_follows() {
     let cluster = two_gateways(&[]).await;
-    let (status, _) = cluster
+    cluster
         .gateway
-        .put("/v1/workers/worker-2/faults", &json!({ "error_rate": 1.0 }))
+        .inject_faults("worker-2", json!({ "error_rate": 1.0 }))
         .await
-        .expect("the gateway answers");
-    assert_eq!(status, 200);
+        .expect("faults set");
     // Only the first gateway calls; the second sends nothing at all.
     let answers = drive(&cluster.gateway, 90, 3, echo).await;
     assert!(answers.iter().all(|(status, _)| *status == 200));

@@ -69,11 +69,10 @@ async fn the_system_works_under_its_nats_permissions_and_a_worker_cannot_forge_a
         .switch_data_path(DataPath::Proxy)
         .await
         .expect("back to proxy mode");
-    let (status, body) = gateway
-        .put("/v1/workers/worker-1/faults", &json!({ "latency_ms": 0 }))
+    gateway
+        .inject_faults("worker-1", json!({ "latency_ms": 0 }))
         .await
-        .expect("the gateway answers");
-    assert_eq!(status, 200, "{body}");
+        .expect("faults set");
     open_account(&cluster, "perm-alice", 100).await;
     open_account(&cluster, "perm-bob", 0).await;
     let (status, body) = transfer(

@@ -76,12 +76,11 @@ async fn a_worker_that_fails_every_call_is_ejected_and_calls_succeed_elsewhere(m
     let cluster = Cluster::start(ClusterSpec::in_mode(mode))
         .await
         .expect("cluster starts");
-    let (status, _) = cluster
+    cluster
         .gateway
-        .put("/v1/workers/worker-2/faults", &json!({ "error_rate": 1.0 }))
+        .inject_faults("worker-2", json!({ "error_rate": 1.0 }))
         .await
-        .expect("the gateway answers");
-    assert_eq!(status, 200);
+        .expect("faults set");
     // Every call that picks worker-2 fails there with a retryable error
     // and is retried on another worker; after five failures in a row a
     // replica ejects it (while it still heartbeats, so only passive
