@@ -107,6 +107,11 @@ pub fn turns<'a>(runs: &'a [RunReport], name: &str) -> Vec<&'a RunReport> {
         .collect()
 }
 
+/// The mean throughput of `runs` (the turns of one run), if there are any.
+pub fn mean_throughput(runs: &[&RunReport]) -> Option<f64> {
+    (!runs.is_empty()).then(|| runs.iter().map(|r| r.throughput()).sum::<f64>() / runs.len() as f64)
+}
+
 /// Figures read from an external tool's output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExternalFigures {

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::report::{RunReport, ScenarioReport};
+use crate::report::{RunReport, ScenarioReport, mean_throughput};
 
 /// One row of the table.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +24,18 @@ pub struct Row {
     pub target: String,
     /// Whether the target was met (`None`: no target, or not measured).
     pub met: Option<bool>,
+}
+
+impl Row {
+    /// A row whose figure is missing from the results.
+    fn missing(what: impl Into<String>, target: impl Into<String>) -> Row {
+        Row {
+            what: what.into(),
+            measured: "not measured".to_owned(),
+            target: target.into(),
+            met: None,
+        }
+    }
 }
 
 /// All reports of a results directory, by scenario.
@@ -64,32 +76,6 @@ impl Results {
     /// The rows of the table.
     pub fn rows(&self) -> Vec<Row> {
         let mut rows = Vec::new();
-        let missing = |what: &str, target: &str| Row {
-            what: what.to_owned(),
-            measured: "not measured".to_owned(),
-            target: target.to_owned(),
-            met: None,
-        };
-        let throughput_ratio =
-            |what: &str, scenario: &str, a: &str, b: &str, floor: Option<f64>| {
-                let target = floor.map_or("-".to_owned(), |f| format!(">= {f:.2}x"));
-                match (self.run(scenario, a), self.run(scenario, b)) {
-                    (Some(a), Some(b)) if b.throughput() > 0.0 => {
-                        let ratio = a.throughput() / b.throughput();
-                        Row {
-                            what: what.to_owned(),
-                            measured: format!(
-                                "**{ratio:.2}x** ({:.0}/s against {:.0}/s)",
-                                a.throughput(),
-                                b.throughput()
-                            ),
-                            target,
-                            met: floor.map(|f| ratio >= f),
-                        }
-                    }
-                    _ => missing(what, &target),
-                }
-            };
         let what = "Generator ceiling: faultline-load against wrk, closed loop, 64 connections, on nginx (turns taken in alternation)";
         // Every turn of each generator counts: the machine's speed drifts
         // by a fifth within minutes here, and alternating turns spread the
@@ -129,7 +115,7 @@ impl Results {
                     met: Some(ratio >= 0.9),
                 }
             } else {
-                missing(what, ">= 0.90x")
+                Row::missing(what, ">= 0.90x")
             },
         );
         for (path, what, floor) in [
@@ -149,13 +135,13 @@ impl Results {
                 "baselines",
                 &format!("{path}, closed"),
                 "nginx, closed",
-                floor,
+                Some(floor),
             ));
         }
         for (path, ceiling) in [("direct", 1.5), ("proxy", 2.5)] {
             rows.push(self.p99_at_half(path, ceiling));
         }
-        rows.push(throughput_ratio(
+        rows.push(self.turns_ratio(
             "Direct mode against raw async-nats request/reply (one hop), throughput",
             "baselines",
             "direct, closed",
@@ -185,7 +171,7 @@ impl Results {
                     met: Some(run.throughput() >= 1000.0),
                 }
             }
-            None => missing(what, ">= 1000/s"),
+            None => Row::missing(what, ">= 1000/s"),
         });
         let what = "Transfers at a fixed rate, active coordinator killed mid-run";
         rows.push(match self.run("transfers", "coordinator killed") {
@@ -218,7 +204,7 @@ impl Results {
                     met: bank.map(|b| b.holds()),
                 }
             }
-            None => missing(what, "bank invariant holds"),
+            None => Row::missing(what, "bank invariant holds"),
         });
         for (run, what) in [
             (
@@ -268,7 +254,7 @@ impl Results {
                     target: "< 50 ms".to_owned(),
                     met: Some(p99 < 50.0 && run.errors() == 0),
                 },
-                None => missing(what, "< 50 ms"),
+                None => Row::missing(what, "< 50 ms"),
             },
         );
         for prefix in ["", "direct: "] {
@@ -287,33 +273,27 @@ impl Results {
             .map_or_else(Vec::new, |report| crate::report::turns(&report.runs, name))
     }
 
-    /// `a` against `b` over the means of their turns' throughput.
-    fn turns_ratio(&self, what: &str, scenario: &str, a: &str, b: &str, floor: f64) -> Row {
-        let target = format!(">= {floor:.2}x");
+    /// `a` against `b` over the means of their turns' throughput, against
+    /// a `floor` if there is one.
+    fn turns_ratio(&self, what: &str, scenario: &str, a: &str, b: &str, floor: Option<f64>) -> Row {
+        let target = floor.map_or("-".to_owned(), |f| format!(">= {f:.2}x"));
         let (a, b) = (self.turns(scenario, a), self.turns(scenario, b));
-        let mean = |runs: &[&RunReport]| {
-            runs.iter().map(|r| r.throughput()).sum::<f64>() / runs.len().max(1) as f64
-        };
+        let (mean_a, mean_b) = (mean_throughput(&a), mean_throughput(&b));
         let list = |runs: &[&RunReport]| {
             runs.iter()
                 .map(|r| format!("{:.0}", r.throughput()))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        if a.is_empty() || b.is_empty() || mean(&b) <= 0.0 {
-            return Row {
-                what: what.to_owned(),
-                measured: "not measured".to_owned(),
-                target,
-                met: None,
-            };
-        }
-        let ratio = mean(&a) / mean(&b);
+        let (Some(mean_a), Some(mean_b)) = (mean_a, mean_b.filter(|m| *m > 0.0)) else {
+            return Row::missing(what, target);
+        };
+        let ratio = mean_a / mean_b;
         Row {
             what: what.to_owned(),
             measured: format!("**{ratio:.2}x** ({} /s against {} /s)", list(&a), list(&b)),
             target,
-            met: Some(ratio >= floor),
+            met: floor.map(|f| ratio >= f),
         }
     }
 
@@ -328,12 +308,7 @@ impl Results {
         let ours = self.run("baselines", &format!("{path}, at half"));
         let nginx = self.run("baselines", &format!("nginx, at half of {path}"));
         let (Some(a), Some(b)) = (ours, nginx) else {
-            return Row {
-                what,
-                measured: "not measured".to_owned(),
-                target,
-                met: None,
-            };
+            return Row::missing(what, target);
         };
         match (a.p99_ms(), b.p99_ms()) {
             (Some(pa), Some(pb)) if pb > 0.0 && a.errors() == 0 => Row {
@@ -373,12 +348,7 @@ impl Results {
             self.cpu_per_call("proxy"),
             self.cpu_per_call("direct"),
         ) else {
-            return Row {
-                what: what.to_owned(),
-                measured: "not measured".to_owned(),
-                target: "-".to_owned(),
-                met: None,
-            };
+            return Row::missing(what, "-".to_owned());
         };
         Row {
             what: what.to_owned(),
@@ -403,12 +373,7 @@ impl Results {
                 self.cpu_per_call(path),
                 self.cpu_per_call(&format!("{path}, traced")),
             ) else {
-                return Row {
-                    what: what.to_owned(),
-                    measured: "not measured".to_owned(),
-                    target: target.to_owned(),
-                    met: None,
-                };
+                return Row::missing(what, target.to_owned());
             };
             let added = on - off;
             let share = added / off * 100.0;
@@ -430,12 +395,7 @@ impl Results {
     fn load_balancer_killed_row(&self, name: &str, what: &str) -> Row {
         let target = "no failed call, none slower than 1 s";
         let Some(run) = self.run("failover", name) else {
-            return Row {
-                what: what.to_owned(),
-                measured: "not measured".to_owned(),
-                target: target.to_owned(),
-                met: None,
-            };
+            return Row::missing(what, target.to_owned());
         };
         let slowest = run.summary.as_ref().map(|s| s.latency_ms.max);
         Row {
@@ -466,12 +426,7 @@ impl Results {
             self.run("slow-worker", &format!("{prefix}round-robin")),
         );
         let (Some(ll), Some(rr)) = runs else {
-            return Row {
-                what,
-                measured: "not measured".to_owned(),
-                target: "< 1x".to_owned(),
-                met: None,
-            };
+            return Row::missing(what, "< 1x".to_owned());
         };
         let (Some(a), Some(b)) = (ll.p99_ms(), rr.p99_ms()) else {
             return Row {
@@ -549,12 +504,7 @@ impl Results {
             .run(scenario, name)
             .and_then(|run| run.analysis.failovers.first().map(|f| (run, f)))
         else {
-            return Row {
-                what: what.to_owned(),
-                measured: "not measured".to_owned(),
-                target: target.to_owned(),
-                met: None,
-            };
+            return Row::missing(what, target.to_owned());
         };
         let ms = |v: Option<f64>| v.map_or("never".to_owned(), |ms| format!("{ms:.0} ms"));
         let detected = failover.detected_after_ms;

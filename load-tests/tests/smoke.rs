@@ -122,8 +122,7 @@ fn the_smoke_scenario_runs_end_to_end_and_reports_what_happened() {
     assert_eq!(report.runs[2].errors(), 0);
 
     // Direct mode: a twentieth of the closed loop's rate; no call fails
-    // while a load-balancer dies, since none passes through it; the CPU
-    // every process spent per call is read.
+    // while a load-balancer dies, since none passes through it.
     let closed = &report.runs[3];
     let direct = &report.runs[4];
     let summary = direct.summary.as_ref().expect("figures");
@@ -135,16 +134,18 @@ fn the_smoke_scenario_runs_end_to_end_and_reports_what_happened() {
         "{}",
         closed.throughput()
     );
-    let cpu = direct.analysis.cpu.as_ref().expect("CPU per call");
+    let labels: Vec<&str> = summary.markers.iter().map(|m| m.label.as_str()).collect();
+    assert!(labels.contains(&"lb-1 killed"), "{labels:?}");
+
+    // Traced: every service restarted to export its spans, and back; the
+    // CPU every process spent per call is read.
+    let traced = &report.runs[5];
+    assert_eq!(traced.errors(), 0);
+    let cpu = traced.analysis.cpu.as_ref().expect("CPU per call");
     assert!(cpu.total_us > 0.0, "{cpu:?}");
     for process in ["gateway", "nats-server", "worker-1", "lb-1"] {
         assert!(cpu.by_process.contains_key(process), "{cpu:?}");
     }
-    let labels: Vec<&str> = summary.markers.iter().map(|m| m.label.as_str()).collect();
-    assert!(labels.contains(&"lb-1 killed"), "{labels:?}");
-
-    // Traced: every service restarted to export its spans, and back.
-    assert_eq!(report.runs[5].errors(), 0);
 
     let markdown = std::fs::read_to_string(out.path().join("smoke.md")).expect("smoke.md");
     assert!(markdown.contains("Every promise held"), "{markdown}");

@@ -352,6 +352,13 @@ impl Scenario {
                     );
                 }
             }
+            // CPU is read from the processes that run when the load starts:
+            // one killed meanwhile would count for nothing, its successor
+            // not at all.
+            anyhow::ensure!(
+                !run.cpu || run.events.iter().all(|e| !e.action.replaces_a_process()),
+                "run {name:?}: `cpu` cannot be read across a kill or a restart"
+            );
             for action in run.setup.iter().chain(run.events.iter().map(|e| &e.action)) {
                 action
                     .check(workers, load_balancers)
@@ -456,8 +463,9 @@ fn with_rate_read_off(spec: &RunSpec, earlier: &[RunReport]) -> anyhow::Result<R
     if let Some(rate_of) = &spec.rate_of {
         // The mean of the run's turns so far, if it was taken several times.
         let turns = crate::report::turns(earlier, &rate_of.run);
-        anyhow::ensure!(!turns.is_empty(), "run {:?} has not run", rate_of.run);
-        let capacity = turns.iter().map(|r| r.throughput()).sum::<f64>() / turns.len() as f64;
+        let Some(capacity) = crate::report::mean_throughput(&turns) else {
+            anyhow::bail!("run {:?} has not run", rate_of.run);
+        };
         let rate = capacity * rate_of.share;
         anyhow::ensure!(
             rate >= 1.0,
@@ -577,7 +585,7 @@ async fn run_one(
         progress,
     };
     let before = match system.as_deref() {
-        Some(system) if spec.load == Load::Call => Some(system.balancer_counters().await?),
+        Some(system) if spec.load == Load::Call => Some(system.balancer_counters().await),
         _ => None,
     };
     let cpu_before = crate::cpu::Sample::take(&processes);
@@ -653,11 +661,12 @@ async fn run_one(
     if let Some(system) = system.as_deref() {
         report.analysis.heartbeat_interval_ms = Some(system.spec.heartbeat_interval_ms);
         if let Some(before) = before {
-            let after = system.balancer_counters().await?;
-            let (ok_by_worker, amplification) = before.delta(&after);
-            report.analysis.shares =
-                crate::report::shares(&ok_by_worker, &system.strategy, &system.weights());
-            report.analysis.retry_amplification = amplification;
+            let after = system.balancer_counters().await;
+            if let Some((ok_by_worker, amplification)) = before.delta(&after) {
+                report.analysis.shares =
+                    crate::report::shares(&ok_by_worker, &system.strategy, &system.weights());
+                report.analysis.retry_amplification = Some(amplification);
+            }
         }
         if let Some(book) = book {
             report.analysis.bank = Some(book.check(&system.cluster.gateway).await?);

@@ -118,6 +118,19 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether it kills a process or starts a new one.
+    pub fn replaces_a_process(&self) -> bool {
+        matches!(
+            self,
+            Action::KillLoadBalancer(_)
+                | Action::RestartLoadBalancer(_)
+                | Action::KillWorker(_)
+                | Action::RestartWorker(_)
+                | Action::KillCoordinator(_)
+                | Action::RestartCoordinator(_)
+        )
+    }
+
     /// Checks the action against a system of `workers` workers and
     /// `load_balancers` load-balancers.
     pub fn check(&self, workers: usize, load_balancers: usize) -> anyhow::Result<()> {
@@ -584,38 +597,54 @@ impl System {
         Ok(())
     }
 
-    /// Sums the balancing counters of every process that balances (the
+    /// Reads the balancing counters of every process that may balance (the
     /// load-balancers in proxy mode, the gateways in direct mode): attempts
-    /// by (worker, outcome) and calls by outcome.
-    pub async fn balancer_counters(&self) -> anyhow::Result<BalancerCounters> {
+    /// by (worker, outcome) and calls by outcome. A process that does not
+    /// answer (killed) is left out, and marks the counters incomplete.
+    pub async fn balancer_counters(&self) -> BalancerCounters {
         let mut counters = BalancerCounters::default();
         let gateway = [self.cluster.gateway.url.clone()];
         for admin in self.cluster.load_balancer_admin.iter().chain(&gateway) {
-            let text = self
-                .http
-                .get(format!("{admin}/metrics"))
-                .send()
-                .await?
-                .text()
-                .await?;
-            counters.add_exposition(&text);
+            let text = async {
+                self.http
+                    .get(format!("{admin}/metrics"))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .text()
+                    .await
+            };
+            match text.await {
+                Ok(text) => counters.add_exposition(admin, &text),
+                Err(_) => counters.silent = true,
+            }
         }
-        Ok(counters)
+        counters
     }
 }
 
-/// The balancing counters, summed over every process that balances.
+/// One process's balancing counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ProcessCounters {
+    /// Attempts by (worker, outcome).
+    attempts: BTreeMap<(String, String), f64>,
+    /// Calls answered, by outcome.
+    calls: BTreeMap<String, f64>,
+}
+
+/// The balancing counters of every process that balances, read at one
+/// moment.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BalancerCounters {
-    /// Attempts by (worker, outcome).
-    pub attempts: BTreeMap<(String, String), f64>,
-    /// Calls answered, by outcome.
-    pub calls: BTreeMap<String, f64>,
+    by_process: BTreeMap<String, ProcessCounters>,
+    /// Some process did not answer.
+    silent: bool,
 }
 
 impl BalancerCounters {
-    /// Adds one replica's Prometheus text exposition.
-    pub fn add_exposition(&mut self, text: &str) {
+    /// Adds the Prometheus text exposition of the process at `admin`.
+    pub fn add_exposition(&mut self, admin: &str, text: &str) {
+        let counters = self.by_process.entry(admin.to_owned()).or_default();
         for line in text.lines() {
             let Some((series, value)) = line.rsplit_once(' ') else {
                 continue;
@@ -636,13 +665,13 @@ impl BalancerCounters {
             };
             match name {
                 "faultline_balancer_attempts_total" => {
-                    *self
+                    *counters
                         .attempts
                         .entry((label("worker"), label("outcome")))
                         .or_default() += value;
                 }
                 "faultline_balancer_calls_total" => {
-                    *self.calls.entry(label("outcome")).or_default() += value;
+                    *counters.calls.entry(label("outcome")).or_default() += value;
                 }
                 _ => {}
             }
@@ -650,23 +679,37 @@ impl BalancerCounters {
     }
 
     /// What happened between `self` (before) and `after`: successful
-    /// attempts per worker, and attempts per call.
-    pub fn delta(&self, after: &BalancerCounters) -> (BTreeMap<String, f64>, Option<f64>) {
+    /// attempts per worker, and attempts per call. `None` when it cannot be
+    /// known: a process that balanced was silent at either end, or its
+    /// counters went back (it restarted, and what it counted before died
+    /// with it).
+    pub fn delta(&self, after: &BalancerCounters) -> Option<(BTreeMap<String, f64>, f64)> {
+        if self.silent || after.silent || self.by_process.len() != after.by_process.len() {
+            return None;
+        }
         let mut ok_by_worker = BTreeMap::new();
-        let mut attempts = 0.0;
-        for (key, value) in &after.attempts {
-            let grown = value - self.attempts.get(key).copied().unwrap_or(0.0);
-            attempts += grown;
-            if key.1 == "ok" {
-                *ok_by_worker.entry(key.0.clone()).or_default() += grown;
+        let (mut attempts, mut calls) = (0.0, 0.0);
+        for (process, before) in &self.by_process {
+            let after = after.by_process.get(process)?;
+            for (key, value) in &after.attempts {
+                let grown = value - before.attempts.get(key).copied().unwrap_or(0.0);
+                if grown < 0.0 {
+                    return None;
+                }
+                attempts += grown;
+                if key.1 == "ok" {
+                    *ok_by_worker.entry(key.0.clone()).or_default() += grown;
+                }
+            }
+            for (key, value) in &after.calls {
+                let grown = value - before.calls.get(key).copied().unwrap_or(0.0);
+                if grown < 0.0 {
+                    return None;
+                }
+                calls += grown;
             }
         }
-        let calls: f64 = after
-            .calls
-            .iter()
-            .map(|(k, v)| v - self.calls.get(k).copied().unwrap_or(0.0))
-            .sum();
-        (ok_by_worker, (calls > 0.0).then(|| attempts / calls))
+        (calls > 0.0).then(|| (ok_by_worker, attempts / calls))
     }
 }
 
@@ -688,16 +731,27 @@ faultline_balancer_calls_total{outcome="ok"} 170
 faultline_balancer_calls_total{outcome="failed"} 5
 "#;
         let mut before = BalancerCounters::default();
-        before.add_exposition(before_text);
+        before.add_exposition("lb-1", before_text);
+        before.add_exposition("lb-2", "");
         let mut after = BalancerCounters::default();
-        after.add_exposition(after_text);
+        after.add_exposition("lb-1", after_text);
         // A second replica adds to the sums.
-        after.add_exposition(r#"faultline_balancer_calls_total{outcome="ok"} 0"#);
-        let (ok, amplification) = before.delta(&after);
+        after.add_exposition("lb-2", r#"faultline_balancer_calls_total{outcome="ok"} 0"#);
+        let (ok, amplification) = before.delta(&after).expect("measured");
         assert_eq!(ok["worker-1"], 100.0);
         assert_eq!(ok["worker-2"], 50.0);
         // 150 ok and 5 timed-out attempts for 155 calls.
-        assert_eq!(amplification, Some(155.0 / 155.0));
+        assert_eq!(amplification, 155.0 / 155.0);
+        // A replica that restarted meanwhile counts from zero again: what
+        // it counted before is gone, so nothing can be read off.
+        let mut restarted = BalancerCounters::default();
+        restarted.add_exposition("lb-1", r#"faultline_balancer_calls_total{outcome="ok"} 3"#);
+        restarted.add_exposition("lb-2", "");
+        assert_eq!(before.delta(&restarted), None);
+        // Nor when one is dead at the end.
+        let mut dead = after.clone();
+        dead.silent = true;
+        assert_eq!(before.delta(&dead), None);
     }
 
     #[test]

@@ -189,6 +189,7 @@ pub async fn run(
     let lb_watch = tokio::spawn(replicas::watch(
         lb_beats,
         loss_tx,
+        settings.routing.missed_heartbeats,
         heartbeat_interval.min(Duration::from_millis(50)),
     ));
     let connections = Arc::new(Mutex::new(Vec::new()));

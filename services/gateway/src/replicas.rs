@@ -10,8 +10,8 @@
 //! replica holds which.
 //!
 //! So the gateway watches the replicas' heartbeats itself. When one misses
-//! three of its intervals it is declared lost, and every call in flight
-//! that may safely run twice, and was sent while that replica could still
+//! three of its intervals (`LB_MISSED_HEARTBEATS`) it is declared lost,
+//! and every call in flight that may safely run twice, and was sent while that replica could still
 //! have been alive, is sent again at once ([`crate::api::call`]). A
 //! replica heard at `t` with interval `i` died before `t + i` (it would
 //! have beaten again), and NATS stopped giving it calls when it died, so a
@@ -27,11 +27,7 @@
 use std::time::{Duration, Instant};
 
 use faultline_bus::heartbeat::{self, HeardFrom, LastHeard};
-use futures::StreamExt as _;
 use tokio::sync::watch;
-
-/// Heartbeats a replica may miss before it counts as lost.
-const MISSED_HEARTBEATS: u32 = 3;
 
 /// The last replica lost: the latest instant it may still have been alive.
 /// A call sent before that instant may be stranded in it.
@@ -49,35 +45,29 @@ fn alive_until(last: LastHeard) -> Instant {
     last.at + last.interval + last.interval / 4
 }
 
-/// Follows the replicas' heartbeats until `beats` ends, announcing each
-/// loss in `losses`; looks for silent replicas every `every`.
+/// Follows the replicas' heartbeats until `beats` ends, announcing a loss
+/// in `losses` when one misses `missed` of its intervals; looks for silent
+/// replicas every `every`.
 pub async fn watch(
-    mut beats: async_nats::Subscriber,
+    beats: async_nats::Subscriber,
     losses: watch::Sender<Option<Instant>>,
+    missed: u32,
     every: Duration,
 ) {
-    let mut replicas = HeardFrom::new(MISSED_HEARTBEATS);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            beat = beats.next() => {
-                let Some(beat) = beat else { return };
-                if let Some(beat) = heartbeat::read(&beat.payload) {
-                    replicas.heard(beat, Instant::now());
-                }
-            }
-            _ = tick.tick() => {
-                for (id, last) in replicas.forget_silent(Instant::now()) {
-                    tracing::warn!(
-                        load_balancer = %id,
-                        "A load-balancer fell silent; calls it may hold are sent again."
-                    );
-                    losses.send_replace(Some(alive_until(last)));
-                }
-            }
+    heartbeat::follow(beats, HeardFrom::new(missed), every, |silent, _| {
+        for (id, last) in silent {
+            tracing::warn!(
+                load_balancer = %id,
+                "A load-balancer fell silent; calls it may hold are sent again."
+            );
+            // Two lost in one look: the later instant covers both.
+            losses.send_if_modified(|loss| {
+                let later = (*loss).max(Some(alive_until(last)));
+                std::mem::replace(loss, later) != later
+            });
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

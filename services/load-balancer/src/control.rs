@@ -49,14 +49,7 @@ pub async fn run(
                 if router.data_path() != DataPath::Direct {
                     continue;
                 }
-                match serde_json::to_vec(&router.directive()) {
-                    Ok(body) => {
-                        if let Err(error) = client.publish(subjects::LB_DIRECTIVES, body.into()).await {
-                            tracing::debug!(%error, "A directive was not sent.");
-                        }
-                    }
-                    Err(error) => tracing::error!(%error, "Cannot encode a directive."),
-                }
+                faultline_bus::publish_json(&client, subjects::LB_DIRECTIVES, &router.directive()).await;
             }
         }
     }

@@ -153,7 +153,12 @@ pub async fn run(
                 router: router.clone(),
                 policy: settings.routing.policy(),
             });
-            faultline_bus::serve::serve(client.clone(), vec![calls], calls_in_flight, &mut shutdown, proxy)
+            // Not ready from the moment the drain begins.
+            let draining = async {
+                (&mut shutdown).await;
+                serving.store(false, Ordering::Relaxed);
+            };
+            faultline_bus::serve::serve(client.clone(), vec![calls], calls_in_flight, draining, proxy)
                 .await;
         }
     }

@@ -3,8 +3,9 @@
 //! worker's reply (or why there is none).
 //!
 //! NATS hands each call to one live replica, so killing a replica loses
-//! only the calls it held at that instant, which the gateway sends again
-//! as soon as it sees the replica's heartbeats stop.
+//! only the calls it held at that instant; the gateway sends the
+//! idempotent ones again as soon as it sees the replica's heartbeats stop
+//! (the others wait out their deadline: they may have run).
 //!
 //! The replica stays on the reply path: it awaits the worker, then answers
 //! the gateway. A balancer that forwarded with the gateway's reply subject,

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use faultline_protocol::cluster::{Heartbeat, Role};
+use faultline_protocol::headers::whole_millis;
 use faultline_protocol::subjects;
 use futures::StreamExt as _;
 
@@ -64,7 +65,7 @@ pub fn spawn(
                 served: load.served(),
                 started_at_ms,
                 sequence,
-                interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+                interval_ms: whole_millis(interval),
             })
         };
         let mut probes = match client.subscribe(probe_subject).await {
@@ -104,15 +105,26 @@ pub fn spawn(
 pub fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map(whole_millis)
         .unwrap_or(0)
 }
 
+/// The interval range every service's `--heartbeat-interval-ms` accepts;
+/// a heartbeat read from the bus is held to it too, so that no sender can
+/// make itself remembered for ever.
+pub const INTERVAL_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
+
 /// Reads a heartbeat from a message's payload; one that does not parse or
-/// names an invalid member id is logged and ignored.
+/// names an invalid member id is logged and ignored, and its interval is
+/// held to [`INTERVAL_MS`].
 pub fn read(payload: &[u8]) -> Option<Heartbeat> {
     match serde_json::from_slice::<Heartbeat>(payload) {
-        Ok(beat) if subjects::is_valid_member_id(&beat.id) => Some(beat),
+        Ok(mut beat) if subjects::is_valid_member_id(&beat.id) => {
+            beat.interval_ms = beat
+                .interval_ms
+                .clamp(*INTERVAL_MS.start(), *INTERVAL_MS.end());
+            Some(beat)
+        }
         Ok(beat) => {
             tracing::warn!(id = %beat.id, "Ignoring a heartbeat with an invalid id.");
             None
@@ -180,6 +192,39 @@ impl HeardFrom {
     }
 }
 
+/// Follows `beats` into `heard` until the subscription ends, and every
+/// `every` hands `on_tick` the members that fell silent and those still
+/// heard.
+///
+/// Heartbeats already waiting are always read before silence is judged: a
+/// process that stalled (a busy core, a GC pause elsewhere) finds a
+/// backlog of beats and a due tick at once, and must not take its own
+/// delay for the members' silence.
+pub async fn follow(
+    mut beats: async_nats::Subscriber,
+    mut heard: HeardFrom,
+    every: Duration,
+    mut on_tick: impl FnMut(Vec<(String, LastHeard)>, &HeardFrom),
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            beat = beats.next() => {
+                let Some(beat) = beat else { return };
+                if let Some(beat) = read(&beat.payload) {
+                    heard.heard(beat, Instant::now());
+                }
+            }
+            _ = tick.tick() => {
+                let silent = heard.forget_silent(Instant::now());
+                on_tick(silent, &heard);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +273,7 @@ mod tests {
         assert!(read(&bad_id).is_none());
         let good = serde_json::to_vec(&beat("lb-1", 100)).expect("json");
         assert_eq!(read(&good).map(|b| b.id), Some("lb-1".to_owned()));
+        let forever = serde_json::to_vec(&beat("lb-1", u64::MAX)).expect("json");
+        assert_eq!(read(&forever).map(|b| b.interval_ms), Some(60_000));
     }
 }

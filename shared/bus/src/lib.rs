@@ -160,6 +160,24 @@ pub async fn flush_before_exit(client: &async_nats::Client, limit: Duration) {
     }
 }
 
+/// Publishes `message` as JSON on `subject`, fire-and-forget: for
+/// periodic messages (reports, directives) whose next one supersedes a
+/// lost one. Failures are logged, never returned.
+pub async fn publish_json(
+    client: &async_nats::Client,
+    subject: &'static str,
+    message: &impl serde::Serialize,
+) {
+    match serde_json::to_vec(message) {
+        Ok(body) => {
+            if let Err(error) = client.publish(subject, body.into()).await {
+                tracing::debug!(%error, subject, "A message was not sent.");
+            }
+        }
+        Err(error) => tracing::error!(%error, subject, "Cannot encode a message."),
+    }
+}
+
 /// Readiness as far as the bus goes: `Ok` while connected, otherwise the
 /// connection state, for `/ready` to report.
 pub fn connection_ready(client: &async_nats::Client) -> Result<(), String> {

@@ -162,20 +162,31 @@ pub async fn serve<H: Handler>(
     // Shared by every task: cloning a client per message costs more than
     // the rest of a small reply.
     let client = Arc::new(client);
-    let spawn = |running: &mut JoinSet<()>, message: Message, ticket: Ticket| {
-        running.spawn(answer(client.clone(), handler.clone(), message, ticket));
+    let spawn = |running: &mut JoinSet<()>, (message, received): (Message, Instant), ticket| {
+        running.spawn(answer(
+            client.clone(),
+            handler.clone(),
+            message,
+            received,
+            ticket,
+        ));
     };
     tokio::pin!(shutdown);
     // A message already taken from the subscription when shutdown came: it
     // is served during the drain, never dropped.
-    let mut waiting: Option<Message> = None;
+    let mut waiting: Option<(Message, Instant)> = None;
     loop {
         let message = tokio::select! {
             () = &mut shutdown => break,
             Some(_) = running.join_next(), if !running.is_empty() => continue,
             message = messages.next() => message,
         };
-        let Some(message) = message else { return };
+        // Every subscription ended (the connection is closing): finish
+        // what is running, below.
+        let Some(message) = message else { break };
+        // The caller's time budget runs from here, not from admission: a
+        // wait for room counts against it.
+        let message = (message, Instant::now());
         // Room is usually there: take it without waiting.
         if let Some(ticket) = bound.try_admit() {
             spawn(&mut running, message, ticket);
@@ -188,7 +199,8 @@ pub async fn serve<H: Handler>(
             }
             ticket = bound.admit() => match ticket {
                 Some(ticket) => spawn(&mut running, message, ticket),
-                None => return,
+                // Closed: the process is stopping; finish what runs.
+                None => break,
             },
         }
     }
@@ -199,7 +211,8 @@ pub async fn serve<H: Handler>(
         }
     }
     let finish = async {
-        let buffered = futures::stream::iter(waiting).chain(&mut messages);
+        let buffered = futures::stream::iter(waiting)
+            .chain((&mut messages).map(|message| (message, Instant::now())));
         tokio::pin!(buffered);
         while let Some(message) = buffered.next().await {
             let Some(ticket) = bound.admit().await else {
@@ -280,6 +293,7 @@ async fn answer<H: Handler>(
     client: Arc<Client>,
     handler: Arc<H>,
     message: Message,
+    received: Instant,
     ticket: Ticket,
 ) {
     let Message {
@@ -295,7 +309,7 @@ async fn answer<H: Handler>(
         payload,
         scope: Scope::unrecorded(envelope.trace, envelope.tracestate.clone()),
         envelope,
-        received: Instant::now(),
+        received,
         span: tracing::Span::none(),
     };
     let mut call_span = CallSpan::none();

@@ -37,13 +37,23 @@
 //! Reading is lenient: an unknown field is skipped and a malformed one is
 //! absent, so a newer sender never breaks an older receiver, and a bad
 //! header never fails a request (a missing deadline means the default
-//! one). Writing is strict: a value that could break the header line (a
-//! control character) is never written.
+//! one). It is also bounded, since any publisher may write the header: a
+//! time over [`MAX_TIMEOUT_MILLIS`] is cut to it, and a text field longer
+//! than its limit (the routing key's, a request id's, W3C's 512 bytes of
+//! `tracestate`, a member id's) is absent. Writing is strict: a value that
+//! could break the header line (a control character) is never written.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::Outcome;
+use crate::call::{MAX_KEY_BYTES, MAX_TIMEOUT_MILLIS};
+use crate::subjects::is_valid_member_id;
+
+/// The longest request id read; the gateway's are 32 hex digits.
+const MAX_REQUEST_ID_BYTES: usize = 64;
+/// The longest `tracestate` read, W3C's limit.
+const MAX_TRACESTATE_BYTES: usize = 512;
 
 /// The name of the one header every Faultline message carries.
 pub const ENVELOPE: &str = "Faultline";
@@ -83,7 +93,7 @@ impl Envelope {
         let mut rest = value.trim_start();
         while !rest.is_empty() {
             if let Some(key) = rest.strip_prefix("key=") {
-                envelope.key = Some(key.to_owned()).filter(|k| !k.is_empty());
+                envelope.key = bounded(key, MAX_KEY_BYTES);
                 break;
             }
             let (field, tail) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -91,13 +101,13 @@ impl Envelope {
             let (name, text) = field.split_once('=').unwrap_or((field, ""));
             match name {
                 "tp" => envelope.trace = TraceParent::parse(text),
-                "ts" if !text.is_empty() => envelope.tracestate = Some(text.to_owned()),
+                "ts" => envelope.tracestate = bounded(text, MAX_TRACESTATE_BYTES),
                 "ms" => envelope.timeout = parse_millis(text),
                 "at" => envelope.attempt_timeout = parse_millis(text),
-                "id" if !text.is_empty() => envelope.request_id = Some(text.to_owned()),
+                "id" => envelope.request_id = bounded(text, MAX_REQUEST_ID_BYTES),
                 "idem" => envelope.idempotent = true,
                 "o" => envelope.outcome = text.parse().ok(),
-                "w" if !text.is_empty() => envelope.worker = Some(text.to_owned()),
+                "w" if is_valid_member_id(text) => envelope.worker = Some(text.to_owned()),
                 "n" => envelope.attempts = text.parse().ok(),
                 _ => {}
             }
@@ -173,12 +183,18 @@ fn compact_tracestate(state: &str) -> Option<String> {
 }
 
 fn parse_millis(text: &str) -> Option<Duration> {
-    text.parse::<u64>().ok().map(Duration::from_millis)
+    let millis = text.parse::<u64>().ok()?;
+    Some(Duration::from_millis(millis.min(MAX_TIMEOUT_MILLIS)))
 }
 
-/// Whole milliseconds, rounded down: a hop must never promise the next one
-/// more time than it has.
-fn whole_millis(duration: Duration) -> u64 {
+/// `text` if it is neither empty nor longer than `limit` bytes.
+fn bounded(text: &str, limit: usize) -> Option<String> {
+    (!text.is_empty() && text.len() <= limit).then(|| text.to_owned())
+}
+
+/// Whole milliseconds, rounded down (a hop must never promise the next one
+/// more time than it has), and `u64::MAX` for a duration beyond it.
+pub fn whole_millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -309,6 +325,28 @@ mod tests {
     }
 
     #[test]
+    fn reading_is_bounded_whoever_wrote_the_header() {
+        let long = "x".repeat(MAX_KEY_BYTES + 1);
+        let envelope = Envelope::parse(&format!(
+            "ms=18446744073709551615 at=99999999 id={long} w=no.such/worker n=7 key={long}"
+        ));
+        assert_eq!(
+            envelope,
+            Envelope {
+                timeout: Some(Duration::from_millis(MAX_TIMEOUT_MILLIS)),
+                attempt_timeout: Some(Duration::from_millis(MAX_TIMEOUT_MILLIS)),
+                attempts: Some(7),
+                ..Envelope::default()
+            }
+        );
+        let tracestate = format!("a={}", "b".repeat(MAX_TRACESTATE_BYTES));
+        assert_eq!(
+            Envelope::parse(&format!("ts={tracestate}")).tracestate,
+            None
+        );
+    }
+
+    #[test]
     fn a_tracestate_travels_without_its_optional_spaces() {
         let envelope = Envelope {
             tracestate: Some("congo=t61rcWkgMzE, rojo=00f067aa0ba902b7 ".into()),
@@ -382,8 +420,8 @@ mod tests {
         fn every_envelope_round_trips(
             trace in proptest::option::of((1u128.., 1u64.., any::<bool>())),
             tracestate in proptest::option::of("[a-z0-9]{1,8}=[!-+.-<>-~]{1,10}(,[a-z0-9]{1,8}=[!-+.-<>-~]{1,10}){0,3}"),
-            timeout in proptest::option::of(0u64..10_000_000),
-            attempt in proptest::option::of(0u64..10_000_000),
+            timeout in proptest::option::of(0u64..=MAX_TIMEOUT_MILLIS),
+            attempt in proptest::option::of(0u64..=MAX_TIMEOUT_MILLIS),
             request_id in proptest::option::of(token()),
             idempotent in any::<bool>(),
             key in proptest::option::of("[^\\p{Cc}]{1,60}"),
@@ -391,7 +429,7 @@ mod tests {
                 Just(Outcome::Ok), Just(Outcome::Failed),
                 Just(Outcome::Retryable), Just(Outcome::TimedOut),
             ]),
-            worker in proptest::option::of(token()),
+            worker in proptest::option::of("[A-Za-z0-9_-]{1,40}"),
             attempts in proptest::option::of(any::<u32>()),
         ) {
             let envelope = Envelope {

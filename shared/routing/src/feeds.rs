@@ -13,8 +13,9 @@
 //!
 //! Each source fails alone: while the bus, JetStream or the monitors are
 //! gone the router keeps what it last heard, and each watch is opened
-//! again with backoff. Heartbeats and views have tasks of their own, so a
-//! process saturated with calls never starves them (and ejects everyone).
+//! again with backoff. Heartbeats and views have tasks of their own,
+//! scheduled beside the calls rather than behind them, so a busy process
+//! still hears them in time (and does not eject everyone).
 //!
 //! The settings watch (`watch_with_history`: plain `watch` skips current
 //! values) starts with the current value of every key, then streams
@@ -23,7 +24,7 @@
 //! settings after a start or a reconnect.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::kv::Operation;
 use faultline_balancing::StrategyKind;
@@ -138,27 +139,15 @@ async fn follow_heartbeats(mut heartbeats: async_nats::Subscriber, router: Arc<R
 /// purpose: counting a replica that left only makes this one's share of
 /// the floor smaller for a moment, while forgetting one that is merely
 /// late would let the fleet retry more than its budget.
-async fn count_peers(mut beats: async_nats::Subscriber, router: Arc<Router>, every: Duration) {
-    let mut heard = HeardFrom::new(10);
+async fn count_peers(beats: async_nats::Subscriber, router: Arc<Router>, every: Duration) {
     let mut counted = 0;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            beat = beats.next() => {
-                let Some(beat) = beat else { return };
-                if let Some(beat) = heartbeat::read(&beat.payload) {
-                    heard.heard(beat, Instant::now());
-                }
-            }
-            _ = tick.tick() => {}
-        }
-        heard.forget_silent(Instant::now());
+    heartbeat::follow(beats, HeardFrom::new(10), every, |_, heard| {
         if heard.len() != counted {
             counted = heard.len();
             router.set_peers(counted);
         }
-    }
+    })
+    .await;
 }
 
 /// Feeds the health-monitor's view and lease renewals to the router.
@@ -206,14 +195,7 @@ async fn report(client: async_nats::Client, router: Arc<Router>) {
             changed = path.changed() => if changed.is_err() { return },
             _ = tick.tick(), if direct => {
                 let Some(report) = router.take_report() else { continue };
-                match serde_json::to_vec(&report) {
-                    Ok(body) => {
-                        if let Err(error) = client.publish(subjects::LB_REPORTS, body.into()).await {
-                            tracing::debug!(%error, "An outcome report was not sent.");
-                        }
-                    }
-                    Err(error) => tracing::error!(%error, "Cannot encode an outcome report."),
-                }
+                faultline_bus::publish_json(&client, subjects::LB_REPORTS, &report).await;
             }
         }
     }

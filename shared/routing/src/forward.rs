@@ -163,9 +163,9 @@ pub async fn forward(router: &Router, client: &Client, policy: Policy, call: &Ca
     for attempt in 1..=policy.max_attempts {
         let retry = attempt > 1;
         if retry {
-            // No budget, no retry: the last real failure is the answer, at
-            // once, with no pause first.
-            if !router.try_retry() {
+            // No budget, or nobody left to try: the last real failure is
+            // the answer, at once, with no pause first.
+            if !router.try_retry(&tried) {
                 return finish(outcome, worker_answered, attempt - 1, last);
             }
             let pause = faultline_bus::backoff::random(

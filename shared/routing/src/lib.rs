@@ -66,7 +66,8 @@ pub struct RoutingArgs {
     #[arg(long, env = "LB_MIN_ATTEMPT_TIMEOUT_MS", default_value_t = 50,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub min_attempt_timeout_ms: u64,
-    /// A worker leaves the rotation after this many missed heartbeats.
+    /// A worker leaves the rotation after this many missed heartbeats (and
+    /// a gateway counts a silent load-balancer replica lost after as many).
     #[arg(long, env = "LB_MISSED_HEARTBEATS", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub missed_heartbeats: u32,

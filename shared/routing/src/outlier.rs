@@ -140,8 +140,7 @@ impl OutlierDetector {
         }
         // The streak is complete; the cap decides. (Counted only now: most
         // failures end no streak and need no scan of every record.)
-        let allowed = ((workers * policy.max_ejected_percent as usize) / 100).max(1);
-        if self.ejected_count(now) >= allowed {
+        if self.ejected_count(now) >= self.allowed(workers) {
             return None;
         }
         let record = self.records.get_mut(worker)?;
@@ -169,8 +168,7 @@ impl OutlierDetector {
             let record = self.records.entry(worker.to_owned()).or_default();
             record.ejected_until = record.ejected_until.max(Some(until));
         } else {
-            let allowed = ((workers * self.policy.max_ejected_percent as usize) / 100).max(1);
-            if until <= now || self.ejected_count(now) >= allowed {
+            if until <= now || self.ejected_count(now) >= self.allowed(workers) {
                 return false;
             }
             let record = self.records.entry(worker.to_owned()).or_default();
@@ -179,6 +177,21 @@ impl OutlierDetector {
         }
         self.ejections_end = self.ejections_end.max(Some(until));
         true
+    }
+
+    /// How many of `workers` may be ejected at once (at least one).
+    fn allowed(&self, workers: usize) -> usize {
+        (workers * self.policy.max_ejected_percent as usize / 100).max(1)
+    }
+
+    /// The failures in a row that eject a worker.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.policy.consecutive_failures
+    }
+
+    /// The longest any ejection lasts, whoever decides it.
+    pub fn max_ejection(&self) -> Duration {
+        self.policy.max_ejection
     }
 
     /// Forgets a worker that left the rotation.

@@ -143,10 +143,10 @@ impl Router {
 
     /// Asks the retry budget for one retry (see
     /// [`RoutingTable::try_retry`]).
-    pub fn try_retry(&self) -> bool {
+    pub fn try_retry(&self, tried: &[MemberId]) -> bool {
         let (granted, notices) = {
             let mut inner = self.lock();
-            let granted = inner.table.try_retry(Instant::now());
+            let granted = inner.table.try_retry(tried, Instant::now());
             (granted, inner.table.take_notices())
         };
         self.announce(notices);

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use faultline_balancing::{Balancer, MemberId, PickRequest, StrategyKind};
 use faultline_protocol::Outcome;
 use faultline_protocol::cluster::{ClusterView, Heartbeat, WorkerView};
+use faultline_protocol::headers::whole_millis;
 use faultline_protocol::membership::MembershipView;
 use faultline_protocol::routing::{DataPath, Directive, OutcomeReport, WorkerOutcomes};
 
@@ -140,13 +141,35 @@ impl RoutingTable {
         self.balancer.strategy()
     }
 
-    /// Asks the retry budget for one retry; counts it if granted.
-    pub fn try_retry(&mut self, now: Instant) -> bool {
+    /// Asks for one retry of a call that has tried `tried`: granted if a
+    /// worker is left to try and the retry budget pays for it. With nobody
+    /// left the budget is not touched (nor the backoff waited, by the
+    /// caller): the retry could not happen anyway.
+    pub fn try_retry(&mut self, tried: &[MemberId], now: Instant) -> bool {
+        if !self.any_untried(tried, now) {
+            return false;
+        }
         let granted = self.budget.try_retry(now);
         if !granted {
             self.notices.push(Notice::RetryRefused);
         }
         granted
+    }
+
+    /// Whether a pick avoiding `tried` could find a worker.
+    fn any_untried(&self, tried: &[MemberId], now: Instant) -> bool {
+        let members = self.balancer.members();
+        let untried = members.iter().filter(|m| !tried.contains(&m.id));
+        match self.outliers.routing(members.iter().map(|m| &*m.id), now) {
+            Routing::PanicClosed => false,
+            Routing::PanicOpen => untried.count() > 0,
+            Routing::Normal { ejected } => {
+                untried
+                    .filter(|m| !ejected.iter().any(|e| **e == *m.id))
+                    .count()
+                    > 0
+            }
+        }
     }
 
     /// Picks for one attempt, avoiding `tried` (the workers this call has
@@ -210,6 +233,10 @@ impl RoutingTable {
         now: Instant,
     ) -> Option<Ejection> {
         self.balancer.complete(worker, Some(cost));
+        if !self.is_member(worker) {
+            // It left while the attempt ran; keep no record of it.
+            return None;
+        }
         let failed = counts_as_failure(outcome);
         if let Some(pending) = &mut self.pending {
             let entry = pending.entry(worker.to_owned()).or_default();
@@ -219,7 +246,9 @@ impl RoutingTable {
             } else {
                 entry.ok += 1;
                 entry.trailing_failures = 0;
-                entry.latency_micros += u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+                entry.latency_micros = entry
+                    .latency_micros
+                    .saturating_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
             }
         }
         if failed {
@@ -248,10 +277,21 @@ impl RoutingTable {
     /// (a load-balancer in direct mode): the streaks continue across
     /// gateways, so a worker that fails for everyone is ejected as soon as
     /// the failures add up, even if each gateway sees only a few.
+    ///
+    /// A report is input from the network: workers not in rotation here
+    /// are ignored (they could only fill maps and use up the ejection cap),
+    /// and a streak counts for no more than the failures that eject.
     pub fn merge_report(&mut self, report: &OutcomeReport, now: Instant) {
         let workers = self.balancer.members().len();
+        let ejecting_streak = u64::from(self.outliers.consecutive_failures());
         for (worker, outcomes) in &report.workers {
-            *self.reported.entry(worker.clone()).or_default() += outcomes.ok + outcomes.failures;
+            if !self.is_member(worker) {
+                continue;
+            }
+            let attempts = self.reported.entry(worker.clone()).or_default();
+            *attempts = attempts
+                .saturating_add(outcomes.ok)
+                .saturating_add(outcomes.failures);
             let streak = if outcomes.ok > 0 {
                 self.outliers.success(worker);
                 if let Some(mean) = outcomes.latency_micros.checked_div(outcomes.ok) {
@@ -262,7 +302,7 @@ impl RoutingTable {
             } else {
                 outcomes.failures
             };
-            for _ in 0..streak {
+            for _ in 0..streak.min(ejecting_streak) {
                 if let Some(ejection) = self.outliers.failure(worker, now, workers) {
                     self.notices.push(Notice::EjectedOverReports(ejection));
                 }
@@ -279,7 +319,7 @@ impl RoutingTable {
                 .outliers
                 .ejections(now)
                 .map(|(worker, left)| {
-                    let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+                    let ms = whole_millis(left).max(1);
                     (worker.to_owned(), ms)
                 })
                 .collect(),
@@ -296,8 +336,12 @@ impl RoutingTable {
     pub fn apply_directive(&mut self, directive: Directive, now: Instant) {
         let workers = self.balancer.members().len();
         for (worker, ms) in &directive.ejected {
+            if !self.is_member(worker) {
+                continue;
+            }
             let fresh = !self.outliers.is_ejected(worker, now);
-            let until = now + Duration::from_millis(*ms);
+            // No ejection outlasts this process's own longest one.
+            let until = now + Duration::from_millis(*ms).min(self.outliers.max_ejection());
             if self.outliers.impose(worker, until, now, workers) && fresh {
                 self.notices.push(Notice::EjectedByControlPlane {
                     worker: worker.clone(),
@@ -355,6 +399,10 @@ impl RoutingTable {
         self.apply(changes);
     }
 
+    fn is_member(&self, worker: &str) -> bool {
+        self.balancer.members().iter().any(|m| &*m.id == worker)
+    }
+
     fn apply(&mut self, changes: Vec<Change>) {
         for change in changes {
             match change {
@@ -372,6 +420,7 @@ impl RoutingTable {
                         self.notices.push(Notice::Left(id.clone()));
                     }
                     self.outliers.forget(&id);
+                    self.reported.remove(&id);
                 }
             }
         }
@@ -391,12 +440,13 @@ impl RoutingTable {
                     weight: m.weight,
                     advertised_weight: record.map_or(m.weight, |r| r.advertised_weight),
                     in_flight: m.in_flight,
-                    picks: m.picks + self.reported.get(&*m.id).copied().unwrap_or(0),
+                    picks: m
+                        .picks
+                        .saturating_add(self.reported.get(&*m.id).copied().unwrap_or(0)),
                     served: record.map_or(0, |r| r.served),
                     latency_ms: m.latency_ewma_micros.map(|us| (us / 10.0).round() / 100.0),
                     last_heartbeat_ms: record.map_or(0, |r| {
-                        u64::try_from(now.saturating_duration_since(r.last_seen).as_millis())
-                            .unwrap_or(u64::MAX)
+                        whole_millis(now.saturating_duration_since(r.last_seen))
                     }),
                     state: verdict.map(|v| v.state),
                     ejected: self.outliers.is_ejected(&m.id, now),
@@ -468,7 +518,7 @@ mod tests {
     }
 
     fn picked(table: &mut RoutingTable, tried: &[MemberId], retry: bool, now: Instant) -> String {
-        if retry && !table.try_retry(now) {
+        if retry && !table.try_retry(tried, now) {
             return "BudgetSpent".to_owned();
         }
         match table.pick(None, tried, !retry, now) {
@@ -493,6 +543,21 @@ mod tests {
         assert_eq!(table.take_notices(), vec![Notice::RetryRefused]);
         let both = [MemberId::from("w1"), MemberId::from("w2")];
         assert_eq!(picked(&mut table, &both, false, t0), "NoneLeft");
+    }
+
+    #[test]
+    fn a_retry_with_nobody_left_to_try_costs_no_budget() {
+        let t0 = Instant::now();
+        let mut table = with_workers(&["w1", "w2"], t0);
+        table.take_notices();
+        let both = [MemberId::from("w1"), MemberId::from("w2")];
+        for _ in 0..5 {
+            assert!(!table.try_retry(&both, t0));
+        }
+        assert_eq!(table.take_notices(), vec![], "no refusal counted");
+        let tried = [MemberId::from("w1")];
+        assert!(table.try_retry(&tried, t0), "the budget is untouched");
+        assert!(table.try_retry(&tried, t0));
     }
 
     #[test]
@@ -586,5 +651,50 @@ mod tests {
         assert!(!picks.contains(&"w1".to_owned()), "{picks:?}");
         let later = t0 + ms(1000);
         assert!((0..4).any(|_| picked(&mut gateway, &[], false, later) == "w1"));
+    }
+
+    #[test]
+    fn reports_and_directives_are_bounded_whoever_sent_them() {
+        let t0 = Instant::now();
+        let mut lb = with_workers(&["w1", "w2", "w3", "w4"], t0);
+        lb.take_notices();
+        let outcomes = WorkerOutcomes {
+            ok: u64::MAX,
+            failures: u64::MAX,
+            trailing_failures: u64::MAX,
+            latency_micros: 0,
+        };
+        let report = OutcomeReport {
+            gateway: "g".into(),
+            workers: BTreeMap::from([
+                ("w1".to_owned(), outcomes),
+                ("no-such-worker".to_owned(), outcomes),
+            ]),
+        };
+        // A streak of u64::MAX counts as one that ejects, once; a worker
+        // not in rotation is ignored (it would take the ejection cap).
+        lb.merge_report(&report, t0);
+        let notices = lb.take_notices();
+        assert!(
+            matches!(notices.as_slice(), [Notice::EjectedOverReports(e)] if e.worker == "w1"),
+            "{notices:?}"
+        );
+        let directive = lb.directive("lb-1", t0);
+        assert_eq!(directive.ejected.keys().collect::<Vec<_>>(), ["w1"]);
+
+        // A directive to eject for ever ejects for the longest ejection.
+        let mut gateway = with_workers(&["w1", "w2", "w3", "w4"], t0);
+        let forever = Directive {
+            load_balancer: "lb-1".into(),
+            ejected: BTreeMap::from([
+                ("w2".to_owned(), u64::MAX),
+                ("no-such-worker".to_owned(), 1000),
+            ]),
+            weights: BTreeMap::new(),
+        };
+        gateway.apply_directive(forever, t0);
+        let ejected = gateway.directive("g", t0).ejected;
+        assert_eq!(ejected.get("w2"), Some(&5000), "{ejected:?}");
+        assert_eq!(ejected.len(), 1, "{ejected:?}");
     }
 }

@@ -208,7 +208,7 @@ async fn proxy(
                 return Ok(Served {
                     outcome,
                     worker: reply_envelope.worker,
-                    attempts: earlier_attempts + reply_envelope.attempts.unwrap_or(1),
+                    attempts: earlier_attempts.saturating_add(reply_envelope.attempts.unwrap_or(1)),
                     body: reply.payload,
                 });
             }
@@ -218,7 +218,9 @@ async fn proxy(
                     RequestErrorKind::NoResponders => {
                         // No replica subscribed right now (all restarting?):
                         // pause briefly so a retry can find one.
-                        tokio::time::sleep(Duration::from_millis(20).min(slice / 4)).await;
+                        if try_number < max_tries {
+                            tokio::time::sleep(Duration::from_millis(20).min(slice / 4)).await;
+                        }
                         ApiError::NoLoadBalancer
                     }
                     RequestErrorKind::TimedOut => ApiError::DeadlineExceeded,

@@ -47,7 +47,8 @@ pub struct MergedView {
     /// This gateway's own routing view: what it balances by in direct mode
     /// (its picks, ejections, weights).
     pub gateway: ClusterView,
-    /// Every worker any replica routes to, with counts summed over replicas.
+    /// Every worker any load-balancer routes to, with counts summed over
+    /// them; this gateway's own workers when no load-balancer answers.
     pub workers: Vec<WorkerView>,
     /// Each replica's own view.
     pub load_balancers: Vec<ClusterView>,
@@ -308,7 +309,7 @@ fn valid_worker_id(id: String) -> Result<String, ApiError> {
     }
 }
 
-/// A (valid) worker id that some load-balancer routes to.
+/// A (valid) worker id that some load-balancer, or this gateway, routes to.
 async fn known_worker(state: &AppState, id: String) -> Result<String, ApiError> {
     let view = gather(state).await;
     if view.workers.iter().any(|w| w.id == id) {

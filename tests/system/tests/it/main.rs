@@ -70,6 +70,25 @@ pub async fn drive(
     .await
 }
 
+/// Sends calls built by `body`, `concurrency` at a time, until `stop`
+/// completes; the calls in flight then finish. Returns every answer.
+pub async fn drive_until(
+    gateway: &Gateway,
+    concurrency: usize,
+    body: impl Fn(usize) -> Value,
+    stop: impl std::future::Future,
+) -> Vec<(u16, Value)> {
+    futures::stream::iter(0..)
+        .take_until(stop)
+        .map(|i| {
+            let body = body(i);
+            async move { gateway.call(&body).await.expect("the gateway answers") }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
 /// An echo call.
 pub fn echo(i: usize) -> Value {
     json!({ "op": "echo", "message": format!("call {i}") })
