@@ -244,6 +244,9 @@ Money:     $before before, $after after; each account's balance is exactly what 
 REPORT
     if ((${#demo_failures[@]})); then
         awk '$1 ~ /^[0-9]+$/ { print "Transfer " $4 ": last answer " $1 " after " $2 " tries, " $3 " ms" }' "$work/transfers.log"
+        awk -v first="$first" -v killed="$killed_at" -v back="$back_at" '$3 != 200 {
+            printf "Echo call at %.2f s (worker killed at %.2f s, back at %.2f s): status %s\n",
+                ($1 - first) / 1000, (killed - first) / 1000, (back - first) / 1000, $3 }' "$work/traffic.log"
         echo
         printf 'DEMO FAILED: %s\n' "${demo_failures[@]}"
         return 1
