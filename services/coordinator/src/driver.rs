@@ -15,7 +15,9 @@
 //! The client's answer waits for phase two, up to `--phase-two-wait-ms`,
 //! so that a committed transfer can be read back at once; past that wait
 //! it answers with the decision (which is durable: it will be applied) and
-//! `finished: false`, and recovery completes phase two.
+//! `finished: false`, and recovery completes phase two. While the driver
+//! runs, the transfer is in the term's live set ([`crate::live`]), and
+//! recovery leaves it alone: phase two is sent once when nothing fails.
 //!
 //! Each step is a span inside the request's `coordinator.transfer` span:
 //! `2pc.begin`, `2pc.prepare` (with one `2pc.prepare.shard` client span per
@@ -59,6 +61,9 @@ pub async fn transfer(term: &Term, command: TransferCommand) -> CoordinatorReply
         return refuse(400, error.to_body("invalid_field").error);
     }
     let xid = Uuid::now_v7();
+    // Entered before the begin is written and left when this returns (or
+    // is dropped): until then recovery leaves the transfer to us.
+    let _driving = term.live.enter(xid);
     let request = tracing::Span::current();
     request.record("xid", tracing::field::display(xid));
     let traceparent = faultline_bus::trace_context::traceparent(&request);

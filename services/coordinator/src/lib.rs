@@ -36,6 +36,7 @@
 
 pub mod driver;
 pub mod lease;
+pub mod live;
 pub mod log;
 pub mod metrics;
 pub mod participants;
@@ -52,13 +53,12 @@ use faultline_bus::serve::{Handler, Reply, Request, ServerSpan};
 use faultline_protocol::bank::{CoordinatorReply, StatusQuery, TransferCommand};
 use faultline_protocol::error::ErrorDetail;
 use faultline_protocol::subjects;
-use faultline_transactions::coordinator::Logged;
 use serde::Deserialize;
 use tokio::task::JoinSet;
 use tracing::field::Empty;
 
 use crate::lease::Lease;
-use crate::log::{DecisionLog, Entry};
+use crate::log::DecisionLog;
 pub use crate::metrics::Metrics;
 use crate::participants::ShardClient;
 
@@ -137,6 +137,9 @@ pub struct Term {
     pub prepare_window: Duration,
     /// How long a client's answer waits for phase two.
     pub phase_two_wait: Duration,
+    /// The transfers this term's drivers are running: recovery leaves
+    /// them to their drivers.
+    pub live: Arc<live::LiveTransfers>,
     /// Counters.
     pub metrics: Arc<Metrics>,
 }
@@ -148,19 +151,6 @@ impl Term {
         let result = step.await;
         self.metrics.phase(phase, started.elapsed());
         result
-    }
-
-    /// How recovery and status queries must treat a log entry: undecided
-    /// work of an earlier term is abandoned at once; this term's own only
-    /// after the prepare window and a margin for its decision to be
-    /// written.
-    pub fn judge(&self, entry: &Entry) -> Logged {
-        let margin = Duration::from_secs(2);
-        Logged {
-            state: entry.record.state,
-            past_prepare_window: entry.begun_by_token < self.token
-                || entry.age > self.prepare_window + margin,
-        }
     }
 }
 
@@ -261,6 +251,7 @@ async fn lead_when_possible(
             shard_count: settings.shards,
             prepare_window: Duration::from_millis(settings.prepare_window_ms),
             phase_two_wait: Duration::from_millis(settings.phase_two_wait_ms),
+            live: Arc::new(live::LiveTransfers::new(metrics.live_transfers.clone())),
             metrics: metrics.clone(),
         });
         tracing::info!(token, "Coordinator active: took the lease.");
@@ -441,7 +432,7 @@ async fn respond(term: &Term, message: &Request) -> Option<Vec<u8>> {
             serde_json::to_vec(&reply)
         }
         _ => {
-            let reply = match term.log.unfinished(None, 1000).await {
+            let reply = match term.log.unfinished(None, &[], 1000).await {
                 Ok(entries) => {
                     CoordinatorReply::Transfers(entries.into_iter().map(|e| e.record).collect())
                 }

@@ -211,15 +211,20 @@ impl DecisionLog {
         row.map(|row| entry(&row)).transpose().map_err(Into::into)
     }
 
-    /// Unfinished transfers with ids after `after` (all, for `None`),
-    /// oldest first: ids are UUIDv7, ordered by time.
+    /// Unfinished transfers with ids after `after` (all, for `None`), but
+    /// for those in `running`, oldest first: ids are UUIDv7, ordered by
+    /// time. Recovery passes the transfers its term is still driving, so
+    /// that a steady-state sweep reads nothing; the in-doubt list passes
+    /// none.
     pub async fn unfinished(
         &self,
         after: Option<Uuid>,
+        running: &[Uuid],
         limit: i64,
     ) -> Result<Vec<Entry>, LogError> {
         let rows = sqlx::query(SELECT_UNFINISHED)
             .bind(after.unwrap_or(Uuid::nil()))
+            .bind(running)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
@@ -237,8 +242,6 @@ pub struct Entry {
     pub record: TransferRecord,
     /// Time since it was begun.
     pub age: Duration,
-    /// The token of the term that began it.
-    pub begun_by_token: u64,
     /// The trace it began in.
     pub traceparent: Option<String>,
 }
@@ -249,13 +252,14 @@ const SELECT_BY_KEYS: &str = "SELECT id, idempotency_key, from_account, to_accou
      state, reason, finished_at IS NOT NULL AS finished FROM transfers \
      WHERE idempotency_key = ANY($1)";
 const SELECT_ENTRY_BY_ID: &str = "SELECT id, idempotency_key, from_account, to_account, amount, \
-     state, reason, finished_at IS NOT NULL AS finished, begun_by_token, traceparent, \
+     state, reason, finished_at IS NOT NULL AS finished, traceparent, \
      extract(epoch FROM clock_timestamp() - created_at)::float8 AS age \
      FROM transfers WHERE id = $1";
 const SELECT_UNFINISHED: &str = "SELECT id, idempotency_key, from_account, to_account, amount, \
-     state, reason, finished_at IS NOT NULL AS finished, begun_by_token, traceparent, \
+     state, reason, finished_at IS NOT NULL AS finished, traceparent, \
      extract(epoch FROM clock_timestamp() - created_at)::float8 AS age \
-     FROM transfers WHERE finished_at IS NULL AND id > $1 ORDER BY id LIMIT $2";
+     FROM transfers WHERE finished_at IS NULL AND id > $1 AND NOT (id = ANY($2)) \
+     ORDER BY id LIMIT $3";
 
 fn record(row: &sqlx::postgres::PgRow) -> Result<TransferRecord, sqlx::Error> {
     let state: String = row.try_get("state")?;
@@ -275,11 +279,9 @@ fn record(row: &sqlx::postgres::PgRow) -> Result<TransferRecord, sqlx::Error> {
 
 fn entry(row: &sqlx::postgres::PgRow) -> Result<Entry, sqlx::Error> {
     let age: f64 = row.try_get("age")?;
-    let token: i64 = row.try_get("begun_by_token")?;
     Ok(Entry {
         record: record(row)?,
         age: Duration::from_secs_f64(age.max(0.0)),
-        begun_by_token: u64::try_from(token).unwrap_or(0),
         traceparent: row.try_get("traceparent")?,
     })
 }

@@ -94,6 +94,8 @@ pub struct Metrics {
     phases: Family<PhaseLabel, Histogram>,
     unfinished: Family<StateLabel, Gauge>,
     oldest_unfinished: Gauge<f64, AtomicU64>,
+    /// Transfers this term's drivers are running now.
+    pub live_transfers: Gauge,
 }
 
 impl Metrics {
@@ -111,6 +113,7 @@ impl Metrics {
             }),
             unfinished: Family::default(),
             oldest_unfinished: Gauge::default(),
+            live_transfers: Gauge::default(),
         };
         registry.register("transfers_begun", "Transfers begun", metrics.begun.clone());
         registry.register(
@@ -140,13 +143,19 @@ impl Metrics {
         );
         registry.register(
             "unfinished_transfers",
-            "Transfers not finished at the last recovery sweep (in doubt), by state",
+            "Unfinished transfers whose driver is gone, at the last recovery sweep \
+             (in doubt: recovery's work), by state",
             metrics.unfinished.clone(),
         );
         registry.register(
             "oldest_unfinished_age_seconds",
-            "Age of the oldest transfer not finished at the last recovery sweep",
+            "Age of the oldest unfinished transfer whose driver is gone, at the last recovery sweep",
             metrics.oldest_unfinished.clone(),
+        );
+        registry.register(
+            "live_transfers",
+            "Transfers this coordinator's drivers are running now (recovery leaves them alone)",
+            metrics.live_transfers.clone(),
         );
         // Every series exists from the start at 0, so dashboards and
         // `rate()` see one before the first commit or recovery.

@@ -1,16 +1,20 @@
-//! Recovery: driving every unfinished transfer to its end, and answering
-//! participants that hold a prepared branch and heard nothing.
+//! Recovery: driving every unfinished transfer whose driver is gone to its
+//! end, and answering participants that hold a prepared branch and heard
+//! nothing.
 //!
 //! The sweep runs when a term begins and then every `--recovery-interval-ms`.
-//! For each unfinished record it applies
+//! It reads only the unfinished transfers nobody drives: the transfers
+//! this term's drivers are running ([`crate::live`]) are left out in SQL,
+//! so a sweep in steady state reads nothing and sends nothing. To each
+//! record it does read it applies
 //! [`faultline_transactions::coordinator::recover`]: a decided transfer has
 //! its decision sent again until every shard acknowledges; an undecided one
-//! is aborted once it is *abandoned*. A transfer is abandoned when an
-//! earlier term began it (its driver was deposed or died: nobody will ever
-//! collect its votes), or when it has been preparing for longer than the
-//! prepare window plus a margin. Either way the abort is a compare-and-set,
-//! so a driver that was merely slow and decides commit first wins, and the
-//! sweep then sends commit.
+//! is aborted. Its driver is gone: an earlier term began it (that driver
+//! was deposed or died), or this term's driver returned without finishing
+//! (phase two outlasted the client's wait) or was dropped. The abort is a
+//! compare-and-set, so a decision written first wins, and the sweep then
+//! sends that decision. No time window is involved: a transfer's age
+//! decides nothing.
 //!
 //! A participant's question is answered from the log by
 //! [`faultline_transactions::coordinator::answer`]; presumed abort makes "no
@@ -26,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use faultline_protocol::bank::{StatusAnswer, TransferState};
-use faultline_transactions::coordinator::{self, Recovery, StatusAction};
+use faultline_transactions::coordinator::{self, Logged, Recovery, StatusAction};
 use futures::StreamExt as _;
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -35,7 +39,7 @@ use uuid::Uuid;
 
 use crate::Term;
 use crate::driver::phase_two;
-use crate::log::{Entry, Logged};
+use crate::log::{self, Entry};
 use crate::metrics::InDoubt;
 
 /// Sweeps now and then every `interval`, for the whole term.
@@ -52,19 +56,26 @@ pub async fn run(term: Arc<Term>, interval: Duration) {
 
 /// One pass over every unfinished transfer, a page at a time; returns how
 /// many it acted on.
-pub async fn sweep(term: &Term) -> Result<usize, crate::log::LogError> {
+pub async fn sweep(term: &Term) -> Result<usize, log::LogError> {
     const PAGE: i64 = 500;
+    let live = term.live.sweep();
     let mut after = None;
     let mut acted = 0;
     let mut seen = InDoubt::default();
     loop {
-        let entries = term.log.unfinished(after, PAGE).await?;
+        let entries = term.log.unfinished(after, &live.running, PAGE).await?;
         let full = entries.len() == usize::try_from(PAGE).unwrap_or(usize::MAX);
         after = entries.last().map(|entry| entry.record.id);
-        for entry in &entries {
+        // A driver that began after the snapshot, or finished while the
+        // query read, is not gone (crate::live says why).
+        let orphans: Vec<Entry> = entries
+            .into_iter()
+            .filter(|entry| live.driver_gone(entry.record.id))
+            .collect();
+        for entry in &orphans {
             seen.add(entry.record.state, entry.age);
         }
-        acted += futures::stream::iter(entries)
+        acted += futures::stream::iter(orphans)
             .map(|entry| recover_one(term, entry))
             .buffer_unordered(64)
             .filter(|acted| std::future::ready(*acted))
@@ -77,19 +88,22 @@ pub async fn sweep(term: &Term) -> Result<usize, crate::log::LogError> {
     }
 }
 
+/// Recovers one transfer whose driver is gone.
 async fn recover_one(term: &Term, entry: Entry) -> bool {
-    let action = coordinator::recover(term.judge(&entry));
-    if action == Recovery::Wait {
-        return false;
-    }
+    let action = coordinator::recover(Logged {
+        state: entry.record.state,
+        driver_gone: true,
+    });
+    let action_name = match action {
+        Recovery::Wait => return false,
+        Recovery::AbortAbandoned => "abort_abandoned",
+        Recovery::Resend(_) => "resend_decision",
+    };
     let span = tracing::info_span!(
         parent: None,
         "2pc.recover",
         xid = %entry.record.id,
-        action = match action {
-            Recovery::AbortAbandoned => "abort_abandoned",
-            _ => "resend_decision",
-        },
+        action = action_name,
         age_ms = u64::try_from(entry.age.as_millis()).unwrap_or(u64::MAX),
         state = Empty,
         token = term.token,
@@ -130,7 +144,7 @@ async fn abort_abandoned(
         )
         .await;
     match written {
-        Ok(Logged::Decided(record)) => {
+        Ok(log::Logged::Decided(record)) => {
             tracing::info!(%xid, state = ?record.state, "Settled an abandoned transfer.");
             Some(record)
         }
@@ -155,7 +169,13 @@ pub async fn status(term: &Term, xid: Uuid) -> Option<StatusAnswer> {
             return None;
         }
     };
-    let logged = entry.as_ref().map(|entry| term.judge(entry));
+    // Read after the record: a driver running now entered before its
+    // begin was written, so "not running" means gone (or finished since the
+    // read, in which case the abort's compare-and-set finds its decision).
+    let logged = entry.as_ref().map(|entry| Logged {
+        state: entry.record.state,
+        driver_gone: !term.live.is_running(entry.record.id),
+    });
     match coordinator::answer(logged, term.token) {
         StatusAction::Answer(answer) => Some(answer),
         StatusAction::AbortAbandonedThenAnswer => {

@@ -17,12 +17,17 @@
 //!   need not be forced to disk before it is sent: if it is lost in a crash
 //!   the record is back to `preparing` (or absent), which also means abort.
 //!   Only commit decisions must be durable before phase two.
-//! - **No decision by age alone for a live driver.** A `preparing` record
-//!   younger than the prepare window belongs to a driver that may still be
-//!   collecting votes: a participant asking about it is told to ask later.
-//!   Past the window the transfer is abandoned and recovery aborts it (by
-//!   the same compare-and-set, so a driver that was merely slow loses
-//!   cleanly).
+//! - **Recovery acts only where the driver is gone.** A transfer whose
+//!   driver is still running (this term began it and the driver has not
+//!   returned) is left to that driver, whatever its age: a participant
+//!   asking about it is told to ask later, and a sweep neither aborts it
+//!   nor sends its decision a second time. Once the driver is gone (an
+//!   earlier term began the transfer, or this term's driver returned or
+//!   was dropped before finishing) recovery takes over: it aborts an
+//!   undecided transfer (by the same compare-and-set, so a driver that
+//!   decided first wins) and sends a decided one's decision again. No
+//!   clock is read: a driver's own prepare window bounds how long it
+//!   collects votes.
 
 use faultline_protocol::bank::{AbortReason, StatusAnswer, TransferState};
 
@@ -91,14 +96,15 @@ pub fn may_decide(logged: TransferState) -> bool {
     logged == TransferState::Preparing
 }
 
-/// What the log says about one transaction, as a participant's question
-/// needs it.
+/// What the log says about one transaction, and whether anyone is still
+/// driving it: what a participant's question and recovery need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Logged {
     /// Its state.
     pub state: TransferState,
-    /// Whether it is older than the prepare window.
-    pub past_prepare_window: bool,
+    /// Whether its driver is gone: an earlier term began it, or this
+    /// term's driver returned (or was dropped) without finishing it.
+    pub driver_gone: bool,
 }
 
 /// What to do about a participant's status query.
@@ -120,9 +126,7 @@ pub fn answer(logged: Option<Logged>, token: u64) -> StatusAction {
     match logged.state {
         TransferState::Committed => StatusAction::Answer(StatusAnswer::Commit { token }),
         TransferState::Aborted => StatusAction::Answer(StatusAnswer::Abort { token }),
-        TransferState::Preparing if logged.past_prepare_window => {
-            StatusAction::AbortAbandonedThenAnswer
-        }
+        TransferState::Preparing if logged.driver_gone => StatusAction::AbortAbandonedThenAnswer,
         TransferState::Preparing => StatusAction::Answer(StatusAnswer::Pending),
     }
 }
@@ -130,20 +134,23 @@ pub fn answer(logged: Option<Logged>, token: u64) -> StatusAction {
 /// What recovery does with an unfinished transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recovery {
-    /// Leave it: its driver may still be collecting votes.
+    /// Leave it: its driver is still running and will finish it.
     Wait,
-    /// Its driver is gone or too slow: abort it (compare-and-set), then
+    /// Undecided and its driver is gone: abort it (compare-and-set), then
     /// send abort to every shard.
     AbortAbandoned,
-    /// Decided but not acknowledged everywhere: send the decision again.
+    /// Decided, not acknowledged everywhere, and its driver is gone: send
+    /// the decision again.
     Resend(TransferState),
 }
 
 /// Recovery's choice for one unfinished record.
 pub fn recover(logged: Logged) -> Recovery {
+    if !logged.driver_gone {
+        return Recovery::Wait;
+    }
     match logged.state {
-        TransferState::Preparing if logged.past_prepare_window => Recovery::AbortAbandoned,
-        TransferState::Preparing => Recovery::Wait,
+        TransferState::Preparing => Recovery::AbortAbandoned,
         decided => Recovery::Resend(decided),
     }
 }
@@ -206,34 +213,59 @@ mod tests {
     }
 
     #[test]
-    fn a_young_preparing_transfer_is_not_aborted_by_a_question() {
-        let young = Logged {
+    fn a_running_driver_is_left_alone_whatever_the_state() {
+        for state in [
+            TransferState::Preparing,
+            TransferState::Committed,
+            TransferState::Aborted,
+        ] {
+            let running = Logged {
+                state,
+                driver_gone: false,
+            };
+            assert_eq!(recover(running), Recovery::Wait, "{state:?}");
+        }
+        let preparing = Logged {
             state: TransferState::Preparing,
-            past_prepare_window: false,
+            driver_gone: false,
         };
         assert_eq!(
-            answer(Some(young), 1),
+            answer(Some(preparing), 1),
             StatusAction::Answer(StatusAnswer::Pending)
         );
-        assert_eq!(recover(young), Recovery::Wait);
-        let old = Logged {
-            past_prepare_window: true,
-            ..young
-        };
-        assert_eq!(answer(Some(old), 1), StatusAction::AbortAbandonedThenAnswer);
-        assert_eq!(recover(old), Recovery::AbortAbandoned);
     }
 
     #[test]
-    fn decided_transfers_are_resent_whatever_their_age() {
-        for past_prepare_window in [false, true] {
-            for state in [TransferState::Committed, TransferState::Aborted] {
-                let logged = Logged {
-                    state,
-                    past_prepare_window,
-                };
-                assert_eq!(recover(logged), Recovery::Resend(state));
-            }
+    fn once_the_driver_is_gone_recovery_takes_over() {
+        let preparing = Logged {
+            state: TransferState::Preparing,
+            driver_gone: true,
+        };
+        assert_eq!(
+            answer(Some(preparing), 1),
+            StatusAction::AbortAbandonedThenAnswer
+        );
+        assert_eq!(recover(preparing), Recovery::AbortAbandoned);
+        for state in [TransferState::Committed, TransferState::Aborted] {
+            let decided = Logged {
+                state,
+                driver_gone: true,
+            };
+            assert_eq!(recover(decided), Recovery::Resend(state));
+        }
+    }
+
+    #[test]
+    fn a_decision_is_answered_whoever_drives_it() {
+        for driver_gone in [false, true] {
+            let committed = Logged {
+                state: TransferState::Committed,
+                driver_gone,
+            };
+            assert_eq!(
+                answer(Some(committed), 3),
+                StatusAction::Answer(StatusAnswer::Commit { token: 3 })
+            );
         }
     }
 }

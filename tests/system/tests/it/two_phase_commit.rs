@@ -100,6 +100,94 @@ async fn a_transfer_moves_money_once_however_often_it_is_sent() {
     .expect("phase two completes");
 }
 
+/// Recovery acts only where the driver is gone. With a sweep every 10 ms,
+/// many sweeps run while transfers are in phase two; none of them may send
+/// a decision again, so phase two runs once per transfer and every shard
+/// acknowledges each decision exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_leaves_transfers_alone_while_their_driver_runs() {
+    let bank = BankSpec {
+        shards: SHARDS,
+        ..BankSpec::default()
+    };
+    // The default arguments with the sweep every 10 ms instead.
+    let mut coordinator_args = bank.coordinator_args.clone();
+    let interval = coordinator_args
+        .iter()
+        .position(|arg| arg == "--recovery-interval-ms")
+        .expect("the bank sets a recovery interval")
+        + 1;
+    coordinator_args[interval] = "10".into();
+    let cluster = Cluster::start(ClusterSpec {
+        worker_weights: vec![1, 1, 1],
+        load_balancers: 0,
+        monitors: 1,
+        bank: Some(BankSpec {
+            coordinator_args,
+            ..bank
+        }),
+        ..ClusterSpec::default()
+    })
+    .await
+    .expect("the bank cluster starts");
+    let shard = |id: &str| faultline_transactions::sharding::shard_of(id, SHARDS);
+    let from = "sweep-from";
+    let to = (0..)
+        .map(|i| format!("sweep-to-{i}"))
+        .find(|to| shard(to) != shard(from))
+        .expect("an account on another shard");
+    let to = to.as_str();
+    open_account(&cluster, from, 1000).await;
+    open_account(&cluster, to, 0).await;
+    let before = crate::observability::scrape_all(&cluster).await;
+
+    const TRANSFERS: usize = 40;
+    let answers: Vec<(u16, Value)> = futures::stream::iter(0..TRANSFERS)
+        .map(|i| {
+            let cluster = &cluster;
+            async move {
+                transfer(
+                    cluster,
+                    &format!("sweep-{i}"),
+                    &json!({"from": from, "to": to, "amount": 1}),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["state"], "committed", "{body}");
+        // Answered within the phase-two wait: the driver itself finished.
+        assert_eq!(body["finished"], true, "{body}");
+    }
+    let after = crate::observability::scrape_all(&cluster).await;
+    let moved = |family: &str, labels: &[(&str, &str)]| {
+        crate::observability::total(&after, family, labels)
+            - crate::observability::total(&before, family, labels)
+    };
+    let transfers = TRANSFERS as f64;
+    assert_eq!(
+        moved(
+            "faultline_coordinator_phase_duration_seconds",
+            &[("phase", "phase_two")]
+        ),
+        transfers
+    );
+    assert_eq!(moved("faultline_coordinator_transfers_recovered", &[]), 0.0);
+    assert_eq!(
+        moved(
+            "faultline_worker_shard_requests",
+            &[("request", "commit"), ("reply", "acknowledged")]
+        ),
+        2.0 * transfers,
+        "each of the two shards acknowledged each decision once"
+    );
+    assert_eq!(balance(&cluster, to).await, (TRANSFERS as i64, 0));
+}
+
 #[tokio::test]
 async fn bad_transfers_are_refused_and_change_nothing() {
     let cluster = bank_cluster().await;

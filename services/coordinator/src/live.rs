@@ -1,0 +1,202 @@
+//! The transfers this term's drivers are running: how recovery knows that a
+//! driver is gone without waiting out a time window.
+//!
+//! A driver enters its transfer here *before* the begin record is written
+//! and leaves (its [`Driving`] guard drops) only once it has returned, after
+//! the "finished" mark if it got that far. So any unfinished record a
+//! reader finds was either entered before the read, and is still running or
+//! has left since, or belongs to a driver that is gone.
+//!
+//! A recovery sweep reads in two steps, and each step closes one race:
+//!
+//! 1. [`LiveTransfers::sweep`] takes the running set, which the log query
+//!    leaves out in SQL, so that a steady-state sweep reads nothing.
+//! 2. For each record the query still returns, [`Sweep::driver_gone`]
+//!    checks again in memory. A transfer entered after the snapshot (its
+//!    begin committed before the query) is running now; one that left
+//!    after the snapshot, having written its "finished" mark after the
+//!    query read the record, is remembered by the open sweep. Either way
+//!    it is not the sweep's to resend. Without that second step a transfer
+//!    finishing during the sweep would see its decision sent twice.
+//!
+//! Leavers are remembered only while a sweep is open, so the memory is
+//! bounded by the transfers that finish during one sweep.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use prometheus_client::metrics::gauge::Gauge;
+use uuid::Uuid;
+
+/// The running set, shared by the term's drivers and its recovery sweep.
+#[derive(Debug, Default)]
+pub struct LiveTransfers {
+    inner: Mutex<Inner>,
+    /// How many are running: the `live_transfers` gauge.
+    gauge: Gauge,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    running: HashSet<Uuid>,
+    /// Transfers that left while a sweep was open (`None`: no sweep).
+    left_during_sweep: Option<HashSet<Uuid>>,
+}
+
+impl LiveTransfers {
+    /// An empty set that reports its size on `gauge`.
+    pub fn new(gauge: Gauge) -> Self {
+        gauge.set(0);
+        LiveTransfers {
+            inner: Mutex::default(),
+            gauge,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The set stays consistent whatever panicked while holding it: each
+        // operation is a single insert or remove.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks `xid` as driven until the guard drops. Call it before the
+    /// begin record is written.
+    pub fn enter(self: &Arc<Self>, xid: Uuid) -> Driving {
+        let mut inner = self.lock();
+        inner.running.insert(xid);
+        self.report(&inner);
+        drop(inner);
+        Driving {
+            live: Arc::clone(self),
+            xid,
+        }
+    }
+
+    /// Whether a driver of this term is running `xid` now.
+    pub fn is_running(&self, xid: Uuid) -> bool {
+        self.lock().running.contains(&xid)
+    }
+
+    /// Opens a sweep: the running set now, and a record of every transfer
+    /// that leaves until the sweep drops. One sweep at a time.
+    pub fn sweep(self: &Arc<Self>) -> Sweep {
+        let mut inner = self.lock();
+        inner.left_during_sweep = Some(HashSet::new());
+        Sweep {
+            running: inner.running.iter().copied().collect(),
+            live: Arc::clone(self),
+        }
+    }
+
+    fn leave(&self, xid: Uuid) {
+        let mut inner = self.lock();
+        inner.running.remove(&xid);
+        if let Some(left) = &mut inner.left_during_sweep {
+            left.insert(xid);
+        }
+        self.report(&inner);
+    }
+
+    /// Sets the gauge from the set itself (not by increments), so that it
+    /// cannot drift.
+    fn report(&self, inner: &Inner) {
+        self.gauge
+            .set(i64::try_from(inner.running.len()).unwrap_or(i64::MAX));
+    }
+}
+
+/// One driver's claim on its transfer; dropping it (the driver returned,
+/// or its task was dropped) hands the transfer to recovery if it is not
+/// finished.
+#[derive(Debug)]
+pub struct Driving {
+    live: Arc<LiveTransfers>,
+    xid: Uuid,
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        self.live.leave(self.xid);
+    }
+}
+
+/// An open recovery sweep.
+#[derive(Debug)]
+pub struct Sweep {
+    /// The transfers running when the sweep opened: the log query leaves
+    /// them out.
+    pub running: Vec<Uuid>,
+    live: Arc<LiveTransfers>,
+}
+
+impl Sweep {
+    /// Whether the driver of `xid`, a transfer this term began, is gone:
+    /// not running now, and did not leave while this sweep was open.
+    pub fn driver_gone(&self, xid: Uuid) -> bool {
+        let inner = self.live.lock();
+        !inner.running.contains(&xid)
+            && !inner
+                .left_during_sweep
+                .as_ref()
+                .is_some_and(|left| left.contains(&xid))
+    }
+}
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        self.live.lock().left_during_sweep = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live() -> Arc<LiveTransfers> {
+        Arc::new(LiveTransfers::new(Gauge::default()))
+    }
+
+    #[test]
+    fn a_driver_is_running_until_its_guard_drops() {
+        let live = live();
+        let xid = Uuid::now_v7();
+        let driving = live.enter(xid);
+        assert!(live.is_running(xid));
+        assert_eq!(live.gauge.get(), 1);
+        drop(driving);
+        assert!(!live.is_running(xid));
+        assert_eq!(live.gauge.get(), 0);
+    }
+
+    #[test]
+    fn a_sweep_leaves_out_what_runs_and_what_finished_while_it_read() {
+        let live = live();
+        let before = Uuid::now_v7();
+        let finishing = live.enter(before);
+        let sweep = live.sweep();
+        assert_eq!(sweep.running, vec![before]);
+        // Began after the snapshot (its record is visible to the query).
+        let after = Uuid::now_v7();
+        let _running = live.enter(after);
+        assert!(!sweep.driver_gone(after));
+        // Finished after the snapshot: the query may have read it
+        // unfinished, but it is not the sweep's to resend.
+        drop(finishing);
+        assert!(!sweep.driver_gone(before));
+        // Nobody ever drove this one in this term.
+        assert!(sweep.driver_gone(Uuid::now_v7()));
+    }
+
+    #[test]
+    fn leavers_are_forgotten_when_the_sweep_closes() {
+        let live = live();
+        let xid = Uuid::now_v7();
+        let driving = live.enter(xid);
+        drop(live.sweep());
+        drop(driving);
+        // No sweep open: nothing is remembered, and the next sweep sees a
+        // driver that is gone.
+        assert!(live.lock().left_during_sweep.is_none());
+        assert!(live.sweep().driver_gone(xid));
+    }
+}
