@@ -11,6 +11,15 @@
 //! batch, so batches grow by themselves under load and stay at one request
 //! when idle: no timer adds latency.
 //!
+//! Each writer holds one connection for as long as it works, so a batch
+//! costs no pool round trips: no acquire (with its "is it alive?" ping)
+//! and no release (with another). A batch is `BEGIN` (folded into one
+//! round trip with `SET LOCAL synchronous_commit = off` where that
+//! applies), the writer's statements, and `COMMIT`. A batch that fails
+//! closes its writer's connection instead of testing it: a restart of
+//! PostgreSQL leaves it dead, and the next batch connects afresh, so the
+//! writers recover by themselves with no ping on the way.
+//!
 //! The answer comes after the commit returns, so a caller that is told
 //! "done" can rely on it surviving a crash: a participant votes yes only
 //! after its prepare is durable.
@@ -32,7 +41,8 @@ use std::sync::Arc;
 
 use futures::FutureExt as _;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 /// Writes a batch of requests inside one open transaction.
@@ -131,6 +141,7 @@ async fn write_loop<W: BatchWrite>(
     options: Options,
 ) {
     let mut jobs: Vec<Job<W>> = Vec::with_capacity(options.max_batch);
+    let mut connection: Option<PoolConnection<Postgres>> = None;
     loop {
         {
             // Only the collecting writer holds the lock; the others are
@@ -150,6 +161,7 @@ async fn write_loop<W: BatchWrite>(
         let (requests, replies): (Vec<_>, Vec<_>) = jobs.drain(..).unzip();
         let written = AssertUnwindSafe(write_batch(
             &pool,
+            &mut connection,
             writer.as_ref(),
             &requests,
             options.synchronous,
@@ -177,19 +189,43 @@ async fn write_loop<W: BatchWrite>(
     }
 }
 
+/// Writes one batch on the writer's connection, connecting first if it
+/// has none; a failed batch closes the connection.
 async fn write_batch<W: BatchWrite>(
     pool: &PgPool,
+    held: &mut Option<PoolConnection<Postgres>>,
     writer: &W,
     requests: &[W::Request],
     synchronous: bool,
 ) -> Result<Vec<W::Response>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    if !synchronous {
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
+    let connection = match held {
+        Some(connection) => connection,
+        None => held.insert(pool.acquire().await?),
+    };
+    let written = write_in_transaction(connection, writer, requests, synchronous).await;
+    if written.is_err()
+        && let Some(mut connection) = held.take()
+    {
+        // Dead (PostgreSQL restarted) or left inside a failed transaction:
+        // either way closing it is right, and it ends the transaction.
+        connection.close_on_drop();
     }
-    let responses = writer.write(&mut tx, requests).await?;
+    written
+}
+
+async fn write_in_transaction<W: BatchWrite>(
+    connection: &mut PgConnection,
+    writer: &W,
+    requests: &[W::Request],
+    synchronous: bool,
+) -> Result<Vec<W::Response>, sqlx::Error> {
+    let begin = if synchronous {
+        "BEGIN"
+    } else {
+        "BEGIN; SET LOCAL synchronous_commit = off"
+    };
+    sqlx::raw_sql(begin).execute(&mut *connection).await?;
+    let responses = writer.write(connection, requests).await?;
     if responses.len() != requests.len() {
         return Err(sqlx::Error::Protocol(format!(
             "a batch writer answered {} of {} requests",
@@ -197,6 +233,6 @@ async fn write_batch<W: BatchWrite>(
             requests.len()
         )));
     }
-    tx.commit().await?;
+    sqlx::raw_sql("COMMIT").execute(&mut *connection).await?;
     Ok(responses)
 }

@@ -87,6 +87,12 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StorageE
 async fn try_connect(options: PgConnectOptions, max: u32) -> Result<PgPool, StorageError> {
     let pool = PgPoolOptions::new()
         .max_connections(max)
+        // No "is it alive?" round trip before every use. A connection a
+        // PostgreSQL restart left dead fails its next query and is dropped
+        // on release (sqlx tests every connection it gets back); the
+        // group-commit writers, which hold theirs, close it on the first
+        // failed batch.
+        .test_before_acquire(false)
         // A request waits this long for a connection before failing (and
         // being retried by its caller), instead of queueing without bound.
         .acquire_timeout(Duration::from_secs(2))
