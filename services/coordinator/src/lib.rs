@@ -82,7 +82,8 @@ pub struct Settings {
     #[arg(long, env = "PREPARE_WINDOW_MS", default_value_t = 3000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub prepare_window_ms: u64,
-    /// How long the client's answer waits for phase two to finish.
+    /// How long the client's answer waits for phase two to finish; 0 sends
+    /// each shard the decision once, without retrying (recovery retries).
     #[arg(long, env = "PHASE_TWO_WAIT_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub phase_two_wait_ms: u64,

@@ -115,7 +115,11 @@ impl ShardClient {
     }
 
     /// Sends `request` until a definite reply or the deadline, with the
-    /// current span's trace context; records the attempts it took.
+    /// current span's trace context; records the attempts it took. The
+    /// first attempt is made even if the deadline has passed (and then
+    /// gets the whole attempt timeout): a decision is always sent at least
+    /// once, so `--phase-two-wait-ms 0` means "do not retry", not "do not
+    /// send".
     async fn until_answered(
         &self,
         shard: u32,
@@ -128,12 +132,14 @@ impl ShardClient {
         let mut attempt = 0u32;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
+            let limit = match (left.is_zero(), attempt) {
+                (false, _) => self.attempt_timeout.min(left),
+                (true, 0) => self.attempt_timeout,
+                (true, _) => return None,
+            };
             tracing::Span::current().record("attempts", attempt + 1);
             let answer = tokio::time::timeout(
-                self.attempt_timeout.min(left),
+                limit,
                 self.client
                     .request_with_headers(subject.clone(), headers.clone(), body.clone()),
             )

@@ -30,18 +30,47 @@ use tokio::sync::watch;
 const SHARDS: u32 = 8;
 
 async fn bank_cluster() -> Cluster {
+    start_bank(BankSpec::default().coordinator_args).await
+}
+
+/// The bank cluster with one coordinator flag set (replacing the default
+/// arguments' value if they have the flag).
+async fn bank_cluster_with_coordinator_flag(flag: &str, value: &str) -> Cluster {
+    let mut coordinator_args = BankSpec::default().coordinator_args;
+    match coordinator_args.iter().position(|arg| arg == flag) {
+        Some(at) => coordinator_args[at + 1] = value.into(),
+        None => coordinator_args.extend([flag.into(), value.into()]),
+    }
+    start_bank(coordinator_args).await
+}
+
+async fn start_bank(coordinator_args: Vec<String>) -> Cluster {
     Cluster::start(ClusterSpec {
         worker_weights: vec![1, 1, 1],
         load_balancers: 0,
         monitors: 1,
         bank: Some(BankSpec {
             shards: SHARDS,
+            coordinator_args,
             ..BankSpec::default()
         }),
         ..ClusterSpec::default()
     })
     .await
     .expect("the bank cluster starts")
+}
+
+/// Two accounts on different shards, opened with `balance` and 0.
+async fn accounts_on_two_shards(cluster: &Cluster, prefix: &str, balance: i64) -> (String, String) {
+    let shard = |id: &str| faultline_transactions::sharding::shard_of(id, SHARDS);
+    let from = format!("{prefix}-from");
+    let to = (0..)
+        .map(|i| format!("{prefix}-to-{i}"))
+        .find(|to| shard(to) != shard(&from))
+        .expect("an account on another shard");
+    open_account(cluster, &from, balance).await;
+    open_account(cluster, &to, 0).await;
+    (from, to)
 }
 
 async fn balance(cluster: &Cluster, id: &str) -> (i64, i64) {
@@ -107,39 +136,9 @@ async fn a_transfer_moves_money_once_however_often_it_is_sent() {
 /// acknowledges each decision exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_leaves_transfers_alone_while_their_driver_runs() {
-    let bank = BankSpec {
-        shards: SHARDS,
-        ..BankSpec::default()
-    };
-    // The default arguments with the sweep every 10 ms instead.
-    let mut coordinator_args = bank.coordinator_args.clone();
-    let interval = coordinator_args
-        .iter()
-        .position(|arg| arg == "--recovery-interval-ms")
-        .expect("the bank sets a recovery interval")
-        + 1;
-    coordinator_args[interval] = "10".into();
-    let cluster = Cluster::start(ClusterSpec {
-        worker_weights: vec![1, 1, 1],
-        load_balancers: 0,
-        monitors: 1,
-        bank: Some(BankSpec {
-            coordinator_args,
-            ..bank
-        }),
-        ..ClusterSpec::default()
-    })
-    .await
-    .expect("the bank cluster starts");
-    let shard = |id: &str| faultline_transactions::sharding::shard_of(id, SHARDS);
-    let from = "sweep-from";
-    let to = (0..)
-        .map(|i| format!("sweep-to-{i}"))
-        .find(|to| shard(to) != shard(from))
-        .expect("an account on another shard");
-    let to = to.as_str();
-    open_account(&cluster, from, 1000).await;
-    open_account(&cluster, to, 0).await;
+    let cluster = bank_cluster_with_coordinator_flag("--recovery-interval-ms", "10").await;
+    let (from, to) = accounts_on_two_shards(&cluster, "sweep", 1000).await;
+    let (from, to) = (from.as_str(), to.as_str());
     let before = crate::observability::scrape_all(&cluster).await;
 
     const TRANSFERS: usize = 40;
@@ -187,6 +186,38 @@ async fn recovery_leaves_transfers_alone_while_their_driver_runs() {
         "each of the two shards acknowledged each decision once"
     );
     assert_eq!(balance(&cluster, to).await, (TRANSFERS as i64, 0));
+}
+
+/// `--phase-two-wait-ms 0`: the client's answer does not wait for phase
+/// two, but the decision is still sent (once, not retried), by the driver
+/// and not only when a participant asks, so the transfer finishes.
+#[tokio::test]
+async fn with_no_wait_for_phase_two_the_decision_is_still_sent() {
+    let cluster = bank_cluster_with_coordinator_flag("--phase-two-wait-ms", "0").await;
+    let (from, to) = accounts_on_two_shards(&cluster, "nowait", 100).await;
+    let (status, answer) = transfer(
+        &cluster,
+        "nowait-1",
+        &json!({"from": from, "to": to, "amount": 40}),
+    )
+    .await;
+    assert_eq!(
+        (status, &answer["state"]),
+        (200, &json!("committed")),
+        "{answer}"
+    );
+    let id = answer["id"].as_str().expect("an id");
+    eventually("the transfer to finish", Duration::from_secs(5), || async {
+        let (_, read) = cluster
+            .gateway
+            .get(&format!("/v1/transfers/{id}"))
+            .await
+            .ok()?;
+        (read["finished"] == true).then_some(())
+    })
+    .await
+    .expect("phase two is sent and acknowledged");
+    assert_eq!(balance(&cluster, &to).await, (40, 0));
 }
 
 #[tokio::test]
