@@ -21,6 +21,11 @@
 //!
 //! Leavers are remembered only while a sweep is open, so the memory is
 //! bounded by the transfers that finish during one sweep.
+//!
+//! Leaving it to the driver is safe because a driver always returns: every
+//! step it waits on is bounded (shard requests by their deadlines, log
+//! writes by [`faultline_storage::group_commit::ANSWER_WITHIN`]), so a
+//! transfer is recovery's work within seconds of its driver getting stuck.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -84,7 +84,19 @@ pub enum GroupCommitError {
     /// The writers have stopped.
     #[error("the database writer has stopped")]
     Stopped,
+    /// No answer within [`ANSWER_WITHIN`]: the batch may yet commit, or
+    /// not (a connection whose server vanished without closing it hangs
+    /// until TCP gives up). Like a failed commit, its fate is unknown.
+    #[error("the database did not answer within {} s", ANSWER_WITHIN.as_secs())]
+    Unanswered,
 }
+
+/// The longest a caller waits for its batch. The server's own waits are
+/// bounded at 5 s (`lock_timeout`, `idle_in_transaction_session_timeout`),
+/// so a batch slower than this is stuck on a connection that went silent;
+/// the caller gives up instead of hanging with it (a coordinator's driver
+/// that returns hands its transfer to recovery).
+pub const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 type Job<W> = (
     <W as BatchWrite>::Request,
@@ -123,14 +135,20 @@ impl<W: BatchWrite> GroupCommit<W> {
     }
 
     /// Writes `request` durably (with the next batch) and returns its
-    /// response once the batch has committed.
+    /// response once the batch has committed, or an error within
+    /// [`ANSWER_WITHIN`].
     pub async fn submit(&self, request: W::Request) -> Result<W::Response, GroupCommitError> {
         let (reply, answer) = oneshot::channel();
-        self.sender
-            .send((request, reply))
+        let submitted = async {
+            self.sender
+                .send((request, reply))
+                .await
+                .map_err(|_| GroupCommitError::Stopped)?;
+            answer.await.map_err(|_| GroupCommitError::Stopped)?
+        };
+        tokio::time::timeout(ANSWER_WITHIN, submitted)
             .await
-            .map_err(|_| GroupCommitError::Stopped)?;
-        answer.await.map_err(|_| GroupCommitError::Stopped)?
+            .unwrap_or(Err(GroupCommitError::Unanswered))
     }
 }
 
