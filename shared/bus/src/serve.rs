@@ -147,6 +147,8 @@ pub trait Handler: Send + Sync + 'static {
 /// subscription once its UNSUB is written, without waiting for the server's
 /// PONG as other NATS clients do, so a message still in transit at that
 /// instant is lost (its caller retries elsewhere after its deadline share).
+/// Such a message was never taken: the drain's closing log line, "Drained:
+/// answered every request it had taken", speaks only of those it took.
 pub async fn serve<H: Handler>(
     client: Client,
     subscriptions: Vec<Subscriber>,
@@ -210,6 +212,7 @@ pub async fn serve<H: Handler>(
             tracing::warn!(%error, "Could not drain a subscription.");
         }
     }
+    let mut answered_during_drain = running.len();
     let finish = async {
         let buffered = futures::stream::iter(waiting)
             .chain((&mut messages).map(|message| (message, Instant::now())));
@@ -219,11 +222,21 @@ pub async fn serve<H: Handler>(
                 break;
             };
             spawn(&mut running, message, ticket);
+            answered_during_drain += 1;
         }
         while running.join_next().await.is_some() {}
     };
     if tokio::time::timeout(DRAIN_TIMEOUT, finish).await.is_err() {
-        tracing::warn!("Stopped with messages still in flight.");
+        tracing::warn!(
+            abandoned = running.len(),
+            "Stopped with requests it had taken still unanswered."
+        );
+    } else {
+        // Those running at shutdown and those the client had received.
+        tracing::info!(
+            answered = answered_during_drain,
+            "Drained: answered every request it had taken."
+        );
     }
 }
 

@@ -188,26 +188,14 @@ async fn in_direct_mode_every_load_balancer_gone_changes_nothing() {
 #[tokio::test]
 async fn a_load_balancer_stopped_with_sigterm_drains_and_fails_no_call() {
     // Slow calls (200 ms, 16 at a time): about eight are inside lb-1 when
-    // it is stopped, while only about 80 a second arrive, so hardly any is
-    // in transit at the instant of the drain (see below).
+    // it is stopped. Every call succeeds, and lb-1 answers the ones it had
+    // taken before it exits (see below).
     let total = 160;
     let (mut cluster, answers) = under_load(DataPath::Proxy, total, 200, 4000, |lb| {
         lb.signal("TERM").expect("SIGTERM");
     })
     .await;
     assert_eq!(served_by(&answers).values().sum::<usize>(), total);
-    // A drained replica answers every call it had taken. A dropped call
-    // would still succeed here, through the gateway's retry on lb-2 once
-    // its share of the deadline ran out, so count those rescues: with the
-    // drain broken (exiting at SIGTERM) about eight per run are rescued.
-    // One is allowed: async-nats 0.51 ends a drained subscription without
-    // waiting for the server's PONG, so a call in transit at that instant
-    // (rare at this rate) can be lost and rescued.
-    let rescued = retried(&answers);
-    assert!(
-        rescued <= 1,
-        "{rescued} calls the stopping replica had taken were dropped and rescued by the gateway"
-    );
     eventually(
         "lb-1 to exit after draining",
         Duration::from_secs(20),
@@ -218,4 +206,31 @@ async fn a_load_balancer_stopped_with_sigterm_drains_and_fails_no_call() {
     )
     .await
     .expect("a drained replica exits by itself");
+    // A drained replica answers every call it had taken: the calls inside
+    // it when it was stopped (about eight), and those its client had
+    // received. With the drain broken (exiting at SIGTERM) this line is
+    // missing and those calls are rescued by the gateway. A call still in
+    // transit when the UNSUB went out is never taken, and is lost to a gap
+    // in async-nats 0.51 (faultline_bus::serve says which); the gateway
+    // rescues it too, so the count of rescues is no measure of the drain.
+    let log = cluster.load_balancers[0].log();
+    let answered = log
+        .lines()
+        .find(|line| line.contains("Drained: answered every request it had taken."))
+        .and_then(|line| {
+            line.rsplit_once("answered=")?
+                .1
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("lb-1 did not report a whole drain:\n{log}"));
+    assert!(
+        answered >= 1,
+        "lb-1 held no call when it was stopped, so the drain was not tested"
+    );
+    eprintln!(
+        "lb-1 answered {answered} calls while draining; the gateway rescued {} calls",
+        retried(&answers)
+    );
 }
