@@ -10,9 +10,10 @@
 //! replica holds which.
 //!
 //! So the gateway watches the replicas' heartbeats itself. When one misses
-//! three of its intervals (`LB_MISSED_HEARTBEATS`) it is declared lost,
-//! and every call in flight that may safely run twice, and was sent while that replica could still
-//! have been alive, is sent again at once ([`crate::api::call`]). A
+//! `--missed-heartbeats` of its intervals (three by default) it is
+//! declared lost, and every call in flight that may safely run twice, and
+//! was sent while that replica could still have been alive, is sent again
+//! at once ([`crate::api::call`]). A
 //! replica heard at `t` with interval `i` died before `t + i` (it would
 //! have beaten again), and NATS stopped giving it calls when it died, so a
 //! call sent after that (with a quarter interval's margin for a late beat)

@@ -136,7 +136,7 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, 
 }
 
 /// The pause before reconnection attempt `attempt` (0 for the first):
-/// [`backoff`] from 50 ms, capped at [`MAX_RECONNECT_DELAY`], so a fleet of
+/// [`backoff`] from 50 ms, capped at `MAX_RECONNECT_DELAY`, so a fleet of
 /// clients spreads its reconnections out.
 pub fn reconnect_delay(attempt: usize) -> Duration {
     backoff::random(retry_number(attempt), RECONNECT_BASE, MAX_RECONNECT_DELAY)

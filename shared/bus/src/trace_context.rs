@@ -5,7 +5,7 @@
 //! the worker's spans into one tree if each message says which span sent
 //! it. The sender writes its span's context into the message's envelope
 //! ([`stamp`]); the receiver starts its span as a child of that context
-//! ([`continue_from`]). Replies carry the replying span's context back, so
+//! ([`continue_envelope`]). Replies carry the replying span's context back, so
 //! a caller can link to the span that answered it, as an HTTP server's
 //! `traceresponse` header does.
 //!
@@ -98,7 +98,7 @@ impl Scope {
     }
 
     /// The OpenTelemetry context of the recording span, for a `tracing`
-    /// span that should be its child ([`OpenTelemetrySpanExt::set_parent`]).
+    /// span that should be its child (`tracing_opentelemetry::OpenTelemetrySpanExt::set_parent`).
     pub fn context(&self) -> Option<&Context> {
         self.parent.as_ref()
     }
@@ -270,11 +270,6 @@ pub fn continue_remote(
         // for a span filtered out: either way there is nothing to link.
         let _ = span.set_parent(remote(parent, tracestate));
     }
-}
-
-/// Makes `span` a child of the span that sent a message with `headers`.
-pub fn continue_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
-    continue_envelope(span, &crate::headers::envelope(headers));
 }
 
 /// The trace context to send on from work done in `span`: the span's own

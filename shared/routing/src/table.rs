@@ -159,17 +159,13 @@ impl RoutingTable {
     /// Whether a pick avoiding `tried` could find a worker.
     fn any_untried(&self, tried: &[MemberId], now: Instant) -> bool {
         let members = self.balancer.members();
-        let untried = members.iter().filter(|m| !tried.contains(&m.id));
-        match self.outliers.routing(members.iter().map(|m| &*m.id), now) {
-            Routing::PanicClosed => false,
-            Routing::PanicOpen => untried.count() > 0,
-            Routing::Normal { ejected } => {
-                untried
-                    .filter(|m| !ejected.iter().any(|e| **e == *m.id))
-                    .count()
-                    > 0
-            }
-        }
+        let routing = self.outliers.routing(members.iter().map(|m| &*m.id), now);
+        let Some(kept_out) = kept_out(routing) else {
+            return false;
+        };
+        members
+            .iter()
+            .any(|m| !tried.contains(&m.id) && !kept_out.iter().any(|e| **e == *m.id))
     }
 
     /// Picks for one attempt, avoiding `tried` (the workers this call has
@@ -193,10 +189,8 @@ impl RoutingTable {
             self.panicking = panicking;
             self.notices.push(Notice::Panic(panicking));
         }
-        let ejected = match routing {
-            Routing::PanicClosed => return Picked::PanicClosed,
-            Routing::PanicOpen => Vec::new(),
-            Routing::Normal { ejected } => ejected,
+        let Some(ejected) = kept_out(routing) else {
+            return Picked::PanicClosed;
         };
         // Nobody ejected is the common case: no list to build.
         let excluded: Vec<MemberId>;
@@ -468,6 +462,17 @@ impl RoutingTable {
 /// bad) says nothing about the worker.
 pub fn counts_as_failure(outcome: Outcome) -> bool {
     matches!(outcome, Outcome::Retryable | Outcome::TimedOut)
+}
+
+/// The workers outlier detection keeps out of picks, or `None` when it
+/// keeps out everyone (panic, failing closed; failing open keeps out
+/// nobody).
+fn kept_out(routing: Routing) -> Option<Vec<String>> {
+    match routing {
+        Routing::PanicClosed => None,
+        Routing::PanicOpen => Some(Vec::new()),
+        Routing::Normal { ejected } => Some(ejected),
+    }
 }
 
 #[cfg(test)]
