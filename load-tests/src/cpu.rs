@@ -35,6 +35,27 @@ pub struct Sample {
     ticks: BTreeMap<String, u64>,
 }
 
+/// Every running process whose command name is `command` (as in
+/// `/proc/<pid>/comm`), all named `command`: PostgreSQL's server and its
+/// backends, for a run whose target writes to the database.
+pub fn processes_named(command: &str) -> Vec<Process> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == command)
+        })
+        .map(|pid| Process {
+            name: command.to_owned(),
+            pid,
+        })
+        .collect()
+}
+
 impl Sample {
     /// Reads every process's ticks now; a process that is gone counts 0.
     pub fn take(processes: &[Process]) -> Sample {

@@ -9,12 +9,14 @@
 //! | [`http1`] | a minimal HTTP/1.1 client: request written once, head parsed in place |
 //! | [`target`] | HTTP and NATS request/reply targets |
 //! | [`transfers`] | transfer requests and the bank invariant check |
+//! | [`exposition`] | Prometheus text, read sample by sample |
+//! | [`phases`] | where a transfer's time goes: the coordinator's phase histograms |
 //! | [`scenario`] | scenario files: system, faults, baselines, runs |
 //! | [`report`] | JSON and Markdown reports, read-offs (shares, failover) |
 //! | [`plot`] | the SVG picture of a run |
 //! | [`summary`] | the table of ratios across scenarios |
 //!
-//! `schedule`, `recorder` and the read-offs in `report` are pure arithmetic
+//! `schedule`, `recorder`, `phases` and the read-offs in `report` are pure arithmetic
 //! with unit tests, as is `http1`'s parsing; I/O lives in `engine`,
 //! `http1`'s connection, `target` and `scenario`.
 
@@ -43,7 +45,9 @@ pub fn slug(name: &str) -> String {
 
 pub mod cpu;
 pub mod engine;
+pub mod exposition;
 pub mod http1;
+pub mod phases;
 pub mod plot;
 pub mod recorder;
 pub mod report;

@@ -168,6 +168,9 @@ pub struct Analysis {
     /// The bank's invariant after a transfer run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bank: Option<BankCheck>,
+    /// Where the transfers' time went, phase by phase (transfer runs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<crate::phases::PhaseTiming>,
     /// CPU time per call answered, over every process of what was loaded
     /// (the generator left out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -368,6 +371,23 @@ fn write_analysis(md: &mut String, analysis: &Analysis) {
                 .p99_recovered_after_s
                 .map_or("never".to_owned(), |s| format!("{s:.2} s"))
         );
+    }
+    if !analysis.phases.is_empty() {
+        let _ = writeln!(
+            md,
+            "Where the time went, by step of two-phase commit (the coordinators' \
+             `phase_duration_seconds` over this run; quantiles interpolated within \
+             power-of-two buckets; `phase_two` and `finish` run after the client's answer):\n\n\
+             | phase | steps | mean ms | p50 ms | p99 ms |\n|---|---|---|---|---|"
+        );
+        for phase in &analysis.phases {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} | {:.2} | {:.2} |",
+                phase.phase, phase.count, phase.mean_ms, phase.p50_ms, phase.p99_ms
+            );
+        }
+        let _ = writeln!(md);
     }
     if let Some(bank) = &analysis.bank {
         let _ = writeln!(

@@ -150,29 +150,67 @@ impl Results {
         ));
         rows.push(self.cpu_row());
         rows.push(self.tracing_row());
-        let what = "Two-phase-commit transfers per second (cross-shard, closed loop)";
-        rows.push(match self.run("transfers", "capacity") {
-            Some(run) => {
-                let pgbench = self.run("transfers", "pgbench").map_or(String::new(), |p| {
-                    format!(
-                        "; {:.2}x pgbench -N's {:.0} tps",
-                        run.throughput() / p.throughput().max(1e-9),
-                        p.throughput()
-                    )
-                });
-                Row {
-                    what: what.to_owned(),
-                    measured: format!(
-                        "**{:.0}/s**, p99 {} ms{pgbench}",
-                        run.throughput(),
-                        run.p99_ms().map_or("-".to_owned(), |p| format!("{p:.1}"))
-                    ),
-                    target: ">= 1000/s".to_owned(),
-                    met: Some(run.throughput() >= 1000.0),
+        let pgbench = self.run("transfers", "pgbench").map(RunReport::throughput);
+        for (run_name, what, floor, ratio_floor) in [
+            (
+                "capacity",
+                "Two-phase-commit transfers per second (cross-shard, closed loop)",
+                Some(1000.0),
+                0.5,
+            ),
+            (
+                "same shard",
+                "Transfers per second with both accounts on one shard (closed loop)",
+                None,
+                0.8,
+            ),
+        ] {
+            let target = match floor {
+                Some(floor) => format!(">= {floor:.0}/s and >= {ratio_floor}x pgbench -N"),
+                None => format!(">= {ratio_floor}x pgbench -N"),
+            };
+            rows.push(match (self.run("transfers", run_name), pgbench) {
+                (Some(run), Some(pgbench)) => {
+                    let ratio = run.throughput() / pgbench.max(1e-9);
+                    Row {
+                        what: what.to_owned(),
+                        measured: format!(
+                            "**{:.0}/s**, p99 {} ms; **{ratio:.2}x** pgbench -N's {pgbench:.0} tps",
+                            run.throughput(),
+                            run.p99_ms().map_or("-".to_owned(), |p| format!("{p:.1}"))
+                        ),
+                        met: Some(
+                            ratio >= ratio_floor
+                                && floor.is_none_or(|floor| run.throughput() >= floor),
+                        ),
+                        target,
+                    }
                 }
-            }
-            None => Row::missing(what, ">= 1000/s"),
-        });
+                _ => Row::missing(what, &target),
+            });
+        }
+        let what = "Transfers at 200/s (open model): p50 against pgbench -N's mean latency with one client";
+        let target = "<= 2x + 3 ms";
+        rows.push(
+            match (
+                self.run("transfers", "200/s").and_then(RunReport::p50_ms),
+                self.run("transfers", "pgbench, one client")
+                    .and_then(|p| p.external.as_ref()?.mean_ms),
+            ) {
+                (Some(p50), Some(mean)) => {
+                    let bound = 2.0 * mean + 3.0;
+                    Row {
+                        what: what.to_owned(),
+                        measured: format!(
+                            "**{p50:.2} ms** against 2 x {mean:.2} + 3 = {bound:.2} ms"
+                        ),
+                        target: target.to_owned(),
+                        met: Some(p50 <= bound),
+                    }
+                }
+                _ => Row::missing(what, target),
+            },
+        );
         let what = "Transfers at a fixed rate, active coordinator killed mid-run";
         rows.push(match self.run("transfers", "coordinator killed") {
             Some(run) => {

@@ -123,12 +123,14 @@ impl BankCheck {
 
 impl TransferBook {
     /// Opens `accounts` accounts named after `run` through `gateway`, and
-    /// keeps the pairs that live on different shards.
+    /// keeps the pairs that live on different shards (on one shard, for
+    /// `same_shard`).
     pub async fn open(
         gateway: &Gateway,
         run: &str,
         accounts: usize,
         max_amount: i64,
+        same_shard: bool,
     ) -> anyhow::Result<TransferBook> {
         // Large enough that no transfer is refused for want of funds: the
         // run measures commits, not refusals.
@@ -151,9 +153,12 @@ impl TransferBook {
         }
         let pairs: Vec<_> = (0..accounts)
             .flat_map(|a| (0..accounts).map(move |b| (a, b)))
-            .filter(|&(a, b)| shards[a] != shards[b])
+            .filter(|&(a, b)| a != b && (shards[a] == shards[b]) == same_shard)
             .collect();
-        anyhow::ensure!(!pairs.is_empty(), "every account landed on one shard");
+        anyhow::ensure!(
+            !pairs.is_empty(),
+            "no pair of accounts fits (same shard: {same_shard})"
+        );
         Ok(TransferBook {
             run: run.to_owned(),
             accounts: ids,

@@ -238,7 +238,8 @@ pub fn pgbench(admin_url: &str, clients: usize, seconds: u64) -> anyhow::Result<
     command.args([
         "-N",
         &format!("-c{clients}"),
-        "-j2",
+        // pgbench refuses more threads than clients.
+        &format!("-j{}", clients.clamp(1, 2)),
         &format!("-T{seconds}"),
         &url,
     ]);

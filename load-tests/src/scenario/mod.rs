@@ -130,6 +130,9 @@ pub struct RunSpec {
     /// Accounts to open (`transfer`).
     #[serde(default = "default_accounts")]
     pub accounts: usize,
+    /// Transfers between accounts of one shard, not two (`transfer`).
+    #[serde(default)]
+    pub same_shard: bool,
     /// Open model: the rate as a share of an earlier closed-loop run's
     /// throughput (`{ run = "direct, closed", share = 0.5 }`: half of the
     /// capacity measured), instead of `rate`.
@@ -511,6 +514,11 @@ async fn run_one(
     let processes = match (spec.cpu, spec.load) {
         (false, _) => Vec::new(),
         (true, Load::Nginx) => nginx.context("no nginx")?.processes(),
+        (true, Load::Transfer) => {
+            let mut processes = system.as_deref().context("no system")?.processes();
+            processes.extend(crate::cpu::processes_named("postgres"));
+            processes
+        }
         (true, _) => system.as_deref().context("no system")?.processes(),
     };
     let gateway: Option<SocketAddr> = system
@@ -588,6 +596,10 @@ async fn run_one(
         Some(system) if spec.load == Load::Call => Some(system.balancer_counters().await),
         _ => None,
     };
+    let phases_before = match system.as_deref() {
+        Some(system) if spec.load == Load::Transfer => Some(system.coordinator_phases().await),
+        _ => None,
+    };
     let cpu_before = crate::cpu::Sample::take(&processes);
     let mut book = None;
     let finished = match spec.load {
@@ -619,6 +631,7 @@ async fn run_one(
                     ),
                     spec.accounts,
                     50,
+                    spec.same_shard,
                 )
                 .await?,
             );
@@ -670,6 +683,14 @@ async fn run_one(
         }
         if let Some(book) = book {
             report.analysis.bank = Some(book.check(&system.cluster.gateway).await?);
+        }
+        // Read after the bank check, which waits for every phase two.
+        if let Some(before) = phases_before {
+            let mut run = crate::phases::PhaseHistograms::default();
+            for (admin, after) in system.coordinator_phases().await {
+                run.add_growth(&before.get(&admin).cloned().unwrap_or_default(), &after);
+            }
+            report.analysis.phases = run.timings();
         }
     }
     if let Some(fault) = spec
@@ -826,6 +847,9 @@ fn describe(spec: &RunSpec) -> String {
         Load::Call => {
             "echo calls through the full path: gateway (HTTP), then NATS: a load-balancer and a \
              worker (proxy mode) or the worker the gateway picks (direct mode)"
+        }
+        Load::Transfer if spec.same_shard => {
+            "same-shard transfers: gateway -> coordinator -> one worker's shard"
         }
         Load::Transfer => {
             "cross-shard transfers: gateway -> coordinator -> two workers' shards (two-phase commit)"

@@ -597,6 +597,29 @@ impl System {
         Ok(())
     }
 
+    /// The `/metrics` page of the process whose admin address is `admin`.
+    async fn metrics_page(&self, admin: &str) -> reqwest::Result<String> {
+        self.http
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await
+    }
+
+    /// Reads the phase histograms of every coordinator that answers, by
+    /// its admin address (a killed one is left out).
+    pub async fn coordinator_phases(&self) -> BTreeMap<String, crate::phases::PhaseHistograms> {
+        let mut all = BTreeMap::new();
+        for admin in &self.cluster.coordinator_admin {
+            if let Ok(text) = self.metrics_page(admin).await {
+                all.insert(admin.clone(), crate::phases::PhaseHistograms::parse(&text));
+            }
+        }
+        all
+    }
+
     /// Reads the balancing counters of every process that may balance (the
     /// load-balancers in proxy mode, the gateways in direct mode): attempts
     /// by (worker, outcome) and calls by outcome. A process that does not
@@ -605,16 +628,7 @@ impl System {
         let mut counters = BalancerCounters::default();
         let gateway = [self.cluster.gateway.url.clone()];
         for admin in self.cluster.load_balancer_admin.iter().chain(&gateway) {
-            let text = async {
-                self.http
-                    .get(format!("{admin}/metrics"))
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .text()
-                    .await
-            };
-            match text.await {
+            match self.metrics_page(admin).await {
                 Ok(text) => counters.add_exposition(admin, &text),
                 Err(_) => counters.silent = true,
             }
@@ -645,24 +659,9 @@ impl BalancerCounters {
     /// Adds the Prometheus text exposition of the process at `admin`.
     pub fn add_exposition(&mut self, admin: &str, text: &str) {
         let counters = self.by_process.entry(admin.to_owned()).or_default();
-        for line in text.lines() {
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(value) = value.parse::<f64>() else {
-                continue;
-            };
-            let (name, labels) = series
-                .split_once('{')
-                .map_or((series, ""), |(n, l)| (n, l.trim_end_matches('}')));
-            let label = |key: &str| {
-                labels
-                    .split(',')
-                    .filter_map(|pair| pair.split_once('='))
-                    .find(|(k, _)| *k == key)
-                    .map(|(_, v)| v.trim_matches('"').to_owned())
-                    .unwrap_or_default()
-            };
+        for sample in crate::exposition::samples(text) {
+            let (name, value) = (sample.name, sample.value);
+            let label = |key: &str| sample.label(key).unwrap_or_default();
             match name {
                 "faultline_balancer_attempts_total" => {
                     *counters

@@ -1,9 +1,10 @@
 //! One transfer, driven through two-phase commit by the active coordinator.
 //!
 //! ```text
-//! begin (log) ─▶ prepare every shard ─▶ decide (log, compare-and-set) ─▶ phase two ─▶ finished (log)
-//!        ▲                ▲                          ▲                       ▲
-//!   AFTER_BEGIN      AFTER_VOTES              AFTER_DECISION           MID_PHASE_TWO
+//! begin (log) ─▶ prepare every shard ─▶ decide (log, compare-and-set) ─┬─▶ answer the client
+//!        ▲                ▲                          ▲                  └─▶ phase two ─▶ finished (log)
+//!   AFTER_BEGIN      AFTER_VOTES              AFTER_DECISION          ▲            ▲
+//!                                                               BEFORE_PHASE_TWO  MID_PHASE_TWO
 //! ```
 //!
 //! Each failpoint sits between two steps; a crash there leaves exactly the
@@ -12,18 +13,25 @@
 //! abort), a decided one has its decision sent again until every shard
 //! acknowledges.
 //!
-//! The client's answer waits for phase two, up to `--phase-two-wait-ms`,
-//! so that a committed transfer can be read back at once; past that wait
-//! it answers with the decision (which is durable: it will be applied) and
-//! `finished: false`, and recovery completes phase two. While the driver
-//! runs, the transfer is in the term's live set ([`crate::live`]), and
-//! recovery leaves it alone: phase two is sent once when nothing fails.
+//! The client is answered once the decision is durable: from then on the
+//! outcome is fixed (a commit will be applied on every shard, whatever
+//! crashes), so waiting for phase two would add a round trip to the shards
+//! and their commit to every transfer's latency for nothing the client can
+//! act on. Phase two runs on in a task of the term, with `finished: false`
+//! in the answer; a read right after the answer may still show the money
+//! held. `--phase-two-wait-ms` makes the answer wait for phase two a
+//! while, for clients that want to read their own writes at once. The
+//! transfer stays in the term's live set ([`crate::live`]) until phase two
+//! has returned, so recovery leaves it alone: phase two is sent once when
+//! nothing fails.
 //!
 //! Each step is a span inside the request's `coordinator.transfer` span:
 //! `2pc.begin`, `2pc.prepare` (with one `2pc.prepare.shard` client span per
 //! shard, the parent of that shard's `shard.prepare`), `2pc.decide`,
 //! `2pc.phase_two` (one `2pc.decision.shard` per shard) and `2pc.finish`;
 //! each step's duration is also the `phase_duration_seconds` histogram.
+
+use std::sync::Arc;
 
 use faultline_protocol::bank::{
     CoordinatorReply, TransferCommand, TransferRecord, TransferRequest, TransferState,
@@ -34,12 +42,14 @@ use faultline_transactions::coordinator::{Decision, decide};
 use faultline_transactions::sharding::branches;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 use uuid::Uuid;
 
 use crate::Term;
+use crate::live::Driving;
 use crate::log::Logged;
 use crate::metrics::Phase;
 use crate::participants::PhaseTwo;
@@ -50,20 +60,26 @@ pub const AFTER_BEGIN: &str = "coordinator::after-begin";
 pub const AFTER_VOTES: &str = "coordinator::after-votes";
 /// Crash after the decision is durable, before phase two.
 pub const AFTER_DECISION: &str = "coordinator::after-decision";
+/// Crash in the background task, before phase two sends anything: the
+/// decision is durable and the answer handed to the serving layer (which
+/// may or may not have sent it yet), so the client may have heard
+/// "committed" from a coordinator that dies before any shard has.
+pub const BEFORE_PHASE_TWO: &str = "coordinator::before-phase-two";
 /// Crash after the first shard acknowledged phase two, before the rest.
 pub const MID_PHASE_TWO: &str = "coordinator::mid-phase-two";
 
 /// Runs a client's transfer and returns the answer for the gateway.
-pub async fn transfer(term: &Term, command: TransferCommand) -> CoordinatorReply {
+pub async fn transfer(term: &Arc<Term>, command: TransferCommand) -> CoordinatorReply {
     if let Err(error) = faultline_protocol::bank::idempotency_key(&command.idempotency_key)
         .and_then(|()| command.transfer.validate())
     {
         return refuse(400, error.to_body("invalid_field").error);
     }
     let xid = Uuid::now_v7();
-    // Entered before the begin is written and left when this returns (or
-    // is dropped): until then recovery leaves the transfer to us.
-    let _driving = term.live.enter(xid);
+    // Entered before the begin is written and left when phase two returns
+    // (or this is dropped before it starts): until then recovery leaves
+    // the transfer to us.
+    let driving = term.live.enter(xid);
     let request = tracing::Span::current();
     request.record("xid", tracing::field::display(xid));
     let traceparent = faultline_bus::trace_context::traceparent(&request);
@@ -81,6 +97,7 @@ pub async fn transfer(term: &Term, command: TransferCommand) -> CoordinatorReply
             request.record("state", "replayed");
             return replay(record, &command.transfer);
         }
+        Ok(Logged::Fenced { current }) => return deposed(current),
         Ok(other) => return unavailable(&format!("unexpected log answer {other:?}")),
         Err(error) => return unavailable(&error.to_string()),
     }
@@ -125,8 +142,37 @@ pub async fn transfer(term: &Term, command: TransferCommand) -> CoordinatorReply
     term.metrics.decided(record.state);
     request.record("state", record.state.as_str());
 
-    record.finished = phase_two(term, &record, Instant::now() + term.phase_two_wait).await;
+    let finished = phase_two_in_background(term, record.clone(), driving);
+    record.finished = !term.phase_two_wait.is_zero()
+        && tokio::time::timeout(term.phase_two_wait, finished)
+            .await
+            .is_ok_and(|finished| finished.unwrap_or(false));
     CoordinatorReply::Transfer(record)
+}
+
+/// Runs phase two in a task of the term, which holds `driving` until it
+/// returns; the receiver hears whether the transfer finished. The task's
+/// spans stay in the request's trace.
+fn phase_two_in_background(
+    term: &Arc<Term>,
+    record: TransferRecord,
+    driving: Driving,
+) -> oneshot::Receiver<bool> {
+    let (finished_tx, finished_rx) = oneshot::channel();
+    let term = Arc::clone(term);
+    let mut ended = term.ended.clone();
+    let task = async move {
+        let _driving = driving;
+        crash_point(BEFORE_PHASE_TWO);
+        let deadline = Instant::now() + term.phase_two_retry;
+        let finished = tokio::select! {
+            finished = phase_two(&term, &record, deadline) => finished,
+            _ = ended.wait_for(|ended| *ended) => false,
+        };
+        let _ = finished_tx.send(finished);
+    };
+    tokio::spawn(task.instrument(tracing::Span::current()));
+    finished_rx
 }
 
 /// Sends the record's decision to every shard of the transfer, until each

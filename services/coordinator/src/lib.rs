@@ -9,6 +9,7 @@
 //! | `faultline.coordinator.transfer` | run a transfer ([`driver`]) |
 //! | `faultline.coordinator.transfer.read` | read one transfer by id |
 //! | `faultline.coordinator.unfinished` | list unfinished (in-doubt) transfers |
+//! | `faultline.coordinator.audit` | the total money, from one snapshot ([`log::DecisionLog::audit`]) |
 //! | `faultline.coordinator.status` | a participant asks what became of a branch ([`recovery::status`]) |
 //!
 //! and runs [`recovery`] for its whole term. The standby subscribes to
@@ -18,11 +19,14 @@
 //! out a timeout and be left not knowing.
 //!
 //! A *term* begins when the lease is taken with a new fencing token: the
-//! coordinator raises the decision log's fence to that token (waiting out
-//! any decision of the previous term still being written), subscribes, and
-//! sweeps. It ends when the lease cannot be renewed in time: every task of
-//! the term is aborted at once, and whatever it left half-done is the next
-//! term's recovery work. The pure rules live in
+//! coordinator raises the decision log's fence, and every shard's
+//! coordinator token, to that token (waiting out any begin, decision or
+//! shard batch of the previous term still being written), subscribes, and
+//! sweeps. From then on the deposed coordinator can neither begin nor
+//! decide a transfer, nor hold funds on a shard. A term ends when the
+//! lease cannot be renewed in time: every task of the term, phase twos
+//! running in the background included, is aborted at once, and whatever it
+//! left half-done is the next term's recovery work. The pure rules live in
 //! [`faultline_transactions::coordinator`]; this crate is their I/O.
 //!
 //! Every request is a server span that continues the sender's trace, and
@@ -82,11 +86,20 @@ pub struct Settings {
     #[arg(long, env = "PREPARE_WINDOW_MS", default_value_t = 3000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub prepare_window_ms: u64,
-    /// How long the client's answer waits for phase two to finish; 0 sends
-    /// each shard the decision once, without retrying (recovery retries).
-    #[arg(long, env = "PHASE_TWO_WAIT_MS", default_value_t = 1000,
+    /// How long the client's answer waits for phase two to finish. 0, the
+    /// default, answers as soon as the decision is durable, while phase two
+    /// runs on in the background; a read right after the answer may then
+    /// still show the money held.
+    #[arg(long, env = "PHASE_TWO_WAIT_MS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub phase_two_wait_ms: u64,
+    /// How long one pass of phase two (the driver's, in the background, or
+    /// a recovery sweep's) retries a shard that does not acknowledge; 0
+    /// sends each shard the decision once. What is still unacknowledged
+    /// then is left to the next recovery sweep.
+    #[arg(long, env = "PHASE_TWO_RETRY_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub phase_two_retry_ms: u64,
     /// Time allowed for one request to a shard.
     #[arg(long, env = "SHARD_ATTEMPT_TIMEOUT_MS", default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
@@ -138,6 +151,11 @@ pub struct Term {
     pub prepare_window: Duration,
     /// How long a client's answer waits for phase two.
     pub phase_two_wait: Duration,
+    /// How long one pass of phase two retries an unacknowledged shard.
+    pub phase_two_retry: Duration,
+    /// Turns `true` when the term ends: phase twos running in the
+    /// background end with it (recovery in the next term takes over).
+    pub ended: tokio::sync::watch::Receiver<bool>,
     /// The transfers this term's drivers are running: recovery leaves
     /// them to their drivers.
     pub live: Arc<live::LiveTransfers>,
@@ -242,6 +260,7 @@ async fn lead_when_possible(
                 }
             }
         }
+        let term_ended = tokio::sync::watch::Sender::new(false);
         let term = Arc::new(Term {
             token,
             log: log.clone(),
@@ -252,6 +271,8 @@ async fn lead_when_possible(
             shard_count: settings.shards,
             prepare_window: Duration::from_millis(settings.prepare_window_ms),
             phase_two_wait: Duration::from_millis(settings.phase_two_wait_ms),
+            phase_two_retry: Duration::from_millis(settings.phase_two_retry_ms),
+            ended: term_ended.subscribe(),
             live: Arc::new(live::LiveTransfers::new(metrics.live_transfers.clone())),
             metrics: metrics.clone(),
         });
@@ -268,6 +289,7 @@ async fn lead_when_possible(
             () = &mut shutdown => true,
         };
         tasks.abort_all();
+        term_ended.send_replace(true);
         metrics.term(None);
         if stopping {
             // Hand over at once instead of making the standby wait a TTL.
@@ -331,8 +353,15 @@ async fn serve(client: Client, term: Arc<Term>) {
     };
     let bound = InFlight::new(MAX_REQUESTS);
     let until_aborted = std::future::pending::<()>();
-    faultline_bus::serve::serve(client, requests, bound, until_aborted, term).await;
+    let handler = Arc::new(Serving(term));
+    faultline_bus::serve::serve(client, requests, bound, until_aborted, handler).await;
 }
+
+/// The term as the serving layer's handler. A driver hands its phase two
+/// to a task of its own ([`driver::transfer`]), which needs the term
+/// shared, not borrowed.
+#[derive(Debug)]
+struct Serving(Arc<Term>);
 
 /// Most requests the active coordinator handles at once; the rest wait in
 /// NATS.
@@ -346,6 +375,7 @@ async fn subscribe(
         subjects::COORDINATOR_TRANSFER,
         subjects::COORDINATOR_TRANSFER_READ,
         subjects::COORDINATOR_UNFINISHED,
+        subjects::COORDINATOR_AUDIT,
         subjects::COORDINATOR_STATUS,
     ] {
         all.push(
@@ -365,7 +395,7 @@ struct TransferId {
 /// Every request is a server span named for its subject, which continues
 /// the sender's trace (the gateway's, or a participant's in-doubt
 /// question); the reply carries the span's trace context back.
-impl Handler for Term {
+impl Handler for Serving {
     fn span(&self, request: &Request) -> ServerSpan {
         ServerSpan::Traced(tracing::info_span!(
             "coordinator.request",
@@ -376,12 +406,12 @@ impl Handler for Term {
             messaging.destination.name = request.subject.as_str(),
             xid = Empty,
             state = Empty,
-            token = self.token,
+            token = self.0.token,
         ))
     }
 
     async fn handle(&self, request: Request) -> Option<Reply> {
-        respond(self, &request).await.map(Reply::body)
+        respond(&self.0, &request).await.map(Reply::body)
     }
 }
 
@@ -391,13 +421,14 @@ fn span_name(subject: &str) -> &'static str {
         subjects::COORDINATOR_STATUS => "coordinator.status",
         subjects::COORDINATOR_TRANSFER => "coordinator.transfer",
         subjects::COORDINATOR_TRANSFER_READ => "coordinator.read_transfer",
+        subjects::COORDINATOR_AUDIT => "coordinator.audit",
         _ => "coordinator.unfinished",
     }
 }
 
 /// The reply body for one request; `None` when no answer is better than
 /// a guess (the asker asks again).
-async fn respond(term: &Term, message: &Request) -> Option<Vec<u8>> {
+async fn respond(term: &Arc<Term>, message: &Request) -> Option<Vec<u8>> {
     let body = match message.subject.as_str() {
         subjects::COORDINATOR_STATUS => {
             let query = serde_json::from_slice::<StatusQuery>(&message.payload).ok()?;
@@ -429,6 +460,13 @@ async fn respond(term: &Term, message: &Request) -> Option<Vec<u8>> {
                     Err(error) => log_unavailable(&error.to_string()),
                 },
                 Err(error) => bad_request(&error.to_string()),
+            };
+            serde_json::to_vec(&reply)
+        }
+        subjects::COORDINATOR_AUDIT => {
+            let reply = match term.log.audit().await {
+                Ok(audit) => CoordinatorReply::Audit(audit),
+                Err(error) => log_unavailable(&error.to_string()),
             };
             serde_json::to_vec(&reply)
         }

@@ -2,10 +2,12 @@
 //! driver is gone without waiting out a time window.
 //!
 //! A driver enters its transfer here *before* the begin record is written
-//! and leaves (its [`Driving`] guard drops) only once it has returned, after
-//! the "finished" mark if it got that far. So any unfinished record a
-//! reader finds was either entered before the read, and is still running or
-//! has left since, or belongs to a driver that is gone.
+//! and leaves (its [`Driving`] guard drops) only once it is done: when its
+//! phase two, which runs on after the client's answer, has returned (after
+//! the "finished" mark if it got that far), or earlier if it stopped before
+//! a decision. So any unfinished record a reader finds was either entered
+//! before the read, and is still running or has left since, or belongs to
+//! a driver that is gone.
 //!
 //! A recovery sweep reads in two steps, and each step closes one race:
 //!

@@ -10,10 +10,11 @@
 //!    idempotency durable (Redis keeps nothing on disk here), and lets
 //!    recovery find prepared work whose driver died.
 //! 2. **decision**, a compare-and-set out of `preparing` under the fence:
-//!    the batch first takes `coordinator_fence` FOR SHARE and refuses every
-//!    decision whose token is older than the fence, so a deposed
-//!    coordinator cannot decide anything once its successor has raised the
-//!    fence (which waits for that share lock). Commit decisions are forced
+//!    the batch's one statement takes `coordinator_fence` FOR SHARE and
+//!    refuses every decision whose token is older than the fence, so a
+//!    deposed coordinator cannot decide anything once its successor has
+//!    raised the fence (which waits for that share lock). Begins are
+//!    fenced the same way. Commit decisions are forced
 //!    to disk before phase two; abort decisions are written with
 //!    `synchronous_commit = off`, because under presumed abort a lost abort
 //!    reads as "preparing", which recovery aborts again.
@@ -22,7 +23,9 @@
 
 use std::time::Duration;
 
-use faultline_protocol::bank::{AbortReason, TransferCommand, TransferRecord, TransferState};
+use faultline_protocol::bank::{
+    AbortReason, Audit, AuditTransfers, TransferCommand, TransferRecord, TransferState,
+};
 use faultline_storage::group_commit::{self, BatchWrite, GroupCommit, GroupCommitError};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Row as _};
@@ -189,17 +192,71 @@ impl DecisionLog {
         Ok(u64::try_from(token).unwrap_or(0))
     }
 
-    /// Raises the fence to `token` as a new term begins; waits for any
-    /// decision batch of the previous term still in flight. Returns whether
-    /// the fence now stands at `token`: false if the log has already seen
-    /// this token or a newer one, since two terms must never share a token.
+    /// Raises the fence, and every shard's coordinator token, to `token` as
+    /// a new term begins; waits for any begin or decision batch of the
+    /// previous term, and any shard batch, still in flight. From then on
+    /// the previous term's begins and decisions are refused here, and its
+    /// prepares on every shard (so it cannot hold funds), even on shards the
+    /// new term has not written to yet. Returns whether the fence now
+    /// stands at `token`: false if the log has already seen this token or a
+    /// newer one, since two terms must never share a token.
     pub async fn raise_fence(&self, token: u64) -> Result<bool, LogError> {
-        let raised = sqlx::query("UPDATE coordinator_fence SET token = $1 WHERE token < $1")
-            .bind(to_i64(token))
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        // Shard rows are locked in shard order, as participant batches lock
+        // them, so the two cannot deadlock.
+        let raised: i64 = sqlx::query_scalar(
+            "WITH raised AS (UPDATE coordinator_fence SET token = $1 WHERE token < $1 \
+                             RETURNING token), \
+             locked AS (SELECT shard FROM shards WHERE EXISTS (SELECT 1 FROM raised) \
+                        ORDER BY shard FOR UPDATE), \
+             shards_raised AS (UPDATE shards s SET coordinator_token = $1 FROM locked l \
+                               WHERE s.shard = l.shard AND s.coordinator_token < $1) \
+             SELECT count(*) FROM raised",
+        )
+        .bind(to_i64(token))
+        .fetch_one(&self.pool)
+        .await?;
         Ok(raised == 1)
+    }
+
+    /// The audit: every total in one statement, so from one snapshot of
+    /// the log and the shards together (they share the database). A shard
+    /// applies a commit only after the log's decision has committed, so a
+    /// snapshot that shows a branch applied shows its decision too; one
+    /// that shows the decision and a branch still prepared counts that
+    /// branch's legs as in flight.
+    pub async fn audit(&self) -> Result<Audit, LogError> {
+        let row = sqlx::query(
+            "WITH money AS (SELECT count(*) AS accounts, \
+                            coalesce(sum(balance), 0)::int8 AS balances, \
+                            coalesce(sum(held), 0)::int8 AS held FROM accounts), \
+             in_flight AS (SELECT coalesce(sum((leg ->> 'delta')::int8), 0)::int8 AS in_flight \
+                           FROM branches b JOIN transfers t ON t.id = b.xid \
+                           CROSS JOIN LATERAL jsonb_array_elements(b.legs) AS leg \
+                           WHERE b.state = 'prepared' AND t.state = 'committed'), \
+             states AS (SELECT count(*) FILTER (WHERE state = 'preparing') AS preparing, \
+                        count(*) FILTER (WHERE state = 'committed') AS committed, \
+                        count(*) FILTER (WHERE state = 'aborted') AS aborted, \
+                        count(*) FILTER (WHERE finished_at IS NULL) AS unfinished \
+                        FROM transfers) \
+             SELECT * FROM money, in_flight, states",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let balances: i64 = row.try_get("balances")?;
+        let in_flight: i64 = row.try_get("in_flight")?;
+        Ok(Audit {
+            total: balances + in_flight,
+            balances,
+            in_flight,
+            held: row.try_get("held")?,
+            accounts: row.try_get("accounts")?,
+            transfers: AuditTransfers {
+                preparing: row.try_get("preparing")?,
+                committed: row.try_get("committed")?,
+                aborted: row.try_get("aborted")?,
+                unfinished: row.try_get("unfinished")?,
+            },
+        })
     }
 
     /// One transfer, with its age and the token of the term that began it.
@@ -246,8 +303,6 @@ pub struct Entry {
     pub traceparent: Option<String>,
 }
 
-const SELECT_BY_IDS: &str = "SELECT id, idempotency_key, from_account, to_account, amount, \
-     state, reason, finished_at IS NOT NULL AS finished FROM transfers WHERE id = ANY($1)";
 const SELECT_BY_KEYS: &str = "SELECT id, idempotency_key, from_account, to_account, amount, \
      state, reason, finished_at IS NOT NULL AS finished FROM transfers \
      WHERE idempotency_key = ANY($1)";
@@ -298,9 +353,9 @@ impl BatchWrite for LogWriter {
     type Request = LogWrite;
     type Response = Logged;
 
-    /// Writes the batch with a few set-based statements: one insert for
-    /// every begin, one compare-and-set update for every decision, one
-    /// update for every finish, and reads back what they found.
+    /// Writes the batch with at most three set-based statements, each
+    /// reading back what it found: one for every begin, one for every
+    /// decision, one for every finish.
     async fn write(
         &self,
         conn: &mut PgConnection,
@@ -343,8 +398,10 @@ impl BatchWrite for LogWriter {
     }
 }
 
-/// Inserts every new transfer; a key already there yields the transfer
-/// first recorded under it.
+/// Inserts every new transfer under the fence, in one statement that also
+/// reads back the transfer first recorded under each key already there.
+/// A begin whose token is older than the fence is refused: a deposed
+/// coordinator begins nothing.
 async fn write_begins(
     conn: &mut PgConnection,
     requests: &[LogWrite],
@@ -375,68 +432,104 @@ async fn write_begins(
             traces.push(traceparent.as_deref());
         }
     }
-    let inserted: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO transfers (id, idempotency_key, from_account, to_account, amount, state, \
-         begun_by_token, traceparent) SELECT i, k, f, t, a, 'preparing', tok, tp \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
-         $7::text[]) AS b(i, k, f, t, a, tok, tp) \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+    // Each begin's row in the answer: `inserted`, or the row already under
+    // its key as this statement's snapshot shows it (NULL columns when the
+    // key was inserted concurrently, after the snapshot, or twice in this
+    // batch: those are read again below).
+    let rows = sqlx::query(
+        "WITH fence AS (SELECT token FROM coordinator_fence FOR SHARE), \
+         b AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], \
+               $5::int8[], $6::int8[], $7::text[]) AS b(i, k, f, t, a, tok, tp)), \
+         ins AS (INSERT INTO transfers (id, idempotency_key, from_account, to_account, amount, \
+                 state, begun_by_token, traceparent) \
+                 SELECT i, k, f, t, a, 'preparing', tok, tp FROM b, fence WHERE tok >= fence.token \
+                 ON CONFLICT (idempotency_key) DO NOTHING RETURNING id) \
+         SELECT b.i AS requested, b.i IN (SELECT id FROM ins) AS inserted, fence.token AS fence, \
+                t.id, t.idempotency_key, t.from_account, t.to_account, t.amount, t.state, \
+                t.reason, t.finished_at IS NOT NULL AS finished \
+         FROM b CROSS JOIN fence \
+         LEFT JOIN transfers t ON t.idempotency_key = b.k AND b.i NOT IN (SELECT id FROM ins)",
     )
     .bind(&ids)
     .bind(&keys)
     .bind(froms)
     .bind(tos)
     .bind(amounts)
-    .bind(tokens)
+    .bind(&tokens)
     .bind(traces)
     .fetch_all(&mut *conn)
     .await?;
-    let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
-    let existing_keys: Vec<&str> = begins
-        .iter()
-        .zip(&ids)
-        .zip(&keys)
-        .filter(|((_, id), _)| !inserted.contains(id))
-        .map(|(_, key)| *key)
-        .collect();
-    let mut existing = std::collections::HashMap::new();
-    if !existing_keys.is_empty() {
-        let rows = sqlx::query(SELECT_BY_KEYS)
-            .bind(existing_keys)
-            .fetch_all(&mut *conn)
-            .await?;
-        for row in &rows {
-            let record = record(row)?;
-            existing.insert(record.idempotency_key.clone(), record);
-        }
-    }
-    for ((&i, id), key) in begins.iter().zip(&ids).zip(&keys) {
-        answers[i] = Some(if inserted.contains(id) {
-            Logged::Begun
+    let mut found = std::collections::HashMap::new();
+    let mut fence = 0;
+    for row in &rows {
+        let requested: Uuid = row.try_get("requested")?;
+        fence = row.try_get("fence")?;
+        let outcome = if row.try_get("inserted")? {
+            Some(Logged::Begun)
+        } else if row.try_get::<Option<Uuid>, _>("id")?.is_some() {
+            Some(Logged::Existing(record(row)?))
         } else {
-            existing
-                .get(*key)
-                .cloned()
-                .map_or(Logged::Missing, Logged::Existing)
+            None
+        };
+        found.insert(requested, outcome);
+    }
+    let mut unread = Vec::new();
+    for ((&i, id), token) in begins.iter().zip(&ids).zip(&tokens) {
+        answers[i] = match found.get(id).cloned().flatten() {
+            Some(outcome) => Some(outcome),
+            None if *token < fence => Some(Logged::Fenced {
+                current: u64::try_from(fence).unwrap_or(0),
+            }),
+            None => {
+                unread.push(i);
+                None
+            }
+        };
+    }
+    if unread.is_empty() {
+        return Ok(());
+    }
+    // Rare: read what the statement's snapshot could not see.
+    let unread_keys: Vec<&str> = unread
+        .iter()
+        .map(|&i| match &requests[i] {
+            LogWrite::Begin { command, .. } => command.idempotency_key.as_str(),
+            _ => "",
+        })
+        .collect();
+    let rows = sqlx::query(SELECT_BY_KEYS)
+        .bind(&unread_keys)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut existing = std::collections::HashMap::new();
+    for row in &rows {
+        let record = record(row)?;
+        existing.insert(record.idempotency_key.clone(), record);
+    }
+    for (i, key) in unread.into_iter().zip(unread_keys) {
+        answers[i] = Some(match existing.get(key) {
+            Some(record) if record.id == requests[i].xid() => Logged::Begun,
+            Some(record) => Logged::Existing(record.clone()),
+            None => Logged::Missing,
         });
     }
     Ok(())
 }
 
-/// The fenced compare-and-set of every decision, then the records as they
-/// stand.
+/// The fenced compare-and-set of every decision and the records as they
+/// stand afterwards, in one statement. It takes `coordinator_fence` FOR
+/// SHARE, so a new term's `raise_fence` waits for it and every later
+/// batch of ours sees the raised fence; it locks the rows in id order,
+/// so two batches deciding the same transfers (a driver and recovery)
+/// cannot deadlock; and it reads each row as it stands once locked (a
+/// decision another batch committed meanwhile included), because the
+/// compare-and-set re-checks `state = 'preparing'` on the newest version.
 async fn write_decisions(
     conn: &mut PgConnection,
     requests: &[LogWrite],
     decides: &[usize],
     answers: &mut [Option<Logged>],
 ) -> Result<(), sqlx::Error> {
-    // FOR SHARE: a new term's raise_fence waits for this batch, and every
-    // later batch of ours sees the raised fence.
-    let fence: i64 = sqlx::query_scalar("SELECT token FROM coordinator_fence FOR SHARE")
-        .fetch_one(&mut *conn)
-        .await?;
-    let fence = u64::try_from(fence).unwrap_or(0);
     let mut ids = Vec::new();
     let mut states = Vec::new();
     let mut reasons = Vec::new();
@@ -449,55 +542,54 @@ async fn write_decisions(
             token,
         } = &requests[i]
         {
-            if *token < fence {
-                answers[i] = Some(Logged::Fenced { current: fence });
-                continue;
-            }
             ids.push(*xid);
             states.push(state.as_str());
             reasons.push(reason.as_ref().and_then(|r| serde_json::to_string(r).ok()));
             tokens.push(to_i64(*token));
         }
     }
-    if ids.is_empty() {
-        return Ok(());
-    }
-    // Lock the rows in id order first, so that two batches deciding the
-    // same transfers (a driver and recovery) cannot deadlock.
-    sqlx::query("SELECT id FROM transfers WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(&ids)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "UPDATE transfers t SET state = d.state, reason = d.reason::jsonb, \
-         decided_by_token = d.token, decided_at = clock_timestamp() \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int8[]) AS d(id, state, reason, token) \
-         WHERE t.id = d.id AND t.state = 'preparing'",
+    let rows = sqlx::query(
+        "WITH fence AS (SELECT token FROM coordinator_fence FOR SHARE), \
+         d AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int8[]) \
+               AS d(id, state, reason, token)), \
+         locked AS (SELECT id, idempotency_key, from_account, to_account, amount, state, \
+                    reason, finished_at FROM transfers WHERE id IN (SELECT id FROM d) \
+                    ORDER BY id FOR UPDATE), \
+         updated AS (UPDATE transfers t SET state = d.state, reason = d.reason::jsonb, \
+                     decided_by_token = d.token, decided_at = clock_timestamp() \
+                     FROM d, fence \
+                     WHERE t.id = d.id AND t.state = 'preparing' AND d.token >= fence.token \
+                     AND t.id IN (SELECT id FROM locked) \
+                     RETURNING t.id, t.idempotency_key, t.from_account, t.to_account, t.amount, \
+                     t.state, t.reason, t.finished_at) \
+         SELECT r.id, r.idempotency_key, r.from_account, r.to_account, r.amount, r.state, \
+                r.reason, r.finished_at IS NOT NULL AS finished, fence.token AS fence \
+         FROM (SELECT * FROM updated \
+               UNION ALL SELECT * FROM locked WHERE id NOT IN (SELECT id FROM updated)) r \
+         CROSS JOIN fence",
     )
     .bind(&ids)
     .bind(states)
     .bind(reasons)
-    .bind(tokens)
-    .execute(&mut *conn)
+    .bind(&tokens)
+    .fetch_all(&mut *conn)
     .await?;
-    let rows = sqlx::query(SELECT_BY_IDS)
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
     let mut decided = std::collections::HashMap::new();
+    let mut fence = None;
     for row in &rows {
+        fence = Some(u64::try_from(row.try_get::<i64, _>("fence")?).unwrap_or(0));
         let record = record(row)?;
         decided.insert(record.id, record);
     }
-    for &i in decides {
-        if answers[i].is_none() {
-            answers[i] = Some(
-                decided
-                    .get(&requests[i].xid())
-                    .cloned()
-                    .map_or(Logged::Missing, Logged::Decided),
-            );
-        }
+    for (&i, token) in decides.iter().zip(&tokens) {
+        let xid = requests[i].xid();
+        answers[i] = Some(match (decided.get(&xid).cloned(), fence) {
+            (Some(_), Some(current)) if u64::try_from(*token).unwrap_or(0) < current => {
+                Logged::Fenced { current }
+            }
+            (Some(record), _) => Logged::Decided(record),
+            (None, _) => Logged::Missing,
+        });
     }
     Ok(())
 }

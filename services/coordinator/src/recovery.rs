@@ -121,7 +121,7 @@ async fn recover_one(term: &Term, entry: Entry) -> bool {
         };
         tracing::Span::current().record("state", record.state.as_str());
         term.metrics.recovered(record.state);
-        phase_two(term, &record, Instant::now() + term.phase_two_wait).await;
+        phase_two(term, &record, Instant::now() + term.phase_two_retry).await;
         true
     }
     .instrument(span.clone())

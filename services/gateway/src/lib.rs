@@ -11,6 +11,7 @@
 //! | `POST /v1/accounts`, `GET /v1/accounts/{id}` | open and read accounts ([`api::bank`]) |
 //! | `POST /v1/transfers` | `{"from":"a","to":"b","amount":5}` with `Idempotency-Key`: a two-phase-commit transfer |
 //! | `GET /v1/transfers/{id}`, `GET /v1/transfers/in-doubt` | a transfer's state; unfinished transfers |
+//! | `GET /v1/audit` | the total money from one snapshot, money in flight included |
 //! | `GET /live`, `/ready`, `/metrics` | liveness, readiness, Prometheus metrics |
 //!
 //! Every request is counted, and a recorded one is a server span that
@@ -303,6 +304,11 @@ pub async fn run(
                     .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET"))),
             )
             .service(
+                resource("/v1/audit")
+                    .route(web::get().to(api::bank::audit))
+                    .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET"))),
+            )
+            .service(
                 resource("/v1/transfers/{id}")
                     .route(web::get().to(api::bank::read_transfer))
                     .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET"))),
@@ -358,6 +364,7 @@ const ROUTES: &[&str] = &[
     "/v1/transfers",
     "/v1/transfers/in-doubt",
     "/v1/transfers/{id}",
+    "/v1/audit",
     "/live",
     "/ready",
     "/metrics",

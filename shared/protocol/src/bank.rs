@@ -170,6 +170,8 @@ impl TransferRecord {
 pub enum CoordinatorReply {
     /// One transfer.
     Transfer(TransferRecord),
+    /// The audit.
+    Audit(Audit),
     /// A list of transfers.
     Transfers(Vec<TransferRecord>),
     /// A refusal; `status` is the HTTP status the gateway answers with.
@@ -179,6 +181,45 @@ pub enum CoordinatorReply {
         /// The error.
         error: ErrorDetail,
     },
+}
+
+/// All the money in the bank, read from one database snapshot: what
+/// `GET /v1/audit` answers.
+///
+/// `total` is the money every account was opened with, at every instant,
+/// mid-transfer included: `balances` plus `in_flight`, the legs of
+/// committed transfers that a shard has not applied yet. A transfer moves
+/// a balance only when a shard applies its commit, one shard at a time, so
+/// the balances alone are off by the transfers between their two commits.
+/// Money merely `held` by a prepared branch is still in its balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audit {
+    /// `balances + in_flight`.
+    pub total: i64,
+    /// The sum of every balance.
+    pub balances: i64,
+    /// Committed but not yet applied: the sum of the deltas of prepared
+    /// branches whose transfer the log holds as committed.
+    pub in_flight: i64,
+    /// Reserved by prepared transfers (part of `balances`).
+    pub held: i64,
+    /// Accounts.
+    pub accounts: i64,
+    /// Transfers in the decision log, by state.
+    pub transfers: AuditTransfers,
+}
+
+/// The decision log's transfers, by state, in an [`Audit`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditTransfers {
+    /// Begun, not decided.
+    pub preparing: i64,
+    /// Decided commit.
+    pub committed: i64,
+    /// Decided abort.
+    pub aborted: i64,
+    /// Not acknowledged by every shard yet (any state).
+    pub unfinished: i64,
 }
 
 /// One account's part of a transfer: a debit (negative) or a credit.

@@ -72,6 +72,9 @@ pub const COORDINATOR_TRANSFER: &str = "faultline.coordinator.transfer";
 pub const COORDINATOR_TRANSFER_READ: &str = "faultline.coordinator.transfer.read";
 /// The list of unfinished (in-doubt) transfers, for operators.
 pub const COORDINATOR_UNFINISHED: &str = "faultline.coordinator.unfinished";
+/// The audit: the total money over every account, from one snapshot (a
+/// [`crate::bank::Audit`]), for operators and the bank test.
+pub const COORDINATOR_AUDIT: &str = "faultline.coordinator.audit";
 /// Participants' questions about branches they prepared and heard nothing
 /// more of (a [`crate::bank::StatusQuery`]).
 pub const COORDINATOR_STATUS: &str = "faultline.coordinator.status";

@@ -7,6 +7,7 @@
 //! | `POST /v1/transfers` | `{"from":"alice","to":"bob","amount":250}` with an `Idempotency-Key` header |
 //! | `GET /v1/transfers/{id}` | a transfer's state |
 //! | `GET /v1/transfers/in-doubt` | transfers not finished yet, for operators |
+//! | `GET /v1/audit` | the total money, from one snapshot, with money in flight ([`bank::Audit`]) |
 //!
 //! Account requests go straight to the worker owning the account's shard;
 //! transfers go to the active coordinator. Both may be briefly unreachable
@@ -115,6 +116,12 @@ pub async fn read_transfer(
 /// Handles `GET /v1/transfers/in-doubt`.
 pub async fn in_doubt(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let reply = ask_coordinator(&state, subjects::COORDINATOR_UNFINISHED, &json!({})).await?;
+    coordinator_answer(reply)
+}
+
+/// Handles `GET /v1/audit`.
+pub async fn audit(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let reply = ask_coordinator(&state, subjects::COORDINATOR_AUDIT, &json!({})).await?;
     coordinator_answer(reply)
 }
 
@@ -249,6 +256,7 @@ fn coordinator_answer(reply: CoordinatorReply) -> Result<HttpResponse, ApiError>
         CoordinatorReply::Transfers(records) => {
             Ok(HttpResponse::Ok().json(json!({ "transfers": records })))
         }
+        CoordinatorReply::Audit(audit) => Ok(HttpResponse::Ok().json(audit)),
         CoordinatorReply::Error { status, error } => Err(ApiError::Upstream {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
             body: ErrorBody { error }.to_json().into(),

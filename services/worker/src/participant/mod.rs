@@ -11,9 +11,13 @@
 //!   ([`store`]). Once a second the worker also compares with the database
 //!   and claims a shard of its own that is ownerless or held by a worker
 //!   its view says is gone (see [`reconcile`]).
-//! - **Serving.** Prepare, commit, abort and account writes go through one
-//!   group-committed writer ([`store::ShardWriter`]); the reply goes out
-//!   only after the batch has committed, so a yes vote is durable.
+//! - **Serving.** Prepare, commit, abort and account writes are
+//!   group-committed ([`store::ShardWriter`]) by one writer per group of
+//!   shards (shard number modulo `--shard-writers`): a shard's batches stay
+//!   in order behind its row lock, while batches of different shards are
+//!   written side by side and share PostgreSQL's WAL flushes instead of
+//!   queueing behind one another. The reply goes out only after the batch
+//!   has committed, so a yes vote is durable.
 //! - **In doubt.** A branch still prepared after `--in-doubt-after-ms`
 //!   belongs to a transaction whose decision did not arrive (the
 //!   coordinator died, a message was lost, or this worker took the shard
@@ -70,6 +74,12 @@ pub struct ParticipantArgs {
     #[arg(long, env = "IN_DOUBT_AFTER_MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub in_doubt_after_ms: u64,
+    /// Group-commit writers, each with its own database connection, among
+    /// which the shards are spread (shard modulo this); keep it below
+    /// `--db-max-connections`, which the worker's other reads also use.
+    #[arg(long, env = "SHARD_WRITERS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub shard_writers: u32,
     /// The database; without it the worker serves calls only.
     #[command(flatten)]
     pub database: faultline_storage::DatabaseArgs,
@@ -82,7 +92,8 @@ struct Participant {
     client: Client,
     pool: PgPool,
     shards: u32,
-    store: GroupCommit<ShardWriter>,
+    /// The writers; shard `n` uses `writers[n % writers.len()]`.
+    writers: Vec<GroupCommit<ShardWriter>>,
     /// Shards served now, with the epoch they were claimed under.
     owned: RwLock<BTreeMap<u32, i64>>,
     metrics: Metrics,
@@ -109,23 +120,27 @@ pub(crate) fn spawn(
             tracing::error!(%error, "The participant cannot start.");
             return;
         }
-        let store = GroupCommit::spawn(
-            pool.clone(),
-            ShardWriter {
-                worker_id: worker_id.clone(),
-            },
-            group_commit::Options {
-                writers: 1,
-                max_batch: 256,
-                synchronous: true,
-            },
-        );
+        let writers = (0..args.shard_writers)
+            .map(|_| {
+                GroupCommit::spawn(
+                    pool.clone(),
+                    ShardWriter {
+                        worker_id: worker_id.clone(),
+                    },
+                    group_commit::Options {
+                        writers: 1,
+                        max_batch: 256,
+                        synchronous: true,
+                    },
+                )
+            })
+            .collect();
         let participant = Arc::new(Participant {
             worker_id,
             client,
             pool,
             shards: args.shards,
-            store,
+            writers,
             owned: RwLock::new(BTreeMap::new()),
             metrics,
         });
@@ -293,7 +308,8 @@ impl Participant {
         let Some(epoch) = self.epoch(shard) else {
             return ShardReply::NotOwner;
         };
-        match self.store.submit(ShardWrite { shard, epoch, op }).await {
+        let writer = &self.writers[usize::try_from(shard).unwrap_or(0) % self.writers.len()];
+        match writer.submit(ShardWrite { shard, epoch, op }).await {
             Ok(reply) => reply,
             Err(error) => ShardReply::Unavailable {
                 message: error.to_string(),
@@ -316,10 +332,16 @@ struct Assignment {
 /// Once a second it also compares with the database and claims again an
 /// assigned shard that is ownerless, or whose owner this worker's view
 /// says is gone. It does *not* take a shard back from a worker its view
-/// says is live except on a new view: two workers whose views differ for
-/// a while would otherwise take the shard from each other every second.
+/// says is live except on a new view (and then until the claim succeeds):
+/// two workers whose views differ for a while would otherwise take the
+/// shard from each other every second.
 async fn reconcile(participant: Arc<Participant>, mut assignments: watch::Receiver<Assignment>) {
     let mut serving: BTreeMap<u32, JoinHandle<()>> = BTreeMap::new();
+    // The shards the newest view gave this worker that it has not claimed
+    // since: a claim that fails (the database briefly unreachable) is tried
+    // again on the next tick, not only on the next view, or the shard would
+    // stay with an owner that has already let it go.
+    let mut to_claim: BTreeSet<u32> = BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let new_view = tokio::select! {
@@ -330,6 +352,10 @@ async fn reconcile(participant: Arc<Participant>, mut assignments: watch::Receiv
             _ = tick.tick() => false,
         };
         let Assignment { mine, live } = assignments.borrow_and_update().clone();
+        if new_view {
+            to_claim.clone_from(&mine);
+        }
+        to_claim.retain(|shard| mine.contains(shard));
         for (shard, task) in std::mem::take(&mut serving) {
             if mine.contains(&shard) {
                 serving.insert(shard, task);
@@ -348,12 +374,13 @@ async fn reconcile(participant: Arc<Participant>, mut assignments: watch::Receiv
             let (owner, epoch) = owners.get(&shard).cloned().unwrap_or((None, 0));
             let me = participant.worker_id.as_str();
             if owner.as_deref() == Some(me) && participant.epoch(shard) == Some(epoch) {
+                to_claim.remove(&shard);
                 continue;
             }
             let owner_gone = owner
                 .as_deref()
                 .is_none_or(|owner| owner == me || !live.contains(owner));
-            if !new_view && !owner_gone {
+            if !to_claim.contains(&shard) && !owner_gone {
                 if let Some(task) = serving.remove(&shard) {
                     participant.stop_serving(shard, task).await;
                 }
@@ -362,6 +389,7 @@ async fn reconcile(participant: Arc<Participant>, mut assignments: watch::Receiv
             match store::claim(&participant.pool, me, shard).await {
                 Ok(epoch) => {
                     participant.set_owned(shard, Some(epoch));
+                    to_claim.remove(&shard);
                     tracing::info!(shard, epoch, "Claimed a shard.");
                 }
                 Err(error) => {

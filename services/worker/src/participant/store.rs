@@ -21,9 +21,15 @@
 //! cannot act here.
 //!
 //! Shards are fenced in ascending order, so two concurrent batches cannot
-//! deadlock on them; and since every account belongs to one shard, no two
-//! batches lock the same accounts at once either. The rest of the batch
-//! is set-based: one statement reads (and locks) every branch record it
+//! deadlock on them. The shard row lock is the only lock a batch takes:
+//! every branch record and every account belongs to one shard (a prepare's
+//! legs are checked against it), and every write to them goes through a
+//! batch that holds that shard's row lock to its commit. So once a batch
+//! holds its shards, nobody else can change what it reads, and its reads
+//! (each statement sees everything committed before it started) need no
+//! row locks of their own: no `FOR UPDATE` on branches or accounts, which
+//! would only write lock marks to their pages and the WAL. The rest of
+//! the batch is set-based: one statement reads every branch record it
 //! touches, one every account, [`faultline_transactions::shard_batch`]
 //! plans the whole batch in memory through the branch state machine, and
 //! at most three statements write the result back.
@@ -208,7 +214,7 @@ impl Op {
     }
 }
 
-/// Every branch record the batch names, locked.
+/// Every branch record the batch names (the shard locks guard them).
 async fn read_branches(
     conn: &mut PgConnection,
     requests: &[Request],
@@ -227,7 +233,7 @@ async fn read_branches(
     }
     let rows: Vec<(Uuid, i32, String, String)> = sqlx::query_as(
         "SELECT xid, shard, state, legs::text FROM branches \
-         WHERE (xid, shard) IN (SELECT * FROM unnest($1::uuid[], $2::int4[])) FOR UPDATE",
+         WHERE (xid, shard) IN (SELECT * FROM unnest($1::uuid[], $2::int4[]))",
     )
     .bind(xids)
     .bind(shards)
@@ -248,7 +254,7 @@ async fn read_branches(
 }
 
 /// Every account the batch's legs (new and recorded) and new accounts
-/// name, locked.
+/// name (the shard locks guard them).
 async fn read_accounts(
     conn: &mut PgConnection,
     requests: &[Request],
@@ -272,12 +278,11 @@ async fn read_accounts(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(String, i32, i64, i64)> = sqlx::query_as(
-        "SELECT id, shard, balance, held FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-    )
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows: Vec<(String, i32, i64, i64)> =
+        sqlx::query_as("SELECT id, shard, balance, held FROM accounts WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await?;
     Ok(rows
         .into_iter()
         .map(|(id, shard, balance, held)| {

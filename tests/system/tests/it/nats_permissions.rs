@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::{ConnectOptions, Event, ServerError};
 use faultline_protocol::routing::DataPath;
-use faultline_test_support::{BankSpec, Cluster, ClusterSpec, NatsServer};
+use faultline_test_support::{BankSpec, Cluster, ClusterSpec, NatsServer, eventually};
 use futures::StreamExt as _;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -83,8 +83,13 @@ async fn the_system_works_under_its_nats_permissions_and_a_worker_cannot_forge_a
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "committed", "{body}");
-    let (_, bob) = gateway.get("/v1/accounts/perm-bob").await.expect("answers");
-    assert_eq!(bob["balance"], 40, "{bob}");
+    // Phase two runs on after the answer: the money arrives moments later.
+    eventually("the money to arrive", Duration::from_secs(10), || async {
+        let (_, bob) = gateway.get("/v1/accounts/perm-bob").await.ok()?;
+        (bob["balance"] == 40).then_some(())
+    })
+    .await
+    .expect("perm-bob holds the 40 moved to it");
 
     let refusals: Vec<_> = cluster
         .nats

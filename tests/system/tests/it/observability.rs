@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use faultline_test_support::otlp::{OtlpReceiver, ReceivedSpan};
-use faultline_test_support::{BankSpec, Cluster, ClusterSpec};
+use faultline_test_support::{BankSpec, Cluster, ClusterSpec, eventually};
 use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 use serde_json::{Value, json};
 
@@ -451,7 +451,21 @@ async fn every_service_exports_prometheus_text_whose_counters_move_with_the_traf
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let after = scrape_all(&cluster).await;
+    // Phase two runs on after the answer: read the counters once its last
+    // step, the "finished" mark, has been timed.
+    let finishes = |scraped: &_| {
+        total(
+            scraped,
+            "faultline_coordinator_phase_duration_seconds",
+            &[("phase", "finish")],
+        )
+    };
+    let after = eventually("phase two to end", Duration::from_secs(10), || async {
+        let after = scrape_all(&cluster).await;
+        (finishes(&after) > finishes(&before)).then_some(after)
+    })
+    .await
+    .expect("phase two completes");
     let moved = |family: &str, labels: &[(&str, &str)]| {
         total(&after, family, labels) - total(&before, family, labels)
     };

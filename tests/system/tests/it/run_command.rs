@@ -369,10 +369,13 @@ async fn run_starts_everything_serves_and_ctrl_c_stops_exactly_what_it_started()
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let (_, bob) = get(&http, &format!("{gateway}/v1/accounts/newcomer-bob"))
-        .await
-        .expect("answers");
-    assert_eq!(bob["balance"], 250, "{bob}");
+    // Phase two runs on after the answer: the money arrives moments later.
+    eventually("the money to arrive", Duration::from_secs(10), || async {
+        let (_, bob) = get(&http, &format!("{gateway}/v1/accounts/newcomer-bob")).await?;
+        (bob["balance"] == 250).then_some(())
+    })
+    .await
+    .expect("newcomer-bob holds the 250 moved to it");
 
     // It started its own PostgreSQL and Redis, and not a second NATS.
     run.note_processes();

@@ -102,9 +102,6 @@ async fn a_transfer_moves_money_once_however_often_it_is_sent() {
         assert_eq!(status, 200, "{again}");
         assert_eq!(again["id"], first["id"]);
     }
-    assert_eq!(balance(&cluster, "alice").await, (750, 0));
-    assert_eq!(balance(&cluster, "bob").await, (250, 0));
-
     let id = first["id"].as_str().expect("an id");
     let (status, read) = cluster
         .gateway
@@ -112,7 +109,8 @@ async fn a_transfer_moves_money_once_however_often_it_is_sent() {
         .await
         .expect("the gateway answers");
     assert_eq!((status, &read["state"]), (200, &json!("committed")));
-    // Phase two ends (every shard acknowledged) and nothing is in doubt.
+    // The answer came once the decision was durable; phase two ends by
+    // itself (every shard acknowledged) and nothing is in doubt.
     eventually(
         "the transfer to finish",
         Duration::from_secs(10),
@@ -128,6 +126,83 @@ async fn a_transfer_moves_money_once_however_often_it_is_sent() {
     )
     .await
     .expect("phase two completes");
+    assert_eq!(balance(&cluster, "alice").await, (750, 0));
+    assert_eq!(balance(&cluster, "bob").await, (250, 0));
+    let (status, audit) = cluster.gateway.get("/v1/audit").await.expect("answers");
+    assert_eq!(status, 200, "{audit}");
+    assert_eq!(
+        audit,
+        json!({"total": 1000, "balances": 1000, "in_flight": 0, "held": 0, "accounts": 2,
+               "transfers": {"preparing": 0, "committed": 1, "aborted": 0, "unfinished": 0}})
+    );
+}
+
+/// The state between a committed transfer's two shard commits, written as
+/// phase two leaves it: the log says committed, the debit's shard has
+/// applied it, the credit's branch is still prepared. The audit counts the
+/// credit in flight, so its total does not move; then recovery applies it.
+#[tokio::test]
+async fn the_audit_counts_money_between_a_transfers_two_commits() {
+    let cluster = bank_cluster().await;
+    let (from, to) = accounts_on_two_shards(&cluster, "audit", 1000).await;
+    let pool = cluster.pool().await.expect("pool");
+    let xid = uuid::Uuid::now_v7();
+    let leg = |account: &str, delta: i64| json!([{"account": account, "delta": delta}]).to_string();
+    let mut mid_transfer = pool.begin().await.expect("a transaction");
+    sqlx::query(
+        "INSERT INTO transfers (id, idempotency_key, from_account, to_account, amount, state, \
+         begun_by_token, decided_by_token) VALUES ($1, 'mid-phase-two', $2, $3, 40, 'committed', 1, 1)",
+    )
+    .bind(xid)
+    .bind(&from)
+    .bind(&to)
+    .execute(&mut *mid_transfer)
+    .await
+    .expect("the decision is written");
+    for (account, state, delta) in [(&from, "committed", -40), (&to, "prepared", 40)] {
+        sqlx::query(
+            "INSERT INTO branches (xid, shard, state, legs) \
+             SELECT $1, shard, $2, $3::jsonb FROM accounts WHERE id = $4",
+        )
+        .bind(xid)
+        .bind(state)
+        .bind(leg(account, delta))
+        .bind(account)
+        .execute(&mut *mid_transfer)
+        .await
+        .expect("a branch is written");
+    }
+    sqlx::query("UPDATE accounts SET balance = balance - 40 WHERE id = $1")
+        .bind(&from)
+        .execute(&mut *mid_transfer)
+        .await
+        .expect("the debit is applied");
+    mid_transfer.commit().await.expect("the state is written");
+
+    let (status, audit) = cluster.gateway.get("/v1/audit").await.expect("answers");
+    assert_eq!(status, 200, "{audit}");
+    assert_eq!(audit["total"], 1000, "{audit}");
+    // Recovery may already have applied the credit: either way it adds up.
+    let split = (audit["balances"].as_i64(), audit["in_flight"].as_i64());
+    assert!(
+        split == (Some(960), Some(40)) || split == (Some(1000), Some(0)),
+        "{audit}"
+    );
+    // The credit's shard asks the coordinator, or recovery resends the
+    // commit: either way it is applied.
+    eventually(
+        "the credit to be applied",
+        Duration::from_secs(15),
+        || async { (balance(&cluster, &to).await == (40, 0)).then_some(()) },
+    )
+    .await
+    .expect("the prepared branch commits on the log's word");
+    let (_, audit) = cluster.gateway.get("/v1/audit").await.expect("answers");
+    assert_eq!(
+        (&audit["total"], &audit["in_flight"]),
+        (&json!(1000), &json!(0)),
+        "{audit}"
+    );
 }
 
 /// Recovery acts only where the driver is gone. With a sweep every 10 ms,
@@ -160,15 +235,32 @@ async fn recovery_leaves_transfers_alone_while_their_driver_runs() {
     for (status, body) in &answers {
         assert_eq!(*status, 200, "{body}");
         assert_eq!(body["state"], "committed", "{body}");
-        // Answered within the phase-two wait: the driver itself finished.
-        assert_eq!(body["finished"], true, "{body}");
     }
-    let after = crate::observability::scrape_all(&cluster).await;
+    let transfers = TRANSFERS as f64;
+    // Phase two runs on after each answer, under the sweeps: read the
+    // counters once every one has been timed (which is after its
+    // "finished" mark).
+    let phase_twos = |scraped: &_| {
+        crate::observability::total(
+            scraped,
+            "faultline_coordinator_phase_duration_seconds",
+            &[("phase", "phase_two")],
+        )
+    };
+    let after = eventually(
+        "every phase two to end",
+        Duration::from_secs(10),
+        || async {
+            let after = crate::observability::scrape_all(&cluster).await;
+            (phase_twos(&after) - phase_twos(&before) >= transfers).then_some(after)
+        },
+    )
+    .await
+    .expect("phase two completes");
     let moved = |family: &str, labels: &[(&str, &str)]| {
         crate::observability::total(&after, family, labels)
             - crate::observability::total(&before, family, labels)
     };
-    let transfers = TRANSFERS as f64;
     assert_eq!(
         moved(
             "faultline_coordinator_phase_duration_seconds",
@@ -188,35 +280,24 @@ async fn recovery_leaves_transfers_alone_while_their_driver_runs() {
     assert_eq!(balance(&cluster, to).await, (TRANSFERS as i64, 0));
 }
 
-/// `--phase-two-wait-ms 0`: the client's answer does not wait for phase
-/// two, but the decision is still sent (once, not retried), by the driver
-/// and not only when a participant asks, so the transfer finishes.
+/// `--phase-two-wait-ms`: the answer waits for phase two, so the money
+/// can be read where it went as soon as the answer comes.
 #[tokio::test]
-async fn with_no_wait_for_phase_two_the_decision_is_still_sent() {
-    let cluster = bank_cluster_with_coordinator_flag("--phase-two-wait-ms", "0").await;
-    let (from, to) = accounts_on_two_shards(&cluster, "nowait", 100).await;
+async fn with_a_phase_two_wait_the_answer_comes_after_phase_two() {
+    let cluster = bank_cluster_with_coordinator_flag("--phase-two-wait-ms", "5000").await;
+    let (from, to) = accounts_on_two_shards(&cluster, "wait", 100).await;
     let (status, answer) = transfer(
         &cluster,
-        "nowait-1",
+        "wait-1",
         &json!({"from": from, "to": to, "amount": 40}),
     )
     .await;
     assert_eq!(
-        (status, &answer["state"]),
-        (200, &json!("committed")),
+        (status, &answer["state"], &answer["finished"]),
+        (200, &json!("committed"), &json!(true)),
         "{answer}"
     );
-    let id = answer["id"].as_str().expect("an id");
-    eventually("the transfer to finish", Duration::from_secs(5), || async {
-        let (_, read) = cluster
-            .gateway
-            .get(&format!("/v1/transfers/{id}"))
-            .await
-            .ok()?;
-        (read["finished"] == true).then_some(())
-    })
-    .await
-    .expect("phase two is sent and acknowledged");
+    assert_eq!(balance(&cluster, &from).await, (60, 0));
     assert_eq!(balance(&cluster, &to).await, (40, 0));
 }
 
@@ -328,11 +409,9 @@ async fn bad_transfers_are_refused_and_change_nothing() {
         assert!(answer["error"]["code"].is_string(), "{path}: {answer}");
     }
 
-    // Nothing but the one good transfer was applied.
-    assert_eq!(balance(&cluster, "carol").await.0, 95);
-    assert_eq!(balance(&cluster, "dave").await.0, 105);
     let pool = cluster.pool().await.expect("pool");
-    // The refused transfers' phase two (abort) may still be on its way.
+    // Phase two (the good transfer's commit, the refused ones' abort) may
+    // still be on its way.
     eventually("no prepared branch", Duration::from_secs(10), || async {
         let prepared: i64 =
             sqlx::query_scalar("SELECT count(*) FROM branches WHERE state = 'prepared'")
@@ -343,6 +422,9 @@ async fn bad_transfers_are_refused_and_change_nothing() {
     })
     .await
     .expect("every refused transfer is released");
+    // Nothing but the one good transfer was applied.
+    assert_eq!(balance(&cluster, "carol").await, (95, 0));
+    assert_eq!(balance(&cluster, "dave").await, (105, 0));
 }
 
 #[tokio::test]
@@ -635,6 +717,7 @@ async fn the_bank_stays_right_through_crashes_at_every_step() {
             tokio::spawn(client(gateway, n, stopped.clone(), progress.clone()))
         })
         .collect();
+    let auditor = tokio::spawn(auditor(cluster.gateway.url.clone(), stopped.clone()));
 
     let faults = nemesis(&mut cluster, &progress).await;
 
@@ -645,21 +728,74 @@ async fn the_bank_stays_right_through_crashes_at_every_step() {
         acknowledged.extend(client.await.expect("a client task"));
     }
     let clients_done = faults_stopped.elapsed();
-    let settled = settle(&pool).await;
+    let audits = auditor.await.expect("the auditor task");
+    let settled = settle(&cluster, &pool).await;
     eprintln!(
         "bank: {faults} faults; {} transfers acknowledged; the clients had their last answers \
-         {clients_done:?} after the faults stopped, and every transfer was final {:?} later",
+         {clients_done:?} after the faults stopped, and every transfer was final {:?} later; \
+         {} audit reads during the run",
         acknowledged.len(),
         settled,
+        audits.exact,
     );
+    assert!(
+        audits.wrong.is_empty(),
+        "audit reads off the total while the faults ran: {:#?}",
+        audits.wrong
+    );
+    // Each fault round waits for 30 more transfers, so the run is long
+    // enough for many reads; the coordinator's takeovers only pause them.
+    assert!(audits.exact >= 20, "too few audit reads: {}", audits.exact);
     audit(&pool, &acknowledged).await;
 }
 
+/// What the auditor read while the faults ran.
+#[derive(Debug, Default)]
+struct AuditReads {
+    /// Reads that showed the exact total.
+    exact: usize,
+    /// Reads that did not, as answered.
+    wrong: Vec<Value>,
+}
+
+/// Reads `GET /v1/audit` until told to stop, as Jepsen's bank test reads
+/// totals during the run: every answer must show all the money ever
+/// opened, mid-transfer and mid-fault. A read that gets no answer (no
+/// coordinator active, the database's connections just ended) is no
+/// read.
+async fn auditor(gateway: String, mut stop: watch::Receiver<bool>) -> AuditReads {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client");
+    let mut reads = AuditReads::default();
+    while !*stop.borrow() {
+        let answer = async {
+            let response = http.get(format!("{gateway}/v1/audit")).send().await.ok()?;
+            (response.status() == 200).then_some(())?;
+            response.json::<Value>().await.ok()
+        };
+        if let Some(audit) = answer.await {
+            if audit["total"] == json!(ACCOUNTS as i64 * OPENING) {
+                reads.exact += 1;
+            } else {
+                reads.wrong.push(audit);
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    reads
+}
+
 /// The coordinator's failpoints, in protocol order.
-const COORDINATOR_FAILPOINTS: [&str; 4] = [
+const COORDINATOR_FAILPOINTS: [&str; 5] = [
     "coordinator::after-begin",
     "coordinator::after-votes",
     "coordinator::after-decision",
+    "coordinator::before-phase-two",
     "coordinator::mid-phase-two",
 ];
 
@@ -764,9 +900,9 @@ const SETTLE_BOUND: Duration = Duration::from_secs(15);
 
 /// Waits until no transfer is unfinished and no branch is prepared;
 /// returns how long that took.
-async fn settle(pool: &PgPool) -> Duration {
+async fn settle(cluster: &Cluster, pool: &PgPool) -> Duration {
     let started = Instant::now();
-    eventually(
+    let settled = eventually(
         "every transfer finished and no branch prepared",
         SETTLE_BOUND,
         || async {
@@ -783,9 +919,56 @@ async fn settle(pool: &PgPool) -> Duration {
             (unfinished == 0 && prepared == 0).then_some(())
         },
     )
-    .await
-    .expect("recovery settles every transfer");
+    .await;
+    if let Err(error) = settled {
+        panic!(
+            "recovery settles every transfer: {error}\n{}",
+            what_is_left(cluster, pool).await
+        );
+    }
     started.elapsed()
+}
+
+/// What a settle that timed out left: the unfinished transfers, the
+/// prepared branches, the shards, and the end of each service's log.
+async fn what_is_left(cluster: &Cluster, pool: &PgPool) -> String {
+    let rows = |sql: &'static str| async move {
+        sqlx::query_scalar::<_, String>(sql)
+            .fetch_all(pool)
+            .await
+            .unwrap_or_else(|error| vec![error.to_string()])
+    };
+    let mut report = String::new();
+    for (what, sql) in [
+        (
+            "unfinished transfers",
+            "SELECT concat_ws(' ', id, state, begun_by_token, decided_by_token, created_at) \
+             FROM transfers WHERE finished_at IS NULL",
+        ),
+        (
+            "prepared branches",
+            "SELECT concat_ws(' ', xid, shard, recorded_at, legs) FROM branches \
+             WHERE state = 'prepared'",
+        ),
+        (
+            "shards",
+            "SELECT concat_ws(' ', shard, owner, epoch, coordinator_token) FROM shards",
+        ),
+        ("fence", "SELECT token::text FROM coordinator_fence"),
+    ] {
+        report.push_str(&format!("{what}:\n  {}\n", rows(sql).await.join("\n  ")));
+    }
+    for service in cluster.coordinators.iter().chain(&cluster.workers) {
+        let log = service.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(25)..];
+        report.push_str(&format!(
+            "{} log:\n  {}\n",
+            service.name(),
+            tail.join("\n  ")
+        ));
+    }
+    report
 }
 
 /// Every invariant, checked against the database.
