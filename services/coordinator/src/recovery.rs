@@ -11,9 +11,9 @@
 //! its decision sent again until every shard acknowledges; an undecided one
 //! is aborted. Its driver is gone: an earlier term began it (that driver
 //! was deposed or died), or this term's driver returned without finishing
-//! (phase two outlasted the client's wait) or was dropped. The abort is a
-//! compare-and-set, so a decision written first wins, and the sweep then
-//! sends that decision. No time window is involved: a transfer's age
+//! (a shard did not acknowledge within `--phase-two-retry-ms`) or was
+//! dropped. The abort is a compare-and-set, so a decision written first
+//! wins, and the sweep then sends that decision. No time window is involved: a transfer's age
 //! decides nothing.
 //!
 //! A participant's question is answered from the log by
