@@ -1,17 +1,28 @@
 //! One transfer, driven through two-phase commit by the active coordinator.
 //!
 //! ```text
-//! begin (log) ─▶ prepare every shard ─▶ decide (log, compare-and-set) ─┬─▶ answer the client
-//!        ▲                ▲                          ▲                  └─▶ phase two ─▶ finished (log)
-//!   AFTER_BEGIN      AFTER_VOTES              AFTER_DECISION          ▲            ▲
-//!                                                               BEFORE_PHASE_TWO  MID_PHASE_TWO
+//! enter (live set, by key) ─▶ prepare every shard ─▶ decide (log: first record) ─┬─▶ answer the client
+//!                                    ▲                         ▲                  └─▶ phase two ─▶ finished (log)
+//!                               AFTER_VOTES             AFTER_DECISION          ▲            ▲
+//!                                                                     BEFORE_PHASE_TWO  MID_PHASE_TWO
 //! ```
+//!
+//! Two fsyncs stand between the request and the answer: the shards'
+//! prepares (in parallel) and the decision. Nothing is written before the
+//! prepares: while a transfer is prepared, it lives only in the term's live
+//! set ([`crate::live`]), which also refuses a second attempt under the
+//! same idempotency key (409, retry shortly); a retry after the decision
+//! finds it in the log. Should two attempts under one key still prepare
+//! (one on a coordinator being deposed, or a retry racing the first's
+//! decision), the log's unique key records only the first decision: the
+//! other attempt aborts its own branches and answers with the first.
 //!
 //! Each failpoint sits between two steps; a crash there leaves exactly the
 //! state the steps before it wrote, and recovery ([`crate::recovery`])
 //! takes it from there: a transfer with no decision is aborted (presumed
-//! abort), a decided one has its decision sent again until every shard
-//! acknowledges.
+//! abort: a shard that asks gets an abort, and the log an abort barrier
+//! so that a late commit loses), a decided one has its decision sent again
+//! until every shard acknowledges.
 //!
 //! The client is answered once the decision is durable: from then on the
 //! outcome is fixed (a commit will be applied on every shard, whatever
@@ -26,7 +37,7 @@
 //! nothing fails.
 //!
 //! Each step is a span inside the request's `coordinator.transfer` span:
-//! `2pc.begin`, `2pc.prepare` (with one `2pc.prepare.shard` client span per
+//! `2pc.prepare` (with one `2pc.prepare.shard` client span per
 //! shard, the parent of that shard's `shard.prepare`), `2pc.decide`,
 //! `2pc.phase_two` (one `2pc.decision.shard` per shard) and `2pc.finish`;
 //! each step's duration is also the `phase_duration_seconds` histogram.
@@ -50,12 +61,10 @@ use uuid::Uuid;
 
 use crate::Term;
 use crate::live::Driving;
-use crate::log::Logged;
+use crate::log::{Asked, Logged};
 use crate::metrics::Phase;
 use crate::participants::PhaseTwo;
 
-/// Crash after the begin record is durable, before any prepare is sent.
-pub const AFTER_BEGIN: &str = "coordinator::after-begin";
 /// Crash after every vote is in, before the decision is written.
 pub const AFTER_VOTES: &str = "coordinator::after-votes";
 /// Crash after the decision is durable, before phase two.
@@ -76,32 +85,16 @@ pub async fn transfer(term: &Arc<Term>, command: TransferCommand) -> Coordinator
         return refuse(400, error.to_body("invalid_field").error);
     }
     let xid = Uuid::now_v7();
-    // Entered before the begin is written and left when phase two returns
+    // Entered before any prepare is sent and left when phase two returns
     // (or this is dropped before it starts): until then recovery leaves
-    // the transfer to us.
-    let driving = term.live.enter(xid);
+    // the transfer to us, and a participant asking about it hears "ask
+    // again".
+    let Some(driving) = term.live.enter(xid, &command.idempotency_key) else {
+        return in_progress(&command.idempotency_key);
+    };
     let request = tracing::Span::current();
     request.record("xid", tracing::field::display(xid));
     let traceparent = faultline_bus::trace_context::traceparent(&request);
-    let begun = term
-        .timed(
-            Phase::Begin,
-            term.log
-                .begin(xid, command.clone(), term.token, traceparent),
-        )
-        .instrument(tracing::info_span!("2pc.begin"))
-        .await;
-    match begun {
-        Ok(Logged::Begun) => {}
-        Ok(Logged::Existing(record)) => {
-            request.record("state", "replayed");
-            return replay(record, &command.transfer);
-        }
-        Ok(Logged::Fenced { current }) => return deposed(current),
-        Ok(other) => return unavailable(&format!("unexpected log answer {other:?}")),
-        Err(error) => return unavailable(&error.to_string()),
-    }
-    crash_point(AFTER_BEGIN);
     term.metrics.begun.inc();
 
     let deadline = Instant::now() + term.prepare_window;
@@ -125,15 +118,40 @@ pub async fn transfer(term: &Arc<Term>, command: TransferCommand) -> Coordinator
         Decision::Commit => (TransferState::Committed, None),
         Decision::Abort(reason) => (TransferState::Aborted, Some(reason)),
     };
+    let asked = Asked {
+        command: command.clone(),
+        traceparent,
+    };
     let decided = term
         .timed(
             Phase::Decide,
-            term.log.decide(xid, state, reason, term.token),
+            term.log.decide(xid, asked, state, reason, term.token),
         )
         .instrument(tracing::info_span!("2pc.decide", decision = state.as_str()))
         .await;
+    if let Ok(Logged::Decided(_) | Logged::Existing(_)) = &decided {
+        // The log holds the key now: a retry under it reads the decision.
+        driving.decided();
+    }
     let mut record = match decided {
         Ok(Logged::Decided(record)) => record,
+        Ok(Logged::Existing(first)) => {
+            // Another attempt under this key was decided first: release
+            // what this one prepared, and answer with the first.
+            request.record("state", "replayed");
+            let ours = TransferRecord {
+                id: xid,
+                idempotency_key: command.idempotency_key.clone(),
+                from: command.transfer.from.clone(),
+                to: command.transfer.to.clone(),
+                amount: command.transfer.amount,
+                state: TransferState::Aborted,
+                reason: None,
+                finished: false,
+            };
+            drop(phase_two_in_background(term, ours, driving));
+            return replay(first, &command.transfer);
+        }
         Ok(Logged::Fenced { current }) => return deposed(current),
         Ok(other) => return unavailable(&format!("unexpected log answer {other:?}")),
         Err(error) => return unavailable(&error.to_string()),
@@ -252,21 +270,23 @@ fn replay(record: TransferRecord, request: &TransferRequest) -> CoordinatorReply
             },
         );
     }
-    if record.state == TransferState::Preparing {
-        return refuse(
-            409,
-            ErrorDetail {
-                code: "transfer_in_progress".into(),
-                message: format!(
-                    "transfer {} with this Idempotency-Key is still being prepared; \
-                     retry shortly with the same key",
-                    record.id
-                ),
-                field: None,
-            },
-        );
-    }
     CoordinatorReply::Transfer(record)
+}
+
+/// The answer to a second attempt under a key whose transfer this term is
+/// still driving.
+fn in_progress(key: &str) -> CoordinatorReply {
+    refuse(
+        409,
+        ErrorDetail {
+            code: "transfer_in_progress".into(),
+            message: format!(
+                "a transfer with Idempotency-Key {key:?} is still being prepared; \
+                 retry shortly with the same key"
+            ),
+            field: None,
+        },
+    )
 }
 
 fn refuse(status: u16, error: ErrorDetail) -> CoordinatorReply {

@@ -20,10 +20,10 @@
 //!
 //! A *term* begins when the lease is taken with a new fencing token: the
 //! coordinator raises the decision log's fence, and every shard's
-//! coordinator token, to that token (waiting out any begin, decision or
-//! shard batch of the previous term still being written), subscribes, and
-//! sweeps. From then on the deposed coordinator can neither begin nor
-//! decide a transfer, nor hold funds on a shard. A term ends when the
+//! coordinator token, to that token (waiting out any decision or shard
+//! batch of the previous term still being written), subscribes, and
+//! sweeps. From then on the deposed coordinator can neither decide a
+//! transfer nor hold funds on a shard. A term ends when the
 //! lease cannot be renewed in time: every task of the term, phase twos
 //! running in the background included, is aborted at once, and whatever it
 //! left half-done is the next term's recovery work. The pure rules live in
@@ -448,12 +448,17 @@ async fn respond(term: &Arc<Term>, message: &Request) -> Option<Vec<u8>> {
         subjects::COORDINATOR_TRANSFER_READ => {
             let reply = match serde_json::from_slice::<TransferId>(&message.payload) {
                 Ok(TransferId { id }) => match term.log.get(id).await {
-                    Ok(Some(entry)) => CoordinatorReply::Transfer(entry.record),
-                    Ok(None) => CoordinatorReply::Error {
+                    // An abort barrier is not a client's transfer.
+                    Ok(Some(entry)) if !log::is_barrier(&entry.record) => {
+                        CoordinatorReply::Transfer(entry.record)
+                    }
+                    Ok(_) => CoordinatorReply::Error {
                         status: 404,
                         error: ErrorDetail {
                             code: "unknown_transfer".into(),
-                            message: format!("no transfer has id {id}"),
+                            message: format!(
+                                "no transfer has id {id} (one is recorded once it is decided)"
+                            ),
                             field: Some("id".into()),
                         },
                     },

@@ -1,8 +1,8 @@
 //! The transfers this term's drivers are running: how recovery knows that a
 //! driver is gone without waiting out a time window.
 //!
-//! A driver enters its transfer here *before* the begin record is written
-//! and leaves (its [`Driving`] guard drops) only once it is done: when its
+//! A driver enters its transfer here *before* it sends any prepare, and
+//! leaves (its [`Driving`] guard drops) only once it is done: when its
 //! phase two, which runs on after the client's answer, has returned (after
 //! the "finished" mark if it got that far), or earlier if it stopped before
 //! a decision. So any unfinished record a reader finds was either entered
@@ -11,11 +11,19 @@
 //!
 //! A recovery sweep reads in two steps, and each step closes one race:
 //!
+//! The set also holds each running transfer's idempotency key: the log
+//! records a transfer only when it is decided, so while a driver prepares,
+//! the set is what refuses a second attempt with the same key (409, "retry
+//! shortly"). Attempts on two coordinators at once (a takeover) cannot both
+//! commit either: the deposed one's decision is fenced, and the key is
+//! unique in the log, so of two decisions under one key only the first is
+//! recorded.
+//!
 //! 1. [`LiveTransfers::sweep`] takes the running set, which the log query
 //!    leaves out in SQL, so that a steady-state sweep reads nothing.
 //! 2. For each record the query still returns, [`Sweep::driver_gone`]
 //!    checks again in memory. A transfer entered after the snapshot (its
-//!    begin committed before the query) is running now; one that left
+//!    decision committed before the query) is running now; one that left
 //!    after the snapshot, having written its "finished" mark after the
 //!    query read the record, is remembered by the open sweep. Either way
 //!    it is not the sweep's to resend. Without that second step a transfer
@@ -29,7 +37,7 @@
 //! writes by [`faultline_storage::group_commit::ANSWER_WITHIN`]), so a
 //! transfer is recovery's work within seconds of its driver getting stuck.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -45,7 +53,10 @@ pub struct LiveTransfers {
 
 #[derive(Debug, Default)]
 struct Inner {
-    running: HashSet<Uuid>,
+    /// Each running transfer's idempotency key.
+    running: HashMap<Uuid, String>,
+    /// The same, by key.
+    keys: HashMap<String, Uuid>,
     /// Transfers that left while a sweep was open (`None`: no sweep).
     left_during_sweep: Option<HashSet<Uuid>>,
 }
@@ -66,22 +77,27 @@ impl LiveTransfers {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Marks `xid` as driven until the guard drops. Call it before the
-    /// begin record is written.
-    pub fn enter(self: &Arc<Self>, xid: Uuid) -> Driving {
+    /// Marks `xid`, a transfer under idempotency key `key`, as driven
+    /// until the guard drops; `None` if a transfer under `key` is running
+    /// already. Call it before any prepare is sent.
+    pub fn enter(self: &Arc<Self>, xid: Uuid, key: &str) -> Option<Driving> {
         let mut inner = self.lock();
-        inner.running.insert(xid);
+        if inner.keys.contains_key(key) {
+            return None;
+        }
+        inner.keys.insert(key.to_owned(), xid);
+        inner.running.insert(xid, key.to_owned());
         self.report(&inner);
         drop(inner);
-        Driving {
+        Some(Driving {
             live: Arc::clone(self),
             xid,
-        }
+        })
     }
 
     /// Whether a driver of this term is running `xid` now.
     pub fn is_running(&self, xid: Uuid) -> bool {
-        self.lock().running.contains(&xid)
+        self.lock().running.contains_key(&xid)
     }
 
     /// Opens a sweep: the running set now, and a record of every transfer
@@ -90,14 +106,19 @@ impl LiveTransfers {
         let mut inner = self.lock();
         inner.left_during_sweep = Some(HashSet::new());
         Sweep {
-            running: inner.running.iter().copied().collect(),
+            running: inner.running.keys().copied().collect(),
             live: Arc::clone(self),
         }
     }
 
     fn leave(&self, xid: Uuid) {
         let mut inner = self.lock();
-        inner.running.remove(&xid);
+        // The key may belong to a retry by now, if this one was decided.
+        if let Some(key) = inner.running.remove(&xid)
+            && inner.keys.get(&key) == Some(&xid)
+        {
+            inner.keys.remove(&key);
+        }
         if let Some(left) = &mut inner.left_during_sweep {
             left.insert(xid);
         }
@@ -121,6 +142,20 @@ pub struct Driving {
     xid: Uuid,
 }
 
+impl Driving {
+    /// Frees the transfer's idempotency key once its decision is in the
+    /// log, where a retry under the key finds it from then on; the
+    /// transfer stays running (for recovery) until the guard drops.
+    pub fn decided(&self) {
+        let mut inner = self.live.lock();
+        if let Some(key) = inner.running.get(&self.xid).cloned()
+            && inner.keys.get(&key) == Some(&self.xid)
+        {
+            inner.keys.remove(&key);
+        }
+    }
+}
+
 impl Drop for Driving {
     fn drop(&mut self) {
         self.live.leave(self.xid);
@@ -141,7 +176,7 @@ impl Sweep {
     /// not running now, and did not leave while this sweep was open.
     pub fn driver_gone(&self, xid: Uuid) -> bool {
         let inner = self.live.lock();
-        !inner.running.contains(&xid)
+        !inner.running.contains_key(&xid)
             && !inner
                 .left_during_sweep
                 .as_ref()
@@ -167,7 +202,7 @@ mod tests {
     fn a_driver_is_running_until_its_guard_drops() {
         let live = live();
         let xid = Uuid::now_v7();
-        let driving = live.enter(xid);
+        let driving = live.enter(xid, "k").expect("a free key");
         assert!(live.is_running(xid));
         assert_eq!(live.gauge.get(), 1);
         drop(driving);
@@ -176,15 +211,45 @@ mod tests {
     }
 
     #[test]
+    fn a_key_is_driven_once_at_a_time() {
+        let live = live();
+        let first = live.enter(Uuid::now_v7(), "k").expect("a free key");
+        assert!(
+            live.enter(Uuid::now_v7(), "k").is_none(),
+            "the key is taken"
+        );
+        let _other = live.enter(Uuid::now_v7(), "other").expect("another key");
+        drop(first);
+        assert!(
+            live.enter(Uuid::now_v7(), "k").is_some(),
+            "the key is free again"
+        );
+    }
+
+    #[test]
+    fn a_decided_transfer_frees_its_key_and_stays_running() {
+        let live = live();
+        let xid = Uuid::now_v7();
+        let driving = live.enter(xid, "k").expect("a free key");
+        driving.decided();
+        assert!(live.is_running(xid));
+        let retry = live.enter(Uuid::now_v7(), "k").expect("the key is free");
+        drop(driving);
+        // The retry's own guard still holds the key.
+        assert!(live.enter(Uuid::now_v7(), "k").is_none());
+        drop(retry);
+    }
+
+    #[test]
     fn a_sweep_leaves_out_what_runs_and_what_finished_while_it_read() {
         let live = live();
         let before = Uuid::now_v7();
-        let finishing = live.enter(before);
+        let finishing = live.enter(before, "before").expect("a free key");
         let sweep = live.sweep();
         assert_eq!(sweep.running, vec![before]);
         // Began after the snapshot (its record is visible to the query).
         let after = Uuid::now_v7();
-        let _running = live.enter(after);
+        let _running = live.enter(after, "after").expect("a free key");
         assert!(!sweep.driver_gone(after));
         // Finished after the snapshot: the query may have read it
         // unfinished, but it is not the sweep's to resend.
@@ -198,7 +263,7 @@ mod tests {
     fn leavers_are_forgotten_when_the_sweep_closes() {
         let live = live();
         let xid = Uuid::now_v7();
-        let driving = live.enter(xid);
+        let driving = live.enter(xid, "k").expect("a free key");
         drop(live.sweep());
         drop(driving);
         // No sweep open: nothing is remembered, and the next sweep sees a

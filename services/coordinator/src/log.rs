@@ -1,25 +1,28 @@
 //! The decision log, in PostgreSQL (`transfers` and `coordinator_fence`).
 //!
-//! Three records per transfer, each group-committed with its neighbours
+//! Two records per transfer, each group-committed with its neighbours
 //! ([`faultline_storage::group_commit`]):
 //!
-//! 1. **begin**, before any prepare is sent: the transfer, its idempotency
-//!    key (unique, so a retried request finds the first one) and the token
-//!    of the term that began it. Presumed abort does not need this record
-//!    for safety; it is what lets a client read a transfer's state, makes
-//!    idempotency durable (Redis keeps nothing on disk here), and lets
-//!    recovery find prepared work whose driver died.
-//! 2. **decision**, a compare-and-set out of `preparing` under the fence:
-//!    the batch's one statement takes `coordinator_fence` FOR SHARE and
-//!    refuses every decision whose token is older than the fence, so a
-//!    deposed coordinator cannot decide anything once its successor has
-//!    raised the fence (which waits for that share lock). Begins are
-//!    fenced the same way. Commit decisions are forced
-//!    to disk before phase two; abort decisions are written with
-//!    `synchronous_commit = off`, because under presumed abort a lost abort
-//!    reads as "preparing", which recovery aborts again.
-//! 3. **finished**, once every shard has acknowledged: also not forced (a
-//!    lost mark means phase two is sent again, which is idempotent).
+//! 1. **decision**, once every vote is in: the transfer's first record, an
+//!    insert of the whole transfer with its idempotency key (unique, so of
+//!    two attempts under one key only the first decision is recorded; the
+//!    other reads it back) under the fence: the batch's one statement takes
+//!    `coordinator_fence` FOR SHARE and refuses every decision whose token
+//!    is older than the fence, so a deposed coordinator cannot decide
+//!    anything once its successor has raised the fence (which waits for
+//!    that share lock). Every decision is forced to disk before the client
+//!    hears it: a lost abort would let a retry under the same key commit.
+//! 2. **finished**, once every shard has acknowledged: not forced (a lost
+//!    mark means phase two is sent again, which is idempotent).
+//!
+//! Nothing is written before the prepares: presumed abort makes "no
+//! record" an abort. When a participant asks about a transaction the log
+//! has never heard of and whose driver is gone, recovery writes a bare
+//! *abort barrier* for its id ([`DecisionLog::presume_abort`]): the
+//! decision is an insert, so a late commit of that id (a driver whose
+//! write was still queued) finds the id taken and loses. A transfer being
+//! prepared is therefore not in the log; the coordinator's live set
+//! ([`crate::live`]) answers for it meanwhile.
 
 use std::time::Duration;
 
@@ -34,21 +37,13 @@ use uuid::Uuid;
 /// A write to the log.
 #[derive(Debug, Clone)]
 pub enum LogWrite {
-    /// Record a new transfer as `preparing`.
-    Begin {
-        /// Its id.
-        xid: Uuid,
-        /// What the client asked.
-        command: TransferCommand,
-        /// The term's token.
-        token: u64,
-        /// The trace it began in, for recovery's spans to link to.
-        traceparent: Option<String>,
-    },
-    /// Decide, by compare-and-set from `preparing`.
+    /// A decision: the transfer's first record.
     Decide {
         /// The transfer.
         xid: Uuid,
+        /// What the client asked, and the trace it began in; `None` for an
+        /// abort barrier (a transaction the log never heard of).
+        transfer: Option<Box<Asked>>,
         /// Committed or aborted.
         state: TransferState,
         /// Why, for an abort.
@@ -63,12 +58,19 @@ pub enum LogWrite {
     },
 }
 
+/// A decided transfer's details, as its client asked it.
+#[derive(Debug, Clone)]
+pub struct Asked {
+    /// The request, with its idempotency key.
+    pub command: TransferCommand,
+    /// The trace it began in, for recovery's spans to link to.
+    pub traceparent: Option<String>,
+}
+
 impl LogWrite {
     fn xid(&self) -> Uuid {
         match self {
-            LogWrite::Begin { xid, .. }
-            | LogWrite::Decide { xid, .. }
-            | LogWrite::Finish { xid } => *xid,
+            LogWrite::Decide { xid, .. } | LogWrite::Finish { xid } => *xid,
         }
     }
 }
@@ -76,13 +78,11 @@ impl LogWrite {
 /// What a log write found.
 #[derive(Debug, Clone)]
 pub enum Logged {
-    /// The transfer was recorded as new.
-    Begun,
-    /// A transfer with the same idempotency key was there already.
-    Existing(TransferRecord),
-    /// The transfer as it stands after the compare-and-set: with our
-    /// decision, or with the one that was there first.
+    /// The transfer as it stands after the write: with our decision, or
+    /// with the one (an abort barrier, say) that was there first.
     Decided(TransferRecord),
+    /// Another transfer was decided first under the same idempotency key.
+    Existing(TransferRecord),
     /// The decision was refused: a newer coordinator has raised the fence.
     Fenced {
         /// The fence's token.
@@ -135,47 +135,45 @@ impl DecisionLog {
         }
     }
 
-    /// Records a new transfer, begun in the trace `traceparent` names, or
-    /// finds the one with the same key.
-    pub async fn begin(
-        &self,
-        xid: Uuid,
-        command: TransferCommand,
-        token: u64,
-        traceparent: Option<String>,
-    ) -> Result<Logged, LogError> {
-        Ok(self
-            .forced
-            .submit(LogWrite::Begin {
-                xid,
-                command,
-                token,
-                traceparent,
-            })
-            .await?)
-    }
-
-    /// Writes a decision (compare-and-set from `preparing`).
+    /// Records the decision about transfer `xid`, asked as `command` in the
+    /// trace `traceparent` names: its first record. Answers what the log
+    /// holds afterwards.
     pub async fn decide(
         &self,
         xid: Uuid,
+        asked: Asked,
         state: TransferState,
         reason: Option<AbortReason>,
         token: u64,
     ) -> Result<Logged, LogError> {
-        let write = LogWrite::Decide {
-            xid,
-            state,
-            reason,
-            token,
-        };
-        // Presumed abort: only a commit must be on disk before phase two.
-        let writer = if state == TransferState::Committed {
-            &self.forced
-        } else {
-            &self.lazy
-        };
-        Ok(writer.submit(write).await?)
+        Ok(self
+            .forced
+            .submit(LogWrite::Decide {
+                xid,
+                transfer: Some(Box::new(asked)),
+                state,
+                reason,
+                token,
+            })
+            .await?)
+    }
+
+    /// Presumed abort for `xid`, which no live driver of this term runs:
+    /// writes the abort barrier if the log has no record of it (an
+    /// undecided record, left by an older version, is aborted too), and
+    /// answers what the log holds afterwards: the barrier, or the decision
+    /// that was there first.
+    pub async fn presume_abort(&self, xid: Uuid, token: u64) -> Result<Logged, LogError> {
+        Ok(self
+            .forced
+            .submit(LogWrite::Decide {
+                xid,
+                transfer: None,
+                state: TransferState::Aborted,
+                reason: Some(faultline_transactions::coordinator::abandoned()),
+                token,
+            })
+            .await?)
     }
 
     /// Marks phase two done.
@@ -193,9 +191,9 @@ impl DecisionLog {
     }
 
     /// Raises the fence, and every shard's coordinator token, to `token` as
-    /// a new term begins; waits for any begin or decision batch of the
-    /// previous term, and any shard batch, still in flight. From then on
-    /// the previous term's begins and decisions are refused here, and its
+    /// a new term begins; waits for any decision batch of the previous
+    /// term, and any shard batch, still in flight. From then on the
+    /// previous term's decisions are refused here, and its
     /// prepares on every shard (so it cannot hold funds), even on shards the
     /// new term has not written to yet. Returns whether the fence now
     /// stands at `token`: false if the log has already seen this token or a
@@ -237,7 +235,7 @@ impl DecisionLog {
                         count(*) FILTER (WHERE state = 'committed') AS committed, \
                         count(*) FILTER (WHERE state = 'aborted') AS aborted, \
                         count(*) FILTER (WHERE finished_at IS NULL) AS unfinished \
-                        FROM transfers) \
+                        FROM transfers WHERE idempotency_key IS NOT NULL) \
              SELECT * FROM money, in_flight, states",
         )
         .fetch_one(&self.pool)
@@ -297,15 +295,15 @@ impl DecisionLog {
 pub struct Entry {
     /// The record.
     pub record: TransferRecord,
-    /// Time since it was begun.
+    /// Time since it was recorded (decided).
     pub age: Duration,
     /// The trace it began in.
     pub traceparent: Option<String>,
 }
 
-const SELECT_BY_KEYS: &str = "SELECT id, idempotency_key, from_account, to_account, amount, \
-     state, reason, finished_at IS NOT NULL AS finished FROM transfers \
-     WHERE idempotency_key = ANY($1)";
+const SELECT_BY_IDS_OR_KEYS: &str = "SELECT id, idempotency_key, from_account, to_account, \
+     amount, state, reason, finished_at IS NOT NULL AS finished FROM transfers \
+     WHERE id = ANY($1) OR idempotency_key = ANY($2)";
 const SELECT_ENTRY_BY_ID: &str = "SELECT id, idempotency_key, from_account, to_account, amount, \
      state, reason, finished_at IS NOT NULL AS finished, traceparent, \
      extract(epoch FROM clock_timestamp() - created_at)::float8 AS age \
@@ -316,20 +314,32 @@ const SELECT_UNFINISHED: &str = "SELECT id, idempotency_key, from_account, to_ac
      FROM transfers WHERE finished_at IS NULL AND id > $1 AND NOT (id = ANY($2)) \
      ORDER BY id LIMIT $3";
 
+/// A row as a record; an abort barrier has an empty key, empty accounts
+/// and amount 0 ([`is_barrier`]).
 fn record(row: &sqlx::postgres::PgRow) -> Result<TransferRecord, sqlx::Error> {
     let state: String = row.try_get("state")?;
     let reason: Option<Json<AbortReason>> = row.try_get("reason")?;
+    let text = |column: &str| -> Result<String, sqlx::Error> {
+        Ok(row
+            .try_get::<Option<String>, _>(column)?
+            .unwrap_or_default())
+    };
     Ok(TransferRecord {
         id: row.try_get("id")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        from: row.try_get("from_account")?,
-        to: row.try_get("to_account")?,
-        amount: row.try_get("amount")?,
+        idempotency_key: text("idempotency_key")?,
+        from: text("from_account")?,
+        to: text("to_account")?,
+        amount: row.try_get::<Option<i64>, _>("amount")?.unwrap_or(0),
         state: TransferState::parse(&state)
             .ok_or_else(|| sqlx::Error::Protocol(format!("unknown transfer state {state:?}")))?,
         reason: reason.map(|Json(reason)| reason),
         finished: row.try_get("finished")?,
     })
+}
+
+/// Whether `record` is an abort barrier, not a client's transfer.
+pub fn is_barrier(record: &TransferRecord) -> bool {
+    record.idempotency_key.is_empty()
 }
 
 fn entry(row: &sqlx::postgres::PgRow) -> Result<Entry, sqlx::Error> {
@@ -353,30 +363,32 @@ impl BatchWrite for LogWriter {
     type Request = LogWrite;
     type Response = Logged;
 
-    /// Writes the batch with at most three set-based statements, each
-    /// reading back what it found: one for every begin, one for every
-    /// decision, one for every finish.
+    /// Writes the batch with a statement for every decision (and one more
+    /// for barriers, rare), one for every finish, each reading back what
+    /// it found.
     async fn write(
         &self,
         conn: &mut PgConnection,
         requests: &[LogWrite],
     ) -> Result<Vec<Logged>, sqlx::Error> {
         let mut answers: Vec<Option<Logged>> = vec![None; requests.len()];
-        let mut begins = Vec::new();
-        let mut decides = Vec::new();
+        let mut decisions = Vec::new();
+        let mut barriers = Vec::new();
         let mut finishes = Vec::new();
         for (i, request) in requests.iter().enumerate() {
             match request {
-                LogWrite::Begin { .. } => begins.push(i),
-                LogWrite::Decide { .. } => decides.push(i),
+                LogWrite::Decide {
+                    transfer: Some(_), ..
+                } => decisions.push(i),
+                LogWrite::Decide { transfer: None, .. } => barriers.push(i),
                 LogWrite::Finish { .. } => finishes.push(i),
             }
         }
-        if !begins.is_empty() {
-            write_begins(conn, requests, &begins, &mut answers).await?;
+        if !decisions.is_empty() {
+            write_decisions(conn, requests, &decisions, &mut answers).await?;
         }
-        if !decides.is_empty() {
-            write_decisions(conn, requests, &decides, &mut answers).await?;
+        if !barriers.is_empty() {
+            write_barriers(conn, requests, &barriers, &mut answers).await?;
         }
         if !finishes.is_empty() {
             let ids: Vec<Uuid> = finishes.iter().map(|&i| requests[i].xid()).collect();
@@ -398,14 +410,15 @@ impl BatchWrite for LogWriter {
     }
 }
 
-/// Inserts every new transfer under the fence, in one statement that also
-/// reads back the transfer first recorded under each key already there.
-/// A begin whose token is older than the fence is refused: a deposed
-/// coordinator begins nothing.
-async fn write_begins(
+/// Inserts every decision under the fence, in one statement that reads
+/// back what it inserted. A decision that finds its id or its key taken
+/// inserts nothing; those (rare) are read again, after the statement, as
+/// they stand: an abort barrier under the id (the decision lost to it), or
+/// another transfer under the key.
+async fn write_decisions(
     conn: &mut PgConnection,
     requests: &[LogWrite],
-    begins: &[usize],
+    decisions: &[usize],
     answers: &mut [Option<Logged>],
 ) -> Result<(), sqlx::Error> {
     let mut ids = Vec::new();
@@ -413,183 +426,162 @@ async fn write_begins(
     let mut froms = Vec::new();
     let mut tos = Vec::new();
     let mut amounts = Vec::new();
-    let mut tokens = Vec::new();
-    let mut traces = Vec::new();
-    for &i in begins {
-        if let LogWrite::Begin {
-            xid,
-            command,
-            token,
-            traceparent,
-        } = &requests[i]
-        {
-            ids.push(*xid);
-            keys.push(command.idempotency_key.as_str());
-            froms.push(command.transfer.from.as_str());
-            tos.push(command.transfer.to.as_str());
-            amounts.push(command.transfer.amount);
-            tokens.push(to_i64(*token));
-            traces.push(traceparent.as_deref());
-        }
-    }
-    // Each begin's row in the answer: `inserted`, or the row already under
-    // its key as this statement's snapshot shows it (NULL columns when the
-    // key was inserted concurrently, after the snapshot, or twice in this
-    // batch: those are read again below).
-    let rows = sqlx::query(
-        "WITH fence AS (SELECT token FROM coordinator_fence FOR SHARE), \
-         b AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], \
-               $5::int8[], $6::int8[], $7::text[]) AS b(i, k, f, t, a, tok, tp)), \
-         ins AS (INSERT INTO transfers (id, idempotency_key, from_account, to_account, amount, \
-                 state, begun_by_token, traceparent) \
-                 SELECT i, k, f, t, a, 'preparing', tok, tp FROM b, fence WHERE tok >= fence.token \
-                 ON CONFLICT (idempotency_key) DO NOTHING RETURNING id) \
-         SELECT b.i AS requested, b.i IN (SELECT id FROM ins) AS inserted, fence.token AS fence, \
-                t.id, t.idempotency_key, t.from_account, t.to_account, t.amount, t.state, \
-                t.reason, t.finished_at IS NOT NULL AS finished \
-         FROM b CROSS JOIN fence \
-         LEFT JOIN transfers t ON t.idempotency_key = b.k AND b.i NOT IN (SELECT id FROM ins)",
-    )
-    .bind(&ids)
-    .bind(&keys)
-    .bind(froms)
-    .bind(tos)
-    .bind(amounts)
-    .bind(&tokens)
-    .bind(traces)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut found = std::collections::HashMap::new();
-    let mut fence = 0;
-    for row in &rows {
-        let requested: Uuid = row.try_get("requested")?;
-        fence = row.try_get("fence")?;
-        let outcome = if row.try_get("inserted")? {
-            Some(Logged::Begun)
-        } else if row.try_get::<Option<Uuid>, _>("id")?.is_some() {
-            Some(Logged::Existing(record(row)?))
-        } else {
-            None
-        };
-        found.insert(requested, outcome);
-    }
-    let mut unread = Vec::new();
-    for ((&i, id), token) in begins.iter().zip(&ids).zip(&tokens) {
-        answers[i] = match found.get(id).cloned().flatten() {
-            Some(outcome) => Some(outcome),
-            None if *token < fence => Some(Logged::Fenced {
-                current: u64::try_from(fence).unwrap_or(0),
-            }),
-            None => {
-                unread.push(i);
-                None
-            }
-        };
-    }
-    if unread.is_empty() {
-        return Ok(());
-    }
-    // Rare: read what the statement's snapshot could not see.
-    let unread_keys: Vec<&str> = unread
-        .iter()
-        .map(|&i| match &requests[i] {
-            LogWrite::Begin { command, .. } => command.idempotency_key.as_str(),
-            _ => "",
-        })
-        .collect();
-    let rows = sqlx::query(SELECT_BY_KEYS)
-        .bind(&unread_keys)
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut existing = std::collections::HashMap::new();
-    for row in &rows {
-        let record = record(row)?;
-        existing.insert(record.idempotency_key.clone(), record);
-    }
-    for (i, key) in unread.into_iter().zip(unread_keys) {
-        answers[i] = Some(match existing.get(key) {
-            Some(record) if record.id == requests[i].xid() => Logged::Begun,
-            Some(record) => Logged::Existing(record.clone()),
-            None => Logged::Missing,
-        });
-    }
-    Ok(())
-}
-
-/// The fenced compare-and-set of every decision and the records as they
-/// stand afterwards, in one statement. It takes `coordinator_fence` FOR
-/// SHARE, so a new term's `raise_fence` waits for it and every later
-/// batch of ours sees the raised fence; it locks the rows in id order,
-/// so two batches deciding the same transfers (a driver and recovery)
-/// cannot deadlock; and it reads each row as it stands once locked (a
-/// decision another batch committed meanwhile included), because the
-/// compare-and-set re-checks `state = 'preparing'` on the newest version.
-async fn write_decisions(
-    conn: &mut PgConnection,
-    requests: &[LogWrite],
-    decides: &[usize],
-    answers: &mut [Option<Logged>],
-) -> Result<(), sqlx::Error> {
-    let mut ids = Vec::new();
     let mut states = Vec::new();
     let mut reasons = Vec::new();
     let mut tokens = Vec::new();
-    for &i in decides {
+    let mut traces = Vec::new();
+    for &i in decisions {
         if let LogWrite::Decide {
             xid,
+            transfer: Some(asked),
             state,
             reason,
             token,
         } = &requests[i]
         {
             ids.push(*xid);
+            keys.push(asked.command.idempotency_key.as_str());
+            froms.push(asked.command.transfer.from.as_str());
+            tos.push(asked.command.transfer.to.as_str());
+            amounts.push(asked.command.transfer.amount);
             states.push(state.as_str());
             reasons.push(reason.as_ref().and_then(|r| serde_json::to_string(r).ok()));
             tokens.push(to_i64(*token));
+            traces.push(asked.traceparent.as_deref());
         }
     }
     let rows = sqlx::query(
         "WITH fence AS (SELECT token FROM coordinator_fence FOR SHARE), \
-         d AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int8[]) \
-               AS d(id, state, reason, token)), \
-         locked AS (SELECT id, idempotency_key, from_account, to_account, amount, state, \
-                    reason, finished_at FROM transfers WHERE id IN (SELECT id FROM d) \
-                    ORDER BY id FOR UPDATE), \
-         updated AS (UPDATE transfers t SET state = d.state, reason = d.reason::jsonb, \
-                     decided_by_token = d.token, decided_at = clock_timestamp() \
-                     FROM d, fence \
-                     WHERE t.id = d.id AND t.state = 'preparing' AND d.token >= fence.token \
-                     AND t.id IN (SELECT id FROM locked) \
-                     RETURNING t.id, t.idempotency_key, t.from_account, t.to_account, t.amount, \
-                     t.state, t.reason, t.finished_at) \
-         SELECT r.id, r.idempotency_key, r.from_account, r.to_account, r.amount, r.state, \
-                r.reason, r.finished_at IS NOT NULL AS finished, fence.token AS fence \
-         FROM (SELECT * FROM updated \
-               UNION ALL SELECT * FROM locked WHERE id NOT IN (SELECT id FROM updated)) r \
-         CROSS JOIN fence",
+         d AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], \
+               $6::text[], $7::text[], $8::int8[], $9::text[]) \
+               AS d(id, k, f, t, a, st, r, tok, tp)), \
+         ins AS (INSERT INTO transfers (id, idempotency_key, from_account, to_account, amount, \
+                 state, reason, begun_by_token, decided_by_token, decided_at, traceparent) \
+                 SELECT id, k, f, t, a, st, r::jsonb, tok, tok, clock_timestamp(), tp \
+                 FROM d, fence WHERE d.tok >= fence.token \
+                 ON CONFLICT DO NOTHING \
+                 RETURNING id, idempotency_key, from_account, to_account, amount, state, reason, \
+                 finished_at IS NOT NULL AS finished) \
+         SELECT ins.*, fence.token AS fence FROM ins CROSS JOIN fence \
+         UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, token FROM fence",
     )
     .bind(&ids)
+    .bind(&keys)
+    .bind(froms)
+    .bind(tos)
+    .bind(amounts)
     .bind(states)
     .bind(reasons)
     .bind(&tokens)
+    .bind(traces)
     .fetch_all(&mut *conn)
     .await?;
-    let mut decided = std::collections::HashMap::new();
-    let mut fence = None;
+    let mut fence = 0;
+    let mut inserted = std::collections::HashMap::new();
     for row in &rows {
-        fence = Some(u64::try_from(row.try_get::<i64, _>("fence")?).unwrap_or(0));
-        let record = record(row)?;
-        decided.insert(record.id, record);
+        fence = u64::try_from(row.try_get::<i64, _>("fence")?).unwrap_or(0);
+        if row.try_get::<Option<Uuid>, _>("id")?.is_some() {
+            let record = record(row)?;
+            inserted.insert(record.id, record);
+        }
     }
-    for (&i, token) in decides.iter().zip(&tokens) {
-        let xid = requests[i].xid();
-        answers[i] = Some(match (decided.get(&xid).cloned(), fence) {
-            (Some(_), Some(current)) if u64::try_from(*token).unwrap_or(0) < current => {
-                Logged::Fenced { current }
-            }
-            (Some(record), _) => Logged::Decided(record),
-            (None, _) => Logged::Missing,
+    let mut taken = Vec::new();
+    for ((&i, id), token) in decisions.iter().zip(&ids).zip(&tokens) {
+        answers[i] = if let Some(record) = inserted.remove(id) {
+            Some(Logged::Decided(record))
+        } else if u64::try_from(*token).unwrap_or(0) < fence {
+            Some(Logged::Fenced { current: fence })
+        } else {
+            taken.push(i);
+            None
+        };
+    }
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let taken_ids: Vec<Uuid> = taken.iter().map(|&i| requests[i].xid()).collect();
+    let taken_keys: Vec<&str> = taken
+        .iter()
+        .filter_map(|&i| match &requests[i] {
+            LogWrite::Decide {
+                transfer: Some(asked),
+                ..
+            } => Some(asked.command.idempotency_key.as_str()),
+            _ => None,
+        })
+        .collect();
+    let rows = sqlx::query(SELECT_BY_IDS_OR_KEYS)
+        .bind(&taken_ids)
+        .bind(&taken_keys)
+        .fetch_all(&mut *conn)
+        .await?;
+    let found: Vec<TransferRecord> = rows.iter().map(record).collect::<Result<_, _>>()?;
+    for (i, (xid, key)) in taken.into_iter().zip(taken_ids.iter().zip(&taken_keys)) {
+        answers[i] = Some(if let Some(same_id) = found.iter().find(|r| r.id == *xid) {
+            Logged::Decided(same_id.clone())
+        } else if let Some(same_key) = found.iter().find(|r| r.idempotency_key == *key) {
+            Logged::Existing(same_key.clone())
+        } else {
+            Logged::Missing
         });
+    }
+    Ok(())
+}
+
+/// Writes every abort barrier under the fence: a bare `aborted` row for an
+/// id the log has no record of (a record still `preparing`, left by an
+/// older version, is aborted in place), and reads back each id's record as
+/// it stands.
+async fn write_barriers(
+    conn: &mut PgConnection,
+    requests: &[LogWrite],
+    barriers: &[usize],
+    answers: &mut [Option<Logged>],
+) -> Result<(), sqlx::Error> {
+    let mut ids = Vec::new();
+    let mut reasons = Vec::new();
+    let mut tokens = Vec::new();
+    for &i in barriers {
+        if let LogWrite::Decide {
+            xid, reason, token, ..
+        } = &requests[i]
+        {
+            ids.push(*xid);
+            reasons.push(reason.as_ref().and_then(|r| serde_json::to_string(r).ok()));
+            tokens.push(to_i64(*token));
+        }
+    }
+    sqlx::query(
+        "WITH fence AS (SELECT token FROM coordinator_fence FOR SHARE) \
+         INSERT INTO transfers AS t (id, state, reason, begun_by_token, decided_by_token, \
+             decided_at, finished_at) \
+         SELECT b.id, 'aborted', b.r::jsonb, b.tok, b.tok, clock_timestamp(), clock_timestamp() \
+         FROM unnest($1::uuid[], $2::text[], $3::int8[]) AS b(id, r, tok), fence \
+         WHERE b.tok >= fence.token \
+         ON CONFLICT (id) DO UPDATE SET state = 'aborted', reason = excluded.reason, \
+             decided_by_token = excluded.decided_by_token, decided_at = excluded.decided_at \
+         WHERE t.state = 'preparing'",
+    )
+    .bind(&ids)
+    .bind(reasons)
+    .bind(&tokens)
+    .execute(&mut *conn)
+    .await?;
+    // Read each as it stands: the barrier, or the decision that was there.
+    let rows = sqlx::query(SELECT_BY_IDS_OR_KEYS)
+        .bind(&ids)
+        .bind(Vec::<String>::new())
+        .fetch_all(&mut *conn)
+        .await?;
+    let found: Vec<TransferRecord> = rows.iter().map(record).collect::<Result<_, _>>()?;
+    for (&i, xid) in barriers.iter().zip(&ids) {
+        answers[i] = Some(
+            found
+                .iter()
+                .find(|r| r.id == *xid)
+                .cloned()
+                .map_or(Logged::Missing, Logged::Decided),
+        );
     }
     Ok(())
 }

@@ -24,8 +24,6 @@ struct PhaseLabel {
 /// A step of two-phase commit, as the duration histogram labels it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Writing the begin record.
-    Begin,
     /// Collecting every shard's vote.
     Prepare,
     /// Writing the decision.
@@ -37,8 +35,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    const ALL: [Phase; 5] = [
-        Phase::Begin,
+    const ALL: [Phase; 4] = [
         Phase::Prepare,
         Phase::Decide,
         Phase::PhaseTwo,
@@ -47,7 +44,6 @@ impl Phase {
 
     fn as_str(self) -> &'static str {
         match self {
-            Phase::Begin => "begin",
             Phase::Prepare => "prepare",
             Phase::Decide => "decide",
             Phase::PhaseTwo => "phase_two",

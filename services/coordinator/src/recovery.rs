@@ -18,7 +18,8 @@
 //!
 //! A participant's question is answered from the log by
 //! [`faultline_transactions::coordinator::answer`]; presumed abort makes "no
-//! record" an abort.
+//! record" an abort, once the driver is gone and the abort is recorded (an
+//! abort barrier, [`log::DecisionLog::presume_abort`]).
 //!
 //! Each transfer recovery acts on is a trace of its own, a `2pc.recover`
 //! span (with the phase-two spans beneath it) that links to the span the
@@ -134,15 +135,7 @@ async fn abort_abandoned(
     term: &Term,
     xid: Uuid,
 ) -> Option<faultline_protocol::bank::TransferRecord> {
-    let written = term
-        .log
-        .decide(
-            xid,
-            TransferState::Aborted,
-            Some(coordinator::abandoned()),
-            term.token,
-        )
-        .await;
+    let written = term.log.presume_abort(xid, term.token).await;
     match written {
         Ok(log::Logged::Decided(record)) => {
             tracing::info!(%xid, state = ?record.state, "Settled an abandoned transfer.");
@@ -169,14 +162,11 @@ pub async fn status(term: &Term, xid: Uuid) -> Option<StatusAnswer> {
             return None;
         }
     };
-    // Read after the record: a driver running now entered before its
-    // begin was written, so "not running" means gone (or finished since the
-    // read, in which case the abort's compare-and-set finds its decision).
-    let logged = entry.as_ref().map(|entry| Logged {
-        state: entry.record.state,
-        driver_gone: !term.live.is_running(entry.record.id),
-    });
-    match coordinator::answer(logged, term.token) {
+    // Read after the record: a driver running now entered before it sent
+    // any prepare, so "not running" means gone (or finished since the
+    // read, in which case the abort barrier finds its decision).
+    let driver_gone = !term.live.is_running(xid);
+    match coordinator::answer(entry.map(|e| e.record.state), driver_gone, term.token) {
         StatusAction::Answer(answer) => Some(answer),
         StatusAction::AbortAbandonedThenAnswer => {
             let record = abort_abandoned(term, xid).await?;

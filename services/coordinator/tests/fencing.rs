@@ -1,23 +1,27 @@
 //! The coordinator's safety rails, on the real PostgreSQL and Redis: the
-//! decision log's compare-and-set and fence, and the lease's tokens.
+//! decision log's first-decision-wins rule, its abort barrier and fence,
+//! and the lease's tokens.
 
 use std::time::Duration;
 
 use coordinator::lease::Lease;
-use coordinator::log::{DecisionLog, Logged};
+use coordinator::log::{Asked, DecisionLog, Logged, is_barrier};
 use faultline_protocol::bank::{AbortReason, TransferCommand, TransferRequest, TransferState};
 use faultline_test_support::database::{TestDatabase, redis_url, unique_name};
 use faultline_test_support::eventually;
 use uuid::Uuid;
 
-fn command(key: &str) -> TransferCommand {
-    TransferCommand {
-        idempotency_key: key.to_owned(),
-        transfer: TransferRequest {
-            from: "a".into(),
-            to: "b".into(),
-            amount: 5,
+fn asked(key: &str) -> Asked {
+    Asked {
+        command: TransferCommand {
+            idempotency_key: key.to_owned(),
+            transfer: TransferRequest {
+                from: "a".into(),
+                to: "b".into(),
+                amount: 5,
+            },
         },
+        traceparent: None,
     }
 }
 
@@ -30,7 +34,7 @@ fn timeout_abort() -> Option<AbortReason> {
 }
 
 #[tokio::test]
-async fn a_deposed_coordinator_cannot_decide_and_no_decision_is_overwritten() {
+async fn a_deposed_coordinator_cannot_decide_and_the_first_decision_stands() {
     let database = TestDatabase::create().await.expect("a test database");
     let pool = faultline_storage::connect(&database.url, 4)
         .await
@@ -40,16 +44,28 @@ async fn a_deposed_coordinator_cannot_decide_and_no_decision_is_overwritten() {
     assert!(log.raise_fence(4).await.expect("raise"));
     // Two terms never share a token, even if Redis handed one out twice.
     assert!(!log.raise_fence(4).await.expect("raise"));
+
+    // Term 4 decides: the transfer's first record.
     let xid = Uuid::now_v7();
-    assert!(matches!(
-        log.begin(xid, command("k1"), 4, None).await.expect("begin"),
-        Logged::Begun
-    ));
-    // The same key again finds the first transfer.
-    let Logged::Existing(existing) = log
-        .begin(Uuid::now_v7(), command("k1"), 4, None)
+    let Logged::Decided(first) = log
+        .decide(xid, asked("k1"), TransferState::Committed, None, 4)
         .await
-        .expect("begin")
+        .expect("decide")
+    else {
+        panic!("expected the decision");
+    };
+    assert_eq!((first.id, first.state), (xid, TransferState::Committed));
+    // A second attempt under the same key finds the first decision.
+    let Logged::Existing(existing) = log
+        .decide(
+            Uuid::now_v7(),
+            asked("k1"),
+            TransferState::Aborted,
+            timeout_abort(),
+            4,
+        )
+        .await
+        .expect("decide")
     else {
         panic!("expected the existing transfer");
     };
@@ -57,26 +73,25 @@ async fn a_deposed_coordinator_cannot_decide_and_no_decision_is_overwritten() {
 
     // A successor raises the fence: term 4 can no longer decide.
     assert!(log.raise_fence(5).await.expect("raise"));
+    let late = Uuid::now_v7();
     assert!(matches!(
-        log.decide(xid, TransferState::Committed, None, 4)
+        log.decide(late, asked("k2"), TransferState::Committed, None, 4)
             .await
             .expect("decide"),
         Logged::Fenced { current: 5 }
     ));
-    let entry = log.get(xid).await.expect("get").expect("the transfer");
-    assert_eq!(entry.record.state, TransferState::Preparing);
+    assert!(log.get(late).await.expect("get").is_none());
 
-    // Term 5 aborts; a later commit (a slow driver) cannot overwrite it.
-    let Logged::Decided(aborted) = log
-        .decide(xid, TransferState::Aborted, timeout_abort(), 5)
-        .await
-        .expect("decide")
-    else {
-        panic!("expected a decision");
+    // Term 5 presumes the unknown transaction aborted and records it; a
+    // late commit of that id (a driver whose write was still queued)
+    // finds the id taken and loses.
+    let Logged::Decided(barrier) = log.presume_abort(late, 5).await.expect("barrier") else {
+        panic!("expected the barrier");
     };
-    assert_eq!(aborted.state, TransferState::Aborted);
+    assert_eq!(barrier.state, TransferState::Aborted);
+    assert!(is_barrier(&barrier));
     let Logged::Decided(still) = log
-        .decide(xid, TransferState::Committed, None, 5)
+        .decide(late, asked("k2"), TransferState::Committed, None, 5)
         .await
         .expect("decide")
     else {
@@ -87,6 +102,11 @@ async fn a_deposed_coordinator_cannot_decide_and_no_decision_is_overwritten() {
         TransferState::Aborted,
         "a commit overwrote an abort"
     );
+    // A barrier for a decided transfer changes nothing.
+    let Logged::Decided(kept) = log.presume_abort(xid, 5).await.expect("barrier") else {
+        panic!("expected the decision");
+    };
+    assert_eq!(kept.state, TransferState::Committed);
 
     // And the fence never goes down.
     assert!(!log.raise_fence(3).await.expect("raise"));

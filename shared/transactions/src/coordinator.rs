@@ -3,20 +3,24 @@
 //! A transfer's life in the decision log:
 //!
 //! ```text
-//!   (no record) ──begin──▶ preparing ──all voted yes──▶ committed ──all acked──▶ finished
-//!                              │
-//!                              └──a no, a timeout, or abandoned──▶ aborted ──all acked──▶ finished
+//!   (no record, prepared under the live set) ──all voted yes──▶ committed ──all acked──▶ finished
+//!                  │
+//!                  └──a no, a timeout, or abandoned──▶ aborted ──all acked──▶ finished
 //! ```
 //!
-//! - **One transition out of `preparing`.** The decision is written with a
-//!   compare-and-set from `preparing` ([`may_decide`]), so whichever of the
-//!   driver (all votes in), a timeout, or recovery (abandoned transfer)
-//!   writes first wins, and the others read the winner's decision and follow
-//!   it. A timeout abort can never overwrite a commit.
-//! - **Presumed abort.** No record means abort ([`answer`]). So an abort
-//!   need not be forced to disk before it is sent: if it is lost in a crash
-//!   the record is back to `preparing` (or absent), which also means abort.
-//!   Only commit decisions must be durable before phase two.
+//! - **One decision per transaction, the first.** The decision is the
+//!   transaction's first record, an insert: whichever of the driver (all
+//!   votes in), a timeout, or recovery (an abort barrier for an abandoned
+//!   transaction) writes first wins, and the others read the winner's
+//!   decision and follow it. A timeout abort can never overwrite a commit,
+//!   nor a late commit an abort. (`preparing`, [`may_decide`], is what
+//!   versions that wrote a record before the prepares left behind.)
+//! - **Presumed abort.** No record means abort ([`answer`]): a participant
+//!   that asks about a transaction the log has never heard of, and whose
+//!   driver is gone, is told to abort once the abort is recorded. Every
+//!   decision the client hears is forced to disk first: the idempotency
+//!   key lives in the decision, and a lost abort would let a retry under
+//!   the same key commit.
 //! - **Recovery acts only where the driver is gone.** A transfer whose
 //!   driver is still running (this term began it and the driver has not
 //!   returned) is left to that driver, whatever its age: a participant
@@ -24,7 +28,7 @@
 //!   nor sends its decision a second time. Once the driver is gone (an
 //!   earlier term began the transfer, or this term's driver returned or
 //!   was dropped before finishing) recovery takes over: it aborts an
-//!   undecided transfer (by the same compare-and-set, so a driver that
+//!   undecided transfer (by the same first-record rule, so a driver that
 //!   decided first wins) and sends a decided one's decision again. No
 //!   clock is read: a driver's own prepare window bounds how long it
 //!   collects votes.
@@ -112,22 +116,29 @@ pub struct Logged {
 pub enum StatusAction {
     /// Answer now.
     Answer(StatusAnswer),
-    /// Abort the abandoned transfer (compare-and-set), then answer with
-    /// whatever the log holds afterwards.
+    /// Record the abort (an abort barrier, or a compare-and-set of an
+    /// undecided record), then answer with whatever the log holds
+    /// afterwards.
     AbortAbandonedThenAnswer,
 }
 
-/// The answer to "what happened to this transaction?". `None` for `logged`
-/// means no record: presumed abort.
-pub fn answer(logged: Option<Logged>, token: u64) -> StatusAction {
-    let Some(logged) = logged else {
-        return StatusAction::Answer(StatusAnswer::Abort { token });
-    };
-    match logged.state {
-        TransferState::Committed => StatusAction::Answer(StatusAnswer::Commit { token }),
-        TransferState::Aborted => StatusAction::Answer(StatusAnswer::Abort { token }),
-        TransferState::Preparing if logged.driver_gone => StatusAction::AbortAbandonedThenAnswer,
-        TransferState::Preparing => StatusAction::Answer(StatusAnswer::Pending),
+/// The answer to "what happened to this transaction?", from the log's
+/// record of it (`None`: no record) and whether its driver is gone.
+///
+/// No record is presumed abort, but the abort is not answered from thin
+/// air: the log records it first (an abort barrier, by the same insert a
+/// decision is), so that a decision still on its way (a driver whose
+/// write was queued when it was dropped) finds the id taken and loses.
+/// While the driver runs, a transaction with no record is being prepared,
+/// and the answer is "ask again".
+pub fn answer(logged: Option<TransferState>, driver_gone: bool, token: u64) -> StatusAction {
+    match logged {
+        Some(TransferState::Committed) => StatusAction::Answer(StatusAnswer::Commit { token }),
+        Some(TransferState::Aborted) => StatusAction::Answer(StatusAnswer::Abort { token }),
+        None | Some(TransferState::Preparing) if driver_gone => {
+            StatusAction::AbortAbandonedThenAnswer
+        }
+        None | Some(TransferState::Preparing) => StatusAction::Answer(StatusAnswer::Pending),
     }
 }
 
@@ -205,10 +216,15 @@ mod tests {
     }
 
     #[test]
-    fn no_record_means_abort() {
+    fn no_record_means_abort_once_it_is_recorded() {
         assert_eq!(
-            answer(None, 7),
-            StatusAction::Answer(StatusAnswer::Abort { token: 7 })
+            answer(None, true, 7),
+            StatusAction::AbortAbandonedThenAnswer
+        );
+        // A transfer being prepared has no record yet.
+        assert_eq!(
+            answer(None, false, 7),
+            StatusAction::Answer(StatusAnswer::Pending)
         );
     }
 
@@ -230,7 +246,7 @@ mod tests {
             driver_gone: false,
         };
         assert_eq!(
-            answer(Some(preparing), 1),
+            answer(Some(preparing.state), preparing.driver_gone, 1),
             StatusAction::Answer(StatusAnswer::Pending)
         );
     }
@@ -242,7 +258,7 @@ mod tests {
             driver_gone: true,
         };
         assert_eq!(
-            answer(Some(preparing), 1),
+            answer(Some(preparing.state), preparing.driver_gone, 1),
             StatusAction::AbortAbandonedThenAnswer
         );
         assert_eq!(recover(preparing), Recovery::AbortAbandoned);
@@ -263,7 +279,7 @@ mod tests {
                 driver_gone,
             };
             assert_eq!(
-                answer(Some(committed), 3),
+                answer(Some(committed.state), committed.driver_gone, 3),
                 StatusAction::Answer(StatusAnswer::Commit { token: 3 })
             );
         }

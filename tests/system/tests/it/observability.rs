@@ -301,7 +301,7 @@ async fn a_transfer_is_one_trace_through_the_coordinator_and_both_shards() {
     assert_eq!(transfer.service, "coordinator");
     assert_eq!(transfer.attribute("xid"), Some(xid.as_str()));
     assert_eq!(transfer.attribute("state"), Some("committed"));
-    for step in ["2pc.begin", "2pc.prepare", "2pc.decide", "2pc.phase_two"] {
+    for step in ["2pc.prepare", "2pc.decide", "2pc.phase_two"] {
         child_of(one(&spans, step, None), transfer);
     }
     assert_eq!(
@@ -539,7 +539,7 @@ async fn every_service_exports_prometheus_text_whose_counters_move_with_the_traf
             &[("phase", phase)],
         )
     };
-    for once in ["begin", "prepare", "decide", "phase_two", "finish"] {
+    for once in ["prepare", "decide", "phase_two", "finish"] {
         assert_eq!(phase(once), 1.0, "{once}");
     }
     let shard_requests = |request, reply| {
