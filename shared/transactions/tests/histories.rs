@@ -3,7 +3,12 @@
 //! produce. Whatever the history, once the in-doubt branches have asked
 //! the coordinator, every branch agrees with the decision, nothing is
 //! applied twice, no reservation is left, and no step is a violation.
+//! The second property adds the coordinator's side: no record before the
+//! decision, the decision as the first record, abort barriers written for
+//! in-doubt questions once the driver is gone, and late commits.
 
+use faultline_protocol::bank::{StatusAnswer, TransferState};
+use faultline_transactions::coordinator::{self, StatusAction};
 use faultline_transactions::participant::{BranchState, Message, Step, step};
 use proptest::prelude::*;
 
@@ -112,6 +117,164 @@ proptest! {
                     prop_assert_eq!(branch.applied, 0);
                 }
             }
+        }
+    }
+}
+
+/// The decision log as the coordinator writes it: a transaction's first
+/// record is its decision, and whatever inserts first (the driver's
+/// decision, or recovery's abort barrier) stands; the other reads it.
+#[derive(Debug, Default)]
+struct Log {
+    record: Option<TransferState>,
+}
+
+impl Log {
+    fn insert(&mut self, state: TransferState) -> TransferState {
+        *self.record.get_or_insert(state)
+    }
+}
+
+fn message(state: TransferState) -> Message {
+    match state {
+        TransferState::Committed => Message::Commit,
+        _ => Message::Abort,
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Step2 {
+    /// Deliver a prepare to branch 0 or 1.
+    Prepare(usize),
+    /// The driver decides from the votes it has and queues the write.
+    Decide,
+    /// The queued decision write commits (it may land after the driver
+    /// was dropped: the late commit).
+    WriteLands,
+    /// The driver is dropped (its term ends, its task is aborted).
+    DriverGone,
+    /// The driver sends what the log holds to branch 0 or 1 (phase two;
+    /// only a live driver whose write has landed).
+    PhaseTwo(usize),
+    /// Branch 0 or 1, prepared, asks the coordinator.
+    Ask(usize),
+}
+
+fn driver_histories() -> impl Strategy<Value = Vec<Step2>> {
+    prop::collection::vec(
+        prop_oneof![
+            (0..2usize).prop_map(Step2::Prepare),
+            Just(Step2::Decide),
+            Just(Step2::WriteLands),
+            Just(Step2::DriverGone),
+            (0..2usize).prop_map(Step2::PhaseTwo),
+            (0..2usize).prop_map(Step2::Ask),
+        ],
+        0..32,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(5_000))]
+
+    /// Nothing is written before the prepares; the decision is the first
+    /// record; a participant asking about a transaction with no record
+    /// whose driver is gone gets an abort, recorded first as a barrier.
+    /// Whatever the order (a late commit after the barrier included), the
+    /// log holds one decision, and every branch ends agreeing with it.
+    #[test]
+    fn the_first_record_decides_and_every_branch_follows_it(
+        steps in driver_histories(),
+        refuse in prop::option::of(0..2usize),
+    ) {
+        let mut branches = [Branch::default(), Branch::default()];
+        let mut yes = [false, false];
+        let mut log = Log::default();
+        let mut queued: Option<TransferState> = None;
+        let mut decided: Option<TransferState> = None;
+        let mut driver_gone = false;
+        for step in &steps {
+            match *step {
+                Step2::Prepare(b) if !driver_gone && decided.is_none() => {
+                    let s = if refuse == Some(b) && branches[b].record.is_none() {
+                        Step::VoteNoBarred
+                    } else {
+                        branches[b].deliver(Message::Prepare)
+                    };
+                    prop_assert_ne!(s, Step::Violation);
+                    yes[b] = matches!(s, Step::Reserve | Step::VoteYesAgain);
+                }
+                Step2::Prepare(_) => {}
+                Step2::Decide if !driver_gone && queued.is_none() && decided.is_none() => {
+                    queued = Some(if yes == [true, true] {
+                        TransferState::Committed
+                    } else {
+                        TransferState::Aborted
+                    });
+                }
+                Step2::Decide => {}
+                Step2::WriteLands => {
+                    if let Some(state) = queued.take() {
+                        // The driver reads back what the log holds.
+                        decided = Some(log.insert(state));
+                    }
+                }
+                Step2::DriverGone => driver_gone = true,
+                Step2::PhaseTwo(b) => {
+                    if let (false, Some(state)) = (driver_gone, decided) {
+                        prop_assert_ne!(branches[b].deliver(message(state)), Step::Violation);
+                    }
+                }
+                Step2::Ask(b) => {
+                    if branches[b].record != Some(BranchState::Prepared) {
+                        continue;
+                    }
+                    let answer = match coordinator::answer(log.record, driver_gone, 1) {
+                        StatusAction::Answer(answer) => answer,
+                        StatusAction::AbortAbandonedThenAnswer => {
+                            match log.insert(TransferState::Aborted) {
+                                TransferState::Committed => StatusAnswer::Commit { token: 1 },
+                                _ => StatusAnswer::Abort { token: 1 },
+                            }
+                        }
+                    };
+                    let told = match answer {
+                        StatusAnswer::Commit { .. } => Some(Message::Commit),
+                        StatusAnswer::Abort { .. } => Some(Message::Abort),
+                        StatusAnswer::Pending => None,
+                    };
+                    if let Some(told) = told {
+                        prop_assert_ne!(branches[b].deliver(told), Step::Violation);
+                    }
+                }
+            }
+        }
+        // A queued write may still land; then recovery resends the log's
+        // decision, or presumed abort records the barrier: every branch
+        // ends with what the log holds.
+        if let Some(state) = queued.take() {
+            log.insert(state);
+        }
+        let outcome = log.insert(TransferState::Aborted);
+        for branch in &mut branches {
+            prop_assert_ne!(branch.deliver(message(outcome)), Step::Violation);
+        }
+        for branch in &branches {
+            prop_assert!(!branch.reserved, "a reservation was left: {:?}", branch);
+            match outcome {
+                TransferState::Committed => {
+                    prop_assert_eq!(branch.record, Some(BranchState::Committed));
+                    prop_assert_eq!(branch.applied, 1);
+                }
+                _ => {
+                    prop_assert_eq!(branch.record, Some(BranchState::Aborted));
+                    prop_assert_eq!(branch.applied, 0);
+                }
+            }
+        }
+        // A commit stands only where both branches voted yes.
+        if outcome == TransferState::Committed {
+            prop_assert_eq!(yes, [true, true]);
         }
     }
 }
