@@ -57,6 +57,9 @@ pub struct BankSpec {
     pub coordinator_args: Vec<String>,
     /// Extra arguments for every worker.
     pub worker_args: Vec<String>,
+    /// The PostgreSQL server to create the cluster's database on, as the
+    /// URL of its `postgres` database; `None` for the machine's.
+    pub server: Option<String>,
 }
 
 impl Default for BankSpec {
@@ -73,6 +76,7 @@ impl Default for BankSpec {
                 "500".into(),
             ],
             worker_args: vec!["--in-doubt-after-ms".into(), "1000".into()],
+            server: None,
         }
     }
 }
@@ -154,6 +158,10 @@ impl Cluster {
             NatsServer::start()?
         };
         let database = match &spec.bank {
+            Some(BankSpec {
+                server: Some(server),
+                ..
+            }) => Some(TestDatabase::create_on(server).await?),
             Some(_) => Some(TestDatabase::create().await?),
             None => None,
         };

@@ -34,14 +34,22 @@ pub fn unique_name(prefix: &str) -> String {
 #[derive(Debug)]
 pub struct TestDatabase {
     name: String,
+    /// The server's administrative URL (its `postgres` database).
+    admin: String,
     /// Its URL, for the services.
     pub url: String,
 }
 
 impl TestDatabase {
-    /// Creates a new empty database.
+    /// Creates a new empty database on the machine's server.
     pub async fn create() -> anyhow::Result<TestDatabase> {
-        let admin = admin_url();
+        Self::create_on(&admin_url()).await
+    }
+
+    /// Creates a new empty database on the server whose `postgres`
+    /// database `admin` names.
+    pub async fn create_on(admin: &str) -> anyhow::Result<TestDatabase> {
+        let admin = admin.to_owned();
         let name = unique_name("faultline_test");
         let mut conn = PgConnection::connect(&admin)
             .await
@@ -56,6 +64,7 @@ impl TestDatabase {
         Ok(TestDatabase {
             url: format!("{base}/{name}"),
             name,
+            admin,
         })
     }
 
@@ -70,6 +79,7 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let admin = self.admin.clone();
         // Drop may run inside or outside a runtime: use a thread of its own.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -77,7 +87,7 @@ impl Drop for TestDatabase {
                 .build()
                 .ok()?;
             runtime.block_on(async {
-                let mut conn = PgConnection::connect(&admin_url()).await.ok()?;
+                let mut conn = PgConnection::connect(&admin).await.ok()?;
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                 )))

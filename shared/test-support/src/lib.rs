@@ -10,6 +10,8 @@
 //!   waited for until every load-balancer routes to every worker.
 //! - [`database`]: a private PostgreSQL database and Redis key prefix per
 //!   test, for the two-phase-commit services.
+//! - [`postgres`]: a private PostgreSQL server, for the tests that crash
+//!   it.
 //! - [`otlp`]: an OTLP/HTTP trace receiver on loopback, where the
 //!   services' spans arrive as they would at the collector.
 //! - [`eventually`]: poll a condition with a deadline instead of sleeping
@@ -23,6 +25,7 @@
 mod cluster;
 pub mod database;
 pub mod otlp;
+pub mod postgres;
 mod process;
 
 pub use cluster::{BankSpec, Cluster, ClusterSpec, Gateway};

@@ -19,6 +19,7 @@ use faultline_protocol::bank::{
     Leg, ShardReply, ShardRequest, StatusAnswer, StatusQuery, TransferRequest,
 };
 use faultline_protocol::subjects;
+use faultline_test_support::postgres::PrivatePostgres;
 use faultline_test_support::{BankSpec, Cluster, ClusterSpec, Service, eventually};
 use faultline_transactions::sharding::branches;
 use futures::StreamExt as _;
@@ -704,29 +705,14 @@ async fn crash_and_disarm(service: &mut Service, failpoint: &str) {
 #[tokio::test]
 async fn the_bank_stays_right_through_crashes_at_every_step() {
     let mut cluster = bank_cluster().await;
-    for i in 0..ACCOUNTS {
-        open_account(&cluster, &format!("acct-{i}"), OPENING).await;
-    }
+    let clients = Clients::start(&cluster, 6).await;
     let pool = cluster.pool().await.expect("pool");
+    let auditor = tokio::spawn(auditor(cluster.gateway.url.clone(), clients.stopped()));
 
-    let (stop, stopped) = watch::channel(false);
-    let progress = Arc::new(AtomicUsize::new(0));
-    let clients: Vec<_> = (0..6)
-        .map(|n| {
-            let gateway = cluster.gateway.url.clone();
-            tokio::spawn(client(gateway, n, stopped.clone(), progress.clone()))
-        })
-        .collect();
-    let auditor = tokio::spawn(auditor(cluster.gateway.url.clone(), stopped.clone()));
+    let faults = nemesis(&mut cluster, &clients.progress).await;
 
-    let faults = nemesis(&mut cluster, &progress).await;
-
-    stop.send_replace(true);
     let faults_stopped = Instant::now();
-    let mut acknowledged = Vec::new();
-    for client in clients {
-        acknowledged.extend(client.await.expect("a client task"));
-    }
+    let acknowledged = clients.stop().await;
     let clients_done = faults_stopped.elapsed();
     let audits = auditor.await.expect("the auditor task");
     let settled = settle(&cluster, &pool).await;
@@ -747,6 +733,97 @@ async fn the_bank_stays_right_through_crashes_at_every_step() {
     // enough for many reads; the coordinator's takeovers only pause them.
     assert!(audits.exact >= 20, "too few audit reads: {}", audits.exact);
     audit(&pool, &acknowledged).await;
+}
+
+/// PostgreSQL itself crashes (an immediate shutdown, on a server of the
+/// test's own) while clients move money, and starts again: every service
+/// drops the connections the crash left dead by itself (no ping before
+/// each use), transfers resume, and once settled every promise holds.
+#[tokio::test]
+async fn transfers_resume_after_postgresql_crashes_and_restarts() {
+    let mut postgres = PrivatePostgres::start()
+        .await
+        .expect("a PostgreSQL server of the test's own");
+    let cluster = Cluster::start(ClusterSpec {
+        worker_weights: vec![1, 1, 1],
+        load_balancers: 0,
+        monitors: 1,
+        bank: Some(BankSpec {
+            shards: SHARDS,
+            server: Some(postgres.admin_url()),
+            ..BankSpec::default()
+        }),
+        ..ClusterSpec::default()
+    })
+    .await
+    .expect("the bank cluster starts");
+    let clients = Clients::start(&cluster, 4).await;
+    recovered(&clients.progress).await;
+
+    postgres.crash().expect("PostgreSQL crashes");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    postgres
+        .start_again()
+        .await
+        .unwrap_or_else(|error| panic!("PostgreSQL starts again: {error}\n{}", postgres.log()));
+    let restarted = Instant::now();
+    recovered(&clients.progress).await;
+    eprintln!(
+        "PostgreSQL crashed and restarted: 30 more transfers answered {:?} after it answered again",
+        restarted.elapsed()
+    );
+
+    let acknowledged = clients.stop().await;
+    let pool = cluster.pool().await.expect("pool");
+    settle(&cluster, &pool).await;
+    audit(&pool, &acknowledged).await;
+}
+
+/// The bank's clients at work on its accounts, until stopped.
+struct Clients {
+    stop: watch::Sender<bool>,
+    /// Transfers answered so far, by every client.
+    progress: Arc<AtomicUsize>,
+    running: Vec<tokio::task::JoinHandle<Vec<Acknowledged>>>,
+}
+
+impl Clients {
+    /// Opens the [`ACCOUNTS`] accounts with [`OPENING`] each and starts
+    /// `count` clients moving money among them.
+    async fn start(cluster: &Cluster, count: usize) -> Clients {
+        for i in 0..ACCOUNTS {
+            open_account(cluster, &format!("acct-{i}"), OPENING).await;
+        }
+        let (stop, stopped) = watch::channel(false);
+        let progress = Arc::new(AtomicUsize::new(0));
+        let running = (0..count)
+            .map(|n| {
+                let gateway = cluster.gateway.url.clone();
+                tokio::spawn(client(gateway, n, stopped.clone(), progress.clone()))
+            })
+            .collect();
+        Clients {
+            stop,
+            progress,
+            running,
+        }
+    }
+
+    /// Turns `true` when the clients are told to stop.
+    fn stopped(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Stops the clients and returns what each was told, once every
+    /// transfer it had sent has a final answer.
+    async fn stop(self) -> Vec<Acknowledged> {
+        self.stop.send_replace(true);
+        let mut acknowledged = Vec::new();
+        for client in self.running {
+            acknowledged.extend(client.await.expect("a client task"));
+        }
+        acknowledged
+    }
 }
 
 /// What the auditor read while the faults ran.

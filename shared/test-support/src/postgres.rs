@@ -1,0 +1,171 @@
+//! A PostgreSQL server of the test's own, for tests that crash it.
+//!
+//! The machine's server is shared by every test running at once, so a test
+//! that stops PostgreSQL starts its own: `initdb` into a temporary
+//! directory and `postgres` on a free loopback port, with fsync on (a
+//! crash must lose exactly what PostgreSQL says it may). [`crash`]
+//! (`PrivatePostgres::crash`) is an immediate shutdown: the postmaster
+//! gets SIGQUIT, ends every backend at once and writes no checkpoint, so
+//! the next start runs crash recovery, as after a power cut.
+//!
+//! PostgreSQL refuses to run as root; when the tests do, the server runs
+//! as the `postgres` user (or `nobody`), which owns its directory.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::{Connection as _, PgConnection};
+
+/// A running (or crashed) private PostgreSQL server.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    user: Option<(u32, u32)>,
+    server: Option<Child>,
+}
+
+impl PrivatePostgres {
+    /// Initialises a cluster and starts the server; waits until it answers.
+    pub async fn start() -> anyhow::Result<PrivatePostgres> {
+        let bin = server_binaries()
+            .context("PostgreSQL's server is not installed (apt-get install postgresql)")?;
+        let dir = tempfile::tempdir().context("creating the data directory")?;
+        let user = if running_as_root() {
+            let (uid, gid) = account("postgres")
+                .or_else(|| account("nobody"))
+                .context("no user to run PostgreSQL as")?;
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .context("giving the data directory to PostgreSQL's user")?;
+            Some((uid, gid))
+        } else {
+            None
+        };
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(dir.path().join("db"))
+            .args(["-U", "postgres", "--auth=trust", "--no-sync"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = user {
+            initdb.uid(uid).gid(gid);
+        }
+        let status = initdb.status().context("running initdb")?;
+        anyhow::ensure!(status.success(), "initdb failed: {status}");
+        let mut postgres = PrivatePostgres {
+            dir,
+            bin,
+            port: crate::free_port(),
+            user,
+            server: None,
+        };
+        postgres.start_again().await?;
+        Ok(postgres)
+    }
+
+    /// The URL of the server's `postgres` database, to create test
+    /// databases on ([`crate::database::TestDatabase::create_on`]).
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server (after [`PrivatePostgres::crash`]) and waits until
+    /// it answers, crash recovery done.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.dir.path().join("postgres.log"))
+            .context("creating PostgreSQL's log")?;
+        let mut server = Command::new(self.bin.join("postgres"));
+        server
+            .arg("-D")
+            .arg(self.dir.path().join("db"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-k"])
+            .arg(self.dir.path())
+            .args(["-c", "max_connections=100"])
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some((uid, gid)) = self.user {
+            server.uid(uid).gid(gid);
+        }
+        self.server = Some(server.spawn().context("starting postgres")?);
+        let admin = self.admin_url();
+        crate::eventually("PostgreSQL to answer", Duration::from_secs(30), || {
+            let admin = admin.clone();
+            async move { PgConnection::connect(&admin).await.ok().map(drop) }
+        })
+        .await
+    }
+
+    /// Crashes the server: an immediate shutdown (SIGQUIT to the
+    /// postmaster), then waits for it to be gone.
+    pub fn crash(&mut self) -> anyhow::Result<()> {
+        if let Some(mut server) = self.server.take() {
+            let pid = i32::try_from(server.id()).context("a pid")?;
+            let status = Command::new("kill")
+                .args(["-QUIT", &pid.to_string()])
+                .status()
+                .context("signalling the postmaster")?;
+            anyhow::ensure!(status.success(), "kill -QUIT failed");
+            server.wait().context("waiting for the postmaster")?;
+        }
+        Ok(())
+    }
+
+    /// PostgreSQL's log, for a failing test's report.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.crash();
+    }
+}
+
+/// The directory holding `initdb` and `postgres`: on the `PATH`, or
+/// Debian's newest `/usr/lib/postgresql/<version>/bin`.
+fn server_binaries() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).find(|dir| dir.join("initdb").is_file()));
+    on_path.or_else(|| {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path().join("bin"))
+            .filter(|bin| bin.join("initdb").is_file())
+            .collect();
+        versions.sort_by_key(|bin| {
+            bin.parent()
+                .and_then(|v| v.file_name())
+                .and_then(|v| v.to_str())
+                .and_then(|v| v.parse::<u32>().ok())
+        });
+        versions.pop()
+    })
+}
+
+/// Whether this process runs as root.
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|uids| uids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+/// The uid and gid of `name`, from `/etc/passwd`.
+fn account(name: &str) -> Option<(u32, u32)> {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()?
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|fields| fields.first() == Some(&name))
+        .and_then(|fields| Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?)))
+}
