@@ -482,6 +482,22 @@ async fn a_restarted_nats_server_is_rejoined_by_every_service() {
     .await
     .expect("the services reconnect by themselves");
     let recovered = restarted_at.elapsed();
+    // One call succeeding proves one worker back, not all: each service
+    // reconnects on its own backoff. Every service reports ready only once
+    // its NATS connection (with its subscriptions) is back.
+    let http = reqwest::Client::new();
+    for admin in cluster.admin_urls().iter().chain([&cluster.gateway.url]) {
+        eventually(
+            &format!("{admin} to be ready again"),
+            Duration::from_secs(30),
+            || async {
+                let ready = http.get(format!("{admin}/ready")).send().await.ok()?;
+                ready.status().is_success().then_some(())
+            },
+        )
+        .await
+        .expect("every service reconnects by itself");
+    }
     cluster
         .wait_for_view("every replica routing to every worker again", |view| {
             // Every replica must route to all three (judged up, not
