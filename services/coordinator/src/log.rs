@@ -257,7 +257,8 @@ impl DecisionLog {
         })
     }
 
-    /// One transfer, with its age and the token of the term that began it.
+    /// One transfer (or abort barrier), with its age and the trace it
+    /// began in.
     pub async fn get(&self, xid: Uuid) -> Result<Option<Entry>, LogError> {
         let row = sqlx::query(SELECT_ENTRY_BY_ID)
             .bind(xid)

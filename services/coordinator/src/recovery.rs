@@ -8,13 +8,12 @@
 //! so a sweep in steady state reads nothing and sends nothing. To each
 //! record it does read it applies
 //! [`faultline_transactions::coordinator::recover`]: a decided transfer has
-//! its decision sent again until every shard acknowledges; an undecided one
-//! is aborted. Its driver is gone: an earlier term began it (that driver
-//! was deposed or died), or this term's driver returned without finishing
-//! (a shard did not acknowledge within `--phase-two-retry-ms`) or was
-//! dropped. The abort is a compare-and-set, so a decision written first
-//! wins, and the sweep then sends that decision. No time window is involved: a transfer's age
-//! decides nothing.
+//! its decision sent again until every shard acknowledges (an undecided
+//! one, which only an older version could leave, is aborted). Its driver
+//! is gone: an earlier term decided it (that driver was deposed or died),
+//! or this term's driver returned without finishing (a shard did not
+//! acknowledge within `--phase-two-retry-ms`) or was dropped. No time
+//! window is involved: a transfer's age decides nothing.
 //!
 //! A participant's question is answered from the log by
 //! [`faultline_transactions::coordinator::answer`]; presumed abort makes "no

@@ -1,7 +1,7 @@
 //! Group commit: many small durable writes share one database commit.
 //!
-//! A cross-shard transfer needs at least five durable writes (begin and
-//! decision in the log, a prepare and a commit on each shard). Each commit
+//! A cross-shard transfer needs five durable writes (the decision in the
+//! log, a prepare and a commit on each shard). Each commit
 //! waits for a WAL flush, so one transaction per write would cap the whole
 //! system at PostgreSQL's fsync rate divided by five. Instead, callers
 //! [`submit`](GroupCommit::submit) a request and wait; a writer task takes

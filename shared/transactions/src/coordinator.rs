@@ -13,8 +13,9 @@
 //!   votes in), a timeout, or recovery (an abort barrier for an abandoned
 //!   transaction) writes first wins, and the others read the winner's
 //!   decision and follow it. A timeout abort can never overwrite a commit,
-//!   nor a late commit an abort. (`preparing`, [`may_decide`], is what
-//!   versions that wrote a record before the prepares left behind.)
+//!   nor a late commit an abort. (A `preparing` record is what versions
+//!   that wrote one before the prepares left behind; it is treated as no
+//!   decision.)
 //! - **Presumed abort.** No record means abort ([`answer`]): a participant
 //!   that asks about a transaction the log has never heard of, and whose
 //!   driver is gone, is told to abort once the abort is recorded. Every
@@ -92,12 +93,6 @@ pub fn decide(votes: &[Vote]) -> Decision {
         return Decision::Abort(abandoned());
     }
     Decision::Commit
-}
-
-/// Whether the log may move from `logged` to a decision: only out of
-/// `preparing`, and only once.
-pub fn may_decide(logged: TransferState) -> bool {
-    logged == TransferState::Preparing
 }
 
 /// What the log says about one transaction, and whether anyone is still
@@ -206,13 +201,6 @@ mod tests {
             panic!("expected abort");
         };
         assert_eq!(reason.code, "unknown_account");
-    }
-
-    #[test]
-    fn only_preparing_may_be_decided() {
-        assert!(may_decide(TransferState::Preparing));
-        assert!(!may_decide(TransferState::Committed));
-        assert!(!may_decide(TransferState::Aborted));
     }
 
     #[test]
