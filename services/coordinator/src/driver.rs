@@ -1,4 +1,5 @@
-//! One transfer, driven through two-phase commit by the active coordinator.
+//! One transfer, driven through two-phase commit by the active coordinator
+//! (or, when both accounts share a shard, handed to [`crate::one_phase`]).
 //!
 //! ```text
 //! enter (live set, by key) ─▶ prepare every shard ─▶ decide (log: first record) ─┬─▶ answer the client
@@ -97,8 +98,11 @@ pub async fn transfer(term: &Arc<Term>, command: TransferCommand) -> Coordinator
     let traceparent = faultline_bus::trace_context::traceparent(&request);
     term.metrics.begun.inc();
 
-    let deadline = Instant::now() + term.prepare_window;
     let legs = branches(&command.transfer, term.shard_count);
+    if let [shard] = legs.keys().copied().collect::<Vec<_>>()[..] {
+        return crate::one_phase::transfer(term, command, xid, shard, driving).await;
+    }
+    let deadline = Instant::now() + term.prepare_window;
     // Built inside the span (an async block runs when polled), so that
     // each shard's span is a child of `2pc.prepare`.
     let prepare_all = async {
@@ -255,7 +259,7 @@ async fn send_decision(term: &Term, record: &TransferRecord, deadline: Instant) 
 }
 
 /// The answer to a request whose idempotency key is already in the log.
-fn replay(record: TransferRecord, request: &TransferRequest) -> CoordinatorReply {
+pub(crate) fn replay(record: TransferRecord, request: &TransferRequest) -> CoordinatorReply {
     if !record.matches(request) {
         return refuse(
             422,
@@ -289,7 +293,7 @@ fn in_progress(key: &str) -> CoordinatorReply {
     )
 }
 
-fn refuse(status: u16, error: ErrorDetail) -> CoordinatorReply {
+pub(crate) fn refuse(status: u16, error: ErrorDetail) -> CoordinatorReply {
     CoordinatorReply::Error { status, error }
 }
 
@@ -307,7 +311,7 @@ fn unavailable(message: &str) -> CoordinatorReply {
     )
 }
 
-fn deposed(current: u64) -> CoordinatorReply {
+pub(crate) fn deposed(current: u64) -> CoordinatorReply {
     refuse(
         503,
         ErrorDetail {

@@ -43,6 +43,7 @@ pub mod lease;
 pub mod live;
 pub mod log;
 pub mod metrics;
+pub mod one_phase;
 pub mod participants;
 pub mod recovery;
 
@@ -447,12 +448,9 @@ async fn respond(term: &Arc<Term>, message: &Request) -> Option<Vec<u8>> {
         }
         subjects::COORDINATOR_TRANSFER_READ => {
             let reply = match serde_json::from_slice::<TransferId>(&message.payload) {
-                Ok(TransferId { id }) => match term.log.get(id).await {
-                    // An abort barrier is not a client's transfer.
-                    Ok(Some(entry)) if !log::is_barrier(&entry.record) => {
-                        CoordinatorReply::Transfer(entry.record)
-                    }
-                    Ok(_) => CoordinatorReply::Error {
+                Ok(TransferId { id }) => match term.log.read(id).await {
+                    Ok(Some(record)) => CoordinatorReply::Transfer(record),
+                    Ok(None) => CoordinatorReply::Error {
                         status: 404,
                         error: ErrorDetail {
                             code: "unknown_transfer".into(),

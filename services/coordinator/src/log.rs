@@ -10,7 +10,8 @@
 //!    `coordinator_fence` FOR SHARE and refuses every decision whose token
 //!    is older than the fence, so a deposed coordinator cannot decide
 //!    anything once its successor has raised the fence (which waits for
-//!    that share lock). Every decision is forced to disk before the client
+//!    that share lock); it also skips a key a shard has already recorded
+//!    for a one-phase transfer ([`faultline_storage::transfers`]). Every decision is forced to disk before the client
 //!    hears it: a lost abort would let a retry under the same key commit.
 //! 2. **finished**, once every shard has acknowledged: not forced (a lost
 //!    mark means phase two is sent again, which is idempotent).
@@ -30,7 +31,7 @@ use faultline_protocol::bank::{
     AbortReason, Audit, AuditTransfers, TransferCommand, TransferRecord, TransferState,
 };
 use faultline_storage::group_commit::{self, BatchWrite, GroupCommit, GroupCommitError};
-use sqlx::types::Json;
+use faultline_storage::transfers;
 use sqlx::{PgConnection, PgPool, Row as _};
 use uuid::Uuid;
 
@@ -234,8 +235,10 @@ impl DecisionLog {
              states AS (SELECT count(*) FILTER (WHERE state = 'preparing') AS preparing, \
                         count(*) FILTER (WHERE state = 'committed') AS committed, \
                         count(*) FILTER (WHERE state = 'aborted') AS aborted, \
-                        count(*) FILTER (WHERE finished_at IS NULL) AS unfinished \
-                        FROM transfers WHERE idempotency_key IS NOT NULL) \
+                        count(*) FILTER (WHERE NOT finished) AS unfinished \
+                        FROM (SELECT state, finished_at IS NOT NULL AS finished FROM transfers \
+                              WHERE idempotency_key IS NOT NULL \
+                              UNION ALL SELECT state, true FROM local_transfers) AS every) \
              SELECT * FROM money, in_flight, states",
         )
         .fetch_one(&self.pool)
@@ -265,6 +268,13 @@ impl DecisionLog {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|row| entry(&row)).transpose().map_err(Into::into)
+    }
+
+    /// The client's transfer with id `xid`, from either table (two-phase
+    /// in the log, one-phase in the shards'); not an abort barrier.
+    pub async fn read(&self, xid: Uuid) -> Result<Option<TransferRecord>, LogError> {
+        let found = transfers::find(&self.pool, &[xid], &[]).await?;
+        Ok(found.into_iter().find(|record| !is_barrier(record)))
     }
 
     /// Unfinished transfers with ids after `after` (all, for `None`), but
@@ -302,9 +312,6 @@ pub struct Entry {
     pub traceparent: Option<String>,
 }
 
-const SELECT_BY_IDS_OR_KEYS: &str = "SELECT id, idempotency_key, from_account, to_account, \
-     amount, state, reason, finished_at IS NOT NULL AS finished FROM transfers \
-     WHERE id = ANY($1) OR idempotency_key = ANY($2)";
 const SELECT_ENTRY_BY_ID: &str = "SELECT id, idempotency_key, from_account, to_account, amount, \
      state, reason, finished_at IS NOT NULL AS finished, traceparent, \
      extract(epoch FROM clock_timestamp() - created_at)::float8 AS age \
@@ -315,29 +322,6 @@ const SELECT_UNFINISHED: &str = "SELECT id, idempotency_key, from_account, to_ac
      FROM transfers WHERE finished_at IS NULL AND id > $1 AND NOT (id = ANY($2)) \
      ORDER BY id LIMIT $3";
 
-/// A row as a record; an abort barrier has an empty key, empty accounts
-/// and amount 0 ([`is_barrier`]).
-fn record(row: &sqlx::postgres::PgRow) -> Result<TransferRecord, sqlx::Error> {
-    let state: String = row.try_get("state")?;
-    let reason: Option<Json<AbortReason>> = row.try_get("reason")?;
-    let text = |column: &str| -> Result<String, sqlx::Error> {
-        Ok(row
-            .try_get::<Option<String>, _>(column)?
-            .unwrap_or_default())
-    };
-    Ok(TransferRecord {
-        id: row.try_get("id")?,
-        idempotency_key: text("idempotency_key")?,
-        from: text("from_account")?,
-        to: text("to_account")?,
-        amount: row.try_get::<Option<i64>, _>("amount")?.unwrap_or(0),
-        state: TransferState::parse(&state)
-            .ok_or_else(|| sqlx::Error::Protocol(format!("unknown transfer state {state:?}")))?,
-        reason: reason.map(|Json(reason)| reason),
-        finished: row.try_get("finished")?,
-    })
-}
-
 /// Whether `record` is an abort barrier, not a client's transfer.
 pub fn is_barrier(record: &TransferRecord) -> bool {
     record.idempotency_key.is_empty()
@@ -346,7 +330,7 @@ pub fn is_barrier(record: &TransferRecord) -> bool {
 fn entry(row: &sqlx::postgres::PgRow) -> Result<Entry, sqlx::Error> {
     let age: f64 = row.try_get("age")?;
     Ok(Entry {
-        record: record(row)?,
+        record: transfers::record(row)?,
         age: Duration::from_secs_f64(age.max(0.0)),
         traceparent: row.try_get("traceparent")?,
     })
@@ -460,6 +444,7 @@ async fn write_decisions(
                  state, reason, begun_by_token, decided_by_token, decided_at, traceparent) \
                  SELECT id, k, f, t, a, st, r::jsonb, tok, tok, clock_timestamp(), tp \
                  FROM d, fence WHERE d.tok >= fence.token \
+                 AND NOT EXISTS (SELECT 1 FROM local_transfers l WHERE l.idempotency_key = d.k) \
                  ON CONFLICT DO NOTHING \
                  RETURNING id, idempotency_key, from_account, to_account, amount, state, reason, \
                  finished_at IS NOT NULL AS finished) \
@@ -482,7 +467,7 @@ async fn write_decisions(
     for row in &rows {
         fence = u64::try_from(row.try_get::<i64, _>("fence")?).unwrap_or(0);
         if row.try_get::<Option<Uuid>, _>("id")?.is_some() {
-            let record = record(row)?;
+            let record = transfers::record(row)?;
             inserted.insert(record.id, record);
         }
     }
@@ -511,12 +496,7 @@ async fn write_decisions(
             _ => None,
         })
         .collect();
-    let rows = sqlx::query(SELECT_BY_IDS_OR_KEYS)
-        .bind(&taken_ids)
-        .bind(&taken_keys)
-        .fetch_all(&mut *conn)
-        .await?;
-    let found: Vec<TransferRecord> = rows.iter().map(record).collect::<Result<_, _>>()?;
+    let found = transfers::find(&mut *conn, &taken_ids, &taken_keys).await?;
     for (i, (xid, key)) in taken.into_iter().zip(taken_ids.iter().zip(&taken_keys)) {
         answers[i] = Some(if let Some(same_id) = found.iter().find(|r| r.id == *xid) {
             Logged::Decided(same_id.clone())
@@ -569,12 +549,7 @@ async fn write_barriers(
     .execute(&mut *conn)
     .await?;
     // Read each as it stands: the barrier, or the decision that was there.
-    let rows = sqlx::query(SELECT_BY_IDS_OR_KEYS)
-        .bind(&ids)
-        .bind(Vec::<String>::new())
-        .fetch_all(&mut *conn)
-        .await?;
-    let found: Vec<TransferRecord> = rows.iter().map(record).collect::<Result<_, _>>()?;
+    let found = transfers::find(&mut *conn, &ids, &[]).await?;
     for (&i, xid) in barriers.iter().zip(&ids) {
         answers[i] = Some(
             found

@@ -32,14 +32,17 @@ pub enum Phase {
     PhaseTwo,
     /// Marking the transfer finished.
     Finish,
+    /// A one-phase transfer on its shard (the whole of it).
+    OnePhase,
 }
 
 impl Phase {
-    const ALL: [Phase; 4] = [
+    const ALL: [Phase; 5] = [
         Phase::Prepare,
         Phase::Decide,
         Phase::PhaseTwo,
         Phase::Finish,
+        Phase::OnePhase,
     ];
 
     fn as_str(self) -> &'static str {
@@ -48,6 +51,7 @@ impl Phase {
             Phase::Decide => "decide",
             Phase::PhaseTwo => "phase_two",
             Phase::Finish => "finish",
+            Phase::OnePhase => "one_phase",
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Talking to shard owners: prepare, and the phase-two decision, each
-//! retried until it is answered for good or its deadline passes.
+//! Talking to shard owners: prepare, the phase-two decision, and a
+//! one-phase transfer, each retried until it is answered for good or its
+//! deadline passes.
 //!
 //! Shard owners change (a worker dies, the health-monitor marks it down,
 //! another worker claims its shards), so a request can find nobody ("no
@@ -12,7 +13,9 @@
 use std::time::Duration;
 
 use async_nats::Client;
-use faultline_protocol::bank::{Leg, ShardReply, ShardRequest};
+use faultline_protocol::bank::{
+    AbortReason, Leg, ShardReply, ShardRequest, TransferCommand, TransferRecord,
+};
 use faultline_protocol::subjects;
 use faultline_transactions::coordinator::Vote;
 use tokio::time::Instant;
@@ -27,6 +30,22 @@ pub enum PhaseTwo {
     /// The shard has seen a newer coordinator: stop; the new one finishes.
     Fenced,
     /// No acknowledgement before the deadline; recovery sends it again.
+    Unanswered,
+}
+
+/// How a one-phase transfer ended on its shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnePhase {
+    /// Recorded: its outcome, or the transfer first recorded under its key.
+    Recorded(TransferRecord),
+    /// Refused before anything was written (a misrouted request).
+    Refused(AbortReason),
+    /// The shard has seen a newer coordinator: this one is deposed.
+    Fenced {
+        /// The newest token the shard has seen.
+        current: u64,
+    },
+    /// No answer before the deadline: it may or may not be recorded.
     Unanswered,
 }
 
@@ -109,6 +128,41 @@ impl ShardClient {
             PhaseTwo::Acknowledged => "acknowledged",
             PhaseTwo::Fenced => "fenced",
             PhaseTwo::Unanswered => "unanswered",
+        };
+        tracing::Span::current().record("outcome", name);
+        outcome
+    }
+
+    /// One-phase commit of `command` on `shard`, which holds both accounts.
+    #[tracing::instrument(
+        name = "1pc.transfer.shard",
+        skip(self, token, command, deadline),
+        fields(otel.kind = "client", %xid, outcome = Empty, attempts = Empty)
+    )]
+    pub async fn transfer(
+        &self,
+        shard: u32,
+        xid: Uuid,
+        token: u64,
+        command: TransferCommand,
+        deadline: Instant,
+    ) -> OnePhase {
+        let request = ShardRequest::Transfer {
+            xid,
+            token,
+            command,
+        };
+        let outcome = match self.until_answered(shard, &request, deadline).await {
+            Some(ShardReply::Transfer(record)) => OnePhase::Recorded(record),
+            Some(ShardReply::Refused(reason)) => OnePhase::Refused(reason),
+            Some(ShardReply::StaleToken { current }) => OnePhase::Fenced { current },
+            _ => OnePhase::Unanswered,
+        };
+        let name = match &outcome {
+            OnePhase::Recorded(record) => record.state.as_str(),
+            OnePhase::Refused(_) => "refused",
+            OnePhase::Fenced { .. } => "fenced",
+            OnePhase::Unanswered => "unanswered",
         };
         tracing::Span::current().record("outcome", name);
         outcome

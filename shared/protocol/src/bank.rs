@@ -261,6 +261,18 @@ pub enum ShardRequest {
         /// The coordinator's fencing token.
         token: u64,
     },
+    /// One-phase commit: a transfer whose two accounts are both on this
+    /// shard, applied (or refused) in one durable write and recorded under
+    /// its idempotency key. The reply is [`ShardReply::Transfer`]: the
+    /// outcome, or the transfer first recorded under that key.
+    Transfer {
+        /// The transfer's id.
+        xid: Uuid,
+        /// The coordinator's fencing token.
+        token: u64,
+        /// What the client asked, with its key.
+        command: TransferCommand,
+    },
     /// Open an account on this shard.
     OpenAccount(NewAccount),
     /// Read an account.
@@ -277,6 +289,7 @@ impl ShardRequest {
             ShardRequest::Prepare { .. } => "prepare",
             ShardRequest::Commit { .. } => "commit",
             ShardRequest::Abort { .. } => "abort",
+            ShardRequest::Transfer { .. } => "transfer",
             ShardRequest::OpenAccount(_) => "open_account",
             ShardRequest::ReadAccount { .. } => "read_account",
         }
@@ -287,7 +300,8 @@ impl ShardRequest {
         match self {
             ShardRequest::Prepare { xid, .. }
             | ShardRequest::Commit { xid, .. }
-            | ShardRequest::Abort { xid, .. } => Some(*xid),
+            | ShardRequest::Abort { xid, .. }
+            | ShardRequest::Transfer { xid, .. } => Some(*xid),
             ShardRequest::OpenAccount(_) | ShardRequest::ReadAccount { .. } => None,
         }
     }
@@ -326,6 +340,11 @@ impl ShardRequest {
             ShardRequest::Commit { token, .. } | ShardRequest::Abort { token, .. } => {
                 token_fits(*token)
             }
+            ShardRequest::Transfer { token, command, .. } => {
+                token_fits(*token)?;
+                idempotency_key(&command.idempotency_key)?;
+                command.transfer.validate()
+            }
             ShardRequest::OpenAccount(account) => {
                 account_id("id", &account.id)?;
                 if (0..=MAX_AMOUNT).contains(&account.balance) {
@@ -352,6 +371,9 @@ pub enum ShardReply {
     Acknowledged,
     /// An account.
     Account(Account),
+    /// A one-phase transfer's durable outcome (committed, or aborted with
+    /// its reason), or the transfer first recorded under its key.
+    Transfer(TransferRecord),
     /// A definite refusal: a no vote, or an account request that cannot be
     /// met (`unknown_account`, `account_exists`, ...).
     Refused(AbortReason),
@@ -377,6 +399,7 @@ impl ShardReply {
             ShardReply::Prepared => "prepared",
             ShardReply::Acknowledged => "acknowledged",
             ShardReply::Account(_) => "account",
+            ShardReply::Transfer(_) => "transfer",
             ShardReply::Refused(_) => "refused",
             ShardReply::StaleToken { .. } => "stale_token",
             ShardReply::NotOwner => "not_owner",

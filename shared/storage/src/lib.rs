@@ -9,9 +9,12 @@
 //! - [`group_commit`]: many small durable writes sharing one commit.
 //! - [`ensure_shards`]: the shard rows, checked against the configured
 //!   count.
+//! - [`transfers`]: transfer records, read from the coordinator's log and
+//!   the shards' one-phase table alike.
 #![forbid(unsafe_code)]
 
 pub mod group_commit;
+pub mod transfers;
 
 use std::time::Duration;
 

@@ -5,7 +5,9 @@
 //! applied twice, no reservation is left, and no step is a violation.
 //! The second property adds the coordinator's side: no record before the
 //! decision, the decision as the first record, abort barriers written for
-//! in-doubt questions once the driver is gone, and late commits.
+//! in-doubt questions once the driver is gone, and late commits. The third
+//! covers one-phase commit on a shard: attempts under one key, duplicated
+//! and spread over batches in any order, move the money once.
 
 use faultline_protocol::bank::{StatusAnswer, TransferState};
 use faultline_transactions::coordinator::{self, StatusAction};
@@ -275,6 +277,97 @@ proptest! {
         // A commit stands only where both branches voted yes.
         if outcome == TransferState::Committed {
             prop_assert_eq!(yes, [true, true]);
+        }
+    }
+}
+
+mod one_phase {
+    use std::collections::HashMap;
+
+    use faultline_protocol::bank::{
+        ShardReply, TransferCommand, TransferRecord, TransferRequest, TransferState,
+    };
+    use faultline_transactions::shard_batch::{AccountRow, Request, Stored, plan};
+    use proptest::prelude::*;
+    use uuid::Uuid;
+
+    fn attempt(xid: u128, amount: i64) -> Request {
+        Request::OnePhase {
+            xid: Uuid::from_u128(xid),
+            shard: 0,
+            token: 1,
+            command: TransferCommand {
+                idempotency_key: "key".into(),
+                transfer: TransferRequest {
+                    from: "a".into(),
+                    to: "b".into(),
+                    amount,
+                },
+            },
+        }
+    }
+
+    /// The shard's tables after a committed batch.
+    fn store(stored: &mut Stored, batch: &faultline_transactions::shard_batch::Plan) {
+        for (id, (balance, held)) in &batch.account_changes {
+            let row = stored.accounts.get_mut(id).expect("a known account");
+            row.balance += balance;
+            row.held += held;
+        }
+        for local in &batch.transfers {
+            stored.transfer_ids.insert(local.record.id);
+            stored
+                .transfers
+                .insert(local.record.idempotency_key.clone(), local.record.clone());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Attempts under one key (a driver's resends: the same id; a
+        /// client's retries: new ids; a reuse with another amount), in any
+        /// order and any grouping into batches: the money moves once, and
+        /// every reply is the first attempt's record.
+        #[test]
+        fn one_key_moves_money_once(
+            deliveries in prop::collection::vec((0u128..4, any::<bool>()), 1..20),
+            cuts in prop::collection::vec(any::<bool>(), 20),
+        ) {
+            let mut stored = Stored {
+                accounts: HashMap::from([
+                    ("a".to_owned(), AccountRow { shard: 0, balance: 100, held: 0 }),
+                    ("b".to_owned(), AccountRow { shard: 0, balance: 0, held: 0 }),
+                ]),
+                ..Stored::default()
+            };
+            let requests: Vec<Request> = deliveries
+                .iter()
+                .map(|&(xid, reused)| attempt(xid, if reused { 70 } else { 30 }))
+                .collect();
+            let mut replies: Vec<TransferRecord> = Vec::new();
+            let mut batch = Vec::new();
+            for (i, request) in requests.into_iter().enumerate() {
+                batch.push(request);
+                if cuts[i] || i + 1 == deliveries.len() {
+                    let planned = plan(stored.clone(), &batch);
+                    store(&mut stored, &planned);
+                    for reply in planned.replies {
+                        match reply {
+                            ShardReply::Transfer(record) => replies.push(record),
+                            other => prop_assert!(false, "unexpected reply {other:?}"),
+                        }
+                    }
+                    batch.clear();
+                }
+            }
+            let first = &replies[0];
+            prop_assert!(replies.iter().all(|r| r == first), "{replies:?}");
+            prop_assert_eq!(first.state, TransferState::Committed);
+            let moved = first.amount;
+            prop_assert_eq!(stored.accounts["a"].balance, 100 - moved);
+            prop_assert_eq!(stored.accounts["b"].balance, moved);
+            prop_assert_eq!(stored.transfers.len(), 1);
         }
     }
 }

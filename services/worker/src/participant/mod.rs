@@ -25,8 +25,16 @@
 //!   ([`resolve_in_doubt`]) and acts only on its answer; it never aborts a
 //!   prepared branch because it is old.
 //!
-//! Failpoints: [`AFTER_PREPARE`], [`AFTER_COMMIT`], [`AFTER_ABORT`], each
-//! after the write is durable and before the reply.
+//! - **One-phase commit.** A transfer whose two accounts are both on one
+//!   of its shards arrives whole ([`ShardRequest::Transfer`]) and is
+//!   applied, or refused, in one batch, recorded under its idempotency key
+//!   in the same transaction (`local_transfers`, this worker's table): one
+//!   durable write, no branch, nothing in doubt. A retry under the key is
+//!   answered with that record.
+//!
+//! Failpoints: [`AFTER_PREPARE`], [`AFTER_COMMIT`], [`AFTER_ABORT`],
+//! [`AFTER_ONE_PHASE`], each after the write is durable and before the
+//! reply.
 
 pub mod store;
 
@@ -62,6 +70,8 @@ pub const AFTER_PREPARE: &str = "worker::after-prepare";
 pub const AFTER_COMMIT: &str = "worker::after-commit";
 /// Crash after an abort is applied, before it is acknowledged.
 pub const AFTER_ABORT: &str = "worker::after-abort";
+/// Crash after a one-phase transfer is recorded, before the reply.
+pub const AFTER_ONE_PHASE: &str = "worker::after-one-phase";
 
 /// Participant settings (part of the worker's).
 #[derive(Debug, Clone, clap::Args)]
@@ -260,20 +270,31 @@ impl Participant {
                 };
             }
             ShardRequest::OpenAccount(account) => {
-                if shard_of(&account.id, self.shards) != shard {
-                    return ShardReply::Refused(AbortReason {
-                        code: "misrouted".into(),
-                        message: format!(
-                            "account {:?} belongs on shard {} of {}; check that every service \
-                             uses the same --shards",
-                            account.id,
-                            shard_of(&account.id, self.shards),
-                            self.shards
-                        ),
-                        field: Some("id".into()),
-                    });
+                if let Err(refusal) = self.on_shard(shard, &account.id, "id") {
+                    return ShardReply::Refused(refusal);
                 }
                 (Op::Open(account), None)
+            }
+            ShardRequest::Transfer {
+                xid,
+                token,
+                command,
+            } => {
+                let transfer = &command.transfer;
+                if let Err(refusal) = self
+                    .on_shard(shard, &transfer.from, "from")
+                    .and_then(|()| self.on_shard(shard, &transfer.to, "to"))
+                {
+                    return ShardReply::Refused(refusal);
+                }
+                (
+                    Op::Transfer {
+                        xid,
+                        token,
+                        command,
+                    },
+                    Some(AFTER_ONE_PHASE),
+                )
             }
             ShardRequest::Prepare { xid, token, legs } => {
                 (Op::Prepare { xid, token, legs }, Some(AFTER_PREPARE))
@@ -297,11 +318,31 @@ impl Participant {
         };
         let reply = self.write(shard, op).await;
         if let Some(failpoint) = failpoint
-            && matches!(reply, ShardReply::Prepared | ShardReply::Acknowledged)
+            && matches!(
+                reply,
+                ShardReply::Prepared | ShardReply::Acknowledged | ShardReply::Transfer(_)
+            )
         {
             crash_point(failpoint);
         }
         reply
+    }
+
+    /// Refuses a request naming an account that does not live on `shard`.
+    fn on_shard(&self, shard: u32, account: &str, field: &str) -> Result<(), AbortReason> {
+        let home = shard_of(account, self.shards);
+        if home == shard {
+            return Ok(());
+        }
+        Err(AbortReason {
+            code: "misrouted".into(),
+            message: format!(
+                "account {account:?} belongs on shard {home} of {}; check that every service \
+                 uses the same --shards",
+                self.shards
+            ),
+            field: Some(field.into()),
+        })
     }
 
     async fn write(&self, shard: u32, op: Op) -> ShardReply {

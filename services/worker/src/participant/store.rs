@@ -30,16 +30,22 @@
 //! row locks of their own: no `FOR UPDATE` on branches or accounts, which
 //! would only write lock marks to their pages and the WAL. The rest of
 //! the batch is set-based: one statement reads every branch record it
-//! touches, one every account, [`faultline_transactions::shard_batch`]
-//! plans the whole batch in memory through the branch state machine, and
-//! at most three statements write the result back.
+//! touches, one every account (and, for one-phase transfers, one every
+//! transfer already recorded under their keys, in either table),
+//! [`faultline_transactions::shard_batch`] plans the whole batch in memory
+//! through the branch state machine, and a statement per kind of change
+//! writes the result back.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use faultline_protocol::bank::{Account, Leg, NewAccount, ShardReply};
+use faultline_protocol::bank::TransferRecord;
+use faultline_protocol::bank::{Account, Leg, NewAccount, ShardReply, TransferCommand};
 use faultline_storage::group_commit::BatchWrite;
+use faultline_storage::transfers;
 use faultline_transactions::participant::BranchState;
-use faultline_transactions::shard_batch::{self, AccountRow, BranchRow, Request};
+use faultline_transactions::shard_batch::{
+    self, AccountRow, BranchRow, LocalTransfer, Request, Stored,
+};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -75,6 +81,15 @@ pub enum Op {
         /// Commit (`true`) or abort.
         commit: bool,
     },
+    /// One-phase commit of a transfer within the shard.
+    Transfer {
+        /// The transfer's id.
+        xid: Uuid,
+        /// Coordinator token.
+        token: u64,
+        /// The client's request, with its key.
+        command: TransferCommand,
+    },
     /// A new account.
     Open(NewAccount),
 }
@@ -82,7 +97,9 @@ pub enum Op {
 impl Op {
     fn token(&self) -> u64 {
         match self {
-            Op::Prepare { token, .. } | Op::Decide { token, .. } => *token,
+            Op::Prepare { token, .. } | Op::Decide { token, .. } | Op::Transfer { token, .. } => {
+                *token
+            }
             Op::Open(_) => 0,
         }
     }
@@ -128,7 +145,14 @@ impl BatchWrite for ShardWriter {
         }
         let branches = read_branches(conn, &planned).await?;
         let accounts = read_accounts(conn, &planned, &branches).await?;
-        let plan = shard_batch::plan(branches, accounts, &planned);
+        let (transfers, transfer_ids) = read_transfers(conn, &planned).await?;
+        let stored = Stored {
+            branches,
+            accounts,
+            transfers,
+            transfer_ids,
+        };
+        let plan = shard_batch::plan(stored, &planned);
         write_plan(conn, &plan).await?;
         let mut answers = plan.replies.into_iter();
         Ok(replies
@@ -206,6 +230,16 @@ impl Op {
                 shard,
                 commit: *commit,
             },
+            Op::Transfer {
+                xid,
+                token,
+                command,
+            } => Request::OnePhase {
+                xid: *xid,
+                shard,
+                token: *token,
+                command: command.clone(),
+            },
             Op::Open(account) => Request::Open {
                 shard,
                 account: account.clone(),
@@ -225,7 +259,7 @@ async fn read_branches(
             Request::Prepare { xid, shard, .. } | Request::Decide { xid, shard, .. } => {
                 Some((*xid, shard_param(*shard)))
             }
-            Request::Open { .. } => None,
+            Request::OnePhase { .. } | Request::Open { .. } => None,
         })
         .unzip();
     if xids.is_empty() {
@@ -264,6 +298,10 @@ async fn read_accounts(
     for request in requests {
         match request {
             Request::Prepare { legs, .. } => ids.extend(legs.iter().map(|l| l.account.clone())),
+            Request::OnePhase { command, .. } => {
+                ids.push(command.transfer.from.clone());
+                ids.push(command.transfer.to.clone());
+            }
             Request::Open { account, .. } => ids.push(account.id.clone()),
             Request::Decide { .. } => {}
         }
@@ -299,8 +337,36 @@ async fn read_accounts(
         .collect())
 }
 
+/// Every transfer recorded, in either table, under a key or id of the
+/// batch's one-phase transfers: by key, and the set of ids.
+async fn read_transfers(
+    conn: &mut PgConnection,
+    requests: &[Request],
+) -> Result<(HashMap<String, TransferRecord>, HashSet<Uuid>), sqlx::Error> {
+    let (ids, keys): (Vec<Uuid>, Vec<&str>) = requests
+        .iter()
+        .filter_map(|request| match request {
+            Request::OnePhase { xid, command, .. } => {
+                Some((*xid, command.idempotency_key.as_str()))
+            }
+            _ => None,
+        })
+        .unzip();
+    if ids.is_empty() {
+        return Ok((HashMap::new(), HashSet::new()));
+    }
+    let found = transfers::find(&mut *conn, &ids, &keys).await?;
+    let ids = found.iter().map(|record| record.id).collect();
+    let by_key = found
+        .into_iter()
+        .filter(|record| !record.idempotency_key.is_empty())
+        .map(|record| (record.idempotency_key.clone(), record))
+        .collect();
+    Ok((by_key, ids))
+}
+
 /// Writes a planned batch: changed branch records, account changes, new
-/// accounts; one statement each.
+/// accounts, one-phase transfers; one statement each.
 async fn write_plan(conn: &mut PgConnection, plan: &shard_batch::Plan) -> Result<(), sqlx::Error> {
     if !plan.branches.is_empty() {
         let mut xids = Vec::new();
@@ -364,6 +430,56 @@ async fn write_plan(conn: &mut PgConnection, plan: &shard_batch::Plan) -> Result
         .bind(shards)
         .bind(balances)
         .bind(helds)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !plan.transfers.is_empty() {
+        let mut ids = Vec::new();
+        let mut shards = Vec::new();
+        let mut keys = Vec::new();
+        let mut froms = Vec::new();
+        let mut tos = Vec::new();
+        let mut amounts = Vec::new();
+        let mut states = Vec::new();
+        let mut reasons = Vec::new();
+        let mut tokens = Vec::new();
+        for LocalTransfer {
+            record,
+            shard,
+            token,
+        } in &plan.transfers
+        {
+            ids.push(record.id);
+            shards.push(shard_param(*shard));
+            keys.push(record.idempotency_key.as_str());
+            froms.push(record.from.as_str());
+            tos.push(record.to.as_str());
+            amounts.push(record.amount);
+            states.push(record.state.as_str());
+            reasons.push(
+                record
+                    .reason
+                    .as_ref()
+                    .and_then(|r| serde_json::to_string(r).ok()),
+            );
+            tokens.push(i64::try_from(*token).unwrap_or(i64::MAX));
+        }
+        sqlx::query(
+            "INSERT INTO local_transfers (id, shard, idempotency_key, from_account, to_account, \
+             amount, state, reason, token) \
+             SELECT i, s, k, f, t, a, st, r::jsonb, tok FROM unnest($1::uuid[], $2::int4[], \
+             $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::text[], $9::int8[]) \
+             AS l(i, s, k, f, t, a, st, r, tok)",
+        )
+        .bind(ids)
+        .bind(shards)
+        .bind(keys)
+        .bind(froms)
+        .bind(tos)
+        .bind(amounts)
+        .bind(states)
+        .bind(reasons)
+        .bind(tokens)
         .execute(&mut *conn)
         .await?;
     }

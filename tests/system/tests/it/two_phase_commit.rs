@@ -74,6 +74,19 @@ async fn accounts_on_two_shards(cluster: &Cluster, prefix: &str, balance: i64) -
     (from, to)
 }
 
+/// Two accounts on one shard, opened with `balance` and 0.
+async fn accounts_on_one_shard(cluster: &Cluster, prefix: &str, balance: i64) -> (String, String) {
+    let shard = |id: &str| faultline_transactions::sharding::shard_of(id, SHARDS);
+    let from = format!("{prefix}-from");
+    let to = (0..)
+        .map(|i| format!("{prefix}-to-{i}"))
+        .find(|to| shard(to) == shard(&from))
+        .expect("an account on the same shard");
+    open_account(cluster, &from, balance).await;
+    open_account(cluster, &to, 0).await;
+    (from, to)
+}
+
 async fn balance(cluster: &Cluster, id: &str) -> (i64, i64) {
     let (status, body) = cluster
         .gateway
@@ -142,6 +155,87 @@ async fn a_transfer_moves_money_once_however_often_it_is_sent() {
 /// phase two leaves it: the log says committed, the debit's shard has
 /// applied it, the credit's branch is still prepared. The audit counts the
 /// credit in flight, so its total does not move; then recovery applies it.
+/// Both accounts on one shard: one durable write on the shard, recorded
+/// there under the key; the same idempotency as two-phase transfers, the
+/// key unique across both paths.
+#[tokio::test]
+async fn a_transfer_within_one_shard_commits_in_one_phase() {
+    let cluster = bank_cluster().await;
+    let (from, to) = accounts_on_one_shard(&cluster, "local", 100).await;
+    let request = json!({"from": from, "to": to, "amount": 30});
+    let (status, first) = transfer(&cluster, "local-1", &request).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        (&first["state"], &first["finished"]),
+        (&json!("committed"), &json!(true))
+    );
+    let (status, again) = transfer(&cluster, "local-1", &request).await;
+    assert_eq!(
+        (status, &again),
+        (200, &first),
+        "a retry replays the record"
+    );
+    let id = first["id"].as_str().expect("an id");
+    let (status, read) = cluster
+        .gateway
+        .get(&format!("/v1/transfers/{id}"))
+        .await
+        .expect("the gateway answers");
+    assert_eq!((status, &read), (200, &first));
+    // Applied at once: nothing held, nothing in doubt, nothing in the log.
+    assert_eq!(balance(&cluster, &from).await, (70, 0));
+    assert_eq!(balance(&cluster, &to).await, (30, 0));
+    let pool = cluster.pool().await.expect("pool");
+    let (in_log, branches): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM transfers), (SELECT count(*) FROM branches)")
+            .fetch_one(&pool)
+            .await
+            .expect("query");
+    assert_eq!(
+        (in_log, branches),
+        (0, 0),
+        "one phase writes no log record or branch"
+    );
+
+    // A refusal is recorded too: the retry hears the same refusal.
+    let too_much = json!({"from": from, "to": to, "amount": 1000});
+    let (status, refused) = transfer(&cluster, "local-2", &too_much).await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"]["code"], "insufficient_funds");
+    let (_, refused_again) = transfer(&cluster, "local-2", &too_much).await;
+    assert_eq!(refused_again, refused);
+
+    // A key names one transfer whichever path it took first.
+    let (other_from, other_to) = accounts_on_two_shards(&cluster, "global", 100).await;
+    let cross = json!({"from": other_from, "to": other_to, "amount": 5});
+    let (status, reused) = transfer(&cluster, "local-1", &cross).await;
+    assert_eq!(status, 422, "{reused}");
+    assert_eq!(reused["error"]["code"], "idempotency_key_reused");
+    let (status, crossed) = transfer(&cluster, "global-1", &cross).await;
+    assert_eq!(status, 200, "{crossed}");
+    let (status, reused) = transfer(&cluster, "global-1", &request).await;
+    assert_eq!(status, 422, "{reused}");
+    assert_eq!(reused["error"]["code"], "idempotency_key_reused");
+    assert_eq!(
+        balance(&cluster, &from).await,
+        (70, 0),
+        "no second transfer"
+    );
+
+    let (status, audit) = cluster.gateway.get("/v1/audit").await.expect("answers");
+    assert_eq!(status, 200, "{audit}");
+    assert_eq!(audit["total"], 200);
+    // (The two-phase transfer's phase two may still be running.)
+    assert_eq!(
+        (
+            &audit["transfers"]["committed"],
+            &audit["transfers"]["aborted"]
+        ),
+        (&json!(2), &json!(1)),
+        "{audit}"
+    );
+}
+
 #[tokio::test]
 async fn the_audit_counts_money_between_a_transfers_two_commits() {
     let cluster = bank_cluster().await;
@@ -875,12 +969,31 @@ const COORDINATOR_FAILPOINTS: [&str; 4] = [
     "coordinator::mid-phase-two",
 ];
 
-/// The workers' failpoints.
+/// The workers' two-phase failpoints.
 const WORKER_FAILPOINTS: [&str; 3] = [
     "worker::after-prepare",
     "worker::after-commit",
     "worker::after-abort",
 ];
+
+/// The workers' one-phase failpoint: a transfer between two accounts of
+/// one shard is recorded, and its owner dies before it answers.
+const ONE_PHASE_FAILPOINT: &str = "worker::after-one-phase";
+
+/// The worker that owns a shard holding two of the clients' accounts, so
+/// that it runs one-phase transfers.
+fn one_phase_worker(cluster: &Cluster) -> usize {
+    let shard = |i: usize| faultline_transactions::sharding::shard_of(&format!("acct-{i}"), SHARDS);
+    let shared = (0..ACCOUNTS)
+        .flat_map(|a| (a + 1..ACCOUNTS).map(move |b| (a, b)))
+        .find(|&(a, b)| shard(a) == shard(b))
+        .map(|(a, _)| shard(a))
+        .expect("two accounts on one shard");
+    let ids: Vec<&str> = cluster.workers.iter().map(Service::name).collect();
+    let owner =
+        faultline_transactions::sharding::owner_of(shared, ids.iter().copied()).expect("a worker");
+    ids.iter().position(|id| *id == owner).expect("the owner")
+}
 
 /// Waits until the clients have had 30 more transfers answered: after each
 /// fault the system must work again by itself, not merely settle.
@@ -917,6 +1030,9 @@ async fn nemesis(cluster: &mut Cluster, progress: &AtomicUsize) -> usize {
         faults += 1;
         recovered(progress).await;
     }
+    crash_worker_at(cluster, one_phase_worker(cluster), ONE_PHASE_FAILPOINT).await;
+    faults += 1;
+    recovered(progress).await;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
     for round in 0..8 {
         match round % 4 {
@@ -1066,6 +1182,8 @@ async fn audit(pool: &PgPool, acknowledged: &[Acknowledged]) {
     // The log: every transfer decided, and what it says about each (abort
     // barriers, the presumed aborts of transactions the log never heard
     // of, are no transfer's).
+    // One-phase transfers (both accounts on one shard) are recorded by
+    // the shard, with no branches.
     let log: Vec<(String, String, String, i64, String)> = sqlx::query_as(
         "SELECT id::text, from_account, to_account, amount, state FROM transfers \
          WHERE idempotency_key IS NOT NULL",
@@ -1077,6 +1195,22 @@ async fn audit(pool: &PgPool, acknowledged: &[Acknowledged]) {
         .into_iter()
         .map(|(id, from, to, amount, state)| (id, (TransferRequest { from, to, amount }, state)))
         .collect();
+    let local: Vec<(String, String, String, i64, String)> = sqlx::query_as(
+        "SELECT id::text, from_account, to_account, amount, state FROM local_transfers",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("query");
+    let local: BTreeMap<String, (TransferRequest, String)> = local
+        .into_iter()
+        .map(|(id, from, to, amount, state)| (id, (TransferRequest { from, to, amount }, state)))
+        .collect();
+    assert!(
+        local
+            .values()
+            .all(|(request, _)| branches(request, SHARDS).len() == 1),
+        "a transfer between two shards was committed in one phase"
+    );
     assert!(
         decisions.values().all(|(_, state)| state != "preparing"),
         "a transfer was left undecided"
@@ -1130,6 +1264,12 @@ async fn audit(pool: &PgPool, acknowledged: &[Acknowledged]) {
         *expected.get_mut(&request.from).expect("account") -= request.amount;
         *expected.get_mut(&request.to).expect("account") += request.amount;
     }
+    let mut committed_locally = 0;
+    for (request, _) in local.values().filter(|(_, state)| state == "committed") {
+        committed_locally += 1;
+        *expected.get_mut(&request.from).expect("account") -= request.amount;
+        *expected.get_mut(&request.to).expect("account") += request.amount;
+    }
 
     // Exactly once: each balance is its opening plus its committed moves.
     let balances: Vec<(String, i64)> =
@@ -1141,7 +1281,10 @@ async fn audit(pool: &PgPool, acknowledged: &[Acknowledged]) {
 
     // What clients were told matches the log.
     for ack in acknowledged {
-        let state = decisions.get(&ack.id).map(|(_, s)| s.as_str());
+        let state = decisions
+            .get(&ack.id)
+            .or_else(|| local.get(&ack.id))
+            .map(|(_, s)| s.as_str());
         let told = if ack.committed {
             "committed"
         } else {
@@ -1151,10 +1294,16 @@ async fn audit(pool: &PgPool, acknowledged: &[Acknowledged]) {
     }
     let acknowledged_commits = acknowledged.iter().filter(|a| a.committed).count();
     eprintln!(
-        "audit: {} transfers in the log, {committed} committed ({acknowledged_commits} \
-         acknowledged to clients), {} branches",
+        "audit: {} transfers in the log, {committed} committed; {} in one phase, \
+         {committed_locally} committed ({acknowledged_commits} acknowledged to clients), \
+         {} branches",
         decisions.len(),
+        local.len(),
         branch_rows.len()
+    );
+    assert!(
+        committed_locally > 0,
+        "no transfer between two accounts of one shard went through"
     );
     assert!(
         acknowledged_commits >= 50,
