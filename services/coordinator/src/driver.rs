@@ -46,7 +46,7 @@
 use std::sync::Arc;
 
 use faultline_protocol::bank::{
-    CoordinatorReply, TransferCommand, TransferRecord, TransferRequest, TransferState,
+    CoordinatorReply, Quarantine, TransferCommand, TransferRecord, TransferRequest, TransferState,
 };
 use faultline_protocol::error::ErrorDetail;
 use faultline_telemetry::failpoints::crash_point;
@@ -152,6 +152,7 @@ pub async fn transfer(term: &Arc<Term>, command: TransferCommand) -> Coordinator
                 state: TransferState::Aborted,
                 reason: None,
                 finished: false,
+                quarantine: None,
             };
             drop(phase_two_in_background(term, ours, driving));
             return replay(first, &command.transfer);
@@ -227,21 +228,45 @@ async fn send_decision(term: &Term, record: &TransferRecord, deadline: Instant) 
     let shards: Vec<u32> = branches(&request, term.shard_count).into_keys().collect();
     let mut pending: FuturesUnordered<_> = shards
         .iter()
-        .map(|&shard| {
-            term.shards
+        .map(|&shard| async move {
+            let outcome = term
+                .shards
                 .decide(shard, record.id, term.token, commit, deadline)
+                .await;
+            (shard, outcome)
         })
         .collect();
     let mut acknowledged = 0;
-    while let Some(outcome) = pending.next().await {
-        if outcome == PhaseTwo::Acknowledged {
-            acknowledged += 1;
-            if acknowledged == 1 && shards.len() > 1 {
-                crash_point(MID_PHASE_TWO);
+    let mut refused = None;
+    while let Some((shard, outcome)) = pending.next().await {
+        match outcome {
+            PhaseTwo::Acknowledged => {
+                acknowledged += 1;
+                if acknowledged == 1 && shards.len() > 1 {
+                    crash_point(MID_PHASE_TWO);
+                }
             }
+            PhaseTwo::Refused(reason) => refused = Some(Quarantine { shard, reason }),
+            PhaseTwo::Fenced | PhaseTwo::Unanswered => {}
         }
     }
     tracing::Span::current().record("acknowledged", acknowledged);
+    if let Some(quarantine) = refused {
+        // Sending it again would be refused again: an operator must look.
+        match term.log.quarantine(record.id, &quarantine).await {
+            Ok(()) => {
+                term.metrics.quarantined.inc();
+            }
+            Err(error) => tracing::warn!(%error, xid = %record.id, "Cannot quarantine a transfer."),
+        }
+        tracing::error!(
+            xid = %record.id,
+            shard = quarantine.shard,
+            reason = ?quarantine.reason,
+            "Quarantined a transfer: a shard refused its decision; an operator must resolve it."
+        );
+        return false;
+    }
     if acknowledged < shards.len() {
         return false;
     }

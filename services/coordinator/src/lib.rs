@@ -12,7 +12,9 @@
 //! | `faultline.coordinator.audit` | the total money, from one snapshot ([`log::DecisionLog::audit`]) |
 //! | `faultline.coordinator.status` | a participant asks what became of a branch ([`recovery::status`]) |
 //!
-//! and runs [`recovery`] for its whole term. The standby subscribes to
+//! and runs [`recovery`] for its whole term. Its admin listener also has
+//! the [`operator`] routes for quarantined transfers (a shard refused the
+//! decision), behind the operator's bearer token. The standby subscribes to
 //! nothing: while no coordinator is active, a gateway's request gets "no
 //! responders" at once, so the gateway knows nothing was delivered and
 //! can safely ask again until its timeout (then 503), rather than wait
@@ -44,6 +46,7 @@ pub mod live;
 pub mod log;
 pub mod metrics;
 pub mod one_phase;
+pub mod operator;
 pub mod participants;
 pub mod recovery;
 
@@ -135,6 +138,9 @@ pub struct Settings {
     /// Admin endpoints and logging.
     #[command(flatten)]
     pub service: faultline_telemetry::ServiceArgs,
+    /// The token guarding the operator routes (quarantine).
+    #[command(flatten)]
+    pub operator: faultline_telemetry::operator::OperatorArgs,
 }
 
 /// One term of office: everything the active coordinator's tasks share.
@@ -193,7 +199,15 @@ pub async fn run(
         registry: Arc::new(registry),
         ready: Arc::new(move || faultline_bus::connection_ready(&ready_client)),
     };
-    let admin_handle = faultline_telemetry::admin::start(&settings.service.admin_addr, admin)?;
+    let operator = operator::Operator {
+        log: Arc::new(std::sync::OnceLock::new()),
+        token: settings.operator.token()?,
+    };
+    let admin_handle = faultline_telemetry::admin::start_with(
+        &settings.service.admin_addr,
+        admin,
+        operator::routes(operator.clone()),
+    )?;
     let heartbeat = faultline_bus::heartbeat::spawn(
         client.clone(),
         faultline_protocol::cluster::Role::Coordinator,
@@ -203,7 +217,15 @@ pub async fn run(
         Arc::new(faultline_bus::heartbeat::NoLoad),
     );
 
-    let result = lead_when_possible(client.clone(), &settings, &url, metrics, shutdown).await;
+    let result = lead_when_possible(
+        client.clone(),
+        &settings,
+        &url,
+        metrics,
+        &operator,
+        shutdown,
+    )
+    .await;
     heartbeat.abort();
     admin_handle.stop(true).await;
     result
@@ -214,6 +236,7 @@ async fn lead_when_possible(
     settings: &Settings,
     url: &str,
     metrics: Arc<Metrics>,
+    operator: &operator::Operator,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
@@ -233,6 +256,7 @@ async fn lead_when_possible(
         ready = setup => ready?,
         () = &mut shutdown => return Ok(()),
     };
+    let _ = operator.log.set(log.clone());
     let ttl = lease.ttl();
     tracing::info!(id = %settings.id, "Coordinator in standby; trying for the lease.");
     loop {
@@ -474,7 +498,7 @@ async fn respond(term: &Arc<Term>, message: &Request) -> Option<Vec<u8>> {
             serde_json::to_vec(&reply)
         }
         _ => {
-            let reply = match term.log.unfinished(None, &[], 1000).await {
+            let reply = match term.log.unfinished(None, &[], 1000, true).await {
                 Ok(entries) => {
                     CoordinatorReply::Transfers(entries.into_iter().map(|e| e.record).collect())
                 }

@@ -16,6 +16,10 @@
 //! 2. **finished**, once every shard has acknowledged: not forced (a lost
 //!    mark means phase two is sent again, which is idempotent).
 //!
+//! A decision a shard refuses is marked *quarantined* instead
+//! ([`DecisionLog::quarantine`]): recovery's query leaves it out until an
+//! operator resolves it ([`DecisionLog::resolve`], `crate::operator`).
+//!
 //! Nothing is written before the prepares: presumed abort makes "no
 //! record" an abort. When a participant asks about a transaction the log
 //! has never heard of and whose driver is gone, recovery writes a bare
@@ -28,7 +32,7 @@
 use std::time::Duration;
 
 use faultline_protocol::bank::{
-    AbortReason, Audit, AuditTransfers, TransferCommand, TransferRecord, TransferState,
+    AbortReason, Audit, AuditTransfers, Quarantine, TransferCommand, TransferRecord, TransferState,
 };
 use faultline_storage::group_commit::{self, BatchWrite, GroupCommit, GroupCommitError};
 use faultline_storage::transfers;
@@ -282,16 +286,20 @@ impl DecisionLog {
     /// time. Recovery passes the transfers its term is still driving, so
     /// that a steady-state sweep reads nothing; the in-doubt list passes
     /// none.
+    /// Quarantined transfers are left out unless `quarantined` (recovery
+    /// must not resend them; the in-doubt list shows them).
     pub async fn unfinished(
         &self,
         after: Option<Uuid>,
         running: &[Uuid],
         limit: i64,
+        quarantined: bool,
     ) -> Result<Vec<Entry>, LogError> {
         let rows = sqlx::query(SELECT_UNFINISHED)
             .bind(after.unwrap_or(Uuid::nil()))
             .bind(running)
             .bind(limit)
+            .bind(quarantined)
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -299,7 +307,92 @@ impl DecisionLog {
             .collect::<Result<_, _>>()
             .map_err(Into::into)
     }
+
+    /// Quarantines unfinished transfer `xid`: `quarantine` says which shard
+    /// refused its decision and why. Recovery leaves it alone from now on.
+    /// Rare, so written on its own (and forced, as every commit here is).
+    pub async fn quarantine(&self, xid: Uuid, quarantine: &Quarantine) -> Result<(), LogError> {
+        sqlx::query(
+            "UPDATE transfers SET quarantine = $2::jsonb \
+             WHERE id = $1 AND finished_at IS NULL AND quarantine IS NULL",
+        )
+        .bind(xid)
+        .bind(serde_json::to_string(quarantine).unwrap_or_default())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every quarantined, unresolved transfer, oldest first (at most 1000).
+    pub async fn quarantined(&self) -> Result<Vec<TransferRecord>, LogError> {
+        let rows = sqlx::query(SELECT_QUARANTINED)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(transfers::record)
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
+    }
+
+    /// How many transfers are quarantined and unresolved.
+    pub async fn quarantined_count(&self) -> Result<i64, LogError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM transfers WHERE finished_at IS NULL AND quarantine IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// An operator's resolution of quarantined transfer `xid`: `Retry`
+    /// lifts the quarantine (recovery sends the decision again), `Close`
+    /// marks the transfer finished (the operator has made the shard agree
+    /// with the decision). `resolution` records what was done, by whom and
+    /// why. Answers the record afterwards, or `None` if `xid` is not
+    /// quarantined.
+    pub async fn resolve(
+        &self,
+        xid: Uuid,
+        action: Resolve,
+        resolution: &serde_json::Value,
+    ) -> Result<Option<TransferRecord>, LogError> {
+        let statement = match action {
+            Resolve::Retry => RESOLVE_RETRY,
+            Resolve::Close => RESOLVE_CLOSE,
+        };
+        let row = sqlx::query(statement)
+            .bind(xid)
+            .bind(resolution.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref()
+            .map(transfers::record)
+            .transpose()
+            .map_err(Into::into)
+    }
 }
+
+/// What an operator does with a quarantined transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolve {
+    /// Lift the quarantine: recovery sends the decision again.
+    Retry,
+    /// Mark it finished: the shard now agrees with the decision.
+    Close,
+}
+
+const SELECT_QUARANTINED: &str = "SELECT id, idempotency_key, from_account, to_account, amount, \
+     state, reason, finished_at IS NOT NULL AS finished, quarantine FROM transfers \
+     WHERE finished_at IS NULL AND quarantine IS NOT NULL ORDER BY id LIMIT 1000";
+const RESOLVE_RETRY: &str = "UPDATE transfers SET quarantine = NULL, resolution = $2::jsonb \
+     WHERE id = $1 AND finished_at IS NULL AND quarantine IS NOT NULL \
+     RETURNING id, idempotency_key, from_account, to_account, amount, state, reason, \
+     finished_at IS NOT NULL AS finished, quarantine";
+const RESOLVE_CLOSE: &str = "UPDATE transfers SET finished_at = clock_timestamp(), \
+     resolution = $2::jsonb \
+     WHERE id = $1 AND finished_at IS NULL AND quarantine IS NOT NULL \
+     RETURNING id, idempotency_key, from_account, to_account, amount, state, reason, \
+     finished_at IS NOT NULL AS finished, quarantine";
 
 /// A log record with what recovery needs to judge it.
 #[derive(Debug, Clone)]
@@ -313,14 +406,14 @@ pub struct Entry {
 }
 
 const SELECT_ENTRY_BY_ID: &str = "SELECT id, idempotency_key, from_account, to_account, amount, \
-     state, reason, finished_at IS NOT NULL AS finished, traceparent, \
+     state, reason, finished_at IS NOT NULL AS finished, quarantine, traceparent, \
      extract(epoch FROM clock_timestamp() - created_at)::float8 AS age \
      FROM transfers WHERE id = $1";
 const SELECT_UNFINISHED: &str = "SELECT id, idempotency_key, from_account, to_account, amount, \
-     state, reason, finished_at IS NOT NULL AS finished, traceparent, \
+     state, reason, finished_at IS NOT NULL AS finished, quarantine, traceparent, \
      extract(epoch FROM clock_timestamp() - created_at)::float8 AS age \
      FROM transfers WHERE finished_at IS NULL AND id > $1 AND NOT (id = ANY($2)) \
-     ORDER BY id LIMIT $3";
+     AND ($4 OR quarantine IS NULL) ORDER BY id LIMIT $3";
 
 /// Whether `record` is an abort barrier, not a client's transfer.
 pub fn is_barrier(record: &TransferRecord) -> bool {
@@ -447,9 +540,9 @@ async fn write_decisions(
                  AND NOT EXISTS (SELECT 1 FROM local_transfers l WHERE l.idempotency_key = d.k) \
                  ON CONFLICT DO NOTHING \
                  RETURNING id, idempotency_key, from_account, to_account, amount, state, reason, \
-                 finished_at IS NOT NULL AS finished) \
+                 finished_at IS NOT NULL AS finished, quarantine) \
          SELECT ins.*, fence.token AS fence FROM ins CROSS JOIN fence \
-         UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, token FROM fence",
+         UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, token FROM fence",
     )
     .bind(&ids)
     .bind(&keys)

@@ -96,6 +96,12 @@ pub struct Metrics {
     oldest_unfinished: Gauge<f64, AtomicU64>,
     /// Transfers this term's drivers are running now.
     pub live_transfers: Gauge,
+    /// Transfers quarantined (a shard refused the decision).
+    pub quarantined: Counter,
+    /// Quarantined transfers not yet resolved, at the last sweep.
+    pub quarantined_now: Gauge,
+    /// Recovery sweeps completed.
+    pub sweeps: Counter,
 }
 
 impl Metrics {
@@ -114,6 +120,9 @@ impl Metrics {
             unfinished: Family::default(),
             oldest_unfinished: Gauge::default(),
             live_transfers: Gauge::default(),
+            quarantined: Counter::default(),
+            quarantined_now: Gauge::default(),
+            sweeps: Counter::default(),
         };
         registry.register("transfers_begun", "Transfers begun", metrics.begun.clone());
         registry.register(
@@ -156,6 +165,21 @@ impl Metrics {
             "live_transfers",
             "Transfers this coordinator's drivers are running now (recovery leaves them alone)",
             metrics.live_transfers.clone(),
+        );
+        registry.register(
+            "transfers_quarantined",
+            "Transfers quarantined because a shard refused their decision",
+            metrics.quarantined.clone(),
+        );
+        registry.register(
+            "quarantined_transfers",
+            "Quarantined transfers awaiting an operator, at the last recovery sweep",
+            metrics.quarantined_now.clone(),
+        );
+        registry.register(
+            "recovery_sweeps",
+            "Recovery sweeps completed (each reads the unfinished transfers nobody drives)",
+            metrics.sweeps.clone(),
         );
         // Every series exists from the start at 0, so dashboards and
         // `rate()` see one before the first commit or recovery.

@@ -23,7 +23,7 @@ use tracing::field::Empty;
 use uuid::Uuid;
 
 /// How one shard ended phase two.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PhaseTwo {
     /// Applied and acknowledged.
     Acknowledged,
@@ -31,6 +31,9 @@ pub enum PhaseTwo {
     Fenced,
     /// No acknowledgement before the deadline; recovery sends it again.
     Unanswered,
+    /// The shard refused the decision: its branch contradicts it. Sending
+    /// it again cannot help; the transfer is quarantined.
+    Refused(AbortReason),
 }
 
 /// How a one-phase transfer ended on its shard.
@@ -120,7 +123,7 @@ impl ShardClient {
             Some(ShardReply::StaleToken { .. }) => PhaseTwo::Fenced,
             Some(ShardReply::Refused(reason)) => {
                 tracing::error!(%xid, shard, ?reason, "A shard refused a decision.");
-                PhaseTwo::Unanswered
+                PhaseTwo::Refused(reason)
             }
             _ => PhaseTwo::Unanswered,
         };
@@ -128,6 +131,7 @@ impl ShardClient {
             PhaseTwo::Acknowledged => "acknowledged",
             PhaseTwo::Fenced => "fenced",
             PhaseTwo::Unanswered => "unanswered",
+            PhaseTwo::Refused(_) => "refused",
         };
         tracing::Span::current().record("outcome", name);
         outcome

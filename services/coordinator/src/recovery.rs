@@ -63,7 +63,10 @@ pub async fn sweep(term: &Term) -> Result<usize, log::LogError> {
     let mut acted = 0;
     let mut seen = InDoubt::default();
     loop {
-        let entries = term.log.unfinished(after, &live.running, PAGE).await?;
+        let entries = term
+            .log
+            .unfinished(after, &live.running, PAGE, false)
+            .await?;
         let full = entries.len() == usize::try_from(PAGE).unwrap_or(usize::MAX);
         after = entries.last().map(|entry| entry.record.id);
         // A driver that began after the snapshot, or finished while the
@@ -83,6 +86,10 @@ pub async fn sweep(term: &Term) -> Result<usize, log::LogError> {
             .await;
         if !full {
             term.metrics.in_doubt(seen);
+            term.metrics
+                .quarantined_now
+                .set(term.log.quarantined_count().await?);
+            term.metrics.sweeps.inc();
             return Ok(acted);
         }
     }

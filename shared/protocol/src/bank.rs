@@ -154,6 +154,19 @@ pub struct TransferRecord {
     pub reason: Option<AbortReason>,
     /// Whether every shard has acknowledged the decision (phase two done).
     pub finished: bool,
+    /// Why phase two stopped, if a shard refused the decision: recovery
+    /// leaves the transfer to an operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<Quarantine>,
+}
+
+/// A decision a shard refused, which sending again cannot fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    /// The shard that refused.
+    pub shard: u32,
+    /// Its reason.
+    pub reason: AbortReason,
 }
 
 impl TransferRecord {

@@ -14,7 +14,7 @@
 //! reads keys with [`find`]), so a key first used on one path is replayed,
 //! or refused as reused, on the other. Reads by id look in both as well.
 
-use faultline_protocol::bank::{AbortReason, TransferRecord, TransferState};
+use faultline_protocol::bank::{AbortReason, Quarantine, TransferRecord, TransferState};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{PgExecutor, Row as _};
@@ -31,11 +31,11 @@ pub async fn find<'c>(
     // as soon as it is recorded.
     let rows = sqlx::query(
         "SELECT id, idempotency_key, from_account, to_account, amount, state, reason, \
-         finished_at IS NOT NULL AS finished \
+         finished_at IS NOT NULL AS finished, quarantine \
          FROM transfers WHERE id = ANY($1) OR idempotency_key = ANY($2) \
          UNION ALL \
          SELECT id, idempotency_key, from_account, to_account, amount, state, reason, \
-         true AS finished \
+         true AS finished, NULL::jsonb AS quarantine \
          FROM local_transfers WHERE id = ANY($1) OR idempotency_key = ANY($2)",
     )
     .bind(ids)
@@ -66,5 +66,8 @@ pub fn record(row: &PgRow) -> Result<TransferRecord, sqlx::Error> {
             .ok_or_else(|| sqlx::Error::Protocol(format!("unknown transfer state {state:?}")))?,
         reason: reason.map(|Json(reason)| reason),
         finished: row.try_get("finished")?,
+        quarantine: row
+            .try_get::<Option<Json<Quarantine>>, _>("quarantine")?
+            .map(|Json(quarantine)| quarantine),
     })
 }

@@ -2,7 +2,8 @@
 //!
 //! The gateway mounts them on its public server with [`routes`]; services
 //! without an HTTP API of their own run them on a small server of their own
-//! with [`start`].
+//! with [`start`], beside any operator routes of theirs
+//! ([`start_with`], guarded by [`crate::operator`]).
 
 use std::sync::Arc;
 
@@ -50,16 +51,28 @@ pub struct AdminError {
 /// Serves the admin routes on `addr` with one worker thread, in the
 /// background; stop it with the returned handle.
 pub fn start(addr: &str, admin: Admin) -> Result<actix_web::dev::ServerHandle, AdminError> {
-    let server =
-        actix_web::HttpServer::new(move || actix_web::App::new().configure(routes(admin.clone())))
-            .workers(1)
-            .disable_signals()
-            .bind(addr)
-            .map_err(|source| AdminError {
-                addr: addr.to_owned(),
-                source,
-            })?
-            .run();
+    start_with(addr, admin, |_| {})
+}
+
+/// [`start`], with the service's own routes (`more`) beside the admin ones.
+pub fn start_with(
+    addr: &str,
+    admin: Admin,
+    more: impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+) -> Result<actix_web::dev::ServerHandle, AdminError> {
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .configure(routes(admin.clone()))
+            .configure(more.clone())
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(addr)
+    .map_err(|source| AdminError {
+        addr: addr.to_owned(),
+        source,
+    })?
+    .run();
     let handle = server.handle();
     tokio::spawn(server);
     Ok(handle)

@@ -14,11 +14,14 @@
 //!   `--check-settings`, which deployment checks run.
 //! - [`failpoints`]: named crash points that tests switch on to kill a
 //!   process at an exact step.
+//! - [`operator`]: the bearer token that guards operator routes on the
+//!   admin listener.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod failpoints;
 pub mod log_format;
+pub mod operator;
 pub mod settings;
 pub mod traces;
 

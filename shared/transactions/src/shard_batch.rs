@@ -293,6 +293,7 @@ fn one_phase(
         state,
         reason,
         finished: true,
+        quarantine: None,
     }
 }
 

@@ -300,6 +300,177 @@ async fn the_audit_counts_money_between_a_transfers_two_commits() {
     );
 }
 
+/// A decision a shard refuses (here: a commit logged for branches no
+/// shard ever prepared) is quarantined: recovery stops sending it, the
+/// in-doubt list says why, and an operator, with the token, lists it and
+/// resolves it (retry: recovery tries again; close: finished).
+#[tokio::test]
+async fn a_refused_decision_is_quarantined_until_an_operator_resolves_it() {
+    let token_file = tempfile::NamedTempFile::new().expect("a token file");
+    let token = format!("operator-{:032x}", rand::random::<u128>());
+    std::fs::write(token_file.path(), &token).expect("the token is written");
+    let cluster = start_bank(vec![
+        "--recovery-interval-ms".into(),
+        "50".into(),
+        "--operator-token-file".into(),
+        token_file.path().display().to_string(),
+    ])
+    .await;
+    let (from, to) = accounts_on_two_shards(&cluster, "refused", 100).await;
+    let pool = cluster.pool().await.expect("pool");
+    let decide_without_branches = |key: &'static str| {
+        let (pool, from, to) = (pool.clone(), from.clone(), to.clone());
+        async move {
+            let xid = uuid::Uuid::now_v7();
+            sqlx::query(
+                "INSERT INTO transfers (id, idempotency_key, from_account, to_account, amount, \
+                 state, begun_by_token, decided_by_token) \
+                 VALUES ($1, $2, $3, $4, 10, 'committed', 1, 1)",
+            )
+            .bind(xid)
+            .bind(key)
+            .bind(&from)
+            .bind(&to)
+            .execute(&pool)
+            .await
+            .expect("the decision is written");
+            xid.to_string()
+        }
+    };
+    let quarantined = |id: String| {
+        let cluster = &cluster;
+        async move {
+            eventually(
+                "the refused transfer to be quarantined",
+                Duration::from_secs(15),
+                || async {
+                    let (_, in_doubt) = cluster.gateway.get("/v1/transfers/in-doubt").await.ok()?;
+                    in_doubt["transfers"]
+                        .as_array()?
+                        .iter()
+                        .find(|t| t["id"] == id.as_str() && t["quarantine"].is_object())
+                        .cloned()
+                },
+            )
+            .await
+            .expect("quarantined")
+        }
+    };
+    let refused_commits = |scraped: &_| {
+        crate::observability::total(
+            scraped,
+            "faultline_worker_shard_requests",
+            &[("request", "commit"), ("reply", "refused")],
+        )
+    };
+    let sweeps = |scraped: &_| {
+        crate::observability::total(scraped, "faultline_coordinator_recovery_sweeps", &[])
+    };
+
+    let first = decide_without_branches("refused-1").await;
+    let record = quarantined(first.clone()).await;
+    assert_eq!(
+        record["quarantine"]["reason"]["code"], "protocol_violation",
+        "{record}"
+    );
+    // Recovery sends it no more: two further sweeps add no refusal.
+    let at_quarantine = crate::observability::scrape_all(&cluster).await;
+    let refused = refused_commits(&at_quarantine);
+    assert!(refused >= 1.0, "a shard refused the commit");
+    let sweeps_then = sweeps(&at_quarantine);
+    let later = eventually("two more sweeps", Duration::from_secs(10), || async {
+        let scraped = crate::observability::scrape_all(&cluster).await;
+        (sweeps(&scraped) >= sweeps_then + 2.0).then_some(scraped)
+    })
+    .await
+    .expect("recovery sweeps on");
+    assert_eq!(
+        refused_commits(&later),
+        refused,
+        "a quarantined decision was sent again"
+    );
+    assert_eq!(
+        crate::observability::total(&later, "faultline_coordinator_quarantined_transfers", &[]),
+        1.0
+    );
+
+    // The operator's routes: the token, exactly.
+    let http = reqwest::Client::new();
+    let admin = cluster.coordinator_admin[0].clone();
+    let list = |bearer: Option<String>| {
+        let mut request = http.get(format!("{admin}/v1/quarantine"));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        async move {
+            let response = request.send().await.expect("the admin server answers");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON"))
+        }
+    };
+    assert_eq!(list(None).await.0, 401);
+    assert_eq!(list(Some(format!("{token}x"))).await.0, 401);
+    let (status, listed) = list(Some(token.clone())).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["transfers"][0]["id"], first.as_str(), "{listed}");
+    let resolve = |id: String, body: Value| {
+        let request = http
+            .post(format!("{admin}/v1/quarantine/{id}"))
+            .bearer_auth(&token)
+            .json(&body);
+        async move {
+            let response = request.send().await.expect("the admin server answers");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON"))
+        }
+    };
+    let (status, error) = resolve(first.clone(), json!({"action": "close", "note": " "})).await;
+    assert_eq!(
+        (status, &error["error"]["field"]),
+        (400, &json!("note")),
+        "{error}"
+    );
+    let (status, error) = resolve(first.clone(), json!({"action": "undo", "note": "x"})).await;
+    assert_eq!(status, 400, "{error}");
+
+    // Retry: recovery sends the decision again, and it is quarantined again.
+    let (status, retried) = resolve(
+        first.clone(),
+        json!({"action": "retry", "note": "checked the shards; try once more"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{retried}");
+    assert!(retried.get("quarantine").is_none(), "{retried}");
+    quarantined(first.clone()).await;
+    let again = crate::observability::scrape_all(&cluster).await;
+    assert!(
+        refused_commits(&again) > refused,
+        "the retry sent the decision again"
+    );
+
+    // Close: finished, gone from the in-doubt list; a second close is 404.
+    let (status, closed) = resolve(
+        first.clone(),
+        json!({"action": "close", "note": "no shard holds this transfer; closed by hand"}),
+    )
+    .await;
+    assert_eq!(
+        (status, &closed["finished"]),
+        (200, &json!(true)),
+        "{closed}"
+    );
+    let (_, in_doubt) = cluster
+        .gateway
+        .get("/v1/transfers/in-doubt")
+        .await
+        .expect("answers");
+    assert_eq!(in_doubt, json!({"transfers": []}));
+    let (status, _) = resolve(first, json!({"action": "close", "note": "again"})).await;
+    assert_eq!(status, 404);
+    let (_, listed) = list(Some(token)).await;
+    assert_eq!(listed, json!({"transfers": []}));
+}
+
 /// Recovery acts only where the driver is gone. With a sweep every 10 ms,
 /// many sweeps run while transfers are in phase two; none of them may send
 /// a decision again, so phase two runs once per transfer and every shard
