@@ -32,8 +32,8 @@ struct Histogram {
 /// One phase over a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PhaseTiming {
-    /// `prepare`, `decide`, `phase_two` or `finish` (`begin` too, in
-    /// versions that wrote a record before the prepares).
+    /// `prepare`, `decide`, `phase_two`, `finish` or `one_phase` (`begin`
+    /// too, in versions that wrote a record before the prepares).
     pub phase: String,
     /// Steps timed during the run.
     pub count: u64,
@@ -106,7 +106,14 @@ impl PhaseHistograms {
 
     /// Each phase that ran, in protocol order.
     pub fn timings(&self) -> Vec<PhaseTiming> {
-        const ORDER: [&str; 5] = ["begin", "prepare", "decide", "phase_two", "finish"];
+        const ORDER: [&str; 6] = [
+            "begin",
+            "prepare",
+            "decide",
+            "phase_two",
+            "finish",
+            "one_phase",
+        ];
         // `begin` is kept so that reports of versions that wrote a begin
         // record still read in order.
         let rank = |phase: &str| {

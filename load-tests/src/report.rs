@@ -375,9 +375,10 @@ fn write_analysis(md: &mut String, analysis: &Analysis) {
     if !analysis.phases.is_empty() {
         let _ = writeln!(
             md,
-            "Where the time went, by step of two-phase commit (the coordinators' \
+            "Where the time went, by step of the commit (the coordinators' \
              `phase_duration_seconds` over this run; quantiles interpolated within \
-             power-of-two buckets; `phase_two` and `finish` run after the client's answer):\n\n\
+             power-of-two buckets; `phase_two` and `finish` run after the client's answer; \
+             `one_phase` is a same-shard transfer's whole commit on its shard):\n\n\
              | phase | steps | mean ms | p50 ms | p99 ms |\n|---|---|---|---|---|"
         );
         for phase in &analysis.phases {

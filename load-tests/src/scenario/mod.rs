@@ -849,7 +849,8 @@ fn describe(spec: &RunSpec) -> String {
              worker (proxy mode) or the worker the gateway picks (direct mode)"
         }
         Load::Transfer if spec.same_shard => {
-            "same-shard transfers: gateway -> coordinator -> one worker's shard"
+            "same-shard transfers: gateway -> coordinator -> one worker's shard (one-phase \
+             commit: one durable write)"
         }
         Load::Transfer => {
             "cross-shard transfers: gateway -> coordinator -> two workers' shards (two-phase commit)"

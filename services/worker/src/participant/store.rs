@@ -365,10 +365,13 @@ async fn read_transfers(
     Ok((by_key, ids))
 }
 
-/// Writes a planned batch: changed branch records, account changes, new
-/// accounts, one-phase transfers; one statement each.
+/// Writes a planned batch: changed branch records with account changes,
+/// new accounts, one-phase transfers; one statement each.
 async fn write_plan(conn: &mut PgConnection, plan: &shard_batch::Plan) -> Result<(), sqlx::Error> {
-    if !plan.branches.is_empty() {
+    // Branch records and balances, the writes of nearly every batch, in
+    // one statement (two data-modifying CTEs over arrays; an empty array
+    // writes nothing).
+    if !plan.branches.is_empty() || !plan.account_changes.is_empty() {
         let mut xids = Vec::new();
         let mut shards = Vec::new();
         let mut states = Vec::new();
@@ -379,21 +382,6 @@ async fn write_plan(conn: &mut PgConnection, plan: &shard_batch::Plan) -> Result
             states.push(row.state.as_str());
             legs.push(serde_json::to_string(&row.legs).unwrap_or_else(|_| "[]".into()));
         }
-        sqlx::query(
-            "INSERT INTO branches (xid, shard, state, legs) \
-             SELECT x, s, st, l::jsonb FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::text[]) \
-             AS b(x, s, st, l) \
-             ON CONFLICT (xid, shard) DO UPDATE \
-             SET state = excluded.state, legs = excluded.legs, recorded_at = clock_timestamp()",
-        )
-        .bind(xids)
-        .bind(shards)
-        .bind(states)
-        .bind(legs)
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !plan.account_changes.is_empty() {
         let (ids, changes): (Vec<&str>, Vec<(i64, i64)>) = plan
             .account_changes
             .iter()
@@ -401,10 +389,21 @@ async fn write_plan(conn: &mut PgConnection, plan: &shard_batch::Plan) -> Result
             .unzip();
         let (balance, held): (Vec<i64>, Vec<i64>) = changes.into_iter().unzip();
         sqlx::query(
-            "UPDATE accounts a SET balance = a.balance + c.balance, held = a.held + c.held \
-             FROM unnest($1::text[], $2::int8[], $3::int8[]) AS c(id, balance, held) \
+            "WITH branch_writes AS ( \
+                 INSERT INTO branches (xid, shard, state, legs) \
+                 SELECT x, s, st, l::jsonb \
+                 FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::text[]) AS b(x, s, st, l) \
+                 ON CONFLICT (xid, shard) DO UPDATE \
+                 SET state = excluded.state, legs = excluded.legs, \
+                     recorded_at = clock_timestamp()) \
+             UPDATE accounts a SET balance = a.balance + c.balance, held = a.held + c.held \
+             FROM unnest($5::text[], $6::int8[], $7::int8[]) AS c(id, balance, held) \
              WHERE a.id = c.id",
         )
+        .bind(xids)
+        .bind(shards)
+        .bind(states)
+        .bind(legs)
         .bind(ids)
         .bind(balance)
         .bind(held)
