@@ -499,14 +499,7 @@ async fn write_decisions(
     decisions: &[usize],
     answers: &mut [Option<Logged>],
 ) -> Result<(), sqlx::Error> {
-    let mut ids = Vec::new();
-    let mut keys = Vec::new();
-    let mut froms = Vec::new();
-    let mut tos = Vec::new();
-    let mut amounts = Vec::new();
-    let mut states = Vec::new();
-    let mut reasons = Vec::new();
-    let mut tokens = Vec::new();
+    let mut columns = transfers::Columns::default();
     let mut traces = Vec::new();
     for &i in decisions {
         if let LogWrite::Decide {
@@ -517,17 +510,28 @@ async fn write_decisions(
             token,
         } = &requests[i]
         {
-            ids.push(*xid);
-            keys.push(asked.command.idempotency_key.as_str());
-            froms.push(asked.command.transfer.from.as_str());
-            tos.push(asked.command.transfer.to.as_str());
-            amounts.push(asked.command.transfer.amount);
-            states.push(state.as_str());
-            reasons.push(reason.as_ref().and_then(|r| serde_json::to_string(r).ok()));
-            tokens.push(to_i64(*token));
+            let transfer = &asked.command.transfer;
+            columns.push(
+                *xid,
+                &asked.command.idempotency_key,
+                (&transfer.from, &transfer.to, transfer.amount),
+                *state,
+                reason.as_ref(),
+                *token,
+            );
             traces.push(asked.traceparent.as_deref());
         }
     }
+    let transfers::Columns {
+        ids,
+        keys,
+        froms,
+        tos,
+        amounts,
+        states,
+        reasons,
+        tokens,
+    } = columns;
     let rows = sqlx::query(
         "WITH fence AS (SELECT token FROM coordinator_fence FOR SHARE), \
          d AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], \

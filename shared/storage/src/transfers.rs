@@ -71,3 +71,52 @@ pub fn record(row: &PgRow) -> Result<TransferRecord, sqlx::Error> {
             .map(|Json(quarantine)| quarantine),
     })
 }
+
+/// Transfers as the column arrays an `unnest(...)` insert binds, in the
+/// order both tables share: id, key, from, to, amount, state, reason (JSON
+/// text) and the token of the coordinator term that asked.
+#[derive(Debug, Default)]
+pub struct Columns<'a> {
+    /// Ids.
+    pub ids: Vec<Uuid>,
+    /// Idempotency keys.
+    pub keys: Vec<&'a str>,
+    /// Accounts debited.
+    pub froms: Vec<&'a str>,
+    /// Accounts credited.
+    pub tos: Vec<&'a str>,
+    /// Amounts.
+    pub amounts: Vec<i64>,
+    /// States.
+    pub states: Vec<&'static str>,
+    /// Abort reasons, as JSON.
+    pub reasons: Vec<Option<String>>,
+    /// Coordinator tokens.
+    pub tokens: Vec<i64>,
+}
+
+/// What moves: debited account, credited account, amount.
+pub type Movement<'a> = (&'a str, &'a str, i64);
+
+impl<'a> Columns<'a> {
+    /// Adds one transfer.
+    pub fn push(
+        &mut self,
+        id: Uuid,
+        key: &'a str,
+        (from, to, amount): Movement<'a>,
+        state: TransferState,
+        reason: Option<&AbortReason>,
+        token: u64,
+    ) {
+        self.ids.push(id);
+        self.keys.push(key);
+        self.froms.push(from);
+        self.tos.push(to);
+        self.amounts.push(amount);
+        self.states.push(state.as_str());
+        self.reasons
+            .push(reason.and_then(|reason| serde_json::to_string(reason).ok()));
+        self.tokens.push(i64::try_from(token).unwrap_or(i64::MAX));
+    }
+}

@@ -433,35 +433,23 @@ async fn write_plan(conn: &mut PgConnection, plan: &shard_batch::Plan) -> Result
         .await?;
     }
     if !plan.transfers.is_empty() {
-        let mut ids = Vec::new();
+        let mut columns = transfers::Columns::default();
         let mut shards = Vec::new();
-        let mut keys = Vec::new();
-        let mut froms = Vec::new();
-        let mut tos = Vec::new();
-        let mut amounts = Vec::new();
-        let mut states = Vec::new();
-        let mut reasons = Vec::new();
-        let mut tokens = Vec::new();
         for LocalTransfer {
             record,
             shard,
             token,
         } in &plan.transfers
         {
-            ids.push(record.id);
-            shards.push(shard_param(*shard));
-            keys.push(record.idempotency_key.as_str());
-            froms.push(record.from.as_str());
-            tos.push(record.to.as_str());
-            amounts.push(record.amount);
-            states.push(record.state.as_str());
-            reasons.push(
-                record
-                    .reason
-                    .as_ref()
-                    .and_then(|r| serde_json::to_string(r).ok()),
+            columns.push(
+                record.id,
+                &record.idempotency_key,
+                (&record.from, &record.to, record.amount),
+                record.state,
+                record.reason.as_ref(),
+                *token,
             );
-            tokens.push(i64::try_from(*token).unwrap_or(i64::MAX));
+            shards.push(shard_param(*shard));
         }
         sqlx::query(
             "INSERT INTO local_transfers (id, shard, idempotency_key, from_account, to_account, \
@@ -470,15 +458,15 @@ async fn write_plan(conn: &mut PgConnection, plan: &shard_batch::Plan) -> Result
              $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::text[], $9::int8[]) \
              AS l(i, s, k, f, t, a, st, r, tok)",
         )
-        .bind(ids)
+        .bind(columns.ids)
         .bind(shards)
-        .bind(keys)
-        .bind(froms)
-        .bind(tos)
-        .bind(amounts)
-        .bind(states)
-        .bind(reasons)
-        .bind(tokens)
+        .bind(columns.keys)
+        .bind(columns.froms)
+        .bind(columns.tos)
+        .bind(columns.amounts)
+        .bind(columns.states)
+        .bind(columns.reasons)
+        .bind(columns.tokens)
         .execute(&mut *conn)
         .await?;
     }

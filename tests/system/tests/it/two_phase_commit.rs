@@ -87,6 +87,15 @@ async fn accounts_on_one_shard(cluster: &Cluster, prefix: &str, balance: i64) ->
     (from, to)
 }
 
+/// `GET /v1/transfers/{id}`.
+async fn read_transfer(cluster: &Cluster, id: &str) -> (u16, Value) {
+    cluster
+        .gateway
+        .get(&format!("/v1/transfers/{id}"))
+        .await
+        .expect("the gateway answers")
+}
+
 async fn balance(cluster: &Cluster, id: &str) -> (i64, i64) {
     let (status, body) = cluster
         .gateway
@@ -117,11 +126,7 @@ async fn a_transfer_moves_money_once_however_often_it_is_sent() {
         assert_eq!(again["id"], first["id"]);
     }
     let id = first["id"].as_str().expect("an id");
-    let (status, read) = cluster
-        .gateway
-        .get(&format!("/v1/transfers/{id}"))
-        .await
-        .expect("the gateway answers");
+    let (status, read) = read_transfer(&cluster, id).await;
     assert_eq!((status, &read["state"]), (200, &json!("committed")));
     // The answer came once the decision was durable; phase two ends by
     // itself (every shard acknowledged) and nothing is in doubt.
@@ -175,12 +180,7 @@ async fn a_transfer_within_one_shard_commits_in_one_phase() {
         (200, &first),
         "a retry replays the record"
     );
-    let id = first["id"].as_str().expect("an id");
-    let (status, read) = cluster
-        .gateway
-        .get(&format!("/v1/transfers/{id}"))
-        .await
-        .expect("the gateway answers");
+    let (status, read) = read_transfer(&cluster, first["id"].as_str().expect("an id")).await;
     assert_eq!((status, &read), (200, &first));
     // Applied at once: nothing held, nothing in doubt, nothing in the log.
     assert_eq!(balance(&cluster, &from).await, (70, 0));
@@ -1334,6 +1334,18 @@ async fn what_is_left(cluster: &Cluster, pool: &PgPool) -> String {
     report
 }
 
+/// Transfers as `query` reads them (id, from, to, amount, state), by id.
+async fn recorded(
+    pool: &PgPool,
+    query: &'static str,
+) -> BTreeMap<String, (TransferRequest, String)> {
+    let rows: Vec<(String, String, String, i64, String)> =
+        sqlx::query_as(query).fetch_all(pool).await.expect("query");
+    rows.into_iter()
+        .map(|(id, from, to, amount, state)| (id, (TransferRequest { from, to, amount }, state)))
+        .collect()
+}
+
 /// Every invariant, checked against the database.
 async fn audit(pool: &PgPool, acknowledged: &[Acknowledged]) {
     // Money is conserved; no balance is negative; nothing is held.
@@ -1355,27 +1367,17 @@ async fn audit(pool: &PgPool, acknowledged: &[Acknowledged]) {
     // of, are no transfer's).
     // One-phase transfers (both accounts on one shard) are recorded by
     // the shard, with no branches.
-    let log: Vec<(String, String, String, i64, String)> = sqlx::query_as(
+    let decisions = recorded(
+        pool,
         "SELECT id::text, from_account, to_account, amount, state FROM transfers \
          WHERE idempotency_key IS NOT NULL",
     )
-    .fetch_all(pool)
-    .await
-    .expect("query");
-    let decisions: BTreeMap<String, (TransferRequest, String)> = log
-        .into_iter()
-        .map(|(id, from, to, amount, state)| (id, (TransferRequest { from, to, amount }, state)))
-        .collect();
-    let local: Vec<(String, String, String, i64, String)> = sqlx::query_as(
+    .await;
+    let local = recorded(
+        pool,
         "SELECT id::text, from_account, to_account, amount, state FROM local_transfers",
     )
-    .fetch_all(pool)
-    .await
-    .expect("query");
-    let local: BTreeMap<String, (TransferRequest, String)> = local
-        .into_iter()
-        .map(|(id, from, to, amount, state)| (id, (TransferRequest { from, to, amount }, state)))
-        .collect();
+    .await;
     assert!(
         local
             .values()
