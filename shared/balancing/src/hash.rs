@@ -25,6 +25,17 @@ pub fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Rendezvous (highest-random-weight) hashing's draw of `member_hash` for
+/// `key_hash`. Each member's draw for a key is independent of every other
+/// member, so when a member leaves only the keys it won move, and when one
+/// joins it wins about its share from all the others. The owner is the
+/// member with the highest draw: taken plainly for shards
+/// (`faultline_transactions::sharding`), weighted for consistent hashing
+/// ([`crate::strategy::ConsistentHash`]).
+pub fn rendezvous(key_hash: u64, member_hash: u64) -> u64 {
+    mix(key_hash ^ member_hash)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

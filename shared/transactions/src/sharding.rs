@@ -4,8 +4,9 @@
 //! count is configuration every service must agree on (the workers check it
 //! against the database, where the shard rows are created once).
 //!
-//! A shard's owner is the live worker with the highest rendezvous score for
-//! it. When a worker leaves, only its own shards move, spread over the
+//! A shard's owner is the live worker with the highest rendezvous draw for
+//! it ([`faultline_balancing::hash::rendezvous`], the draw consistent
+//! hashing weights). When a worker leaves, only its own shards move, spread over the
 //! others; when it comes back, it takes the same shards back. Any two
 //! workers that see the same membership agree on every owner without
 //! talking to each other. Two workers that see *different* memberships may
@@ -15,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use faultline_balancing::hash::{mix, stable_hash};
+use faultline_balancing::hash::{mix, rendezvous, stable_hash};
 use faultline_protocol::bank::{Leg, TransferRequest};
 
 /// The shard `account` lives on.
@@ -52,7 +53,10 @@ pub fn branches(transfer: &TransferRequest, shards: u32) -> BTreeMap<u32, Vec<Le
 }
 
 fn score(shard: u32, member: &str) -> u64 {
-    mix(stable_hash(member.as_bytes()) ^ mix(u64::from(shard).wrapping_add(0x9e37_79b9)))
+    rendezvous(
+        mix(u64::from(shard).wrapping_add(0x9e37_79b9)),
+        stable_hash(member.as_bytes()),
+    )
 }
 
 #[cfg(test)]
@@ -104,6 +108,24 @@ mod tests {
             let total: i64 = branches.values().flatten().map(|leg| leg.delta).sum();
             assert_eq!(total, 0);
         }
+    }
+
+    #[test]
+    fn which_worker_owns_a_shard_is_pinned() {
+        // Changing these moves shards between workers in a running
+        // cluster: workers on old and new versions would disagree.
+        let workers = ["worker-1", "worker-2", "worker-3", "worker-4", "worker-5"];
+        let owners: Vec<&str> = (0..16)
+            .map(|shard| owner_of(shard, workers).expect("an owner"))
+            .collect();
+        assert_eq!(
+            owners,
+            [
+                "worker-1", "worker-5", "worker-2", "worker-5", "worker-1", "worker-4", "worker-3",
+                "worker-2", "worker-5", "worker-3", "worker-4", "worker-2", "worker-3", "worker-1",
+                "worker-5", "worker-1"
+            ]
+        );
     }
 
     #[test]

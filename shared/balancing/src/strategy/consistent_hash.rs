@@ -20,7 +20,7 @@
 use rand::rngs::SmallRng;
 
 use super::{PickRequest, Random, Strategy, StrategyKind};
-use crate::hash::{mix, stable_hash};
+use crate::hash::{rendezvous, stable_hash};
 use crate::member::Member;
 
 /// Weighted rendezvous hashing.
@@ -28,9 +28,10 @@ use crate::member::Member;
 pub struct ConsistentHash;
 
 impl ConsistentHash {
-    /// The score of `member` for a key whose hash is `key_hash`.
+    /// The score of `member` for a key whose hash is `key_hash`: its
+    /// rendezvous draw, weighted.
     fn score(key_hash: u64, member: &Member) -> f64 {
-        let h = mix(key_hash ^ member.id_hash);
+        let h = rendezvous(key_hash, member.id_hash);
         // Map to (0, 1), never exactly 0 or 1, using the top 53 bits.
         let unit = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
         -f64::from(member.weight) / unit.ln()
@@ -59,5 +60,38 @@ impl Strategy for ConsistentHash {
             .map(|(i, m)| (i, Self::score(key_hash, m)))
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(i, _)| i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng as _;
+
+    use super::*;
+
+    #[test]
+    fn which_member_owns_a_key_is_pinned() {
+        // Changing these re-routes keys in a running cluster: replicas on
+        // old and new versions would disagree.
+        let members = [
+            Member::new("w1", 1),
+            Member::new("w2", 2),
+            Member::new("w3", 1),
+            Member::new("w4", 3),
+        ];
+        let mut rng = SmallRng::seed_from_u64(0);
+        let owners: Vec<usize> = (0..16)
+            .map(|i| {
+                let key = format!("key-{i}");
+                let request = PickRequest {
+                    key: Some(key.as_bytes()),
+                    excluded: &[],
+                };
+                ConsistentHash
+                    .pick(&members, &request, &mut rng)
+                    .expect("an owner")
+            })
+            .collect();
+        assert_eq!(owners, [3, 3, 1, 0, 3, 1, 1, 0, 3, 3, 2, 1, 2, 1, 1, 1]);
     }
 }
