@@ -92,6 +92,11 @@ impl TimeoutDetector {
             last: None,
         }
     }
+
+    /// When the last heartbeat arrived, if one has.
+    pub fn last_heartbeat(&self) -> Option<Instant> {
+        self.last
+    }
 }
 
 impl Detector for TimeoutDetector {

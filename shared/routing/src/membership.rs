@@ -2,10 +2,11 @@
 //!
 //! Two sources decide, so that balancing never depends on one service:
 //!
-//! - **Heartbeats**, this replica's own, simplest failure detector: a
-//!   worker is heard from its first heartbeat until it misses
-//!   `missed_heartbeats` intervals in a row (its own advertised interval, so
-//!   workers may beat at different rates).
+//! - **Heartbeats**, this replica's own, simplest failure detector (a
+//!   [`TimeoutDetector`] per worker): a worker is heard from its first
+//!   heartbeat until it has been silent for more than `missed_heartbeats`
+//!   intervals (its own advertised interval, so workers may beat at
+//!   different rates).
 //! - **The health-monitor's view** (from the membership bucket): a worker
 //!   the monitor judges *down* leaves at once, even while it still
 //!   heartbeats (a hung process can beat and not serve), and a returning
@@ -33,6 +34,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use faultline_failure_detection::detector::{Detector as _, TimeoutDetector};
 use faultline_protocol::cluster::Heartbeat;
 use faultline_protocol::membership::{MemberRecord, MembershipView};
 
@@ -43,10 +45,8 @@ pub struct WorkerRecord {
     pub advertised_weight: u32,
     /// Calls it says it has answered.
     pub served: u64,
-    /// When its last heartbeat arrived.
-    pub last_seen: Instant,
-    /// Its heartbeat interval.
-    pub interval: Duration,
+    /// Its heartbeats, at its advertised interval.
+    pub heartbeats: TimeoutDetector,
     /// Its process start time (a restart changes it).
     pub incarnation: u64,
 }
@@ -66,6 +66,14 @@ pub enum Change {
         /// The worker.
         id: String,
     },
+}
+
+/// A detector for `beat`'s worker at its advertised interval, fed `beat`.
+fn heard(beat: &Heartbeat, missed: u32, now: Instant) -> TimeoutDetector {
+    let interval = Duration::from_millis(beat.interval_ms.max(1));
+    let mut heartbeats = TimeoutDetector::new(interval, missed);
+    heartbeats.heartbeat(now);
+    heartbeats
 }
 
 /// The workers, the weight overrides and the monitor's view.
@@ -108,8 +116,7 @@ impl Membership {
             WorkerRecord {
                 advertised_weight: beat.weight,
                 served: beat.served,
-                last_seen: now,
-                interval: Duration::from_millis(beat.interval_ms.max(1)),
+                heartbeats: heard(beat, self.missed_heartbeats, now),
                 incarnation: beat.started_at_ms,
             },
         );
@@ -168,9 +175,10 @@ impl Membership {
         {
             self.control = None;
         }
-        let limit = self.missed_heartbeats;
         self.workers.retain(|id, r| {
-            let alive = now.saturating_duration_since(r.last_seen) <= r.interval * limit;
+            // Dropped only once *more* than the missed intervals have
+            // passed: a heartbeat exactly on the limit still counts.
+            let alive = r.heartbeats.suspicion(now) <= r.heartbeats.threshold();
             if !alive {
                 tracing::warn!(worker = %id, "Worker missed its heartbeats; out of rotation.");
             }

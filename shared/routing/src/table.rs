@@ -439,9 +439,9 @@ impl RoutingTable {
                         .saturating_add(self.reported.get(&*m.id).copied().unwrap_or(0)),
                     served: record.map_or(0, |r| r.served),
                     latency_ms: m.latency_ewma_micros.map(|us| (us / 10.0).round() / 100.0),
-                    last_heartbeat_ms: record.map_or(0, |r| {
-                        whole_millis(now.saturating_duration_since(r.last_seen))
-                    }),
+                    last_heartbeat_ms: record
+                        .and_then(|r| r.heartbeats.last_heartbeat())
+                        .map_or(0, |last| whole_millis(now.saturating_duration_since(last))),
                     state: verdict.map(|v| v.state),
                     ejected: self.outliers.is_ejected(&m.id, now),
                 }
