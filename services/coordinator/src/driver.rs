@@ -158,8 +158,18 @@ pub async fn transfer(term: &Arc<Term>, command: TransferCommand) -> Coordinator
             return replay(first, &command.transfer);
         }
         Ok(Logged::Fenced { current }) => return deposed(current),
-        Ok(other) => return unavailable(&format!("unexpected log answer {other:?}")),
-        Err(error) => return unavailable(&error.to_string()),
+        Ok(other) => {
+            settle_in_background(term, xid, driving);
+            return unavailable(&format!("unexpected log answer {other:?}"));
+        }
+        Err(error) => {
+            // The write's fate is unknown: it may yet commit. Until the log
+            // says, the key stays with this attempt, so that a retry cannot
+            // record a second transfer under it (on the one-phase path,
+            // which checks the log before the decision is visible).
+            settle_in_background(term, xid, driving);
+            return unavailable(&error.to_string());
+        }
     };
     crash_point(AFTER_DECISION);
     term.metrics.decided(record.state);
@@ -172,6 +182,38 @@ pub async fn transfer(term: &Arc<Term>, command: TransferCommand) -> Coordinator
             .is_ok_and(|finished| finished.unwrap_or(false));
     CoordinatorReply::Transfer(record)
 }
+
+/// Holds `driving` (the transfer's key in the live set) in a task of the
+/// term until the log has settled whether the decision of `xid` was
+/// written ([`crate::log::DecisionLog::settle`]). Then the transfer is
+/// recovery's if it was decided, and presumed aborted if not.
+fn settle_in_background(term: &Arc<Term>, xid: Uuid, driving: Driving) {
+    let term = Arc::clone(term);
+    let mut ended = term.ended.clone();
+    let task = async move {
+        let _driving = driving;
+        loop {
+            let settled = tokio::select! {
+                settled = term.log.settle(xid) => settled,
+                _ = ended.wait_for(|ended| *ended) => return,
+            };
+            match settled {
+                Ok(record) => {
+                    tracing::info!(%xid, decided = record.is_some(), "An unanswered decision write settled.");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, %xid, "Cannot settle an unanswered decision write yet.");
+                    tokio::time::sleep(term.phase_two_retry.max(MIN_RETRY_PAUSE)).await;
+                }
+            }
+        }
+    };
+    tokio::spawn(task.instrument(tracing::Span::current()));
+}
+
+/// The shortest pause between two attempts of a background retry loop.
+pub(crate) const MIN_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Runs phase two in a task of the term, which holds `driving` until it
 /// returns; the receiver hears whether the transfer finished. The task's
@@ -254,17 +296,25 @@ async fn send_decision(term: &Term, record: &TransferRecord, deadline: Instant) 
     if let Some(quarantine) = refused {
         // Sending it again would be refused again: an operator must look.
         match term.log.quarantine(record.id, &quarantine).await {
-            Ok(()) => {
+            Ok(true) => {
                 term.metrics.quarantined.inc();
+                tracing::error!(
+                    xid = %record.id,
+                    shard = quarantine.shard,
+                    reason = ?quarantine.reason,
+                    "Quarantined a transfer: a shard refused its decision; an operator must resolve it."
+                );
             }
+            // Not an unfinished transfer of the log (the abort of an
+            // attempt that lost its key to another): nothing to hold.
+            Ok(false) => tracing::warn!(
+                xid = %record.id,
+                shard = quarantine.shard,
+                reason = ?quarantine.reason,
+                "A shard refused a decision the log does not hold open."
+            ),
             Err(error) => tracing::warn!(%error, xid = %record.id, "Cannot quarantine a transfer."),
         }
-        tracing::error!(
-            xid = %record.id,
-            shard = quarantine.shard,
-            reason = ?quarantine.reason,
-            "Quarantined a transfer: a shard refused its decision; an operator must resolve it."
-        );
         return false;
     }
     if acknowledged < shards.len() {

@@ -311,8 +311,10 @@ impl DecisionLog {
     /// Quarantines unfinished transfer `xid`: `quarantine` says which shard
     /// refused its decision and why. Recovery leaves it alone from now on.
     /// Rare, so written on its own (and forced, as every commit here is).
-    pub async fn quarantine(&self, xid: Uuid, quarantine: &Quarantine) -> Result<(), LogError> {
-        sqlx::query(
+    /// Answers whether it was quarantined now (false: no such unfinished,
+    /// unquarantined transfer in the log).
+    pub async fn quarantine(&self, xid: Uuid, quarantine: &Quarantine) -> Result<bool, LogError> {
+        let updated = sqlx::query(
             "UPDATE transfers SET quarantine = $2::jsonb \
              WHERE id = $1 AND finished_at IS NULL AND quarantine IS NULL",
         )
@@ -320,7 +322,26 @@ impl DecisionLog {
         .bind(serde_json::to_string(quarantine).unwrap_or_default())
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Transfer `xid` as the log holds it once every decision write in
+    /// flight has ended. The decisions' insert holds the fence row FOR
+    /// SHARE until its batch commits or aborts, so taking it FOR UPDATE
+    /// waits for all of them (the server's `lock_timeout` bounds the wait:
+    /// then this fails and the caller asks again). After that a decision
+    /// whose write went unanswered has either committed, and is read here,
+    /// or never will.
+    pub async fn settle(&self, xid: Uuid) -> Result<Option<TransferRecord>, LogError> {
+        let mut barrier = self.pool.begin().await?;
+        sqlx::query("SELECT token FROM coordinator_fence FOR UPDATE")
+            .execute(&mut *barrier)
+            .await?;
+        // A statement of its own: it reads with a snapshot taken after the
+        // lock was granted.
+        let found = transfers::find(&mut *barrier, &[xid], &[]).await?;
+        barrier.commit().await?;
+        Ok(found.into_iter().next())
     }
 
     /// Every quarantined, unresolved transfer, oldest first (at most 1000).

@@ -246,7 +246,9 @@ impl Metrics {
     /// so it shows no unfinished transfers rather than its last term's.
     pub fn term(&self, token: Option<u64>) {
         if token.is_none() {
+            // A standby reports nothing of the log: the active one does.
             self.in_doubt(InDoubt::default());
+            self.quarantined_now.set(0);
         }
         self.active.set(i64::from(token.is_some()));
         self.token

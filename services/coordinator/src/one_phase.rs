@@ -39,7 +39,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::Term;
-use crate::driver::{deposed, refuse, replay};
+use crate::driver::{MIN_RETRY_PAUSE, deposed, refuse, replay};
 use crate::live::Driving;
 use crate::metrics::Phase;
 use crate::participants::OnePhase;
@@ -125,6 +125,11 @@ fn ask_until_answered(
             if outcome != OnePhase::Unanswered {
                 tracing::info!(%xid, shard, ?outcome, "A one-phase transfer's shard answered late.");
                 return;
+            }
+            // A shard nobody owns answers "no responders" at once: pause.
+            tokio::select! {
+                () = tokio::time::sleep(term.phase_two_retry.max(MIN_RETRY_PAUSE)) => {}
+                _ = ended.wait_for(|ended| *ended) => return,
             }
         }
     };

@@ -160,7 +160,14 @@ impl ShardClient {
             Some(ShardReply::Transfer(record)) => OnePhase::Recorded(record),
             Some(ShardReply::Refused(reason)) => OnePhase::Refused(reason),
             Some(ShardReply::StaleToken { current }) => OnePhase::Fenced { current },
-            _ => OnePhase::Unanswered,
+            // An answer, but not to this question (a worker of another
+            // version): nothing was recorded; asking again will not help.
+            Some(other) => OnePhase::Refused(AbortReason {
+                code: "unexpected_reply".into(),
+                message: format!("shard {shard} answered a transfer with {}", other.kind()),
+                field: None,
+            }),
+            None => OnePhase::Unanswered,
         };
         let name = match &outcome {
             OnePhase::Recorded(record) => record.state.as_str(),

@@ -149,3 +149,57 @@ async fn one_lease_holder_at_a_time_with_ever_larger_tokens() {
     let t3 = first.try_acquire(100).await.expect("redis").expect("free");
     assert_eq!(t3, 101);
 }
+
+/// A decision write whose answer was lost may still commit: `settle` waits
+/// out every decision batch in flight (they hold the fence row FOR SHARE
+/// to their commit) before it reads, so what it reads is final.
+#[tokio::test]
+async fn settling_waits_for_a_decision_still_being_written() {
+    let database = TestDatabase::create().await.expect("a test database");
+    let pool = faultline_storage::connect(&database.url, 4)
+        .await
+        .expect("connect");
+    let log = DecisionLog::new(pool.clone());
+    assert!(log.raise_fence(1).await.expect("raise"));
+
+    // A decision batch caught between its insert and its commit, as the
+    // log's writer leaves one while it waits for the commit.
+    let xid = Uuid::now_v7();
+    let mut in_flight = pool.begin().await.expect("a transaction");
+    sqlx::query("SELECT token FROM coordinator_fence FOR SHARE")
+        .execute(&mut *in_flight)
+        .await
+        .expect("the share lock");
+    sqlx::query(
+        "INSERT INTO transfers (id, idempotency_key, from_account, to_account, amount, state, \
+         begun_by_token, decided_by_token) VALUES ($1, 'settle', 'a', 'b', 5, 'committed', 1, 1)",
+    )
+    .bind(xid)
+    .execute(&mut *in_flight)
+    .await
+    .expect("the decision");
+
+    let settling = tokio::spawn({
+        let log = log.clone();
+        async move { log.settle(xid).await }
+    });
+    // Not settled while the batch is open: its decision is not yet visible,
+    // and reading now would wrongly say "never decided".
+    let waited = tokio::time::timeout(Duration::from_millis(300), async {
+        while !settling.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_err(), "settle read past an open decision batch");
+    in_flight.commit().await.expect("the batch commits");
+    let settled = settling
+        .await
+        .expect("the task")
+        .expect("settle")
+        .expect("the decision, once committed");
+    assert_eq!((settled.id, settled.state), (xid, TransferState::Committed));
+
+    // With nothing in flight, an id never decided settles as none.
+    assert!(log.settle(Uuid::now_v7()).await.expect("settle").is_none());
+}

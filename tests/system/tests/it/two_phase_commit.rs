@@ -112,10 +112,10 @@ async fn balance(cluster: &Cluster, id: &str) -> (i64, i64) {
 #[tokio::test]
 async fn a_transfer_moves_money_once_however_often_it_is_sent() {
     let cluster = bank_cluster().await;
-    open_account(&cluster, "alice", 1000).await;
-    open_account(&cluster, "bob", 0).await;
+    // On two shards: two-phase commit (one shard is the one-phase test's).
+    let (alice, bob) = accounts_on_two_shards(&cluster, "pay", 1000).await;
 
-    let request = json!({"from": "alice", "to": "bob", "amount": 250});
+    let request = json!({"from": alice, "to": bob, "amount": 250});
     let (status, first) = transfer(&cluster, "pay-bob-1", &request).await;
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["state"], "committed");
@@ -145,8 +145,8 @@ async fn a_transfer_moves_money_once_however_often_it_is_sent() {
     )
     .await
     .expect("phase two completes");
-    assert_eq!(balance(&cluster, "alice").await, (750, 0));
-    assert_eq!(balance(&cluster, "bob").await, (250, 0));
+    assert_eq!(balance(&cluster, &alice).await, (750, 0));
+    assert_eq!(balance(&cluster, &bob).await, (250, 0));
     let (status, audit) = cluster.gateway.get("/v1/audit").await.expect("answers");
     assert_eq!(status, 200, "{audit}");
     assert_eq!(
@@ -156,10 +156,6 @@ async fn a_transfer_moves_money_once_however_often_it_is_sent() {
     );
 }
 
-/// The state between a committed transfer's two shard commits, written as
-/// phase two leaves it: the log says committed, the debit's shard has
-/// applied it, the credit's branch is still prepared. The audit counts the
-/// credit in flight, so its total does not move; then recovery applies it.
 /// Both accounts on one shard: one durable write on the shard, recorded
 /// there under the key; the same idempotency as two-phase transfers, the
 /// key unique across both paths.
@@ -236,6 +232,10 @@ async fn a_transfer_within_one_shard_commits_in_one_phase() {
     );
 }
 
+/// The state between a committed transfer's two shard commits, written as
+/// phase two leaves it: the log says committed, the debit's shard has
+/// applied it, the credit's branch is still prepared. The audit counts the
+/// credit in flight, so its total does not move; then recovery applies it.
 #[tokio::test]
 async fn the_audit_counts_money_between_a_transfers_two_commits() {
     let cluster = bank_cluster().await;
