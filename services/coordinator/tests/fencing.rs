@@ -183,15 +183,26 @@ async fn settling_waits_for_a_decision_still_being_written() {
         let log = log.clone();
         async move { log.settle(xid).await }
     });
-    // Not settled while the batch is open: its decision is not yet visible,
-    // and reading now would wrongly say "never decided".
-    let waited = tokio::time::timeout(Duration::from_millis(300), async {
-        while !settling.is_finished() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_err(), "settle read past an open decision batch");
+    // Not settled while the batch is open (its decision is not yet
+    // visible, and reading now would wrongly say "never decided"): settle
+    // waits for the batch's lock on the fence row.
+    eventually(
+        "settle to wait for the open batch's lock",
+        Duration::from_secs(10),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE '%coordinator_fence FOR UPDATE%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            (waiting > 0).then_some(())
+        },
+    )
+    .await
+    .expect("settle read past an open decision batch");
+    assert!(!settling.is_finished());
     in_flight.commit().await.expect("the batch commits");
     let settled = settling
         .await
