@@ -1,4 +1,18 @@
 //! The failure detectors: from heartbeat arrival times to a suspicion level.
+//!
+//! A detector only raises doubt; what that doubt costs decides how eager
+//! it may be. In the health-monitor a suspicion costs little: the member
+//! stays in rotation and is probed, and only a failed probe takes it out
+//! ([`crate::health`]). A false suspicion that a probe then confirms (a
+//! member alive but too slow to answer) costs much more: the member leaves
+//! rotation, its account shards move to other workers under new epochs,
+//! and it comes back only after `rise` probe passes and slow start. In a
+//! load-balancer, where no probe stands behind the timeout, a missed
+//! heartbeat round takes the worker out of that replica's rotation at
+//! once, so the timeout detector there waits several intervals. The
+//! monitor also offers phi accrual (`--detector phi-accrual`), which
+//! learns each member's own rhythm, for members whose heartbeats arrive
+//! irregularly.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

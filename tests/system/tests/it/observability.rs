@@ -610,7 +610,7 @@ async fn recovery_after_a_coordinator_crash_links_back_to_the_transfers_trace() 
     // finishes the transfer from the log.
     env.push((
         "FAILPOINTS".to_owned(),
-        "coordinator::after-decision=return".to_owned(),
+        format!("{}=return", coordinator::driver::AFTER_DECISION),
     ));
     let (cluster, from, to) = bank_with_two_shards(env, "recover").await;
 

@@ -1134,22 +1134,22 @@ async fn auditor(gateway: String, mut stop: watch::Receiver<bool>) -> AuditReads
 
 /// The coordinator's failpoints, in protocol order.
 const COORDINATOR_FAILPOINTS: [&str; 4] = [
-    "coordinator::after-votes",
-    "coordinator::after-decision",
-    "coordinator::before-phase-two",
-    "coordinator::mid-phase-two",
+    coordinator::driver::AFTER_VOTES,
+    coordinator::driver::AFTER_DECISION,
+    coordinator::driver::BEFORE_PHASE_TWO,
+    coordinator::driver::MID_PHASE_TWO,
 ];
 
 /// The workers' two-phase failpoints.
 const WORKER_FAILPOINTS: [&str; 3] = [
-    "worker::after-prepare",
-    "worker::after-commit",
-    "worker::after-abort",
+    worker::participant::AFTER_PREPARE,
+    worker::participant::AFTER_COMMIT,
+    worker::participant::AFTER_ABORT,
 ];
 
 /// The workers' one-phase failpoint: a transfer between two accounts of
 /// one shard is recorded, and its owner dies before it answers.
-const ONE_PHASE_FAILPOINT: &str = "worker::after-one-phase";
+const ONE_PHASE_FAILPOINT: &str = worker::participant::AFTER_ONE_PHASE;
 
 /// The worker that owns a shard holding two of the clients' accounts, so
 /// that it runs one-phase transfers.
