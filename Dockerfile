@@ -8,11 +8,12 @@ COPY . .
 RUN cargo build --release --workspace --bins
 
 # The load-test image of docker-compose's `load` profile: faultline-load
-# (the open-model generator), wrk, curl and the scripts in load-tests/,
-# aimed at the gateway (GATEWAY).
+# (the open-model generator, and the transfers' closed loop with its
+# invariant check) and load-tests/in-compose.sh, aimed at the gateway
+# (GATEWAY).
 FROM debian:bookworm-slim AS load
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends bash ca-certificates curl wrk \
+    && apt-get install -y --no-install-recommends bash ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/faultline-load /usr/local/bin/
 COPY load-tests /load-tests

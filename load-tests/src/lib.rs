@@ -9,6 +9,7 @@
 //! | [`http1`] | a minimal HTTP/1.1 client: request written once, head parsed in place |
 //! | [`target`] | HTTP and NATS request/reply targets |
 //! | [`transfers`] | transfer requests and the bank invariant check |
+//! | [`demo`] | the scripted tour of faults `./faultline demo` runs |
 //! | [`exposition`] | Prometheus text, read sample by sample |
 //! | [`phases`] | where a transfer's time goes: the coordinator's phase histograms |
 //! | [`scenario`] | scenario files: system, faults, baselines, runs |
@@ -44,6 +45,7 @@ pub fn slug(name: &str) -> String {
 }
 
 pub mod cpu;
+pub mod demo;
 pub mod engine;
 pub mod exposition;
 pub mod http1;

@@ -66,6 +66,28 @@ enum Command {
         #[arg(long)]
         svg: Option<PathBuf>,
     },
+    /// Cross-shard transfers through a running gateway in a closed loop,
+    /// each a new transfer with its own idempotency key; then the bank's
+    /// invariant is checked (every account exactly its committed
+    /// transfers, the money unmoved, nothing in doubt) and the figures
+    /// and the check are printed as JSON.
+    Transfers {
+        /// The gateway, such as `http://gateway:8080`.
+        url: String,
+        /// How long, in seconds.
+        #[arg(long, default_value_t = 15.0)]
+        seconds: f64,
+        /// Connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Accounts to open (pairs on different shards are used).
+        #[arg(long, default_value_t = 64)]
+        accounts: usize,
+    },
+    /// Start the deployed topology on a private NATS and database, run the
+    /// scripted tour of faults `./faultline demo` runs, and stop; fails
+    /// if a promise was broken.
+    Demo,
     /// Write `README.md` with the table of ratios from the reports in a
     /// results directory.
     Summary {
@@ -88,6 +110,13 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo => {
+            let mut cluster =
+                faultline_cluster::Cluster::start(faultline_cluster::ClusterSpec::standard())
+                    .await?;
+            let held = faultline_load::demo::run(&mut cluster).await?;
+            anyhow::ensure!(held, "the demo broke a promise");
+        }
         Command::Scenario {
             file,
             out,
@@ -117,15 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bucket_ms,
             svg,
         } => {
-            let rest = url
-                .strip_prefix("http://")
-                .context("only http:// URLs are supported")?;
-            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-            let addr = authority
-                .to_socket_addrs()
-                .with_context(|| format!("resolving {authority}"))?
-                .next()
-                .context("no address")?;
+            let (addr, path) = resolve(&url)?;
             let duration = Duration::try_from_secs_f64(seconds).context("--seconds")?;
             let mode = match rate {
                 Some(rate) => Mode::Open(Schedule::constant(rate, duration)?),
@@ -135,15 +156,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(body) => (Method::Post, Bytes::from(body)),
                 None => (Method::Get, Bytes::new()),
             };
-            let target = HttpTarget::new(
-                addr,
-                Requests::Fixed {
-                    method,
-                    path: format!("/{path}"),
-                    body,
-                },
-            )
-            .with_context(|| format!("the URL {url}"))?;
+            let target = HttpTarget::new(addr, Requests::Fixed { method, path, body })
+                .with_context(|| format!("the URL {url}"))?;
             let finished = RunningLoad::start(
                 Arc::new(target),
                 LoadSpec {
@@ -164,6 +178,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("{}", serde_json::to_string_pretty(&finished.summary)?);
         }
+        Command::Transfers {
+            url,
+            seconds,
+            connections,
+            accounts,
+        } => {
+            let (addr, _) = resolve(&url)?;
+            let gateway = faultline_cluster::GatewayClient::new(&url)?;
+            let run = format!("load-{}", std::process::id());
+            let book = Arc::new(
+                faultline_load::transfers::TransferBook::open(&gateway, &run, accounts, 1, false)
+                    .await?,
+            );
+            let target = HttpTarget::new(addr, Requests::Transfers(book.clone()))?;
+            let finished = RunningLoad::start(
+                Arc::new(target),
+                LoadSpec {
+                    mode: Mode::Closed(Duration::try_from_secs_f64(seconds).context("--seconds")?),
+                    connections,
+                    timeout: Duration::from_secs(10),
+                    bucket: Duration::from_secs(1),
+                    progress: true,
+                },
+            )
+            .finish()
+            .await?;
+            let check = book.check(&gateway).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"load": finished.summary, "bank": check})
+                )?
+            );
+            anyhow::ensure!(check.holds(), "the bank's invariant does not hold");
+        }
         Command::Summary { dir } => {
             let results = Results::read(&dir)?;
             let markdown = results.markdown();
@@ -172,4 +221,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The socket address and the path (from `/`) of an `http://` URL.
+fn resolve(url: &str) -> anyhow::Result<(std::net::SocketAddr, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .context("only http:// URLs are supported")?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let addr = authority
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {authority}"))?
+        .next()
+        .context("no address")?;
+    Ok((addr, format!("/{path}")))
 }

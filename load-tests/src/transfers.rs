@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use faultline_test_support::Gateway;
+use faultline_cluster::GatewayClient;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -124,17 +124,36 @@ impl BankCheck {
 impl TransferBook {
     /// Opens `accounts` accounts named after `run` through `gateway`, and
     /// keeps the pairs that live on different shards (on one shard, for
-    /// `same_shard`).
+    /// `same_shard`). Their balances are large enough that no transfer is
+    /// refused for want of funds: a load run measures commits, not
+    /// refusals.
     pub async fn open(
-        gateway: &Gateway,
+        gateway: &GatewayClient,
         run: &str,
         accounts: usize,
         max_amount: i64,
         same_shard: bool,
     ) -> anyhow::Result<TransferBook> {
-        // Large enough that no transfer is refused for want of funds: the
-        // run measures commits, not refusals.
-        let opening_balance = 1_000_000_000;
+        Self::open_with(
+            gateway,
+            run,
+            accounts,
+            1_000_000_000,
+            max_amount,
+            same_shard,
+        )
+        .await
+    }
+
+    /// [`TransferBook::open`], each account opening with `opening_balance`.
+    pub async fn open_with(
+        gateway: &GatewayClient,
+        run: &str,
+        accounts: usize,
+        opening_balance: i64,
+        max_amount: i64,
+        same_shard: bool,
+    ) -> anyhow::Result<TransferBook> {
         let mut ids = Vec::new();
         let mut shards = Vec::new();
         for i in 0..accounts {
@@ -194,13 +213,41 @@ impl TransferBook {
         self.lock().insert(seq, Answer::from_response(status, body));
     }
 
+    /// Sends transfer `seq` with its key until its answer is definite, at
+    /// most `tries` times, `pause` apart, as a client should: a 503 during
+    /// a takeover, a 504 (outcome unknown) or a 409 (still in progress) is
+    /// not an answer yet. Returns how many tries it took.
+    pub async fn send_until_definite(
+        &self,
+        gateway: &GatewayClient,
+        seq: u64,
+        tries: u32,
+        pause: Duration,
+    ) -> u32 {
+        self.lock().entry(seq).or_insert(Answer::Pending);
+        for attempt in 1..=tries {
+            let answer = self.ask_again(gateway, seq).await;
+            self.lock().insert(seq, answer);
+            if answer.is_definite() {
+                return attempt;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        tries
+    }
+
+    /// How many transfers have a definite answer so far.
+    pub fn definite_answers(&self) -> usize {
+        self.lock().values().filter(|a| a.is_definite()).count()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Answer>> {
         crate::lock(&self.answers)
     }
 
     /// Sends transfer `seq` again with its key: a client's way to learn the
     /// outcome of a transfer whose answer it missed.
-    async fn ask_again(&self, gateway: &Gateway, seq: u64) -> Answer {
+    async fn ask_again(&self, gateway: &GatewayClient, seq: u64) -> Answer {
         let (key, from, to, amount) = self.transfer(seq);
         let body = json!({"from": from, "to": to, "amount": amount});
         match gateway
@@ -214,7 +261,7 @@ impl TransferBook {
 
     /// Asks again, with the same key, about every transfer without a
     /// definite answer; then checks the balances and the in-doubt list.
-    pub async fn check(&self, gateway: &Gateway) -> anyhow::Result<BankCheck> {
+    pub async fn check(&self, gateway: &GatewayClient) -> anyhow::Result<BankCheck> {
         let mut unsettled: Vec<u64> = self
             .lock()
             .iter()
@@ -290,7 +337,7 @@ impl TransferBook {
 
 /// Waits (up to 60 s) for the in-doubt list to empty; returns what is left
 /// (`usize::MAX` if the list could not be read at all).
-async fn wait_until_nothing_in_doubt(gateway: &Gateway) -> usize {
+async fn wait_until_nothing_in_doubt(gateway: &GatewayClient) -> usize {
     let mut left = usize::MAX;
     for _ in 0..300 {
         if let Ok((200, list)) = gateway.get("/v1/transfers/in-doubt").await {

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use faultline_test_support::free_port;
+use faultline_cluster::free_port;
 
 use crate::report::ExternalFigures;
 

@@ -570,7 +570,7 @@ async fn run_one(
         Generator::Pgbench => {
             let figures = tokio::task::block_in_place(|| {
                 external::pgbench(
-                    &faultline_test_support::database::admin_url(),
+                    &faultline_cluster::database::admin_url(),
                     spec.connections,
                     spec.seconds(),
                 )
@@ -876,7 +876,7 @@ fn describe(spec: &RunSpec) -> String {
 }
 
 fn script_path(name: &str) -> String {
-    faultline_test_support::workspace_root()
+    faultline_cluster::workspace_root()
         .join("load-tests")
         .join(name)
         .to_string_lossy()
@@ -887,7 +887,7 @@ fn script_path(name: &str) -> String {
 fn commit() -> Option<String> {
     let output = std::process::Command::new("git")
         .args(["describe", "--always", "--dirty", "--abbrev=12"])
-        .current_dir(faultline_test_support::workspace_root())
+        .current_dir(faultline_cluster::workspace_root())
         .output()
         .ok()?;
     output

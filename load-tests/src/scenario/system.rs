@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use faultline_cluster::{BankSpec, Cluster, ClusterSpec};
 use faultline_protocol::membership::MembershipEvent;
 use faultline_protocol::routing::DataPath;
 use faultline_protocol::subjects;
-use faultline_test_support::{BankSpec, Cluster, ClusterSpec};
 use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -249,7 +249,7 @@ pub struct System {
     /// The data path in force.
     pub data_path: DataPath,
     /// Where spans go while a run exports them.
-    spans: Option<faultline_test_support::otlp::OtlpReceiver>,
+    spans: Option<faultline_cluster::otlp::OtlpReceiver>,
     http: reqwest::Client,
     heard: Arc<Mutex<Vec<Heard>>>,
     listener: tokio::task::JoinHandle<()>,
@@ -268,7 +268,7 @@ impl System {
             worker_weights: spec.workers.clone(),
             load_balancers: spec.load_balancers,
             strategy: spec.strategy.clone(),
-            heartbeat_interval_ms: spec.heartbeat_interval_ms,
+            heartbeat_interval_ms: Some(spec.heartbeat_interval_ms),
             monitors: spec.monitors,
             monitor_args: spec.monitor_args.clone(),
             bank: spec.bank.as_ref().map(|bank| BankSpec {
@@ -276,10 +276,8 @@ impl System {
                 coordinators: bank.coordinators,
                 ..BankSpec::default()
             }),
-            nats_auth: false,
-            env: Vec::new(),
             data_path: spec.data_path,
-            gateways: 1,
+            ..ClusterSpec::default()
         })
         .await?;
         let nats = async_nats::connect(cluster.nats.url())
@@ -349,7 +347,7 @@ impl System {
             return Ok(());
         }
         let endpoint = if exported {
-            let receiver = faultline_test_support::otlp::OtlpReceiver::start().await?;
+            let receiver = faultline_cluster::otlp::OtlpReceiver::start().await?;
             let env = receiver.env();
             self.spans = Some(receiver);
             env

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use coordinator::lease::Lease;
 use coordinator::log::{Asked, DecisionLog, Logged, is_barrier};
+use faultline_cluster::database::{TestDatabase, redis_url, unique_name};
+use faultline_cluster::eventually;
 use faultline_protocol::bank::{AbortReason, TransferCommand, TransferRequest, TransferState};
-use faultline_test_support::database::{TestDatabase, redis_url, unique_name};
-use faultline_test_support::eventually;
 use uuid::Uuid;
 
 fn asked(key: &str) -> Asked {

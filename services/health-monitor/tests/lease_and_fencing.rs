@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use faultline_cluster::NatsServer;
 use faultline_protocol::membership::MembershipView;
-use faultline_test_support::NatsServer;
 use health_monitor::lease::Lease;
 use health_monitor::view_store::{self, WriteError};
 

@@ -1,9 +1,9 @@
 //! The participant's store on the real PostgreSQL: ownership epochs,
 //! coordinator tokens, and the branch barrier, each refusing what it must.
 
+use faultline_cluster::database::TestDatabase;
 use faultline_protocol::bank::{Leg, NewAccount, ShardReply};
 use faultline_storage::group_commit::{GroupCommit, Options};
-use faultline_test_support::database::TestDatabase;
 use uuid::Uuid;
 use worker::participant::store::{self, Op, ShardWrite, ShardWriter};
 

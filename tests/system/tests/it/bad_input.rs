@@ -1,7 +1,7 @@
 //! Bad input gets a 4xx with a JSON error naming the problem; never a
 //! panic, never a 500, and nothing changes.
 
-use faultline_test_support::{Cluster, ClusterSpec};
+use faultline_cluster::{Cluster, ClusterSpec};
 use reqwest::Method;
 use serde_json::{Value, json};
 

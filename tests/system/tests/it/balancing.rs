@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use faultline_test_support::{Cluster, ClusterSpec};
+use faultline_cluster::{Cluster, ClusterSpec};
 use serde_json::json;
 
 use crate::{balancing_replicas, drive, echo, served_by, switch_strategy};

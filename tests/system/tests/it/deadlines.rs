@@ -1,7 +1,7 @@
 //! Per-attempt time budgets: an equal share of the deadline by default, or
 //! the caller's `attempt_timeout_ms` for operations longer than a share.
 
-use faultline_test_support::{Cluster, ClusterSpec};
+use faultline_cluster::{Cluster, ClusterSpec};
 use serde_json::json;
 
 in_both_data_paths! {

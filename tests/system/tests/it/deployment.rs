@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use faultline_test_support::{BankSpec, Cluster, ClusterSpec, binary, workspace_root};
+use faultline_cluster::{BankSpec, Cluster, ClusterSpec, Role, binary, workspace_root};
 use serde::Deserialize as _;
 use serde_norway::Value;
 
@@ -166,6 +166,116 @@ fn every_compose_service_passes_its_own_settings_check() {
         checked,
         SERVICES.iter().map(|s| (*s).to_owned()).collect(),
         "docker-compose.yml must run every service"
+    );
+}
+
+/// A worker's weight from its settings: `--weight`, else `WORKER_WEIGHT`.
+fn weight_of(args: &[String], environment: &[(String, String)]) -> u32 {
+    let flag = args
+        .windows(2)
+        .find(|pair| pair[0] == "--weight")
+        .map(|pair| pair[1].clone());
+    let variable = environment
+        .iter()
+        .find(|(key, _)| key == "WORKER_WEIGHT")
+        .map(|(_, value)| value.clone());
+    flag.or(variable)
+        .unwrap_or_else(|| "1".to_owned())
+        .parse()
+        .expect("a numeric weight")
+}
+
+#[test]
+fn docker_compose_runs_the_standard_topology() {
+    let standard = ClusterSpec::standard();
+    let services = compose_services();
+    for role in Role::ALL {
+        let mut names: Vec<&str> = services
+            .iter()
+            .filter(|s| s.program == role.binary())
+            .map(|s| s.name.as_str())
+            .collect();
+        names.sort_unstable();
+        let expected: Vec<String> = match role {
+            // One gateway, published as the plain `gateway`.
+            Role::Gateway => vec!["gateway".to_owned()],
+            _ => (1..=standard.replicas(role))
+                .map(|n| role.replica(n))
+                .collect(),
+        };
+        assert_eq!(names, expected, "compose's {} replicas", role.binary());
+    }
+    let mut workers: Vec<&ComposeService> =
+        services.iter().filter(|s| s.program == "worker").collect();
+    workers.sort_by(|a, b| a.name.cmp(&b.name));
+    let weights: Vec<u32> = workers
+        .iter()
+        .map(|w| weight_of(&w.args, &w.environment))
+        .collect();
+    assert_eq!(weights, standard.worker_weights, "compose's worker weights");
+}
+
+#[test]
+fn kubernetes_base_runs_the_standard_topology() {
+    let standard = ClusterSpec::standard();
+    let objects = kubernetes_objects("base").expect("the base renders without kubectl");
+    let mut replicas = BTreeMap::<String, usize>::new();
+    let mut weights = Vec::new();
+    for object in &objects {
+        let Some(container) = object["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .and_then(|containers| {
+                containers
+                    .iter()
+                    .find(|c| c["image"].as_str() == Some("faultline:latest"))
+            })
+        else {
+            continue;
+        };
+        let name = scalar(&object["metadata"]["name"]);
+        let program = scalar(&container["command"][0]);
+        let count = object["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+        *replicas.entry(program.clone()).or_default() += count;
+        if program == "worker" {
+            let args: Vec<String> = container["args"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .map(scalar)
+                .collect();
+            let environment: Vec<(String, String)> = container["env"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .map(|entry| {
+                    (
+                        scalar(&entry["name"]),
+                        kubernetes_value(&objects, &name, entry),
+                    )
+                })
+                .collect();
+            weights.extend(std::iter::repeat_n(weight_of(&args, &environment), count));
+        }
+    }
+    for role in Role::ALL {
+        let running = replicas.get(role.binary()).copied().unwrap_or_default();
+        if role == Role::Gateway {
+            // Gateways are stateless behind one Service: Kubernetes runs
+            // more than the one a laptop needs, for availability.
+            assert!(running >= standard.replicas(role), "{running} gateways");
+        } else {
+            assert_eq!(
+                running,
+                standard.replicas(role),
+                "{} replicas",
+                role.binary()
+            );
+        }
+    }
+    weights.sort_unstable();
+    assert_eq!(
+        weights, standard.worker_weights,
+        "one worker pool per weight"
     );
 }
 

@@ -3,8 +3,8 @@
 //! gateway; and the load-balancers, as the look-aside control plane, eject
 //! a worker over every gateway's reports and every gateway follows.
 
+use faultline_cluster::{Cluster, ClusterSpec, Gateway};
 use faultline_protocol::routing::DataPath;
-use faultline_test_support::{Cluster, ClusterSpec, Gateway};
 use serde_json::json;
 
 use crate::observability::{scrape, value};
@@ -37,7 +37,7 @@ async fn cluster_view_until(
     what: &str,
     check: impl Fn(&serde_json::Value) -> bool,
 ) {
-    faultline_test_support::eventually(what, std::time::Duration::from_secs(20), || async {
+    faultline_cluster::eventually(what, std::time::Duration::from_secs(20), || async {
         let (status, view) = gateway.get("/v1/cluster").await.ok()?;
         (status == 200 && check(&view)).then_some(())
     })

@@ -11,10 +11,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use faultline_cluster::{Cluster, ClusterSpec, eventually};
 use faultline_protocol::membership::{MembershipEvent, MembershipView, State};
 use faultline_protocol::routing::DataPath;
 use faultline_protocol::subjects;
-use faultline_test_support::{Cluster, ClusterSpec, eventually};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 
@@ -32,7 +32,7 @@ fn spec(monitor_args: &[&str]) -> ClusterSpec {
 fn spec_in(mode: DataPath, monitor_args: &[&str]) -> ClusterSpec {
     ClusterSpec {
         monitors: 2,
-        heartbeat_interval_ms: INTERVAL_MS,
+        heartbeat_interval_ms: Some(INTERVAL_MS),
         monitor_args: monitor_args.iter().map(|a| (*a).to_owned()).collect(),
         ..ClusterSpec::in_mode(mode)
     }

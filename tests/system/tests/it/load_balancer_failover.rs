@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use faultline_cluster::{Cluster, ClusterSpec, Gateway, Service, eventually};
 use faultline_protocol::routing::DataPath;
-use faultline_test_support::{Cluster, ClusterSpec, Gateway, Service, eventually};
 use serde_json::{Value, json};
 
 use crate::{drive, echo, retried, served_by, wait_out_of_rotation};
@@ -112,7 +112,7 @@ async fn calls_caught_in_a_killed_load_balancer_are_sent_again_within_a_second()
     // replica waits out its first share, 2.45 s, before its second try.
     // Heartbeats every 50 ms: the replica is lost 150 ms after its death.
     let mut cluster = Cluster::start(ClusterSpec {
-        heartbeat_interval_ms: 50,
+        heartbeat_interval_ms: Some(50),
         ..ClusterSpec::default()
     })
     .await

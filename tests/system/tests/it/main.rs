@@ -49,7 +49,7 @@ mod worker_failure;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use faultline_test_support::Gateway;
+use faultline_cluster::Gateway;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 
@@ -118,7 +118,7 @@ pub fn retried(answers: &[(u16, Value)]) -> usize {
 }
 
 /// Opens an account through the gateway; panics unless it is created.
-pub async fn open_account(cluster: &faultline_test_support::Cluster, id: &str, balance: i64) {
+pub async fn open_account(cluster: &faultline_cluster::Cluster, id: &str, balance: i64) {
     let (status, body) = cluster
         .gateway
         .post("/v1/accounts", &json!({"id": id, "balance": balance}), &[])
@@ -129,7 +129,7 @@ pub async fn open_account(cluster: &faultline_test_support::Cluster, id: &str, b
 
 /// Sends a transfer (`{"from","to","amount"}`) with its idempotency key.
 pub async fn transfer(
-    cluster: &faultline_test_support::Cluster,
+    cluster: &faultline_cluster::Cluster,
     key: &str,
     body: &Value,
 ) -> (u16, Value) {
@@ -144,7 +144,7 @@ pub async fn transfer(
 /// replicas in proxy mode, the gateways in direct mode. Exact per-replica
 /// guarantees ("within one call") add up over them.
 pub fn balancing_replicas(
-    cluster: &faultline_test_support::Cluster,
+    cluster: &faultline_cluster::Cluster,
     mode: faultline_protocol::routing::DataPath,
 ) -> usize {
     match mode {
@@ -165,7 +165,7 @@ pub fn routing_views(view: &Value) -> impl Iterator<Item = &Value> {
 
 /// Sets the strategy through the gateway and waits until every
 /// load-balancer replica and the gateway report it.
-pub async fn switch_strategy(cluster: &faultline_test_support::Cluster, strategy: &str) {
+pub async fn switch_strategy(cluster: &faultline_cluster::Cluster, strategy: &str) {
     let (status, body) = cluster
         .gateway
         .put("/v1/strategy", &json!({ "strategy": strategy }))
@@ -182,11 +182,7 @@ pub async fn switch_strategy(cluster: &faultline_test_support::Cluster, strategy
 
 /// Waits until no replica (load-balancer or gateway) routes to `worker`;
 /// panics with `why` if that does not happen.
-pub async fn wait_out_of_rotation(
-    cluster: &faultline_test_support::Cluster,
-    worker: &str,
-    why: &str,
-) {
+pub async fn wait_out_of_rotation(cluster: &faultline_cluster::Cluster, worker: &str, why: &str) {
     cluster
         .wait_for_view(&format!("{worker} out of rotation"), |view| {
             left_rotation(view, worker)

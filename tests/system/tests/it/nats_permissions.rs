@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use async_nats::{ConnectOptions, Event, ServerError};
+use faultline_cluster::{BankSpec, Cluster, ClusterSpec, NatsServer, eventually};
 use faultline_protocol::routing::DataPath;
-use faultline_test_support::{BankSpec, Cluster, ClusterSpec, NatsServer, eventually};
 use futures::StreamExt as _;
 use serde_json::json;
 use tokio::sync::mpsc;

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use faultline_test_support::otlp::{OtlpReceiver, ReceivedSpan};
-use faultline_test_support::{BankSpec, Cluster, ClusterSpec, eventually};
+use faultline_cluster::otlp::{OtlpReceiver, ReceivedSpan};
+use faultline_cluster::{BankSpec, Cluster, ClusterSpec, eventually};
 use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 use serde_json::{Value, json};
 

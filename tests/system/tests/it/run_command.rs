@@ -20,21 +20,43 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use faultline_test_support::{
-    FREE_PORTS, NatsServer, binary, database::unique_name, eventually, workspace_root,
+use faultline_cluster::{
+    ClusterSpec, FREE_PORTS, NatsServer, Ports, Role, Server, binary, database::unique_name,
+    eventually, workspace_root,
 };
 use serde_json::{Value, json};
 
-/// Every port the run command uses, before the offset.
-const PORTS: [u16; 13] = [
-    8080, 4222, 5432, 6379, 9111, 9112, 9113, 9121, 9122, 9131, 9132, 9141, 9142,
-];
+/// The ports of the run command's services before the offset, from the
+/// topology it starts: the gateway's HTTP port, and the admin port
+/// (`/ready`) of every other service.
+fn service_ports() -> Vec<(Role, u16)> {
+    let fixed = Ports::Fixed { offset: 0 };
+    ClusterSpec::standard()
+        .members()
+        .into_iter()
+        .map(|(role, _, n)| (role, fixed.service(role, n)))
+        .collect()
+}
+
+/// Every port the run command uses, before the offset: its services' and
+/// those of NATS, PostgreSQL and Redis.
+fn all_ports() -> Vec<u16> {
+    let fixed = Ports::Fixed { offset: 0 };
+    service_ports()
+        .into_iter()
+        .map(|(_, port)| port)
+        .chain(
+            [Server::Nats, Server::Postgres, Server::Redis]
+                .into_iter()
+                .filter_map(|server| fixed.server(server)),
+        )
+        .collect()
+}
+
 /// Offsets for the run test (ports 10000..15842) and for the demo test
 /// (ports 16022..21942).
 const RUN_OFFSETS: RangeInclusive<u16> = 5_778..=6_700;
 const DEMO_OFFSETS: RangeInclusive<u16> = 11_800..=12_800;
-/// Admin ports (`/ready`) of the services other than the gateway.
-const ADMIN_PORTS: [u16; 9] = [9111, 9112, 9113, 9121, 9122, 9131, 9132, 9141, 9142];
 
 /// An offset from `offsets` that puts every port of the run command on a
 /// free port. The two tests here take disjoint ranges, so that running side
@@ -44,7 +66,8 @@ const ADMIN_PORTS: [u16; 9] = [9111, 9112, 9113, 9121, 9122, 9131, 9132, 9141, 9
 fn free_offset(offsets: RangeInclusive<u16>) -> u16 {
     use rand::Rng as _;
     let mut rng = rand::rng();
-    let last_port = PORTS.iter().max().expect("PORTS is not empty") + offsets.end();
+    let ports = all_ports();
+    let last_port = ports.iter().max().expect("the command uses ports") + offsets.end();
     assert!(
         last_port < FREE_PORTS.start,
         "offsets reach into free_port's range"
@@ -52,7 +75,7 @@ fn free_offset(offsets: RangeInclusive<u16>) -> u16 {
     (0..1000)
         .map(|_| rng.random_range(offsets.clone()))
         .find(|offset| {
-            PORTS
+            ports
                 .iter()
                 .all(|port| TcpListener::bind(("127.0.0.1", port + offset)).is_ok())
         })
@@ -255,6 +278,15 @@ impl Process {
         })
     }
 
+    /// Whether it runs `program` (its executable's name, not a word of
+    /// its arguments: every service has a `--nats-servers` flag).
+    fn runs(&self, program: &str) -> bool {
+        self.command
+            .split_whitespace()
+            .next()
+            .is_some_and(|executable| executable.rsplit('/').next() == Some(program))
+    }
+
     fn is_alive(&self) -> bool {
         Process::read(self.pid).is_some_and(|now| now.started == self.started)
     }
@@ -299,9 +331,10 @@ async fn run_starts_everything_serves_and_ctrl_c_stops_exactly_what_it_started()
             let gateway = &gateway;
             let urls: Vec<String> = std::iter::once(format!("{gateway}/ready"))
                 .chain(
-                    ADMIN_PORTS
-                        .iter()
-                        .map(|port| format!("http://127.0.0.1:{}/ready", run.port(*port))),
+                    service_ports()
+                        .into_iter()
+                        .filter(|(role, _)| *role != Role::Gateway)
+                        .map(|(_, port)| format!("http://127.0.0.1:{}/ready", run.port(port))),
                 )
                 .collect();
             async move {
@@ -379,13 +412,38 @@ async fn run_starts_everything_serves_and_ctrl_c_stops_exactly_what_it_started()
 
     // It started its own PostgreSQL and Redis, and not a second NATS.
     run.note_processes();
-    let runs = |program: &str| run.seen.iter().any(|p| p.command.contains(program));
+    let runs = |program: &str| run.seen.iter().any(|p| p.runs(program));
     assert!(runs("postgres") && runs("redis-server"), "{:#?}", run.seen);
     assert!(
         !runs("nats-server"),
         "it must use the NATS it found: {:#?}",
         run.seen
     );
+
+    // A second copy at the same ports fails at once, naming a port and
+    // the process that holds it, and leaves the first one serving.
+    let mut second = FaultlineCommand::start("run", offset);
+    let status = second.wait(Duration::from_secs(60)).await;
+    let output = second.output();
+    assert!(!status.success(), "a second copy must fail:\n{output}");
+    let gateway_port = run.port(8080);
+    assert!(
+        output.contains(&format!(
+            "port {gateway_port} (for gateway-1's HTTP endpoint) is held by pid"
+        )),
+        "{output}"
+    );
+    assert!(!output.contains("Faultline is up"), "{output}");
+    let left = second.left_behind().await;
+    assert!(left.is_empty(), "the second copy left behind: {left:#?}");
+    let (status, body) = post(
+        &http,
+        &format!("{gateway}/v1/call"),
+        &json!({"op": "echo", "message": "still here"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 
     run.interrupt();
     run.wait(Duration::from_secs(60)).await;
@@ -413,7 +471,7 @@ async fn the_demo_runs_its_faults_and_reports_that_every_promise_held() {
     }
     assert!(output.contains(", 0 without a definite answer"), "{output}");
     assert!(
-        demo.seen.iter().any(|p| p.command.contains("nats-server")),
+        demo.seen.iter().any(|p| p.runs("nats-server")),
         "with nothing at its ports, it starts its own NATS too: {:#?}",
         demo.seen
     );

@@ -1,8 +1,8 @@
 //! Strategy, weight and data-path changes at run time, without restarting
 //! anything.
 
+use faultline_cluster::{Cluster, ClusterSpec};
 use faultline_protocol::routing::DataPath;
-use faultline_test_support::{Cluster, ClusterSpec};
 use serde_json::json;
 
 use crate::{

@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::{open_account, transfer};
+use faultline_cluster::postgres::PrivatePostgres;
+use faultline_cluster::{BankSpec, Cluster, ClusterSpec, Service, eventually};
 use faultline_protocol::bank::{
     Leg, ShardReply, ShardRequest, StatusAnswer, StatusQuery, TransferRequest,
 };
 use faultline_protocol::subjects;
-use faultline_test_support::postgres::PrivatePostgres;
-use faultline_test_support::{BankSpec, Cluster, ClusterSpec, Service, eventually};
 use faultline_transactions::sharding::branches;
 use futures::StreamExt as _;
 use rand::{Rng as _, SeedableRng as _};

@@ -7,7 +7,7 @@
 //! attempt's slice of the deadline, then the call moves on; after a few
 //! missed heartbeats it leaves the rotation.
 
-use faultline_test_support::{Cluster, ClusterSpec};
+use faultline_cluster::{Cluster, ClusterSpec};
 use serde_json::json;
 
 use crate::{

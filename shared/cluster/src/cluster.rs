@@ -1,4 +1,6 @@
-//! A whole Faultline cluster of real processes on a private NATS.
+//! A whole Faultline cluster of real processes, as a [`ClusterSpec`]
+//! describes it: on a private NATS with free ports (the tests, the load
+//! scenarios), or at the machine's fixed ports (`./faultline run`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,104 +12,9 @@ use faultline_protocol::routing::DataPath;
 use faultline_transactions::sharding::{owner_of, shard_of};
 
 use crate::database::TestDatabase;
-use crate::process::{NatsServer, Service, free_port};
-
-/// What to start.
-#[derive(Debug, Clone)]
-pub struct ClusterSpec {
-    /// One worker per weight, named `worker-1`, `worker-2`, ...
-    pub worker_weights: Vec<u32>,
-    /// How many load-balancer replicas, named `lb-1`, `lb-2`, ...
-    pub load_balancers: usize,
-    /// The load-balancers' starting strategy.
-    pub strategy: String,
-    /// Heartbeat interval of every service, in milliseconds.
-    pub heartbeat_interval_ms: u64,
-    /// How many health-monitors, named `monitor-1`, ... (none by default:
-    /// the balancing tests want exact shares, which slow start would bend).
-    pub monitors: usize,
-    /// Extra arguments for every health-monitor (slow start, lease TTL...).
-    pub monitor_args: Vec<String>,
-    /// Two-phase commit: a private database, coordinators, and workers as
-    /// shard owners. Needs at least one monitor (shard ownership follows
-    /// the membership view).
-    pub bank: Option<BankSpec>,
-    /// Start NATS with the deployment's users and permissions
-    /// (`infra/nats/auth.conf`), each service connecting as its role.
-    pub nats_auth: bool,
-    /// Environment variables for every service (an OTLP endpoint, a log
-    /// format...).
-    pub env: Vec<(String, String)>,
-    /// The data path the cluster runs in, set in the settings bucket once
-    /// everything is up.
-    pub data_path: DataPath,
-    /// How many gateways (each with its own HTTP port).
-    pub gateways: usize,
-}
-
-/// The two-phase-commit part of a cluster.
-#[derive(Debug, Clone)]
-pub struct BankSpec {
-    /// How many account shards.
-    pub shards: u32,
-    /// How many coordinators, named `coordinator-1`, ... (one active, the
-    /// rest standby).
-    pub coordinators: usize,
-    /// Extra arguments for every coordinator.
-    pub coordinator_args: Vec<String>,
-    /// Extra arguments for every worker.
-    pub worker_args: Vec<String>,
-    /// The PostgreSQL server to create the cluster's database on, as the
-    /// URL of its `postgres` database; `None` for the machine's.
-    pub server: Option<String>,
-}
-
-impl Default for BankSpec {
-    fn default() -> Self {
-        BankSpec {
-            shards: 8,
-            coordinators: 2,
-            coordinator_args: vec![
-                "--lease-ttl-ms".into(),
-                "1000".into(),
-                "--prepare-window-ms".into(),
-                "2000".into(),
-                "--recovery-interval-ms".into(),
-                "500".into(),
-            ],
-            worker_args: vec!["--in-doubt-after-ms".into(), "1000".into()],
-            server: None,
-        }
-    }
-}
-
-impl Default for ClusterSpec {
-    fn default() -> Self {
-        ClusterSpec {
-            worker_weights: vec![1, 2, 3],
-            load_balancers: 2,
-            strategy: "round-robin".to_owned(),
-            heartbeat_interval_ms: 100,
-            monitors: 0,
-            monitor_args: Vec::new(),
-            bank: None,
-            nats_auth: false,
-            env: Vec::new(),
-            data_path: DataPath::Proxy,
-            gateways: 1,
-        }
-    }
-}
-
-impl ClusterSpec {
-    /// The default cluster, in `data_path` mode.
-    pub fn in_mode(data_path: DataPath) -> Self {
-        ClusterSpec {
-            data_path,
-            ..ClusterSpec::default()
-        }
-    }
-}
+use crate::local::LocalServers;
+use crate::process::{NatsServer, Service};
+use crate::topology::{BankSpec, ClusterSpec, Role, Site};
 
 /// A running cluster. Dropping it kills every process.
 #[derive(Debug)]
@@ -129,41 +36,119 @@ pub struct Cluster {
     pub coordinator_admin: Vec<String>,
     /// The private database of a bank cluster.
     pub database: Option<TestDatabase>,
-    /// The private NATS server.
+    /// The database the bank's services use (the private one, or at a
+    /// local site the `faultline` database).
+    database_url: Option<String>,
+    /// The private NATS server (or, at a local site, the one found).
     pub nats: NatsServer,
     /// Admin URLs of the load-balancers, in order.
     pub load_balancer_admin: Vec<String>,
     /// Admin URLs of the workers and the monitors.
     pub other_admin: Vec<String>,
+    /// At a local site, the PostgreSQL and Redis servers started for it;
+    /// declared last so they stop after every service.
+    _local: Option<LocalServers>,
 }
 
-/// The gateway process and an HTTP client for it.
+/// The gateway process, and an HTTP client for it (through `Deref`).
 #[derive(Debug)]
 pub struct Gateway {
     /// The process.
     pub service: Service,
+    client: GatewayClient,
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = GatewayClient;
+
+    fn deref(&self) -> &GatewayClient {
+        &self.client
+    }
+}
+
+/// An HTTP client for a gateway at a URL: one this cluster started, or
+/// any other (a compose stack's).
+#[derive(Debug, Clone)]
+pub struct GatewayClient {
     /// Base URL, such as `http://127.0.0.1:41234`.
     pub url: String,
     http: reqwest::Client,
 }
 
+/// Where a bank cluster keeps its state.
+struct BankStores {
+    database_url: String,
+    redis_url: String,
+    /// A key prefix of its own in a shared Redis.
+    redis_prefix: Option<String>,
+}
+
 impl Cluster {
-    /// Starts NATS, the workers, the load-balancers and a gateway, and
-    /// waits until every load-balancer is ready and routes to every worker.
+    /// Starts NATS, the workers, the load-balancers, the monitors, the
+    /// coordinators and the gateways, and waits until the cluster is whole
+    /// ([`Cluster::wait_until_whole`]).
     pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
-        let logs = Arc::new(tempfile::tempdir().context("creating the log directory")?);
-        let nats = if spec.nats_auth {
-            NatsServer::start_authenticated()?
-        } else {
-            NatsServer::start()?
+        let ports = spec.site.ports();
+        // Every service's port, chosen before anything starts, so that a
+        // local site can check them all first.
+        let members = spec.members();
+        let member_ports: Vec<u16> = members
+            .iter()
+            .map(|(role, _, n)| ports.service(*role, *n))
+            .collect();
+        let port_of = |role: Role, n: usize| {
+            members
+                .iter()
+                .zip(&member_ports)
+                .find(|((r, _, m), _)| *r == role && *m == n)
+                .map(|(_, port)| *port)
+                .unwrap_or_default()
         };
-        let database = match &spec.bank {
-            Some(BankSpec {
-                server: Some(server),
-                ..
-            }) => Some(TestDatabase::create_on(server).await?),
-            Some(_) => Some(TestDatabase::create().await?),
-            None => None,
+        let echo = matches!(spec.site, Site::Local { .. });
+        let logs = Arc::new(tempfile::tempdir().context("creating the log directory")?);
+        let (nats, local) = match &spec.site {
+            Site::Private if spec.nats_auth => (NatsServer::start_authenticated()?, None),
+            Site::Private => (NatsServer::start()?, None),
+            Site::Local { database_url, .. } => {
+                let to_bind: Vec<(u16, String)> = members
+                    .iter()
+                    .zip(&member_ports)
+                    .map(|((role, name, _), port)| {
+                        let what = if *role == Role::Gateway {
+                            "HTTP"
+                        } else {
+                            "admin"
+                        };
+                        (*port, format!("{name}'s {what} endpoint"))
+                    })
+                    .collect();
+                let (nats, local) =
+                    LocalServers::find_or_start(ports, database_url.clone(), &to_bind).await?;
+                (nats, Some(local))
+            }
+        };
+        let (database, stores) = match (&spec.bank, &local) {
+            (None, _) => (None, None),
+            (Some(_), Some(local)) => (
+                None,
+                Some(BankStores {
+                    database_url: local.database_url.clone(),
+                    redis_url: local.redis_url.clone(),
+                    redis_prefix: None,
+                }),
+            ),
+            (Some(bank), None) => {
+                let database = match &bank.server {
+                    Some(server) => TestDatabase::create_on(server).await?,
+                    None => TestDatabase::create().await?,
+                };
+                let stores = BankStores {
+                    database_url: database.url.clone(),
+                    redis_url: crate::database::redis_url(),
+                    redis_prefix: Some(crate::database::unique_name("faultline-test")),
+                };
+                (Some(database), Some(stores))
+            }
         };
         // Arguments every bank service shares.
         let bank_args = |bank: &BankSpec| {
@@ -171,31 +156,46 @@ impl Cluster {
                 "--shards".to_owned(),
                 bank.shards.to_string(),
                 "--database-url".to_owned(),
-                database.as_ref().map(|d| d.url.clone()).unwrap_or_default(),
+                stores
+                    .as_ref()
+                    .map(|s| s.database_url.clone())
+                    .unwrap_or_default(),
             ]
         };
+        let heartbeat = || match spec.heartbeat_interval_ms {
+            Some(ms) => vec!["--heartbeat-interval-ms".to_owned(), ms.to_string()],
+            None => Vec::new(),
+        };
         let common = |admin_port: u16| {
-            vec![
+            let mut args = vec![
                 "--nats-servers".to_owned(),
                 nats.url(),
                 "--admin-addr".to_owned(),
                 format!("127.0.0.1:{admin_port}"),
-                "--heartbeat-interval-ms".to_owned(),
-                spec.heartbeat_interval_ms.to_string(),
-            ]
+            ];
+            args.extend(heartbeat());
+            args
         };
         // Each role's NATS credentials, and what the spec adds for all.
-        let env = |role: &str| {
-            let mut env = nats.credentials(role);
+        let env = |role: Role| {
+            let mut env = nats.credentials(role.binary());
             env.extend(spec.env.iter().cloned());
             env
         };
+        let start = |role: Role, name: &str, args: &[String]| {
+            let program = match &spec.binaries {
+                Some(dir) => dir.join(role.binary()),
+                None => crate::binary(role.binary())?,
+            };
+            Service::launch(name, program, args, &env(role), logs.clone(), echo)
+        };
+        let admin_url = |port: u16| format!("http://127.0.0.1:{port}");
         let mut other_admin = Vec::new();
         let mut workers = Vec::new();
         for (i, weight) in spec.worker_weights.iter().enumerate() {
-            let id = format!("worker-{}", i + 1);
-            let port = free_port();
-            other_admin.push(format!("http://127.0.0.1:{port}"));
+            let id = Role::Worker.replica(i + 1);
+            let port = port_of(Role::Worker, i + 1);
+            other_admin.push(admin_url(port));
             let mut args = common(port);
             args.extend([
                 "--id".into(),
@@ -207,19 +207,13 @@ impl Cluster {
                 args.extend(bank_args(bank));
                 args.extend(bank.worker_args.iter().cloned());
             }
-            workers.push(Service::start(
-                &id,
-                "worker",
-                &args,
-                &env("worker"),
-                logs.clone(),
-            )?);
+            workers.push(start(Role::Worker, &id, &args)?);
         }
         let mut load_balancers = Vec::new();
         let mut load_balancer_admin = Vec::new();
-        for i in 1..=spec.load_balancers {
-            let id = format!("lb-{i}");
-            let port = free_port();
+        for n in 1..=spec.load_balancers {
+            let id = Role::LoadBalancer.replica(n);
+            let port = port_of(Role::LoadBalancer, n);
             let mut args = common(port);
             args.extend([
                 "--id".into(),
@@ -227,61 +221,40 @@ impl Cluster {
                 "--strategy".into(),
                 spec.strategy.clone(),
             ]);
-            load_balancers.push(Service::start(
-                &id,
-                "load-balancer",
-                &args,
-                &env("load-balancer"),
-                logs.clone(),
-            )?);
-            load_balancer_admin.push(format!("http://127.0.0.1:{port}"));
+            load_balancers.push(start(Role::LoadBalancer, &id, &args)?);
+            load_balancer_admin.push(admin_url(port));
         }
         let mut monitors = Vec::new();
-        for i in 1..=spec.monitors {
-            let id = format!("monitor-{i}");
-            let port = free_port();
-            other_admin.push(format!("http://127.0.0.1:{port}"));
+        for n in 1..=spec.monitors {
+            let id = Role::HealthMonitor.replica(n);
+            let port = port_of(Role::HealthMonitor, n);
+            other_admin.push(admin_url(port));
             let mut args = common(port);
             args.extend(["--id".into(), id.clone()]);
             args.extend(spec.monitor_args.iter().cloned());
-            monitors.push(Service::start(
-                &id,
-                "health-monitor",
-                &args,
-                &env("health-monitor"),
-                logs.clone(),
-            )?);
+            monitors.push(start(Role::HealthMonitor, &id, &args)?);
         }
         let mut coordinators = Vec::new();
         let mut coordinator_admin = Vec::new();
-        if let Some(bank) = &spec.bank {
-            let prefix = crate::database::unique_name("faultline-test");
-            for i in 1..=bank.coordinators {
-                let id = format!("coordinator-{i}");
-                let port = free_port();
+        if let (Some(bank), Some(stores)) = (&spec.bank, &stores) {
+            for n in 1..=bank.coordinators {
+                let id = Role::Coordinator.replica(n);
+                let port = port_of(Role::Coordinator, n);
                 let mut args = common(port);
                 args.extend(["--id".into(), id.clone()]);
                 args.extend(bank_args(bank));
-                args.extend([
-                    "--redis-url".into(),
-                    crate::database::redis_url(),
-                    "--redis-prefix".into(),
-                    prefix.clone(),
-                ]);
+                args.extend(["--redis-url".into(), stores.redis_url.clone()]);
+                if let Some(prefix) = &stores.redis_prefix {
+                    args.extend(["--redis-prefix".into(), prefix.clone()]);
+                }
                 args.extend(bank.coordinator_args.iter().cloned());
-                coordinators.push(Service::start(
-                    &id,
-                    "coordinator",
-                    &args,
-                    &env("coordinator"),
-                    logs.clone(),
-                )?);
-                coordinator_admin.push(format!("http://127.0.0.1:{port}"));
+                coordinators.push(start(Role::Coordinator, &id, &args)?);
+                coordinator_admin.push(admin_url(port));
             }
         }
         let start_gateway = |n: usize| -> anyhow::Result<Gateway> {
-            let http_port = free_port();
-            let id = format!("gateway-{n}");
+            let http_port = port_of(Role::Gateway, n);
+            let id = Role::Gateway.replica(n);
             let mut args = vec![
                 "--id".to_owned(),
                 id.clone(),
@@ -289,39 +262,28 @@ impl Cluster {
                 nats.url(),
                 "--http-addr".to_owned(),
                 format!("127.0.0.1:{http_port}"),
-                "--http-workers".to_owned(),
-                "2".to_owned(),
-                "--heartbeat-interval-ms".to_owned(),
-                spec.heartbeat_interval_ms.to_string(),
                 "--strategy".to_owned(),
                 spec.strategy.clone(),
             ];
+            args.extend(heartbeat());
+            args.extend(spec.gateway_args.iter().cloned());
             if let Some(bank) = &spec.bank {
-                args.extend([
-                    "--shards".to_owned(),
-                    bank.shards.to_string(),
-                    // A crashed coordinator's clients learn "outcome
-                    // unknown" sooner and retry with their key.
-                    "--transfer-timeout-ms".to_owned(),
-                    "5000".to_owned(),
-                ]);
+                args.extend(["--shards".to_owned(), bank.shards.to_string()]);
+                args.extend(bank.gateway_args.iter().cloned());
             }
             // The first keeps the plain name the tests and logs know it by.
             let name = if n == 1 { "gateway".to_owned() } else { id };
             Ok(Gateway {
-                service: Service::start(&name, "gateway", &args, &env("gateway"), logs.clone())?,
-                url: format!("http://127.0.0.1:{http_port}"),
-                http: reqwest::Client::builder()
-                    .timeout(Duration::from_secs(30))
-                    .build()
-                    .context("building the HTTP client")?,
+                service: start(Role::Gateway, &name, &args)?,
+                client: GatewayClient::new(&admin_url(http_port))?,
             })
         };
         let gateway = start_gateway(1)?;
-        let other_gateways = (2..=spec.gateways.max(1))
+        let other_gateways = (2..=spec.replicas(Role::Gateway))
             .map(start_gateway)
             .collect::<anyhow::Result<Vec<_>>>()?;
         let cluster = Cluster {
+            database_url: stores.as_ref().map(|s| s.database_url.clone()),
             gateway,
             other_gateways,
             load_balancers,
@@ -333,6 +295,7 @@ impl Cluster {
             nats,
             load_balancer_admin,
             other_admin,
+            _local: local,
         };
         let mut ready = if spec.load_balancers > 0 {
             cluster.wait_until_ready(spec.worker_weights.len()).await
@@ -351,6 +314,32 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Every service process, gateways first, coordinators last.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.gateways()
+            .map(|g| &g.service)
+            .chain(&self.load_balancers)
+            .chain(&self.workers)
+            .chain(&self.monitors)
+            .chain(&self.coordinators)
+    }
+
+    /// Stops every service as a supervisor does (SIGTERM, SIGKILL after
+    /// `grace`), all at once, then the servers started for the cluster.
+    pub fn stop(mut self, grace: Duration) {
+        let services = std::iter::once(&mut self.gateway.service)
+            .chain(self.other_gateways.iter_mut().map(|g| &mut g.service))
+            .chain(&mut self.load_balancers)
+            .chain(&mut self.workers)
+            .chain(&mut self.monitors)
+            .chain(&mut self.coordinators);
+        std::thread::scope(|scope| {
+            for service in services {
+                scope.spawn(move || service.stop(grace));
+            }
+        });
+    }
+
     /// The admin URL (`/live`, `/ready`, `/metrics`) of every service but
     /// the gateway, which serves them on its own URL.
     pub fn admin_urls(&self) -> Vec<String> {
@@ -362,13 +351,12 @@ impl Cluster {
             .collect()
     }
 
-    /// A connection pool to the bank cluster's private database.
+    /// A connection pool to the bank cluster's database.
     pub async fn pool(&self) -> anyhow::Result<sqlx::PgPool> {
-        self.database
-            .as_ref()
-            .context("not a bank cluster")?
-            .pool()
+        let url = self.database_url.as_ref().context("not a bank cluster")?;
+        sqlx::PgPool::connect(url)
             .await
+            .context("connecting to the cluster's database")
     }
 
     /// Every gateway, the first one first.
@@ -451,7 +439,7 @@ impl Cluster {
                 .await?;
             }
         }
-        if self.database.is_some() {
+        if self.database_url.is_some() {
             self.wait_for_bank().await?;
         }
         Ok(())
@@ -524,22 +512,7 @@ impl Cluster {
     /// one's `faultline_coordinator_active` gauge.
     pub async fn active_coordinator(&self) -> Option<usize> {
         for (i, admin) in self.coordinator_admin.iter().enumerate() {
-            let Ok(response) = self
-                .gateway
-                .http
-                .get(format!("{admin}/metrics"))
-                .send()
-                .await
-            else {
-                continue;
-            };
-            let Ok(text) = response.text().await else {
-                continue;
-            };
-            if text
-                .lines()
-                .any(|line| line.trim() == "faultline_coordinator_active 1")
-            {
+            if self.gateway.coordinator_is_active(admin).await {
                 return Some(i);
             }
         }
@@ -602,7 +575,30 @@ impl Cluster {
     }
 }
 
-impl Gateway {
+impl GatewayClient {
+    /// A client for the gateway at `url`.
+    pub fn new(url: &str) -> anyhow::Result<GatewayClient> {
+        Ok(GatewayClient {
+            url: url.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .context("building the HTTP client")?,
+        })
+    }
+
+    /// Whether the coordinator whose admin endpoint is `admin` holds the
+    /// lease: its `faultline_coordinator_active` gauge reads 1.
+    pub async fn coordinator_is_active(&self, admin: &str) -> bool {
+        let Ok(response) = self.http.get(format!("{admin}/metrics")).send().await else {
+            return false;
+        };
+        response.text().await.is_ok_and(|text| {
+            text.lines()
+                .any(|line| line.trim() == "faultline_coordinator_active 1")
+        })
+    }
+
     /// Sets `worker`'s injected faults (`{"latency_ms": .., "error_rate":
     /// ..}`); an answer other than 200 is an error.
     pub async fn inject_faults(&self, worker: &str, faults: Value) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
 //! Child processes: nats-server and our own service binaries.
 
+use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -42,10 +43,21 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {FREE_PORTS:?}");
 }
 
-/// The path of one of this workspace's binaries: beside the running
-/// executable (a tool such as `faultline-load` in `target/release`), or one
-/// directory up from it (a test in `target/<profile>/deps`).
+/// The path of one of this workspace's binaries: in `FAULTLINE_BIN_DIR`
+/// when it is set (the launcher's release builds, or binaries built
+/// already), else beside the running executable (a tool such as
+/// `faultline-load` in `target/release`), or one directory up from it (a
+/// test in `target/<profile>/deps`).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("FAULTLINE_BIN_DIR") {
+        let path = PathBuf::from(dir).join(name);
+        anyhow::ensure!(
+            path.exists(),
+            "{} does not exist (FAULTLINE_BIN_DIR)",
+            path.display()
+        );
+        return Ok(path);
+    }
     let exe = std::env::current_exe().context("locating the running executable")?;
     let dir = exe
         .parent()
@@ -106,6 +118,17 @@ impl NatsServer {
     /// [`NatsServer::log`], where refusals show as "Violation".
     pub fn start_authenticated() -> anyhow::Result<NatsServer> {
         Self::start_with(free_port(), true)
+    }
+
+    /// The server already answering on `port`, used and left running: the
+    /// cluster neither stops nor restarts it.
+    pub fn found_on(port: u16) -> anyhow::Result<NatsServer> {
+        Ok(NatsServer {
+            child: None,
+            port,
+            store: tempfile::tempdir().context("creating a scratch directory")?,
+            authenticated: false,
+        })
     }
 
     fn start_with(port: u16, authenticated: bool) -> anyhow::Result<NatsServer> {
@@ -245,7 +268,7 @@ fn nats_server_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("nats-server"))
 }
 
-fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+pub(crate) fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         anyhow::ensure!(
@@ -257,6 +280,16 @@ fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Copies `stream` line by line to standard output as `[name] line`, and
+/// to the log file.
+fn echo_lines(name: &str, stream: Box<dyn Read + Send>, mut log: std::fs::File) {
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        println!("[{name}] {line}");
+        let _ = writeln!(log, "{line}");
+    }
+}
+
 /// One of our service binaries running as a child process.
 #[derive(Debug)]
 pub struct Service {
@@ -266,6 +299,9 @@ pub struct Service {
     program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Whether its output also goes to this process's standard output,
+    /// each line prefixed with `[name]`, as `./faultline run` shows it.
+    echo: bool,
     _log_dir: std::sync::Arc<tempfile::TempDir>,
 }
 
@@ -279,13 +315,27 @@ impl Service {
         env: &[(String, String)],
         log_dir: std::sync::Arc<tempfile::TempDir>,
     ) -> anyhow::Result<Service> {
+        Self::launch(name, binary(binary_name)?, args, env, log_dir, false)
+    }
+
+    /// [`Service::start`] of the binary at `program`, also echoing its
+    /// output when `echo` is set.
+    pub(crate) fn launch(
+        name: &str,
+        program: PathBuf,
+        args: &[String],
+        env: &[(String, String)],
+        log_dir: std::sync::Arc<tempfile::TempDir>,
+        echo: bool,
+    ) -> anyhow::Result<Service> {
         let mut service = Service {
             name: name.to_owned(),
             child: None,
             log: log_dir.path().join(format!("{name}.log")),
-            program: binary(binary_name)?,
+            program,
             args: args.to_vec(),
             env: env.to_vec(),
+            echo,
             _log_dir: log_dir,
         };
         service.spawn()?;
@@ -298,7 +348,12 @@ impl Service {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
-        let child = Command::new(&self.program)
+        let (stdout, stderr) = if self.echo {
+            (Stdio::piped(), Stdio::piped())
+        } else {
+            (log.try_clone()?.into(), log.try_clone()?.into())
+        };
+        let mut child = Command::new(&self.program)
             .args(&self.args)
             // A developer's own settings must not reach the services under
             // test: a worker given no database must not find one.
@@ -310,12 +365,42 @@ impl Service {
                 "RUST_LOG",
                 std::env::var("SERVICE_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .stdout(log.try_clone()?)
-            .stderr(log)
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {}", self.program.display()))?;
+        if self.echo {
+            let out = child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn Read + Send>);
+            let err = child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn Read + Send>);
+            for stream in [out, err].into_iter().flatten() {
+                let log = log.try_clone()?;
+                let name = self.name.clone();
+                std::thread::spawn(move || echo_lines(&name, stream, log));
+            }
+        }
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Stops the process as a supervisor does: SIGTERM, so that it drains
+    /// and leaves the cluster, then SIGKILL if it is still running after
+    /// `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        if self.signal("TERM").is_ok()
+            && let Some(child) = &mut self.child
+        {
+            let deadline = Instant::now() + grace;
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.kill();
     }
 
     /// The service's name in this test.

@@ -1,13 +1,20 @@
-//! Test support: start the real thing, as processes, and wait for it.
+//! Start the real thing, as processes, and wait for it: the one launcher
+//! behind `./faultline run`, the load scenarios and the system tests.
 //!
+//! - [`topology`]: the one definition of what runs ([`ClusterSpec`], with
+//!   [`ClusterSpec::standard`] the deployed topology) and where
+//!   ([`Site`]: private, or at the machine's fixed ports).
 //! - [`NatsServer`]: a private `nats-server` with JetStream on a free
 //!   loopback port, killed when dropped (as nats.rs's own test helper does),
 //!   so tests never share state or touch the machine's NATS.
 //! - [`Service`]: one of our binaries as a child process, its output kept in
 //!   a log file that is printed if the test fails, killed (SIGKILL) when
 //!   dropped.
-//! - [`Cluster`]: NATS, workers, load-balancers and a gateway, started and
-//!   waited for until every load-balancer routes to every worker.
+//! - [`Cluster`]: NATS, workers, load-balancers, monitors, coordinators and
+//!   gateways, started and waited for until the cluster is whole.
+//! - [`local`]: for a cluster at the fixed ports, the machine's NATS,
+//!   PostgreSQL and Redis found or started, and every port checked free
+//!   first (naming the process that holds one).
 //! - [`database`]: a private PostgreSQL database and Redis key prefix per
 //!   test, for the two-phase-commit services.
 //! - [`postgres`]: a private PostgreSQL server, for the tests that crash
@@ -24,12 +31,15 @@
 
 mod cluster;
 pub mod database;
+pub mod local;
 pub mod otlp;
 pub mod postgres;
 mod process;
+pub mod topology;
 
-pub use cluster::{BankSpec, Cluster, ClusterSpec, Gateway};
+pub use cluster::{Cluster, Gateway, GatewayClient};
 pub use process::{FREE_PORTS, NatsServer, Service, binary, free_port, workspace_root};
+pub use topology::{BankSpec, ClusterSpec, Ports, Role, Server, Site};
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -1,4 +1,5 @@
-//! A PostgreSQL server of the test's own, for tests that crash it.
+//! A PostgreSQL server of the test's own, for tests that crash it, and for
+//! `./faultline run` on a machine where none answers.
 //!
 //! The machine's server is shared by every test running at once, so a test
 //! that stops PostgreSQL starts its own: `initdb` into a temporary
@@ -30,12 +31,19 @@ pub struct PrivatePostgres {
 }
 
 impl PrivatePostgres {
-    /// Initialises a cluster and starts the server; waits until it answers.
+    /// Initialises a cluster and starts the server on a free port; waits
+    /// until it answers.
     pub async fn start() -> anyhow::Result<PrivatePostgres> {
+        Self::start_on(crate::free_port()).await
+    }
+
+    /// Initialises a cluster and starts the server on `port`; waits until
+    /// it answers.
+    pub async fn start_on(port: u16) -> anyhow::Result<PrivatePostgres> {
         let bin = server_binaries()
             .context("PostgreSQL's server is not installed (apt-get install postgresql)")?;
         let dir = tempfile::tempdir().context("creating the data directory")?;
-        let user = if running_as_root() {
+        let user = if crate::local::running_as_root() {
             let (uid, gid) = account("postgres")
                 .or_else(|| account("nobody"))
                 .context("no user to run PostgreSQL as")?;
@@ -60,7 +68,7 @@ impl PrivatePostgres {
         let mut postgres = PrivatePostgres {
             dir,
             bin,
-            port: crate::free_port(),
+            port,
             user,
             server: None,
         };
@@ -85,7 +93,8 @@ impl PrivatePostgres {
             .arg(self.dir.path().join("db"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-k"])
             .arg(self.dir.path())
-            .args(["-c", "max_connections=100"])
+            // Room for a whole cluster's pools and a test's own.
+            .args(["-c", "max_connections=200"])
             .stdout(Stdio::null())
             .stderr(log);
         if let Some((uid, gid)) = self.user {
@@ -129,7 +138,7 @@ impl Drop for PrivatePostgres {
 
 /// The directory holding `initdb` and `postgres`: on the `PATH`, or
 /// Debian's newest `/usr/lib/postgresql/<version>/bin`.
-fn server_binaries() -> Option<PathBuf> {
+pub(crate) fn server_binaries() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .and_then(|path| std::env::split_paths(&path).find(|dir| dir.join("initdb").is_file()));
     on_path.or_else(|| {
@@ -146,17 +155,6 @@ fn server_binaries() -> Option<PathBuf> {
                 .and_then(|v| v.parse::<u32>().ok())
         });
         versions.pop()
-    })
-}
-
-/// Whether this process runs as root.
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("Uid:"))
-            .and_then(|uids| uids.split_whitespace().nth(1))
-            == Some("0")
     })
 }
 

@@ -1,0 +1,77 @@
+//! Faultline's front door, behind the `./faultline` shim:
+//!
+//! - `run`: the deployed topology ([`ClusterSpec::standard`]) as local
+//!   processes at the fixed ports, until Ctrl-C or SIGTERM;
+//! - `demo`: the same, then the scripted tour of faults
+//!   (`faultline_load::demo`), and stop;
+//! - `test`: build every service and run the whole suite with nextest;
+//! - `load`: release build, then the named load scenarios and the table of
+//!   ratios.
+//!
+//! Each first makes sure the machine has what it needs
+//! ([`prerequisites`]), installing it when running as root. The cluster
+//! itself is started by `faultline-cluster`, the same launcher the load
+//! scenarios and the system tests use.
+//!
+//! Environment: `FAULTLINE_RELEASE=1` runs a release build;
+//! `FAULTLINE_PORT_OFFSET=N` adds N to every port, to run a second copy
+//! beside the first; `DATABASE_URL` overrides the database (default:
+//! `faultline` on the PostgreSQL found or started); `FAULTLINE_BIN_DIR`
+//! runs the binaries found there instead of building.
+
+mod prerequisites;
+mod suite;
+mod system;
+
+use clap::{Parser, Subcommand};
+use faultline_cluster::ClusterSpec;
+
+/// Faultline: fault recovery in distributed systems, as local processes.
+#[derive(Debug, Parser)]
+#[command(name = "faultline", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the whole system: three workers (weights 1, 2, 3), two
+    /// load-balancers, two health-monitors, an active and a standby
+    /// coordinator and a gateway on :8080; Ctrl-C stops them all.
+    Run,
+    /// The same, then a scripted tour: traffic, a worker killed and
+    /// restarted, transfers while the active coordinator is killed;
+    /// prints what happened, and stops.
+    Demo,
+    /// Build every service and run the whole test suite (arguments go to
+    /// `cargo nextest run`).
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        nextest_args: Vec<String>,
+    },
+    /// Release build, then run load-tests/scenarios/NAME.toml for each
+    /// name ("all": every one but smoke), writing the reports and the
+    /// table of ratios to load-tests/results/.
+    Load {
+        #[arg(required = true)]
+        scenarios: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run => system::run(ClusterSpec::standard(), system::Then::WaitForSignal),
+        Command::Demo => system::run(ClusterSpec::standard(), system::Then::Demo),
+        Command::Test { nextest_args } => suite::test(&nextest_args),
+        Command::Load { scenarios } => suite::load(&scenarios),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("faultline: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! The one topology definition: which roles run, how many replicas of
+//! each, with what weights and settings ([`ClusterSpec`]), and where they
+//! listen ([`Site`], [`Ports`]).
+//!
+//! Everything that starts Faultline reads it from here: `./faultline run`
+//! and `demo` start [`ClusterSpec::standard`] at the fixed ports, the load
+//! scenarios and the system tests start variations of it on free ports,
+//! and the deployment test checks that docker-compose.yml and the
+//! Kubernetes manifests run the same roles, replicas and weights.
+
+use faultline_protocol::routing::DataPath;
+
+/// A service role: one binary, and the names and ports of its replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Gateway,
+    LoadBalancer,
+    HealthMonitor,
+    Coordinator,
+    Worker,
+}
+
+impl Role {
+    /// Every role, in the order a cluster starts them (the gateway last).
+    pub const ALL: [Role; 5] = [
+        Role::Worker,
+        Role::LoadBalancer,
+        Role::HealthMonitor,
+        Role::Coordinator,
+        Role::Gateway,
+    ];
+
+    /// The binary that plays the role, which is also its NATS user.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::LoadBalancer => "load-balancer",
+            Role::HealthMonitor => "health-monitor",
+            Role::Coordinator => "coordinator",
+            Role::Worker => "worker",
+        }
+    }
+
+    /// The name of replica `n` (from 1): `worker-2`, `lb-1`, `gateway-1`.
+    pub fn replica(self, n: usize) -> String {
+        let prefix = match self {
+            Role::Gateway => "gateway",
+            Role::LoadBalancer => "lb",
+            Role::HealthMonitor => "monitor",
+            Role::Coordinator => "coordinator",
+            Role::Worker => "worker",
+        };
+        format!("{prefix}-{n}")
+    }
+
+    /// The port of replica 1 at a fixed site: the gateway's HTTP port, or
+    /// the admin port (`/live`, `/ready`, `/metrics`) of the others.
+    /// Replica `n` listens `n - 1` above it.
+    fn first_fixed_port(self) -> u16 {
+        match self {
+            Role::Gateway => 8080,
+            Role::Worker => 9111,
+            Role::LoadBalancer => 9121,
+            Role::HealthMonitor => 9131,
+            Role::Coordinator => 9141,
+        }
+    }
+}
+
+/// The servers a cluster uses besides its own services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    Nats,
+    Postgres,
+    Redis,
+}
+
+impl Server {
+    /// Its usual port.
+    pub fn usual_port(self) -> u16 {
+        match self {
+            Server::Nats => 4222,
+            Server::Postgres => 5432,
+            Server::Redis => 6379,
+        }
+    }
+
+    /// Its name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Server::Nats => "NATS",
+            Server::Postgres => "PostgreSQL",
+            Server::Redis => "Redis",
+        }
+    }
+
+    /// The program that serves it.
+    pub fn program(self) -> &'static str {
+        match self {
+            Server::Nats => "nats-server",
+            Server::Postgres => "postgres",
+            Server::Redis => "redis-server",
+        }
+    }
+}
+
+/// Where a cluster runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Site {
+    /// Everything its own, so that clusters run side by side: a private
+    /// nats-server, a private database and Redis key prefix, free ports,
+    /// and output kept in log files. The tests and the load scenarios.
+    #[default]
+    Private,
+    /// The machine's usual ports plus `offset` (so that a second copy can
+    /// run beside the first): NATS, PostgreSQL and Redis used where they
+    /// answer and started otherwise, the `faultline` database, and every
+    /// service's output on the terminal. `./faultline run` and `demo`.
+    Local {
+        /// Added to every port.
+        offset: u16,
+        /// The database instead of `faultline` on the PostgreSQL found or
+        /// started.
+        database_url: Option<String>,
+    },
+}
+
+impl Site {
+    /// Where the services of this site listen.
+    pub fn ports(&self) -> Ports {
+        match self {
+            Site::Private => Ports::Free,
+            Site::Local { offset, .. } => Ports::Fixed { offset: *offset },
+        }
+    }
+}
+
+/// How the services' ports are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ports {
+    /// A free loopback port each ([`crate::free_port`]).
+    Free,
+    /// The fixed ports (gateway 8080, workers 9111..., load-balancers
+    /// 9121..., monitors 9131..., coordinators 9141...) plus `offset`.
+    Fixed { offset: u16 },
+}
+
+impl Ports {
+    /// The port replica `n` (from 1) of `role` listens on.
+    pub fn service(self, role: Role, n: usize) -> u16 {
+        match self {
+            Ports::Free => crate::free_port(),
+            Ports::Fixed { offset } => {
+                let n = u16::try_from(n.saturating_sub(1)).unwrap_or(u16::MAX);
+                role.first_fixed_port()
+                    .saturating_add(n)
+                    .saturating_add(offset)
+            }
+        }
+    }
+
+    /// The port `server` answers on at a fixed site (`None` on free
+    /// ports, where each cluster starts its own).
+    pub fn server(self, server: Server) -> Option<u16> {
+        match self {
+            Ports::Free => None,
+            Ports::Fixed { offset } => Some(server.usual_port().saturating_add(offset)),
+        }
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// One worker per weight, named `worker-1`, `worker-2`, ...
+    pub worker_weights: Vec<u32>,
+    /// How many load-balancer replicas, named `lb-1`, `lb-2`, ...
+    pub load_balancers: usize,
+    /// The load-balancers' starting strategy.
+    pub strategy: String,
+    /// Heartbeat interval of every service, in milliseconds (`None`: the
+    /// services' default).
+    pub heartbeat_interval_ms: Option<u64>,
+    /// How many health-monitors, named `monitor-1`, ... (none by default:
+    /// the balancing tests want exact shares, which slow start would bend).
+    pub monitors: usize,
+    /// Extra arguments for every health-monitor (slow start, lease TTL...).
+    pub monitor_args: Vec<String>,
+    /// Two-phase commit: a database, coordinators, and workers as shard
+    /// owners. Needs at least one monitor (shard ownership follows the
+    /// membership view).
+    pub bank: Option<BankSpec>,
+    /// Start NATS with the deployment's users and permissions
+    /// (`infra/nats/auth.conf`), each service connecting as its role.
+    pub nats_auth: bool,
+    /// Environment variables for every service (an OTLP endpoint, a log
+    /// format...).
+    pub env: Vec<(String, String)>,
+    /// The data path the cluster runs in, set in the settings bucket once
+    /// everything is up.
+    pub data_path: DataPath,
+    /// How many gateways (each with its own HTTP port).
+    pub gateways: usize,
+    /// Extra arguments for every gateway.
+    pub gateway_args: Vec<String>,
+    /// Where it runs.
+    pub site: Site,
+    /// The directory of the service binaries (`None`: `FAULTLINE_BIN_DIR`,
+    /// or beside the running executable, see [`crate::binary`]).
+    pub binaries: Option<std::path::PathBuf>,
+}
+
+/// The two-phase-commit part of a cluster.
+#[derive(Debug, Clone)]
+pub struct BankSpec {
+    /// How many account shards.
+    pub shards: u32,
+    /// How many coordinators, named `coordinator-1`, ... (one active, the
+    /// rest standby).
+    pub coordinators: usize,
+    /// Extra arguments for every coordinator.
+    pub coordinator_args: Vec<String>,
+    /// Extra arguments for every worker.
+    pub worker_args: Vec<String>,
+    /// Extra arguments for every gateway.
+    pub gateway_args: Vec<String>,
+    /// The PostgreSQL server to create a private database on, as the URL
+    /// of its `postgres` database; `None` for the machine's.
+    pub server: Option<String>,
+}
+
+impl BankSpec {
+    /// The deployment's bank: eight shards, an active and a standby
+    /// coordinator, every setting at the services' defaults.
+    pub fn standard() -> Self {
+        BankSpec {
+            shards: 8,
+            coordinators: 2,
+            coordinator_args: Vec::new(),
+            worker_args: Vec::new(),
+            gateway_args: Vec::new(),
+            server: None,
+        }
+    }
+}
+
+impl Default for BankSpec {
+    /// The standard bank, tuned for tests: a crashed coordinator's lease
+    /// and a stuck prepare expire sooner, and clients learn "outcome
+    /// unknown" sooner and retry with their key.
+    fn default() -> Self {
+        let args = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .flat_map(|(name, value)| [(*name).to_owned(), (*value).to_owned()])
+                .collect()
+        };
+        BankSpec {
+            coordinator_args: args(&[
+                ("--lease-ttl-ms", "1000"),
+                ("--prepare-window-ms", "2000"),
+                ("--recovery-interval-ms", "500"),
+            ]),
+            worker_args: args(&[("--in-doubt-after-ms", "1000")]),
+            gateway_args: args(&[("--transfer-timeout-ms", "5000")]),
+            ..BankSpec::standard()
+        }
+    }
+}
+
+impl ClusterSpec {
+    /// The deployed topology, as docker-compose.yml and the Kubernetes
+    /// manifests run it and `./faultline run` starts it: three workers
+    /// with weights 1, 2 and 3, two load-balancers, two health-monitors,
+    /// the standard bank and one gateway, every setting at its default.
+    pub fn standard() -> Self {
+        ClusterSpec {
+            worker_weights: vec![1, 2, 3],
+            load_balancers: 2,
+            strategy: "round-robin".to_owned(),
+            heartbeat_interval_ms: None,
+            monitors: 2,
+            monitor_args: Vec::new(),
+            bank: Some(BankSpec::standard()),
+            nats_auth: false,
+            env: Vec::new(),
+            data_path: DataPath::Proxy,
+            gateways: 1,
+            gateway_args: Vec::new(),
+            site: Site::Private,
+            binaries: None,
+        }
+    }
+
+    /// The default cluster, in `data_path` mode.
+    pub fn in_mode(data_path: DataPath) -> Self {
+        ClusterSpec {
+            data_path,
+            ..ClusterSpec::default()
+        }
+    }
+
+    /// How many replicas of `role` it runs.
+    pub fn replicas(&self, role: Role) -> usize {
+        match role {
+            Role::Gateway => self.gateways.max(1),
+            Role::LoadBalancer => self.load_balancers,
+            Role::HealthMonitor => self.monitors,
+            Role::Coordinator => self.bank.as_ref().map_or(0, |bank| bank.coordinators),
+            Role::Worker => self.worker_weights.len(),
+        }
+    }
+
+    /// Every replica it runs, as (role, name, number from 1).
+    pub fn members(&self) -> Vec<(Role, String, usize)> {
+        Role::ALL
+            .into_iter()
+            .flat_map(|role| (1..=self.replicas(role)).map(move |n| (role, role.replica(n), n)))
+            .collect()
+    }
+}
+
+impl Default for ClusterSpec {
+    /// The standard topology trimmed for the balancing tests: no monitors
+    /// and no bank, a heartbeat every 100 ms, two HTTP workers per gateway.
+    fn default() -> Self {
+        ClusterSpec {
+            heartbeat_interval_ms: Some(100),
+            monitors: 0,
+            bank: None,
+            gateway_args: vec!["--http-workers".into(), "2".into()],
+            ..ClusterSpec::standard()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_ports_are_the_documented_ones_plus_the_offset() {
+        let ports = Ports::Fixed { offset: 0 };
+        assert_eq!(ports.service(Role::Gateway, 1), 8080);
+        assert_eq!(ports.service(Role::Worker, 3), 9113);
+        assert_eq!(ports.service(Role::LoadBalancer, 2), 9122);
+        assert_eq!(ports.service(Role::HealthMonitor, 1), 9131);
+        assert_eq!(ports.service(Role::Coordinator, 2), 9142);
+        assert_eq!(ports.server(Server::Nats), Some(4222));
+        let shifted = Ports::Fixed { offset: 100 };
+        assert_eq!(shifted.service(Role::Worker, 1), 9211);
+        assert_eq!(shifted.server(Server::Redis), Some(6479));
+    }
+
+    #[test]
+    fn the_standard_topology_names_every_replica_once() {
+        let members = ClusterSpec::standard().members();
+        let names: Vec<&str> = members.iter().map(|(_, name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "worker-1",
+                "worker-2",
+                "worker-3",
+                "lb-1",
+                "lb-2",
+                "monitor-1",
+                "monitor-2",
+                "coordinator-1",
+                "coordinator-2",
+                "gateway-1"
+            ]
+        );
+        let ports = Ports::Fixed { offset: 0 };
+        let mut bound: Vec<u16> = members
+            .iter()
+            .map(|(role, _, n)| ports.service(*role, *n))
+            .collect();
+        bound.sort_unstable();
+        bound.dedup();
+        assert_eq!(bound.len(), members.len());
+    }
+}
