@@ -6,7 +6,8 @@
 //!   (`faultline_load::demo`), and stop;
 //! - `test`: build every service and run the whole suite with nextest;
 //! - `load`: release build, then the named load scenarios and the table of
-//!   ratios.
+//!   ratios;
+//! - `crate-graph`: the picture of the crates and their dependencies.
 //!
 //! Each first makes sure the machine has what it needs
 //! ([`prerequisites`]), installing it when running as root. The cluster
@@ -19,6 +20,7 @@
 //! `faultline` on the PostgreSQL found or started); `FAULTLINE_BIN_DIR`
 //! runs the binaries found there instead of building.
 
+mod crate_graph;
 mod prerequisites;
 mod suite;
 mod system;
@@ -57,6 +59,13 @@ enum Command {
         #[arg(required = true)]
         scenarios: Vec<String>,
     },
+    /// Draw crate-graph.svg, the workspace's crates and their
+    /// dependencies, from cargo metadata.
+    CrateGraph {
+        /// Only check that the committed picture is current.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +75,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo => system::run(ClusterSpec::standard(), system::Then::Demo),
         Command::Test { nextest_args } => suite::test(&nextest_args),
         Command::Load { scenarios } => suite::load(&scenarios),
+        Command::CrateGraph { check } => crate_graph::run(check),
     };
     match result {
         Ok(code) => code,

@@ -46,7 +46,8 @@
 use std::sync::Arc;
 
 use faultline_protocol::bank::{
-    CoordinatorReply, Quarantine, TransferCommand, TransferRecord, TransferRequest, TransferState,
+    CoordinatorReply, Quarantine, Refusal, TransferCommand, TransferRecord, TransferRequest,
+    TransferState,
 };
 use faultline_protocol::error::ErrorDetail;
 use faultline_telemetry::failpoints::crash_point;
@@ -83,7 +84,10 @@ pub async fn transfer(term: &Arc<Term>, command: TransferCommand) -> Coordinator
     if let Err(error) = faultline_protocol::bank::idempotency_key(&command.idempotency_key)
         .and_then(|()| command.transfer.validate())
     {
-        return refuse(400, error.to_body("invalid_field").error);
+        return refuse(
+            Refusal::InvalidRequest,
+            error.to_body("invalid_field").error,
+        );
     }
     let xid = Uuid::now_v7();
     // Entered before any prepare is sent and left when phase two returns
@@ -337,7 +341,7 @@ async fn send_decision(term: &Term, record: &TransferRecord, deadline: Instant) 
 pub(crate) fn replay(record: TransferRecord, request: &TransferRequest) -> CoordinatorReply {
     if !record.matches(request) {
         return refuse(
-            422,
+            Refusal::Unprocessable,
             ErrorDetail {
                 code: "idempotency_key_reused".into(),
                 message: format!(
@@ -356,7 +360,7 @@ pub(crate) fn replay(record: TransferRecord, request: &TransferRequest) -> Coord
 /// still driving.
 fn in_progress(key: &str) -> CoordinatorReply {
     refuse(
-        409,
+        Refusal::Conflict,
         ErrorDetail {
             code: "transfer_in_progress".into(),
             message: format!(
@@ -368,13 +372,13 @@ fn in_progress(key: &str) -> CoordinatorReply {
     )
 }
 
-pub(crate) fn refuse(status: u16, error: ErrorDetail) -> CoordinatorReply {
-    CoordinatorReply::Error { status, error }
+pub(crate) fn refuse(kind: Refusal, error: ErrorDetail) -> CoordinatorReply {
+    CoordinatorReply::Error { kind, error }
 }
 
 fn unavailable(message: &str) -> CoordinatorReply {
     refuse(
-        503,
+        Refusal::Unavailable,
         ErrorDetail {
             code: "decision_log_unavailable".into(),
             message: format!(
@@ -388,7 +392,7 @@ fn unavailable(message: &str) -> CoordinatorReply {
 
 pub(crate) fn deposed(current: u64) -> CoordinatorReply {
     refuse(
-        503,
+        Refusal::Unavailable,
         ErrorDetail {
             code: "coordinator_deposed".into(),
             message: format!(

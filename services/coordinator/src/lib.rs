@@ -58,7 +58,7 @@ use anyhow::Context as _;
 use async_nats::Client;
 use faultline_bus::in_flight::InFlight;
 use faultline_bus::serve::{Handler, Reply, Request, ServerSpan};
-use faultline_protocol::bank::{CoordinatorReply, StatusQuery, TransferCommand};
+use faultline_protocol::bank::{CoordinatorReply, Refusal, StatusQuery, TransferCommand};
 use faultline_protocol::error::ErrorDetail;
 use faultline_protocol::subjects;
 use serde::Deserialize;
@@ -475,7 +475,7 @@ async fn respond(term: &Arc<Term>, message: &Request) -> Option<Vec<u8>> {
                 Ok(TransferId { id }) => match term.log.read(id).await {
                     Ok(Some(record)) => CoordinatorReply::Transfer(record),
                     Ok(None) => CoordinatorReply::Error {
-                        status: 404,
+                        kind: Refusal::NotFound,
                         error: ErrorDetail {
                             code: "unknown_transfer".into(),
                             message: format!(
@@ -512,7 +512,7 @@ async fn respond(term: &Arc<Term>, message: &Request) -> Option<Vec<u8>> {
 
 fn bad_request(message: &str) -> CoordinatorReply {
     CoordinatorReply::Error {
-        status: 400,
+        kind: Refusal::InvalidRequest,
         error: ErrorDetail {
             code: "invalid_body".into(),
             message: message.to_owned(),
@@ -523,7 +523,7 @@ fn bad_request(message: &str) -> CoordinatorReply {
 
 fn log_unavailable(message: &str) -> CoordinatorReply {
     CoordinatorReply::Error {
-        status: 503,
+        kind: Refusal::Unavailable,
         error: ErrorDetail {
             code: "decision_log_unavailable".into(),
             message: message.to_owned(),

@@ -32,7 +32,7 @@
 
 use std::sync::Arc;
 
-use faultline_protocol::bank::{CoordinatorReply, TransferCommand};
+use faultline_protocol::bank::{CoordinatorReply, Refusal, TransferCommand};
 use faultline_protocol::error::ErrorDetail;
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -74,7 +74,7 @@ pub async fn transfer(
             replay(first, &command.transfer)
         }
         OnePhase::Refused(reason) => refuse(
-            503,
+            Refusal::Unavailable,
             ErrorDetail {
                 code: reason.code,
                 message: reason.message,
@@ -85,7 +85,7 @@ pub async fn transfer(
         OnePhase::Unanswered => {
             ask_until_answered(term, command, xid, shard, driving);
             refuse(
-                503,
+                Refusal::Unavailable,
                 ErrorDetail {
                     code: "shard_unavailable".into(),
                     message: format!(

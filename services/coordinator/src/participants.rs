@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use async_nats::Client;
+use faultline_bus::request::{RetryPolicy, Verdict, request_until};
 use faultline_protocol::bank::{
     AbortReason, Leg, ShardReply, ShardRequest, TransferCommand, TransferRecord,
 };
@@ -192,34 +193,36 @@ impl ShardClient {
         deadline: Instant,
     ) -> Option<ShardReply> {
         let body = bytes::Bytes::from(serde_json::to_vec(request).ok()?);
-        let subject = subjects::shard(shard);
         let headers = faultline_bus::trace_context::headers(&tracing::Span::current());
-        let mut attempt = 0u32;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let limit = match (left.is_zero(), attempt) {
-                (false, _) => self.attempt_timeout.min(left),
-                (true, 0) => self.attempt_timeout,
-                (true, _) => return None,
-            };
-            tracing::Span::current().record("attempts", attempt + 1);
-            let answer = tokio::time::timeout(
-                limit,
-                self.client
-                    .request_with_headers(subject.clone(), headers.clone(), body.clone()),
-            )
-            .await;
-            if let Ok(Ok(message)) = answer {
-                match serde_json::from_slice::<ShardReply>(&message.payload) {
-                    Ok(ShardReply::NotOwner | ShardReply::Unavailable { .. }) => {}
-                    Ok(reply) => return Some(reply),
-                    Err(error) => tracing::warn!(%error, shard, "Unreadable shard reply."),
-                }
-            }
-            attempt += 1;
-            let pause = faultline_bus::backoff::random(attempt, BACKOFF_BASE, BACKOFF_CAP);
-            tokio::time::sleep(pause.min(left)).await;
-        }
+        let policy = RetryPolicy {
+            attempt_timeout: Some(self.attempt_timeout),
+            pause: |attempts| faultline_bus::backoff::random(attempts, BACKOFF_BASE, BACKOFF_CAP),
+            at_least_once: true,
+        };
+        request_until(
+            &self.client,
+            subjects::shard(shard).into(),
+            headers,
+            body,
+            deadline,
+            policy,
+            |attempt, answer| {
+                tracing::Span::current().record("attempts", attempt.number);
+                let why = match answer.map(|m| serde_json::from_slice::<ShardReply>(&m.payload)) {
+                    Ok(Ok(ShardReply::NotOwner)) => "not the owner".to_owned(),
+                    Ok(Ok(ShardReply::Unavailable { message })) => message,
+                    Ok(Ok(reply)) => return Verdict::Done(reply),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, shard, "Unreadable shard reply.");
+                        error.to_string()
+                    }
+                    Err(error) => error.to_string(),
+                };
+                Verdict::Retry { why }
+            },
+        )
+        .await
+        .ok()
     }
 }
 

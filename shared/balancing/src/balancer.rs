@@ -35,7 +35,7 @@ impl Balancer {
     fn from_rng(kind: StrategyKind, rng: SmallRng) -> Self {
         Balancer {
             members: Vec::new(),
-            strategy: kind.build(),
+            strategy: crate::strategy::build(kind),
             rng,
         }
     }
@@ -49,7 +49,7 @@ impl Balancer {
     /// strategy starts its own turn order.
     pub fn set_strategy(&mut self, kind: StrategyKind) {
         if kind != self.strategy.kind() {
-            self.strategy = kind.build();
+            self.strategy = crate::strategy::build(kind);
             self.strategy.members_changed(&self.members);
         }
     }

@@ -29,6 +29,4 @@ pub use balancer::Balancer;
 pub use member::{Member, MemberId};
 pub use strategy::{PickRequest, Strategy, StrategyKind, UnknownStrategy};
 
-/// The largest weight a member may have. Large enough for any sensible
-/// ratio, small enough that sums over thousands of members cannot overflow.
-pub const MAX_WEIGHT: u32 = 1000;
+pub use faultline_protocol::strategy::MAX_WEIGHT;

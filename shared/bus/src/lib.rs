@@ -8,6 +8,9 @@
 //!   at their own timeout instead of hanging.
 //! - [`backoff`]: capped exponential backoff with full jitter, for every
 //!   retry loop.
+//! - [`request`]: one request retried within a deadline
+//!   ([`request::request_until`]), and NATS's failures typed once
+//!   ([`request::BusError`]).
 //! - [`headers`]: reading and writing the protocol's envelope on NATS
 //!   messages.
 //! - [`serve`]: the one serving layer every service answers requests
@@ -26,6 +29,7 @@ pub mod heartbeat;
 pub mod in_flight;
 pub mod kv_buckets;
 pub mod membership_watch;
+pub mod request;
 pub mod runtime;
 pub mod serve;
 pub mod trace_context;

@@ -19,22 +19,9 @@
 
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
 use crate::detector::Detector;
 
-/// Where a member stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum State {
-    /// In rotation.
-    Up,
-    /// The detector or a probe raised doubt; still in rotation until a
-    /// probe confirms.
-    Suspect,
-    /// Out of rotation until it passes `rise` probes in a row.
-    Down,
-}
+pub use faultline_protocol::membership::State;
 
 /// How strict to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -187,13 +187,33 @@ pub enum CoordinatorReply {
     Audit(Audit),
     /// A list of transfers.
     Transfers(Vec<TransferRecord>),
-    /// A refusal; `status` is the HTTP status the gateway answers with.
+    /// A refusal: what kind, which only the gateway turns into an HTTP
+    /// status, and the error it names.
     Error {
-        /// HTTP status.
-        status: u16,
+        /// What kind of refusal.
+        kind: Refusal,
         /// The error.
         error: ErrorDetail,
     },
+}
+
+/// The kinds of refusal a coordinator answers with. Each says what the
+/// client may do next; the gateway alone maps them to HTTP statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// The request is malformed: do not retry it as it is.
+    InvalidRequest,
+    /// What it names does not exist.
+    NotFound,
+    /// It conflicts with a request under way: retry shortly, same key.
+    Conflict,
+    /// Well-formed, but it cannot be done (a key reused for another
+    /// transfer): do not retry it as it is.
+    Unprocessable,
+    /// Not now (no decision log, a shard or the lease lost): retry with
+    /// the same idempotency key.
+    Unavailable,
 }
 
 /// All the money in the bank, read from one database snapshot: what

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use faultline_balancing::{MAX_WEIGHT, StrategyKind};
+use crate::strategy::{MAX_WEIGHT, StrategyKind};
 
 use crate::error::InputError;
 

@@ -13,6 +13,7 @@
 //!   retry is safe.
 //! - [`cluster`] holds the heartbeat, fault-injection and cluster-view
 //!   messages.
+//! - [`strategy`] names the balancing strategies and bounds a weight.
 //! - [`routing`] names the two data paths (proxy, direct) and the messages
 //!   of the look-aside control plane (outcome reports, directives).
 //! - [`membership`] is the health-monitor's membership view, its events and
@@ -35,6 +36,7 @@ pub mod headers;
 pub mod membership;
 pub mod outcome;
 pub mod routing;
+pub mod strategy;
 pub mod subjects;
 
 pub use call::{CallRequest, Operation};

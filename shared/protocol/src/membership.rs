@@ -13,9 +13,20 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use faultline_failure_detection::State;
-
 use crate::cluster::Role;
+
+/// Where a member stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// In rotation.
+    Up,
+    /// The detector or a probe raised doubt; still in rotation until a
+    /// probe confirms.
+    Suspect,
+    /// Out of rotation until it passes `rise` probes in a row.
+    Down,
+}
 
 /// One member as the leading monitor judges it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -35,9 +35,10 @@
 
 use std::time::Duration;
 
-use async_nats::{Client, Request, RequestErrorKind};
+use async_nats::{Client, Request};
 use bytes::Bytes;
 use faultline_balancing::MemberId;
+use faultline_bus::request::BusError;
 use faultline_bus::trace_context::{CallSpan, Scope};
 use faultline_protocol::headers::{self as h, Envelope};
 use faultline_protocol::{ErrorBody, Outcome};
@@ -271,7 +272,7 @@ pub async fn forward(router: &Router, client: &Client, policy: Policy, call: &Ca
                 Last::Answered(reply.payload),
             ),
             // Nobody subscribed: the call was never delivered.
-            Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+            Err(error) if BusError::from(&error).surely_undelivered() => {
                 (Outcome::Retryable, Last::Failed(Failure::Unreachable))
             }
             // No answer in time, or the connection broke after sending:

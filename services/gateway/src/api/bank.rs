@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use async_nats::RequestErrorKind;
+use faultline_bus::request::{BusError, RetryPolicy, Verdict, request_until};
 use faultline_protocol::bank::{
-    self, CoordinatorReply, NewAccount, ShardReply, ShardRequest, TransferCommand, TransferRecord,
-    TransferRequest, TransferState,
+    self, CoordinatorReply, NewAccount, Refusal, ShardReply, ShardRequest, TransferCommand,
+    TransferRecord, TransferRequest, TransferState,
 };
 use faultline_protocol::error::ErrorDetail;
 use faultline_protocol::{ErrorBody, InputError, subjects};
@@ -140,33 +140,41 @@ async fn ask_coordinator(
     let payload = bytes::Bytes::from(serde_json::to_vec(body).unwrap_or_default());
     let headers = faultline_bus::trace_context::headers(&tracing::Span::current());
     let deadline = Instant::now() + state.transfer_timeout;
-    let mut attempt = 0usize;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let answer = tokio::time::timeout(
-            left,
-            state
-                .nats
-                .request_with_headers(subject, headers.clone(), payload.clone()),
-        )
-        .await;
-        match answer {
-            Ok(Ok(message)) => {
-                return serde_json::from_slice(&message.payload).map_err(|error| {
+    let answer = request_until(
+        &state.nats,
+        subject.into(),
+        headers,
+        payload,
+        deadline.into(),
+        RetryPolicy {
+            attempt_timeout: None,
+            pause: retry_pause,
+            at_least_once: false,
+        },
+        |attempt, answer| match answer {
+            Ok(message) => {
+                Verdict::Done(serde_json::from_slice(&message.payload).map_err(|error| {
                     ApiError::BadUpstream(format!("unreadable coordinator reply: {error}"))
-                });
+                }))
             }
-            Ok(Err(error)) if error.kind() == RequestErrorKind::NoResponders => {
-                if left < Duration::from_millis(100) {
-                    return Err(ApiError::CoordinatorUnavailable);
+            // Not delivered: no coordinator holds the lease right now.
+            Err(BusError::NoResponders) if attempt.left >= Duration::from_millis(100) => {
+                Verdict::Retry {
+                    why: "no coordinator".into(),
                 }
-                tokio::time::sleep(faultline_bus::reconnect_delay(attempt).min(left)).await;
-                attempt += 1;
             }
+            Err(BusError::NoResponders) => Verdict::Done(Err(ApiError::CoordinatorUnavailable)),
             // Sent, and no answer in time: it may have been acted on.
-            _ => return Err(ApiError::OutcomeUnknown),
-        }
-    }
+            Err(_) => Verdict::Done(Err(ApiError::OutcomeUnknown)),
+        },
+    )
+    .await;
+    answer.unwrap_or(Err(ApiError::CoordinatorUnavailable))
+}
+
+/// The pause after `attempts` failed tries: NATS's reconnect backoff.
+fn retry_pause(attempts: u32) -> Duration {
+    faultline_bus::reconnect_delay(attempts.saturating_sub(1) as usize)
 }
 
 /// Asks the shard's owner, retrying while the shard has no owner, is
@@ -183,43 +191,49 @@ async fn ask_shard(
     let payload = bytes::Bytes::from(serde_json::to_vec(request).unwrap_or_default());
     let headers = faultline_bus::trace_context::headers(&tracing::Span::current());
     let deadline = Instant::now() + state.transfer_timeout;
-    let mut attempt = 0usize;
-    let mut last = String::from("no worker owns the shard");
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ApiError::ShardUnavailable { shard, why: last });
-        }
-        let answer = tokio::time::timeout(
-            left.min(Duration::from_secs(1)),
-            state.nats.request_with_headers(
-                subjects::shard(shard),
-                headers.clone(),
-                payload.clone(),
-            ),
-        )
-        .await;
-        match answer {
-            Ok(Ok(message)) => match serde_json::from_slice::<ShardReply>(&message.payload) {
-                Ok(ShardReply::NotOwner) => last = "the shard is moving between workers".into(),
-                Ok(ShardReply::Unavailable { message }) => last = message,
-                Ok(reply) => return Ok(reply),
-                Err(error) => {
-                    return Err(ApiError::BadUpstream(format!(
-                        "unreadable shard reply: {error}"
-                    )));
-                }
+    let answer = request_until(
+        &state.nats,
+        subjects::shard(shard).into(),
+        headers,
+        payload,
+        deadline.into(),
+        RetryPolicy {
+            attempt_timeout: Some(Duration::from_secs(1)),
+            pause: retry_pause,
+            at_least_once: false,
+        },
+        |_, answer| match answer {
+            Ok(message) => match serde_json::from_slice::<ShardReply>(&message.payload) {
+                Ok(ShardReply::NotOwner) => Verdict::Retry {
+                    why: "the shard is moving between workers".into(),
+                },
+                Ok(ShardReply::Unavailable { message }) => Verdict::Retry { why: message },
+                Ok(reply) => Verdict::Done(Ok(reply)),
+                Err(error) => Verdict::Done(Err(ApiError::BadUpstream(format!(
+                    "unreadable shard reply: {error}"
+                )))),
             },
-            Ok(Err(error)) if error.kind() == RequestErrorKind::NoResponders => {
-                last = "no worker serves the shard".into();
-            }
-            _ if !repeatable => return Err(ApiError::ShardOutcomeUnknown { shard }),
-            Ok(Err(error)) => last = error.to_string(),
-            Err(_) => last = "the shard's owner did not answer in time".into(),
-        }
-        tokio::time::sleep(faultline_bus::reconnect_delay(attempt).min(left)).await;
-        attempt += 1;
-    }
+            Err(BusError::NoResponders) => Verdict::Retry {
+                why: "no worker serves the shard".into(),
+            },
+            Err(_) if !repeatable => Verdict::Done(Err(ApiError::ShardOutcomeUnknown { shard })),
+            Err(BusError::TimedOut) => Verdict::Retry {
+                why: "the shard's owner did not answer in time".into(),
+            },
+            Err(error) => Verdict::Retry {
+                why: error.to_string(),
+            },
+        },
+    )
+    .await;
+    answer.unwrap_or_else(|gave_up| {
+        Err(ApiError::ShardUnavailable {
+            shard,
+            why: gave_up
+                .last
+                .unwrap_or_else(|| "no worker owns the shard".into()),
+        })
+    })
 }
 
 /// A shard's definite refusal as an HTTP error.
@@ -257,10 +271,22 @@ fn coordinator_answer(reply: CoordinatorReply) -> Result<HttpResponse, ApiError>
             Ok(HttpResponse::Ok().json(json!({ "transfers": records })))
         }
         CoordinatorReply::Audit(audit) => Ok(HttpResponse::Ok().json(audit)),
-        CoordinatorReply::Error { status, error } => Err(ApiError::Upstream {
-            status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+        CoordinatorReply::Error { kind, error } => Err(ApiError::Upstream {
+            status: refusal_status(kind),
             body: ErrorBody { error }.to_json().into(),
         }),
+    }
+}
+
+/// The HTTP status for a coordinator's kind of refusal: the one place
+/// where bus errors become HTTP.
+fn refusal_status(kind: Refusal) -> StatusCode {
+    match kind {
+        Refusal::InvalidRequest => StatusCode::BAD_REQUEST,
+        Refusal::NotFound => StatusCode::NOT_FOUND,
+        Refusal::Conflict => StatusCode::CONFLICT,
+        Refusal::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+        Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

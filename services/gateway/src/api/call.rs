@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
-use async_nats::{Request, RequestErrorKind};
+use async_nats::Request;
 use bytes::{BufMut as _, Bytes, BytesMut};
+use faultline_bus::request::BusError;
 use faultline_bus::trace_context::{CallSpan, Scope};
 use faultline_protocol::call::Call as ValidCall;
 use faultline_protocol::headers::{self as h, Envelope};
@@ -214,8 +215,8 @@ async fn proxy(
             }
             Some(Err(error)) => {
                 earlier_attempts += 1;
-                last_error = match error.kind() {
-                    RequestErrorKind::NoResponders => {
+                last_error = match BusError::from(&error) {
+                    BusError::NoResponders => {
                         // No replica subscribed right now (all restarting?):
                         // pause briefly so a retry can find one.
                         if try_number < max_tries {
@@ -223,8 +224,8 @@ async fn proxy(
                         }
                         ApiError::NoLoadBalancer
                     }
-                    RequestErrorKind::TimedOut => ApiError::DeadlineExceeded,
-                    _ => ApiError::NoLoadBalancer,
+                    BusError::TimedOut => ApiError::DeadlineExceeded,
+                    BusError::Other(_) => ApiError::NoLoadBalancer,
                 };
                 try_span.set("outcome", "no_answer");
                 tracing::warn!(request_id, try_number, %error, "A load-balancer did not answer.");

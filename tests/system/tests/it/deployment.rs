@@ -280,6 +280,20 @@ fn kubernetes_base_runs_the_standard_topology() {
 }
 
 #[test]
+fn the_crate_graph_picture_is_current() {
+    let output = Command::new(binary("faultline").expect("the launcher is built"))
+        .args(["crate-graph", "--check"])
+        .output()
+        .expect("the launcher runs");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
 fn docker_compose_validates_the_file() {
     let output = Command::new("docker-compose")
         .args(["--profile", "load", "config", "--quiet"])
