@@ -50,7 +50,7 @@ use faultline_protocol::bank::{
     TransferState,
 };
 use faultline_protocol::error::ErrorDetail;
-use faultline_telemetry::failpoints::crash_point;
+use faultline_runtime::failpoints::crash_point;
 use faultline_transactions::coordinator::{Decision, decide};
 use faultline_transactions::sharding::branches;
 use futures::StreamExt as _;

@@ -61,6 +61,8 @@ use faultline_bus::serve::{Handler, Reply, Request, ServerSpan};
 use faultline_protocol::bank::{CoordinatorReply, Refusal, StatusQuery, TransferCommand};
 use faultline_protocol::error::ErrorDetail;
 use faultline_protocol::subjects;
+use faultline_runtime::admin::Admin;
+use faultline_runtime::{Heartbeat, Presence, nats_ready};
 use serde::Deserialize;
 use tokio::task::JoinSet;
 use tracing::field::Empty;
@@ -134,13 +136,29 @@ pub struct Settings {
     pub nats: faultline_bus::NatsArgs,
     /// The async runtime.
     #[command(flatten)]
-    pub runtime: faultline_bus::RuntimeArgs,
+    pub runtime: faultline_runtime::RuntimeArgs,
     /// Admin endpoints and logging.
     #[command(flatten)]
-    pub service: faultline_telemetry::ServiceArgs,
+    pub service: faultline_runtime::ServiceArgs,
     /// The token guarding the operator routes (quarantine).
     #[command(flatten)]
-    pub operator: faultline_telemetry::operator::OperatorArgs,
+    pub operator: faultline_runtime::operator::OperatorArgs,
+}
+
+impl faultline_runtime::ServiceSettings for Settings {
+    const SERVICE: &'static str = "coordinator";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn threads(&self) -> &faultline_runtime::RuntimeArgs {
+        &self.runtime
+    }
+    fn telemetry(&self) -> &faultline_telemetry::TelemetryArgs {
+        &self.service.telemetry
+    }
+    fn nats(&self) -> &faultline_bus::NatsArgs {
+        &self.nats
+    }
 }
 
 /// One term of office: everything the active coordinator's tasks share.
@@ -194,28 +212,26 @@ pub async fn run(
         .context("the coordinator needs --database-url (DATABASE_URL) for its decision log")?;
     let mut registry = prometheus_client::registry::Registry::with_prefix("faultline_coordinator");
     let metrics = Arc::new(Metrics::register(&mut registry));
-    let ready_client = client.clone();
-    let admin = faultline_telemetry::admin::Admin {
-        registry: Arc::new(registry),
-        ready: Arc::new(move || faultline_bus::connection_ready(&ready_client)),
-    };
     let operator = operator::Operator {
         log: Arc::new(std::sync::OnceLock::new()),
         token: settings.operator.token()?,
     };
-    let admin_handle = faultline_telemetry::admin::start_with(
+    let presence = Presence::start(
+        &client,
         &settings.service.admin_addr,
-        admin,
+        Admin {
+            registry: Arc::new(registry),
+            ready: nats_ready(&client),
+        },
         operator::routes(operator.clone()),
+        Heartbeat {
+            role: faultline_protocol::cluster::Role::Coordinator,
+            id: settings.id.clone(),
+            weight: 1,
+            interval: Duration::from_millis(settings.heartbeat_interval_ms),
+            load: Arc::new(faultline_bus::heartbeat::NoLoad),
+        },
     )?;
-    let heartbeat = faultline_bus::heartbeat::spawn(
-        client.clone(),
-        faultline_protocol::cluster::Role::Coordinator,
-        settings.id.clone(),
-        1,
-        Duration::from_millis(settings.heartbeat_interval_ms),
-        Arc::new(faultline_bus::heartbeat::NoLoad),
-    );
 
     let result = lead_when_possible(
         client.clone(),
@@ -226,8 +242,7 @@ pub async fn run(
         shutdown,
     )
     .await;
-    heartbeat.abort();
-    admin_handle.stop(true).await;
+    presence.stop().await;
     result
 }
 

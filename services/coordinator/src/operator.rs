@@ -1,6 +1,6 @@
 //! Operator actions on quarantined transfers, on the coordinator's admin
 //! listener, behind the operator's bearer token
-//! ([`faultline_telemetry::operator`]).
+//! ([`faultline_runtime::operator`]).
 //!
 //! A transfer is quarantined when a shard refuses its decision (its branch
 //! contradicts it: a commit for a branch the shard never prepared, say).
@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use faultline_protocol::error::{ErrorBody, InputError};
-use faultline_telemetry::operator::{self, OperatorToken, Refusal};
+use faultline_runtime::operator::{self, OperatorToken, Refusal};
 use serde::Deserialize;
 use uuid::Uuid;
 

@@ -46,11 +46,12 @@ use std::sync::Mutex;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use async_nats::jetstream::kv;
-use faultline_bus::heartbeat::{self, NoLoad};
+use faultline_bus::heartbeat::NoLoad;
 use faultline_protocol::cluster::Role;
 use faultline_protocol::subjects;
 use faultline_routing::feeds::{self, FeedSettings};
 use faultline_routing::{Policy, Router, RoutingArgs};
+use faultline_runtime::{Heartbeat, Presence};
 use tokio::sync::OnceCell;
 
 use crate::api::error::ApiError;
@@ -104,10 +105,26 @@ pub struct Settings {
     /// The async runtime of the background tasks (HTTP has its own
     /// threads, `--http-workers`).
     #[command(flatten)]
-    pub runtime: faultline_bus::RuntimeArgs,
+    pub runtime: faultline_runtime::RuntimeArgs,
     /// Logging and tracing.
     #[command(flatten)]
     pub telemetry: faultline_telemetry::TelemetryArgs,
+}
+
+impl faultline_runtime::ServiceSettings for Settings {
+    const SERVICE: &'static str = "gateway";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn threads(&self) -> &faultline_runtime::RuntimeArgs {
+        &self.runtime
+    }
+    fn telemetry(&self) -> &faultline_telemetry::TelemetryArgs {
+        &self.telemetry
+    }
+    fn nats(&self) -> &faultline_bus::NatsArgs {
+        &self.nats
+    }
 }
 
 /// What every handler shares.
@@ -210,7 +227,7 @@ pub async fn run(
     });
     let ready_client = client.clone();
     let ready_settings = feeds.settings_loaded();
-    let admin = faultline_telemetry::admin::Admin {
+    let admin = faultline_runtime::admin::Admin {
         registry: Arc::new(registry),
         ready: Arc::new(move || {
             faultline_bus::connection_ready(&ready_client)?;
@@ -247,7 +264,7 @@ pub async fn run(
                 }
             })
             .wrap(actix_web::middleware::from_fn(observe::observe))
-            .configure(faultline_telemetry::admin::routes(admin.clone()))
+            .configure(faultline_runtime::admin::routes(admin.clone()))
             .service(
                 resource(CALL_ROUTE)
                     .route(web::post().to(api::call::call))
@@ -328,22 +345,24 @@ pub async fn run(
     let handle = server.handle();
     let serving = tokio::spawn(server);
 
-    let heartbeat = heartbeat::spawn(
-        client.clone(),
-        Role::Gateway,
-        settings.id.clone(),
-        1,
-        heartbeat_interval,
-        Arc::new(NoLoad),
+    let presence = Presence::heartbeat_only(
+        &client,
+        Heartbeat {
+            role: Role::Gateway,
+            id: settings.id.clone(),
+            weight: 1,
+            interval: heartbeat_interval,
+            load: Arc::new(NoLoad),
+        },
     );
     tracing::info!(id = %settings.id, addr = %settings.http_addr, "Gateway serving HTTP.");
 
     shutdown.await;
-    heartbeat.abort();
     handle.stop(true).await;
     serving.await.context("the HTTP server task failed")??;
     lb_watch.abort();
     drop(feeds);
+    presence.stop().await;
     Ok(())
 }
 

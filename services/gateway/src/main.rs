@@ -1,13 +1,7 @@
-//! The gateway binary: parse settings, start logging and tracing, connect, run, flush the last spans.
+//! The gateway binary: start-up is `faultline_runtime::main`, the rest is the library.
 
 fn main() -> anyhow::Result<()> {
-    let settings: gateway::Settings = faultline_telemetry::settings::parse();
-    let runtime = settings.runtime.build()?;
-    runtime.block_on(async move {
-        let telemetry = faultline_telemetry::init("gateway", &settings.id, &settings.telemetry);
-        let nats = faultline_bus::connect(&settings.nats, &settings.id).await?;
-        let result = gateway::run(nats, settings, faultline_telemetry::shutdown_signal()).await;
-        telemetry.shutdown().await;
-        result
+    faultline_runtime::main(|nats, settings| {
+        gateway::run(nats, settings, faultline_runtime::shutdown_signal())
     })
 }

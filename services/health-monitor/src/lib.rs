@@ -89,10 +89,26 @@ pub struct Settings {
     pub nats: faultline_bus::NatsArgs,
     /// The async runtime.
     #[command(flatten)]
-    pub runtime: faultline_bus::RuntimeArgs,
+    pub runtime: faultline_runtime::RuntimeArgs,
     /// Admin endpoints and logging.
     #[command(flatten)]
-    pub service: faultline_telemetry::ServiceArgs,
+    pub service: faultline_runtime::ServiceArgs,
+}
+
+impl faultline_runtime::ServiceSettings for Settings {
+    const SERVICE: &'static str = "health-monitor";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn threads(&self) -> &faultline_runtime::RuntimeArgs {
+        &self.runtime
+    }
+    fn telemetry(&self) -> &faultline_telemetry::TelemetryArgs {
+        &self.service.telemetry
+    }
+    fn nats(&self) -> &faultline_bus::NatsArgs {
+        &self.nats
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -279,12 +295,22 @@ pub async fn run(
         "The detector value at which each member is suspected",
         metrics.detector_threshold.clone(),
     );
-    let ready_client = client.clone();
-    let admin = faultline_telemetry::admin::Admin {
-        registry: Arc::new(registry),
-        ready: Arc::new(move || faultline_bus::connection_ready(&ready_client)),
-    };
-    let admin_handle = faultline_telemetry::admin::start(&settings.service.admin_addr, admin)?;
+    let presence = faultline_runtime::Presence::start(
+        &client,
+        &settings.service.admin_addr,
+        faultline_runtime::admin::Admin {
+            registry: Arc::new(registry),
+            ready: faultline_runtime::nats_ready(&client),
+        },
+        |_| {},
+        faultline_runtime::Heartbeat {
+            role: Role::HealthMonitor,
+            id: settings.id.clone(),
+            weight: 1,
+            interval,
+            load: Arc::new(NoLoad),
+        },
+    )?;
 
     let mut heartbeats = client
         .subscribe(subjects::HEARTBEATS)
@@ -332,14 +358,6 @@ pub async fn run(
         metrics.fenced_writes.clone(),
     ));
     let (probe_results, mut probe_inbox) = mpsc::unbounded_channel();
-    let beating = heartbeat::spawn(
-        client.clone(),
-        Role::HealthMonitor,
-        settings.id.clone(),
-        1,
-        interval,
-        Arc::new(NoLoad),
-    );
     tracing::info!(id = %settings.id, detector = settings.detector.as_str(), "Health-monitor watching.");
 
     let mut ticker = tokio::time::interval((interval / 4).max(Duration::from_millis(5)));
@@ -419,12 +437,10 @@ pub async fn run(
         }
     }
 
-    beating.abort();
     lease_task.abort();
     drop(writes);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-    faultline_bus::flush_before_exit(&client, Duration::from_secs(2)).await;
-    admin_handle.stop(true).await;
+    presence.stop().await;
     Ok(())
 }
 

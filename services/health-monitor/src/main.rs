@@ -1,15 +1,7 @@
-//! The health-monitor binary: parse settings, start logging and tracing, connect, run, flush the last spans.
+//! The health-monitor binary: start-up is `faultline_runtime::main`, the rest is the library.
 
 fn main() -> anyhow::Result<()> {
-    let settings: health_monitor::Settings = faultline_telemetry::settings::parse();
-    let runtime = settings.runtime.build()?;
-    runtime.block_on(async move {
-        let telemetry =
-            faultline_telemetry::init("health-monitor", &settings.id, &settings.service.telemetry);
-        let nats = faultline_bus::connect(&settings.nats, &settings.id).await?;
-        let result =
-            health_monitor::run(nats, settings, faultline_telemetry::shutdown_signal()).await;
-        telemetry.shutdown().await;
-        result
+    faultline_runtime::main(|nats, settings| {
+        health_monitor::run(nats, settings, faultline_runtime::shutdown_signal())
     })
 }

@@ -30,12 +30,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::Client;
-use faultline_bus::heartbeat;
 use faultline_bus::in_flight::InFlight;
 use faultline_protocol::cluster::Role;
 use faultline_protocol::subjects;
 use faultline_routing::feeds::{self, FeedSettings};
 use faultline_routing::{Router, RoutingArgs};
+use faultline_runtime::admin::Admin;
+use faultline_runtime::{Heartbeat, Presence};
 use futures::StreamExt as _;
 
 use crate::proxy::Proxy;
@@ -68,10 +69,26 @@ pub struct Settings {
     pub nats: faultline_bus::NatsArgs,
     /// The async runtime.
     #[command(flatten)]
-    pub runtime: faultline_bus::RuntimeArgs,
+    pub runtime: faultline_runtime::RuntimeArgs,
     /// Admin endpoints and logging.
     #[command(flatten)]
-    pub service: faultline_telemetry::ServiceArgs,
+    pub service: faultline_runtime::ServiceArgs,
+}
+
+impl faultline_runtime::ServiceSettings for Settings {
+    const SERVICE: &'static str = "load-balancer";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn threads(&self) -> &faultline_runtime::RuntimeArgs {
+        &self.runtime
+    }
+    fn telemetry(&self) -> &faultline_telemetry::TelemetryArgs {
+        &self.service.telemetry
+    }
+    fn nats(&self) -> &faultline_bus::NatsArgs {
+        &self.nats
+    }
 }
 
 /// Runs the load-balancer until `shutdown` resolves, then stops taking
@@ -113,7 +130,7 @@ pub async fn run(
     let ready_client = client.clone();
     let ready_settings = feeds.settings_loaded();
     let ready_serving = serving.clone();
-    let admin = faultline_telemetry::admin::Admin {
+    let admin = Admin {
         registry: Arc::new(registry),
         ready: Arc::new(move || {
             faultline_bus::connection_ready(&ready_client)?;
@@ -126,17 +143,20 @@ pub async fn run(
             Ok(())
         }),
     };
-    let admin_handle = faultline_telemetry::admin::start(&settings.service.admin_addr, admin)?;
-
     let calls_in_flight = InFlight::new(settings.max_in_flight);
-    let heartbeat = heartbeat::spawn(
-        client.clone(),
-        Role::LoadBalancer,
-        settings.id.clone(),
-        1,
-        heartbeat_interval,
-        calls_in_flight.clone(),
-    );
+    let presence = Presence::start(
+        &client,
+        &settings.service.admin_addr,
+        admin,
+        |_| {},
+        Heartbeat {
+            role: Role::LoadBalancer,
+            id: settings.id.clone(),
+            weight: 1,
+            interval: heartbeat_interval,
+            load: calls_in_flight.clone(),
+        },
+    )?;
 
     tokio::pin!(shutdown);
     tokio::select! {
@@ -163,12 +183,10 @@ pub async fn run(
         }
     }
 
-    heartbeat.abort();
     control_plane.abort();
     viewer.abort();
     drop(feeds);
-    faultline_bus::flush_before_exit(&client, Duration::from_secs(2)).await;
-    admin_handle.stop(true).await;
+    presence.stop().await;
     Ok(())
 }
 

@@ -1,15 +1,7 @@
-//! The load-balancer binary: parse settings, start logging and tracing, connect, run, flush the last spans.
+//! The load-balancer binary: start-up is `faultline_runtime::main`, the rest is the library.
 
 fn main() -> anyhow::Result<()> {
-    let settings: load_balancer::Settings = faultline_telemetry::settings::parse();
-    let runtime = settings.runtime.build()?;
-    runtime.block_on(async move {
-        let telemetry =
-            faultline_telemetry::init("load-balancer", &settings.id, &settings.service.telemetry);
-        let nats = faultline_bus::connect(&settings.nats, &settings.id).await?;
-        let result =
-            load_balancer::run(nats, settings, faultline_telemetry::shutdown_signal()).await;
-        telemetry.shutdown().await;
-        result
+    faultline_runtime::main(|nats, settings| {
+        load_balancer::run(nats, settings, faultline_runtime::shutdown_signal())
     })
 }

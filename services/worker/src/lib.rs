@@ -32,13 +32,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::Client;
 use bytes::Bytes;
-use faultline_bus::heartbeat;
 use faultline_bus::in_flight::InFlight;
 use faultline_bus::serve::{Handler, Reply, Request, ServerSpan};
 use faultline_protocol::call::OperationKind;
 use faultline_protocol::cluster::{FaultSpec, Role};
 use faultline_protocol::headers::Envelope;
 use faultline_protocol::{CallRequest, ErrorBody, Outcome, subjects};
+use faultline_runtime::admin::Admin;
+use faultline_runtime::{Heartbeat, Presence, nats_ready};
 use futures::StreamExt as _;
 use opentelemetry::KeyValue;
 
@@ -76,10 +77,29 @@ pub struct Settings {
     pub nats: faultline_bus::NatsArgs,
     /// The async runtime.
     #[command(flatten)]
-    pub runtime: faultline_bus::RuntimeArgs,
+    pub runtime: faultline_runtime::RuntimeArgs,
     /// Admin endpoints and logging.
     #[command(flatten)]
-    pub service: faultline_telemetry::ServiceArgs,
+    pub service: faultline_runtime::ServiceArgs,
+}
+
+impl faultline_runtime::ServiceSettings for Settings {
+    const SERVICE: &'static str = "worker";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn threads(&self) -> &faultline_runtime::RuntimeArgs {
+        &self.runtime
+    }
+    fn telemetry(&self) -> &faultline_telemetry::TelemetryArgs {
+        &self.service.telemetry
+    }
+    fn nats(&self) -> &faultline_bus::NatsArgs {
+        &self.nats
+    }
+    fn connection_name(&self) -> String {
+        format!("worker-{}", self.id)
+    }
 }
 
 /// Everything a call task needs.
@@ -123,21 +143,22 @@ pub async fn run(
         .await
         .context("subscribing to fault injection")?;
 
-    let ready_client = client.clone();
-    let admin = faultline_telemetry::admin::Admin {
-        registry: Arc::new(registry),
-        ready: Arc::new(move || faultline_bus::connection_ready(&ready_client)),
-    };
-    let admin_handle = faultline_telemetry::admin::start(&settings.service.admin_addr, admin)?;
-
-    let heartbeats = heartbeat::spawn(
-        client.clone(),
-        Role::Worker,
-        settings.id.clone(),
-        settings.weight,
-        Duration::from_millis(settings.heartbeat_interval_ms),
-        calls_in_flight.clone(),
-    );
+    let presence = Presence::start(
+        &client,
+        &settings.service.admin_addr,
+        Admin {
+            registry: Arc::new(registry),
+            ready: nats_ready(&client),
+        },
+        |_| {},
+        Heartbeat {
+            role: Role::Worker,
+            id: settings.id.clone(),
+            weight: settings.weight,
+            interval: Duration::from_millis(settings.heartbeat_interval_ms),
+            load: calls_in_flight.clone(),
+        },
+    )?;
     tracing::info!(id = %settings.id, weight = settings.weight, "Worker serving calls.");
     let participant = participant::spawn(
         client.clone(),
@@ -166,13 +187,11 @@ pub async fn run(
     )
     .await;
 
-    heartbeats.abort();
     faults_task.abort();
     if let Some(participant) = participant {
         participant.abort();
     }
-    faultline_bus::flush_before_exit(&client, Duration::from_secs(2)).await;
-    admin_handle.stop(true).await;
+    presence.stop().await;
     Ok(())
 }
 

@@ -16,7 +16,6 @@
 //! - [`serve`]: the one serving layer every service answers requests
 //!   through (bound, envelope, server span, reply, drain).
 //! - [`in_flight`]: the bound on messages handled at once, and their count.
-//! - [`runtime`]: the single-threaded runtime each service runs on, and why.
 //! - [`heartbeat`]: the periodic "I am alive" every member publishes.
 //! - [`kv_buckets`]: the JetStream KV buckets (balancer settings, membership).
 //! - [`membership_watch`]: following the health-monitors' membership view.
@@ -30,11 +29,8 @@ pub mod in_flight;
 pub mod kv_buckets;
 pub mod membership_watch;
 pub mod request;
-pub mod runtime;
 pub mod serve;
 pub mod trace_context;
-
-pub use runtime::RuntimeArgs;
 
 use std::time::Duration;
 

@@ -1,28 +1,16 @@
-//! What every Faultline service shows about itself: logs, traces,
-//! metrics, health.
+//! What a Faultline process tells about its work: logs and traces.
 //!
 //! - [`TelemetryArgs`] and [`init`]: one place that starts the `tracing`
 //!   subscriber: log lines as text for people or JSON for machines, each
 //!   naming its trace ([`log_format`]), and every span also recorded as an
 //!   OpenTelemetry span, exported as [`traces`] says.
-//! - [`admin`]: `/live`, `/ready` and `/metrics` over HTTP. Liveness says
-//!   the process runs; readiness says it can do its job now (its NATS
-//!   connection is up, its subscriptions are in place), so an orchestrator
-//!   restarts the first and only routes around the second, as
-//!   linkerd2-proxy's admin server separates them.
-//! - [`settings`]: parsing a service's flags and environment, and
-//!   `--check-settings`, which deployment checks run.
-//! - [`failpoints`]: named crash points that tests switch on to kill a
-//!   process at an exact step.
-//! - [`operator`]: the bearer token that guards operator routes on the
-//!   admin listener.
+//!
+//! Metrics are each service's own Prometheus registry, served with the
+//! health endpoints by `faultline-runtime`'s admin server, which also
+//! holds the rest of start-up (settings, failpoints, the stop signal).
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod failpoints;
 pub mod log_format;
-pub mod operator;
-pub mod settings;
 pub mod traces;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -57,18 +45,6 @@ pub struct TelemetryArgs {
     /// Where spans go.
     #[command(flatten)]
     pub trace: TraceArgs,
-}
-
-/// Settings every service without an HTTP API of its own takes: where to
-/// serve the admin endpoints, and how to log and trace.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServiceArgs {
-    /// Address of the admin HTTP server (`/live`, `/ready`, `/metrics`).
-    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9100")]
-    pub admin_addr: String,
-    /// Logging and tracing.
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
 }
 
 /// Which spans become OpenTelemetry spans: Faultline's own, all at `info`,
@@ -169,36 +145,6 @@ where
             .boxed(),
     };
     tracing_subscriber::registry().with(spans).with(logs)
-}
-
-/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM), so
-/// services can drain in-flight work before exiting.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "Cannot listen for Ctrl-C.");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "Cannot listen for SIGTERM.");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("Asked to stop; draining.");
 }
 
 #[cfg(test)]

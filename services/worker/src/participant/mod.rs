@@ -51,8 +51,8 @@ use faultline_protocol::bank::{AbortReason, ShardReply, ShardRequest, StatusAnsw
 use faultline_protocol::cluster::Role;
 use faultline_protocol::membership::MembershipView;
 use faultline_protocol::subjects;
+use faultline_runtime::failpoints::crash_point;
 use faultline_storage::group_commit::{self, GroupCommit};
-use faultline_telemetry::failpoints::crash_point;
 use faultline_transactions::sharding::{owner_of, shard_of};
 use futures::StreamExt as _;
 use sqlx::PgPool;
