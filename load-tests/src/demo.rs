@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use faultline_cluster::{Cluster, eventually};
+use faultline_protocol::membership::State;
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -145,19 +146,8 @@ impl Story {
 
 /// The state the leading health-monitor gives `member` in the gateway's
 /// merged cluster view.
-async fn member_state(cluster: &Cluster, member: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct View {
-        #[serde(default)]
-        members: Vec<Member>,
-    }
-    #[derive(Deserialize)]
-    struct Member {
-        id: String,
-        state: String,
-    }
-    let (_, view) = cluster.gateway.get("/v1/cluster").await.ok()?;
-    let view: View = serde_json::from_value(view).ok()?;
+async fn member_state(cluster: &Cluster, member: &str) -> Option<State> {
+    let view = cluster.gateway.cluster_view().await.ok()?;
     view.members
         .into_iter()
         .find(|m| m.id == member)
@@ -198,9 +188,7 @@ pub async fn run(cluster: &mut Cluster) -> anyhow::Result<bool> {
         .wait_for(
             &format!("the monitor to mark {worker} down"),
             Duration::from_secs(30),
-            || async {
-                (member_state(cluster, &worker).await.as_deref() == Some("down")).then_some(())
-            },
+            || async { (member_state(cluster, &worker).await == Some(State::Down)).then_some(()) },
         )
         .await;
     let down_at = epoch.elapsed();

@@ -416,10 +416,9 @@ impl System {
                 let wanted = strategy.clone();
                 self.cluster
                     .wait_for_view(&format!("every balancer on {strategy}"), |view| {
-                        view["gateway"]["strategy"] == wanted.as_str()
-                            && view["load_balancers"].as_array().is_some_and(|lbs| {
-                                lbs.iter().all(|lb| lb["strategy"] == wanted.as_str())
-                            })
+                        std::iter::once(&view.gateway)
+                            .chain(&view.load_balancers)
+                            .all(|replica| replica.strategy.as_str() == wanted)
                     })
                     .await?;
                 Ok(done(action.to_string()))

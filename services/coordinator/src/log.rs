@@ -175,7 +175,7 @@ impl DecisionLog {
                 xid,
                 transfer: None,
                 state: TransferState::Aborted,
-                reason: Some(faultline_transactions::coordinator::abandoned()),
+                reason: Some(faultline_transactions::presumed_abort::abandoned()),
                 token,
             })
             .await?)

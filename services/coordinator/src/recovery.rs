@@ -7,7 +7,7 @@
 //! this term's drivers are running ([`crate::live`]) are left out in SQL,
 //! so a sweep in steady state reads nothing and sends nothing. To each
 //! record it does read it applies
-//! [`faultline_transactions::coordinator::recover`]: a decided transfer has
+//! [`faultline_transactions::presumed_abort::recover`]: a decided transfer has
 //! its decision sent again until every shard acknowledges (an undecided
 //! one, which only an older version could leave, is aborted). Its driver
 //! is gone: an earlier term decided it (that driver was deposed or died),
@@ -16,7 +16,7 @@
 //! window is involved: a transfer's age decides nothing.
 //!
 //! A participant's question is answered from the log by
-//! [`faultline_transactions::coordinator::answer`]; presumed abort makes "no
+//! [`faultline_transactions::presumed_abort::answer`]; presumed abort makes "no
 //! record" an abort, once the driver is gone and the abort is recorded (an
 //! abort barrier, [`log::DecisionLog::presume_abort`]).
 //!
@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use faultline_protocol::bank::{StatusAnswer, TransferState};
-use faultline_transactions::coordinator::{self, Logged, Recovery, StatusAction};
+use faultline_transactions::presumed_abort::{self, Logged, Recovery, StatusAction};
 use futures::StreamExt as _;
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -97,7 +97,7 @@ pub async fn sweep(term: &Term) -> Result<usize, log::LogError> {
 
 /// Recovers one transfer whose driver is gone.
 async fn recover_one(term: &Term, entry: Entry) -> bool {
-    let action = coordinator::recover(Logged {
+    let action = presumed_abort::recover(Logged {
         state: entry.record.state,
         driver_gone: true,
     });
@@ -172,7 +172,7 @@ pub async fn status(term: &Term, xid: Uuid) -> Option<StatusAnswer> {
     // any prepare, so "not running" means gone (or finished since the
     // read, in which case the abort barrier finds its decision).
     let driver_gone = !term.live.is_running(xid);
-    match coordinator::answer(entry.map(|e| e.record.state), driver_gone, term.token) {
+    match presumed_abort::answer(entry.map(|e| e.record.state), driver_gone, term.token) {
         StatusAction::Answer(answer) => Some(answer),
         StatusAction::AbortAbandonedThenAnswer => {
             let record = abort_abandoned(term, xid).await?;

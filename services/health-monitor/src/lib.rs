@@ -8,6 +8,7 @@
 //! - [`lease`] elects one writer among the monitors, with a fencing token.
 //! - [`view_store`] writes the view into JetStream KV, refusing to
 //!   overwrite a newer leader's view.
+//! - `metrics`: the series a dashboard shows a failover with.
 //!
 //! Every monitor listens, detects and probes, so a standby that takes over
 //! already knows the members; only the leader writes the view and
@@ -18,30 +19,28 @@
 #![forbid(unsafe_code)]
 
 pub mod lease;
+mod metrics;
 pub mod table;
 pub mod view_store;
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::{Client, Request};
 use faultline_bus::heartbeat::{self, NoLoad};
-use faultline_failure_detection::{DetectorKind, State};
+use faultline_failure_detection::DetectorKind;
 use faultline_protocol::cluster::{Heartbeat, Role};
-use faultline_protocol::membership::{MemberHealth, MembershipEvent, MembershipView, MonitorView};
+use faultline_protocol::membership::{MembershipEvent, MembershipView, MonitorView};
 use faultline_protocol::subjects;
 use futures::StreamExt as _;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 
 use crate::lease::Lease;
+use crate::metrics::Metrics;
 use crate::table::{Change, Table, TablePolicy};
 
 /// Health-monitor settings; every flag is also an environment variable.
@@ -111,141 +110,6 @@ impl faultline_runtime::ServiceSettings for Settings {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-struct Metrics {
-    leader: Gauge,
-    transitions: Family<TransitionLabels, Counter>,
-    fenced_writes: Counter,
-    members: Family<MemberLabels, Gauge>,
-    member_state: Family<MemberStateLabels, Gauge>,
-    detector_value: Family<MemberIdLabels, Gauge<f64, AtomicU64>>,
-    detector_threshold: Family<MemberIdLabels, Gauge<f64, AtomicU64>>,
-    /// The members whose per-member series exist, to drop a forgotten
-    /// member's.
-    exported: BTreeSet<MemberIdLabels>,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MemberLabels {
-    role: &'static str,
-    state: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
-struct MemberIdLabels {
-    member: String,
-    role: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MemberStateLabels {
-    member: String,
-    role: &'static str,
-    state: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TransitionLabels {
-    role: &'static str,
-    to: &'static str,
-}
-
-/// Every role, for series that exist before the first event.
-const ROLES: [Role; 5] = [
-    Role::Gateway,
-    Role::LoadBalancer,
-    Role::Worker,
-    Role::Coordinator,
-    Role::HealthMonitor,
-];
-
-impl Metrics {
-    /// Creates every transition series at 0, so that `increase()` sees a
-    /// series before the first failover.
-    fn start_transitions(&self) {
-        for role in ROLES {
-            for state in [State::Up, State::Suspect, State::Down] {
-                drop(self.transitions.get_or_create(&TransitionLabels {
-                    role: role.as_str(),
-                    to: state_name(state),
-                }));
-            }
-        }
-    }
-
-    /// Sets the member count of every role and state (zero included, so a
-    /// state nobody is in any more drops to 0 instead of keeping its last
-    /// count).
-    fn count_members(&self, view: &MembershipView) {
-        for role in ROLES {
-            for state in [State::Up, State::Suspect, State::Down] {
-                let count = view
-                    .members
-                    .values()
-                    .filter(|member| member.role == role && member.state == state)
-                    .count();
-                self.members
-                    .get_or_create(&MemberLabels {
-                        role: role.as_str(),
-                        state: state_name(state),
-                    })
-                    .set(i64::try_from(count).unwrap_or(i64::MAX));
-            }
-        }
-    }
-}
-
-impl Metrics {
-    /// Sets each member's detector value, threshold and state (1 for the
-    /// state it is in, 0 for the others), and drops the series of members
-    /// the table no longer holds.
-    fn judge_members(&mut self, health: &[MemberHealth]) {
-        let mut now = BTreeSet::new();
-        for member in health {
-            let id = MemberIdLabels {
-                member: member.id.clone(),
-                role: member.role.as_str(),
-            };
-            self.detector_value
-                .get_or_create(&id)
-                .set(member.detector_value);
-            self.detector_threshold
-                .get_or_create(&id)
-                .set(member.detector_threshold);
-            for state in [State::Up, State::Suspect, State::Down] {
-                self.member_state
-                    .get_or_create(&MemberStateLabels {
-                        member: member.id.clone(),
-                        role: id.role,
-                        state: state_name(state),
-                    })
-                    .set(i64::from(member.state == state));
-            }
-            now.insert(id);
-        }
-        for gone in self.exported.difference(&now) {
-            self.detector_value.remove(gone);
-            self.detector_threshold.remove(gone);
-            for state in [State::Up, State::Suspect, State::Down] {
-                self.member_state.remove(&MemberStateLabels {
-                    member: gone.member.clone(),
-                    role: gone.role,
-                    state: state_name(state),
-                });
-            }
-        }
-        self.exported = now;
-    }
-}
-
-fn state_name(state: State) -> &'static str {
-    match state {
-        State::Up => "up",
-        State::Suspect => "suspect",
-        State::Down => "down",
-    }
-}
-
 /// What the main loop hands the writer: the view to store and the events
 /// to publish once it is stored.
 type Write = (MembershipView, Vec<MembershipEvent>);
@@ -258,43 +122,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let interval = Duration::from_millis(settings.heartbeat_interval_ms);
     let mut registry = prometheus_client::registry::Registry::with_prefix("faultline_monitor");
-    let mut metrics = Metrics::default();
-    metrics.start_transitions();
-    registry.register(
-        "leader",
-        "1 while this monitor holds the lease",
-        metrics.leader.clone(),
-    );
-    registry.register(
-        "transitions",
-        "Member state changes decided, by role and new state",
-        metrics.transitions.clone(),
-    );
-    registry.register(
-        "fenced_writes",
-        "View writes refused because a newer leader had written",
-        metrics.fenced_writes.clone(),
-    );
-    registry.register(
-        "members",
-        "Members this monitor judges, by role and state",
-        metrics.members.clone(),
-    );
-    registry.register(
-        "member_state",
-        "1 for the state each member is in (up, suspect, down), 0 for the others",
-        metrics.member_state.clone(),
-    );
-    registry.register(
-        "detector_value",
-        "Each member's failure-detector value now: missed heartbeat intervals (timeout) or phi",
-        metrics.detector_value.clone(),
-    );
-    registry.register(
-        "detector_threshold",
-        "The detector value at which each member is suspected",
-        metrics.detector_threshold.clone(),
-    );
+    let mut metrics = Metrics::register(&mut registry);
     let presence = faultline_runtime::Presence::start(
         &client,
         &settings.service.admin_addr,
@@ -400,13 +228,7 @@ pub async fn run(
             }
         };
         for change in &changes {
-            metrics
-                .transitions
-                .get_or_create(&TransitionLabels {
-                    role: change.role.as_str(),
-                    to: state_name(change.to),
-                })
-                .inc();
+            metrics.count_transition(change.role, change.to);
         }
         if !changes.is_empty() {
             metrics.count_members(&table.view(0, &settings.id));

@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::Value;
 
+use faultline_protocol::cluster::{ClusterView, MergedView};
+use faultline_protocol::membership::State;
 use faultline_protocol::routing::DataPath;
 use faultline_transactions::sharding::{owner_of, shard_of};
 
@@ -383,13 +385,12 @@ impl Cluster {
                 ),
                 Duration::from_secs(20),
                 || async {
-                    let (status, view) = gateway.get("/v1/cluster").await.ok()?;
-                    let all_lbs = view["load_balancers"]
-                        .as_array()?
+                    let view = gateway.cluster_view().await.ok()?;
+                    let all_lbs = view
+                        .load_balancers
                         .iter()
-                        .all(|lb| lb["data_path"] == data_path.as_str());
-                    (status == 200 && view["data_path"] == data_path.as_str() && all_lbs)
-                        .then_some(())
+                        .all(|lb| lb.data_path == data_path);
+                    (view.data_path == data_path && all_lbs).then_some(())
                 },
             )
             .await?;
@@ -404,22 +405,17 @@ impl Cluster {
     pub async fn wait_until_whole(&self) -> anyhow::Result<()> {
         let workers = self.workers.len();
         let judged = !self.monitors.is_empty();
-        let whole = |view: &Value| {
-            view["workers"].as_array().is_some_and(|ws| {
-                ws.len() == workers
-                    && ws
-                        .iter()
-                        .all(|w| (!judged || w["state"] == "up") && w["ejected"] == false)
-            })
+        let whole = |view: &ClusterView| {
+            view.workers.len() == workers
+                && view
+                    .workers
+                    .iter()
+                    .all(|w| (!judged || w.state == Some(State::Up)) && !w.ejected)
         };
         if !self.load_balancers.is_empty() {
             self.wait_for_view(
                 "every load-balancer routing to every worker, judged up, none ejected",
-                |view| {
-                    view["load_balancers"]
-                        .as_array()
-                        .is_some_and(|lbs| lbs.iter().all(whole))
-                },
+                |view| view.load_balancers.iter().all(whole),
             )
             .await?;
         }
@@ -432,8 +428,8 @@ impl Cluster {
                     ),
                     Duration::from_secs(20),
                     || async {
-                        let (status, view) = gateway.get("/v1/cluster").await.ok()?;
-                        (status == 200 && whole(&view["gateway"])).then_some(())
+                        let view = gateway.cluster_view().await.ok()?;
+                        whole(&view.gateway).then_some(())
                     },
                 )
                 .await?;
@@ -533,13 +529,11 @@ impl Cluster {
         self.wait_for_view(
             &format!("{replicas} load-balancers each routing to {workers} workers"),
             |view| {
-                let lbs = view["load_balancers"]
-                    .as_array()
-                    .map_or(&[][..], Vec::as_slice);
-                lbs.len() == replicas
-                    && lbs
+                view.load_balancers.len() == replicas
+                    && view
+                        .load_balancers
                         .iter()
-                        .all(|lb| lb["workers"].as_array().map_or(0, Vec::len) == workers)
+                        .all(|lb| lb.workers.len() == workers)
             },
         )
         .await
@@ -549,11 +543,11 @@ impl Cluster {
     pub async fn wait_for_view(
         &self,
         what: &str,
-        check: impl Fn(&Value) -> bool,
+        check: impl Fn(&MergedView) -> bool,
     ) -> anyhow::Result<()> {
         crate::eventually(what, Duration::from_secs(20), || async {
-            let (status, view) = self.gateway.get("/v1/cluster").await.ok()?;
-            (status == 200 && check(&view)).then_some(())
+            let view = self.gateway.cluster_view().await.ok()?;
+            check(&view).then_some(())
         })
         .await
     }
@@ -585,6 +579,13 @@ impl GatewayClient {
                 .build()
                 .context("building the HTTP client")?,
         })
+    }
+
+    /// `GET /v1/cluster`, read as the merged view it is.
+    pub async fn cluster_view(&self) -> anyhow::Result<MergedView> {
+        let (status, view) = self.get("/v1/cluster").await?;
+        anyhow::ensure!(status == 200, "/v1/cluster answered {status}: {view}");
+        serde_json::from_value(view).context("reading the merged cluster view")
     }
 
     /// Whether the coordinator whose admin endpoint is `admin` holds the

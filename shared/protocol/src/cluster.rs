@@ -177,6 +177,35 @@ pub struct WorkerView {
     pub ejected: bool,
 }
 
+/// The merged view of the cluster: what the gateway answers on
+/// `GET /v1/cluster`, from every load-balancer's [`ClusterView`], its own,
+/// and the leading health-monitor's [`crate::membership::MonitorView`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MergedView {
+    /// The strategy the replicas report (the most common one, if they are
+    /// still converging after a change).
+    pub strategy: StrategyKind,
+    /// The data path in force, as this gateway follows it.
+    pub data_path: crate::routing::DataPath,
+    /// This gateway's own routing view: what it balances by in direct mode
+    /// (its picks, ejections, weights).
+    pub gateway: ClusterView,
+    /// Every worker any load-balancer routes to, with counts summed over
+    /// them; this gateway's own workers when no load-balancer answers.
+    pub workers: Vec<WorkerView>,
+    /// Each replica's own view.
+    pub load_balancers: Vec<ClusterView>,
+    /// The health-monitor whose judgement `members` shows (the leader if
+    /// one answered), or none if no monitor runs.
+    pub monitor: Option<String>,
+    /// Whether that monitor holds the lease (false while none leads, for
+    /// example during a takeover).
+    pub monitor_leads: bool,
+    /// Every member the monitor watches: state, reason, detector value,
+    /// heartbeat age and effective weight.
+    pub members: Vec<crate::membership::MemberHealth>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

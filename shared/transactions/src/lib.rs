@@ -13,9 +13,11 @@
 //! - [`shard_batch`]: a shard owner's group-committed batch, planned in
 //!   memory from the rows it touches, so it is written with a handful of
 //!   set-based statements.
-//! - [`coordinator`]: collecting votes into a decision, the one transition
-//!   the decision log allows, what to tell a participant that asks, and what
-//!   recovery does with each unfinished transaction.
+//! - [`coordinator`]: collecting votes into a decision, the first record
+//!   the decision log holds.
+//! - [`presumed_abort`]: what to tell a participant that asks about a
+//!   transaction with no decision, and what recovery does with each
+//!   unfinished one.
 //!
 //! The failure this handles: any process stopping between any two steps.
 //! The protocol is safe because every step whose loss could matter (a
@@ -29,5 +31,6 @@
 
 pub mod coordinator;
 pub mod participant;
+pub mod presumed_abort;
 pub mod shard_batch;
 pub mod sharding;

@@ -10,8 +10,8 @@
 //! and spread over batches in any order, move the money once.
 
 use faultline_protocol::bank::{StatusAnswer, TransferState};
-use faultline_transactions::coordinator::{self, StatusAction};
 use faultline_transactions::participant::{BranchState, Message, Step, step};
+use faultline_transactions::presumed_abort::{self, StatusAction};
 use proptest::prelude::*;
 
 /// One branch as a participant's table would hold it.
@@ -231,7 +231,7 @@ proptest! {
                     if branches[b].record != Some(BranchState::Prepared) {
                         continue;
                     }
-                    let answer = match coordinator::answer(log.record, driver_gone, 1) {
+                    let answer = match presumed_abort::answer(log.record, driver_gone, 1) {
                         StatusAction::Answer(answer) => answer,
                         StatusAction::AbortAbandonedThenAnswer => {
                             match log.insert(TransferState::Aborted) {

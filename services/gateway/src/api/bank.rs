@@ -295,7 +295,7 @@ fn refusal_status(kind: Refusal) -> StatusCode {
 fn transfer_response(record: TransferRecord) -> Result<HttpResponse, ApiError> {
     let reason = match (&record.state, &record.reason) {
         (TransferState::Aborted, Some(reason)) => reason.clone(),
-        (TransferState::Aborted, None) => faultline_transactions::coordinator::abandoned(),
+        (TransferState::Aborted, None) => faultline_transactions::presumed_abort::abandoned(),
         _ => return Ok(HttpResponse::Ok().json(record)),
     };
     let (status, error) = if reason.is_client_error() {

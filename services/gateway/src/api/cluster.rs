@@ -20,13 +20,12 @@ use async_nats::Request;
 use bytes::Bytes;
 use faultline_balancing::StrategyKind;
 use faultline_protocol::cluster::{
-    ClusterView, FaultSpec, StrategyChange, WeightChange, WorkerView,
+    ClusterView, FaultSpec, MergedView, StrategyChange, WeightChange, WorkerView,
 };
-use faultline_protocol::membership::{MemberHealth, MonitorView};
+use faultline_protocol::membership::MonitorView;
 use faultline_protocol::routing::{DataPath, DataPathChange};
 use faultline_protocol::{InputError, Outcome, subjects};
 use futures::StreamExt as _;
-use serde::Serialize;
 
 use super::error::ApiError;
 use crate::AppState;
@@ -35,33 +34,6 @@ use crate::AppState;
 const FIRST_VIEW_TIMEOUT: Duration = Duration::from_secs(1);
 /// After the first view, stop gathering once no other arrives this long.
 const VIEW_IDLE_GAP: Duration = Duration::from_millis(100);
-
-/// The merged view of the cluster.
-#[derive(Debug, Serialize)]
-pub struct MergedView {
-    /// The strategy the replicas report (the most common one, if they are
-    /// still converging after a change).
-    pub strategy: StrategyKind,
-    /// The data path in force, as this gateway follows it.
-    pub data_path: DataPath,
-    /// This gateway's own routing view: what it balances by in direct mode
-    /// (its picks, ejections, weights).
-    pub gateway: ClusterView,
-    /// Every worker any load-balancer routes to, with counts summed over
-    /// them; this gateway's own workers when no load-balancer answers.
-    pub workers: Vec<WorkerView>,
-    /// Each replica's own view.
-    pub load_balancers: Vec<ClusterView>,
-    /// The health-monitor whose judgement `members` shows (the leader if
-    /// one answered), or none if no monitor runs.
-    pub monitor: Option<String>,
-    /// Whether that monitor holds the lease (false while none leads, for
-    /// example during a takeover).
-    pub monitor_leads: bool,
-    /// Every member the monitor watches: state, reason, detector value,
-    /// heartbeat age and effective weight.
-    pub members: Vec<MemberHealth>,
-}
 
 /// Handles `GET /v1/cluster`.
 pub async fn view(state: web::Data<AppState>) -> HttpResponse {

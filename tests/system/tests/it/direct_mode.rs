@@ -4,6 +4,7 @@
 //! a worker over every gateway's reports and every gateway follows.
 
 use faultline_cluster::{Cluster, ClusterSpec, Gateway};
+use faultline_protocol::cluster::MergedView;
 use faultline_protocol::routing::DataPath;
 use serde_json::json;
 
@@ -25,21 +26,17 @@ async fn two_gateways(env: &[(&str, &str)]) -> Cluster {
     // Each gateway counts the other from its heartbeats before any call.
     for gateway in cluster.gateways() {
         cluster_view_until(gateway, "both gateways sharing the budget", |view| {
-            view["gateway"]["balancing_replicas"] == 2
+            view.gateway.balancing_replicas == 2
         })
         .await;
     }
     cluster
 }
 
-async fn cluster_view_until(
-    gateway: &Gateway,
-    what: &str,
-    check: impl Fn(&serde_json::Value) -> bool,
-) {
+async fn cluster_view_until(gateway: &Gateway, what: &str, check: impl Fn(&MergedView) -> bool) {
     faultline_cluster::eventually(what, std::time::Duration::from_secs(20), || async {
-        let (status, view) = gateway.get("/v1/cluster").await.ok()?;
-        (status == 200 && check(&view)).then_some(())
+        let view = gateway.cluster_view().await.ok()?;
+        check(&view).then_some(())
     })
     .await
     .unwrap_or_else(|error| panic!("{error:#}"));
@@ -120,12 +117,11 @@ async fn the_control_plane_ejects_over_every_gateways_reports_and_every_gateway_
     // their view can only come from the gateway's reports...
     cluster
         .wait_for_view("worker-2 ejected by the load-balancers", |view| {
-            view["load_balancers"].as_array().is_some_and(|lbs| {
-                !lbs.is_empty()
-                    && lbs
-                        .iter()
-                        .all(|lb| worker_in(lb, "worker-2").is_some_and(|w| w["ejected"] == true))
-            })
+            !view.load_balancers.is_empty()
+                && view
+                    .load_balancers
+                    .iter()
+                    .all(|lb| worker_in(lb, "worker-2").is_some_and(|w| w.ejected))
         })
         .await
         .expect("the control plane ejects the failing worker");
@@ -134,10 +130,7 @@ async fn the_control_plane_ejects_over_every_gateways_reports_and_every_gateway_
     cluster_view_until(
         &cluster.other_gateways[0],
         "the second gateway following the ejection",
-        |view| {
-            routing_views(view)
-                .all(|v| worker_in(v, "worker-2").is_some_and(|w| w["ejected"] == true))
-        },
+        |view| routing_views(view).all(|v| worker_in(v, "worker-2").is_some_and(|w| w.ejected)),
     )
     .await;
     let log = cluster.other_gateways[0].service.log();

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use faultline_cluster::{Cluster, ClusterSpec, eventually};
+use faultline_protocol::cluster::MergedView;
 use faultline_protocol::membership::{MembershipEvent, MembershipView, State};
 use faultline_protocol::routing::DataPath;
 use faultline_protocol::subjects;
@@ -138,12 +139,12 @@ fn intervals(d: Duration) -> f64 {
 /// The weight the balancing replicas give `worker` (the first
 /// load-balancer's in proxy mode, the gateway's in direct mode), if they
 /// route to it.
-fn routed_weight(view: &Value, mode: DataPath, worker: &str) -> Option<u64> {
+fn routed_weight(view: &MergedView, mode: DataPath, worker: &str) -> Option<u32> {
     let replica = match mode {
-        DataPath::Proxy => &view["load_balancers"][0],
-        DataPath::Direct => &view["gateway"],
+        DataPath::Proxy => view.load_balancers.first()?,
+        DataPath::Direct => &view.gateway,
     };
-    worker_in(replica, worker)?["weight"].as_u64()
+    Some(worker_in(replica, worker)?.weight)
 }
 
 in_both_data_paths! {
@@ -253,9 +254,9 @@ async fn a_frozen_worker_is_probed_out_and_returns_through_slow_start(mode) {
         "worker-2 back at its full weight",
         Duration::from_secs(20),
         || async {
-            let (_, view) = cluster.gateway.get("/v1/cluster").await.ok()?;
+            let view = cluster.gateway.cluster_view().await.ok()?;
             let weight = routed_weight(&view, mode, "worker-2")?;
-            smallest.fetch_min(weight, std::sync::atomic::Ordering::Relaxed);
+            smallest.fetch_min(u64::from(weight), std::sync::atomic::Ordering::Relaxed);
             (weight == 10).then_some(())
         },
     )
@@ -280,7 +281,9 @@ async fn a_killed_worker_restarted_is_back_in_rotation_by_itself(mode) {
     cluster
         .wait_for_view("worker-2 judged up and routed again", |view| {
             routing_views(view)
-                .all(|replica| worker_in(replica, "worker-2").is_some_and(|w| w["state"] == "up"))
+                .all(|replica| {
+                    worker_in(replica, "worker-2").is_some_and(|w| w.state == Some(State::Up))
+                })
         })
         .await
         .expect("the restarted worker rejoins without help");
@@ -292,9 +295,8 @@ async fn a_killed_worker_restarted_is_back_in_rotation_by_itself(mode) {
 /// The leading monitor's id, as the gateway's view shows it.
 async fn leader(cluster: &Cluster) -> String {
     eventually("a leading monitor", Duration::from_secs(20), || async {
-        let (_, view) = cluster.gateway.get("/v1/cluster").await.ok()?;
-        let leads = view["monitor_leads"] == true;
-        leads.then(|| view["monitor"].as_str().map(str::to_owned))?
+        let view = cluster.gateway.cluster_view().await.ok()?;
+        view.monitor.filter(|_| view.monitor_leads)
     })
     .await
     .expect("a monitor leads")
@@ -333,8 +335,8 @@ async fn a_standby_monitor_takes_over_and_a_paused_old_leader_cannot_write() {
     let paused_at = Instant::now();
     cluster.monitors[index].signal("STOP").expect("SIGSTOP");
     eventually("the standby to lead", Duration::from_secs(20), || async {
-        let (_, view) = cluster.gateway.get("/v1/cluster").await.ok()?;
-        let leads = view["monitor"].as_str()? != old && view["monitor_leads"] == true;
+        let view = cluster.gateway.cluster_view().await.ok()?;
+        let leads = view.monitor_leads && view.monitor.as_deref() != Some(old.as_str());
         leads.then_some(())
     })
     .await
@@ -406,9 +408,9 @@ async fn a_killed_leading_monitor_is_replaced_by_the_standby() {
     let killed_at = Instant::now();
     cluster.monitors[usize::from(old == "monitor-2")].kill();
     let new = eventually("the standby to lead", Duration::from_secs(20), || async {
-        let (_, view) = cluster.gateway.get("/v1/cluster").await.ok()?;
-        let leads = view["monitor_leads"] == true && view["monitor"] != old.as_str();
-        leads.then(|| view["monitor"].as_str().map(str::to_owned))?
+        let view = cluster.gateway.cluster_view().await.ok()?;
+        let leads = view.monitor_leads && view.monitor.as_deref() != Some(old.as_str());
+        view.monitor.filter(|_| leads)
     })
     .await
     .expect("the standby takes over");
@@ -503,17 +505,14 @@ async fn a_restarted_nats_server_is_rejoined_by_every_service() {
             // Every replica must route to all three (judged up, not
             // ejected): calls go to either replica, so one that still
             // lacks a worker would keep it out of the count below.
-            view["load_balancers"].as_array().is_some_and(|lbs| {
-                lbs.len() == 2
-                    && lbs.iter().all(|lb| {
-                        lb["workers"].as_array().is_some_and(|ws| {
-                            ws.len() == 3
-                                && ws
-                                    .iter()
-                                    .all(|w| w["state"] == "up" && w["ejected"] == false)
-                        })
-                    })
-            })
+            view.load_balancers.len() == 2
+                && view.load_balancers.iter().all(|lb| {
+                    lb.workers.len() == 3
+                        && lb
+                            .workers
+                            .iter()
+                            .all(|w| w.state == Some(State::Up) && !w.ejected)
+                })
         })
         .await
         .expect("the monitor and the replicas recover their views");

@@ -50,6 +50,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use faultline_cluster::Gateway;
+use faultline_protocol::cluster::{ClusterView, MergedView, WorkerView};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 
@@ -155,12 +156,10 @@ pub fn balancing_replicas(
 
 /// Every routing view in a merged view: each load-balancer replica's, and
 /// the gateway's own.
-pub fn routing_views(view: &Value) -> impl Iterator<Item = &Value> {
-    view["load_balancers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(std::iter::once(&view["gateway"]))
+pub fn routing_views(view: &MergedView) -> impl Iterator<Item = &ClusterView> {
+    view.load_balancers
+        .iter()
+        .chain(std::iter::once(&view.gateway))
 }
 
 /// Sets the strategy through the gateway and waits until every
@@ -174,7 +173,7 @@ pub async fn switch_strategy(cluster: &faultline_cluster::Cluster, strategy: &st
     assert_eq!(status, 200, "{body}");
     cluster
         .wait_for_view(&format!("every replica on {strategy}"), |view| {
-            routing_views(view).all(|v| v["strategy"] == strategy)
+            routing_views(view).all(|v| v.strategy.as_str() == strategy)
         })
         .await
         .expect("the strategy reaches every replica");
@@ -192,22 +191,18 @@ pub async fn wait_out_of_rotation(cluster: &faultline_cluster::Cluster, worker: 
 }
 
 /// `worker` as one replica's routing view lists it, if it routes to it.
-pub fn worker_in<'a>(replica: &'a Value, worker: &str) -> Option<&'a Value> {
-    replica["workers"]
-        .as_array()?
-        .iter()
-        .find(|w| w["id"] == worker)
+pub fn worker_in<'a>(replica: &'a ClusterView, worker: &str) -> Option<&'a WorkerView> {
+    replica.workers.iter().find(|w| w.id == worker)
 }
 
 /// Whether no replica (load-balancer or gateway) routes to `worker`.
-pub fn left_rotation(view: &Value, worker: &str) -> bool {
+pub fn left_rotation(view: &MergedView, worker: &str) -> bool {
     routing_views(view).all(|replica| worker_in(replica, worker).is_none())
 }
 
 /// Whether some replica (load-balancer or gateway) has ejected `worker`.
-pub fn ejected_somewhere(view: &Value, worker: &str) -> bool {
-    routing_views(view)
-        .any(|replica| worker_in(replica, worker).is_some_and(|w| w["ejected"] == true))
+pub fn ejected_somewhere(view: &MergedView, worker: &str) -> bool {
+    routing_views(view).any(|replica| worker_in(replica, worker).is_some_and(|w| w.ejected))
 }
 
 /// Open-model load: starts one call every `every` for `duration`, whether

@@ -51,16 +51,9 @@ async fn the_system_works_under_its_nats_permissions_and_a_worker_cannot_forge_a
         .wait_for_view(
             "the load-balancers counting the gateway's reports",
             |view| {
-                view["load_balancers"].as_array().is_some_and(|lbs| {
-                    lbs.iter().all(|lb| {
-                        lb["workers"].as_array().is_some_and(|ws| {
-                            ws.iter()
-                                .map(|w| w["picks"].as_u64().unwrap_or(0))
-                                .sum::<u64>()
-                                >= 30
-                        })
-                    })
-                })
+                view.load_balancers
+                    .iter()
+                    .all(|lb| lb.workers.iter().map(|w| w.picks).sum::<u64>() >= 30)
             },
         )
         .await

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::{
     balancing_replicas, drive, drive_until, echo, retried, routing_views, served_by,
-    switch_strategy,
+    switch_strategy, worker_in,
 };
 
 in_both_data_paths! {
@@ -36,11 +36,8 @@ async fn strategy_and_weights_change_without_a_restart(mode) {
     assert_eq!((status, body["weight"].as_u64()), (200, Some(4)), "{body}");
     cluster
         .wait_for_view("worker-3 weighs 4 at every replica", |view| {
-            routing_views(view).all(|replica| {
-                replica["workers"].as_array().is_some_and(|ws| {
-                    ws.iter().any(|w| w["id"] == "worker-3" && w["weight"] == 4)
-                })
-            })
+            routing_views(view)
+                .all(|replica| worker_in(replica, "worker-3").is_some_and(|w| w.weight == 4))
         })
         .await
         .expect("the weight reaches every replica");
@@ -63,9 +60,9 @@ async fn strategy_and_weights_change_without_a_restart(mode) {
     assert_eq!(status, 200);
     cluster
         .wait_for_view("worker-3 back to weight 1", |view| {
-            view["workers"]
-                .as_array()
-                .is_some_and(|ws| ws.iter().any(|w| w["id"] == "worker-3" && w["weight"] == 1))
+            view.workers
+                .iter()
+                .any(|w| w.id == "worker-3" && w.weight == 1)
         })
         .await
         .expect("the override is cleared everywhere");
@@ -124,11 +121,8 @@ async fn a_new_replica_starts_from_the_current_settings() {
         .wait_for_view(
             "the restarted replica on weighted with all workers",
             |view| {
-                view["load_balancers"].as_array().is_some_and(|lbs| {
-                    lbs.len() == 1
-                        && lbs[0]["strategy"] == "weighted"
-                        && lbs[0]["workers"].as_array().map_or(0, Vec::len) == 3
-                })
+                matches!(&view.load_balancers[..], [only]
+                    if only.strategy.as_str() == "weighted" && only.workers.len() == 3)
             },
         )
         .await
