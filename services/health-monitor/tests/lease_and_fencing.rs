@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use faultline_cluster::NatsServer;
+use faultline_cluster::{NatsServer, eventually};
 use faultline_protocol::membership::MembershipView;
 use health_monitor::lease::Lease;
 use health_monitor::view_store::{self, WriteError};
@@ -62,15 +62,14 @@ async fn one_leader_at_a_time_and_a_silent_one_is_replaced_with_a_higher_token()
         tokio::time::sleep(ttl / 4).await;
     }
     // The first stops renewing, as a dead or paused process would.
-    let mut taken = None;
-    for _ in 0..40 {
-        taken = second.step().await;
-        if taken.is_some() {
-            break;
-        }
-        tokio::time::sleep(ttl / 4).await;
-    }
-    assert_eq!(taken, Some(2), "the standby takes over with the next token");
+    let standby = tokio::sync::Mutex::new(second);
+    let taken = eventually("the standby to take the lease", ttl * 10, || async {
+        standby.lock().await.step().await
+    })
+    .await
+    .expect("the lease expires");
+    let mut second = standby.into_inner();
+    assert_eq!(taken, 2, "the standby takes over with the next token");
     assert_eq!(first.step().await, None, "the old holder finds it lost");
     assert_eq!(second.step().await, Some(2));
 }

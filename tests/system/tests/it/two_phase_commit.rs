@@ -18,7 +18,8 @@ use crate::{open_account, transfer};
 use faultline_cluster::postgres::PrivatePostgres;
 use faultline_cluster::{BankSpec, Cluster, ClusterSpec, Service, eventually};
 use faultline_protocol::bank::{
-    Leg, ShardReply, ShardRequest, StatusAnswer, StatusQuery, TransferRequest,
+    Account, Audit, Leg, ShardReply, ShardRequest, StatusAnswer, StatusQuery, TransferRecord,
+    TransferRequest, TransferState,
 };
 use faultline_protocol::subjects;
 use faultline_transactions::sharding::branches;
@@ -103,10 +104,21 @@ async fn balance(cluster: &Cluster, id: &str) -> (i64, i64) {
         .await
         .expect("the gateway answers");
     assert_eq!(status, 200, "{body}");
-    (
-        body["balance"].as_i64().expect("balance"),
-        body["held"].as_i64().expect("held"),
-    )
+    let account: Account = typed(&body);
+    (account.balance, account.held)
+}
+
+/// A JSON answer read as the protocol's type for it.
+fn typed<T: serde::de::DeserializeOwned>(body: &Value) -> T {
+    serde_json::from_value(body.clone())
+        .unwrap_or_else(|error| panic!("{body} is not what the protocol says: {error}"))
+}
+
+/// `GET /v1/audit`.
+async fn read_audit(cluster: &Cluster) -> Audit {
+    let (status, audit) = cluster.gateway.get("/v1/audit").await.expect("answers");
+    assert_eq!(status, 200, "{audit}");
+    typed(&audit)
 }
 
 #[tokio::test]
@@ -118,16 +130,20 @@ async fn a_transfer_moves_money_once_however_often_it_is_sent() {
     let request = json!({"from": alice, "to": bob, "amount": 250});
     let (status, first) = transfer(&cluster, "pay-bob-1", &request).await;
     assert_eq!(status, 200, "{first}");
-    assert_eq!(first["state"], "committed");
+    let first: TransferRecord = typed(&first);
+    assert_eq!(first.state, TransferState::Committed);
     // The same key again: the first result, not a second transfer.
     for _ in 0..3 {
         let (status, again) = transfer(&cluster, "pay-bob-1", &request).await;
         assert_eq!(status, 200, "{again}");
-        assert_eq!(again["id"], first["id"]);
+        assert_eq!(typed::<TransferRecord>(&again).id, first.id);
     }
-    let id = first["id"].as_str().expect("an id");
-    let (status, read) = read_transfer(&cluster, id).await;
-    assert_eq!((status, &read["state"]), (200, &json!("committed")));
+    let id = first.id.to_string();
+    let (status, read) = read_transfer(&cluster, &id).await;
+    assert_eq!(
+        (status, typed::<TransferRecord>(&read).state),
+        (200, TransferState::Committed)
+    );
     // The answer came once the decision was durable; phase two ends by
     // itself (every shard acknowledged) and nothing is in doubt.
     eventually(
@@ -140,7 +156,10 @@ async fn a_transfer_moves_money_once_however_often_it_is_sent() {
                 .await
                 .ok()?;
             let (_, in_doubt) = cluster.gateway.get("/v1/transfers/in-doubt").await.ok()?;
-            (read["finished"] == true && in_doubt == json!({"transfers": []})).then_some(())
+            let finished = serde_json::from_value::<TransferRecord>(read)
+                .ok()?
+                .finished;
+            (finished && in_doubt == json!({"transfers": []})).then_some(())
         },
     )
     .await
@@ -166,9 +185,10 @@ async fn a_transfer_within_one_shard_commits_in_one_phase() {
     let request = json!({"from": from, "to": to, "amount": 30});
     let (status, first) = transfer(&cluster, "local-1", &request).await;
     assert_eq!(status, 200, "{first}");
+    let record: TransferRecord = typed(&first);
     assert_eq!(
-        (&first["state"], &first["finished"]),
-        (&json!("committed"), &json!(true))
+        (record.state, record.finished),
+        (TransferState::Committed, true)
     );
     let (status, again) = transfer(&cluster, "local-1", &request).await;
     assert_eq!(
@@ -176,7 +196,7 @@ async fn a_transfer_within_one_shard_commits_in_one_phase() {
         (200, &first),
         "a retry replays the record"
     );
-    let (status, read) = read_transfer(&cluster, first["id"].as_str().expect("an id")).await;
+    let (status, read) = read_transfer(&cluster, &record.id.to_string()).await;
     assert_eq!((status, &read), (200, &first));
     // Applied at once: nothing held, nothing in doubt, nothing in the log.
     assert_eq!(balance(&cluster, &from).await, (70, 0));
@@ -218,17 +238,13 @@ async fn a_transfer_within_one_shard_commits_in_one_phase() {
         "no second transfer"
     );
 
-    let (status, audit) = cluster.gateway.get("/v1/audit").await.expect("answers");
-    assert_eq!(status, 200, "{audit}");
-    assert_eq!(audit["total"], 200);
+    let audit = read_audit(&cluster).await;
+    assert_eq!(audit.total, 200);
     // (The two-phase transfer's phase two may still be running.)
     assert_eq!(
-        (
-            &audit["transfers"]["committed"],
-            &audit["transfers"]["aborted"]
-        ),
-        (&json!(2), &json!(1)),
-        "{audit}"
+        (audit.transfers.committed, audit.transfers.aborted),
+        (2, 1),
+        "{audit:?}"
     );
 }
 
@@ -274,15 +290,11 @@ async fn the_audit_counts_money_between_a_transfers_two_commits() {
         .expect("the debit is applied");
     mid_transfer.commit().await.expect("the state is written");
 
-    let (status, audit) = cluster.gateway.get("/v1/audit").await.expect("answers");
-    assert_eq!(status, 200, "{audit}");
-    assert_eq!(audit["total"], 1000, "{audit}");
+    let audit = read_audit(&cluster).await;
+    assert_eq!(audit.total, 1000, "{audit:?}");
     // Recovery may already have applied the credit: either way it adds up.
-    let split = (audit["balances"].as_i64(), audit["in_flight"].as_i64());
-    assert!(
-        split == (Some(960), Some(40)) || split == (Some(1000), Some(0)),
-        "{audit}"
-    );
+    let split = (audit.balances, audit.in_flight);
+    assert!(split == (960, 40) || split == (1000, 0), "{audit:?}");
     // The credit's shard asks the coordinator, or recovery resends the
     // commit: either way it is applied.
     eventually(
@@ -292,12 +304,8 @@ async fn the_audit_counts_money_between_a_transfers_two_commits() {
     )
     .await
     .expect("the prepared branch commits on the log's word");
-    let (_, audit) = cluster.gateway.get("/v1/audit").await.expect("answers");
-    assert_eq!(
-        (&audit["total"], &audit["in_flight"]),
-        (&json!(1000), &json!(0)),
-        "{audit}"
-    );
+    let audit = read_audit(&cluster).await;
+    assert_eq!((audit.total, audit.in_flight), (1000, 0), "{audit:?}");
 }
 
 /// A decision a shard refuses (here: a commit logged for branches no
@@ -500,7 +508,11 @@ async fn recovery_leaves_transfers_alone_while_their_driver_runs() {
         .await;
     for (status, body) in &answers {
         assert_eq!(*status, 200, "{body}");
-        assert_eq!(body["state"], "committed", "{body}");
+        assert_eq!(
+            typed::<TransferRecord>(body).state,
+            TransferState::Committed,
+            "{body}"
+        );
     }
     let transfers = TRANSFERS as f64;
     // Phase two runs on after each answer, under the sweeps: read the
@@ -558,9 +570,11 @@ async fn with_a_phase_two_wait_the_answer_comes_after_phase_two() {
         &json!({"from": from, "to": to, "amount": 40}),
     )
     .await;
+    assert_eq!(status, 200, "{answer}");
+    let record: TransferRecord = typed(&answer);
     assert_eq!(
-        (status, &answer["state"], &answer["finished"]),
-        (200, &json!("committed"), &json!(true)),
+        (record.state, record.finished),
+        (TransferState::Committed, true),
         "{answer}"
     );
     assert_eq!(balance(&cluster, &from).await, (60, 0));
@@ -1118,7 +1132,9 @@ async fn auditor(gateway: String, mut stop: watch::Receiver<bool>) -> AuditReads
             response.json::<Value>().await.ok()
         };
         if let Some(audit) = answer.await {
-            if audit["total"] == json!(ACCOUNTS as i64 * OPENING) {
+            // An answer that is no audit counts as wrong too.
+            let total = serde_json::from_value::<Audit>(audit.clone()).map(|a| a.total);
+            if total.ok() == Some(ACCOUNTS as i64 * OPENING) {
                 reads.exact += 1;
             } else {
                 reads.wrong.push(audit);
