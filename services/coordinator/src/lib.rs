@@ -64,8 +64,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::Client;
-use faultline_runtime::admin::Admin;
-use faultline_runtime::{Heartbeat, Presence, nats_ready};
+use faultline_runtime::{Heartbeat, Presence};
 
 pub use crate::metrics::Metrics;
 pub use crate::settings::Settings;
@@ -92,10 +91,7 @@ pub async fn run(
     let presence = Presence::start(
         &client,
         &settings.service.admin_addr,
-        Admin {
-            registry: Arc::new(registry),
-            ready: nats_ready(&client),
-        },
+        faultline_runtime::admin::Admin::ready_with_nats(registry, &client),
         operator::routes(operator.clone()),
         Heartbeat {
             role: faultline_protocol::cluster::Role::Coordinator,

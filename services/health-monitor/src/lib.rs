@@ -126,10 +126,7 @@ pub async fn run(
     let presence = faultline_runtime::Presence::start(
         &client,
         &settings.service.admin_addr,
-        faultline_runtime::admin::Admin {
-            registry: Arc::new(registry),
-            ready: faultline_runtime::nats_ready(&client),
-        },
+        faultline_runtime::admin::Admin::ready_with_nats(registry, &client),
         |_| {},
         faultline_runtime::Heartbeat {
             role: Role::HealthMonitor,

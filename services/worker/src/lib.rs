@@ -38,8 +38,7 @@ use faultline_protocol::call::OperationKind;
 use faultline_protocol::cluster::{FaultSpec, Role};
 use faultline_protocol::headers::Envelope;
 use faultline_protocol::{CallRequest, ErrorBody, Outcome, subjects};
-use faultline_runtime::admin::Admin;
-use faultline_runtime::{Heartbeat, Presence, nats_ready};
+use faultline_runtime::{Heartbeat, Presence};
 use futures::StreamExt as _;
 use opentelemetry::KeyValue;
 
@@ -146,10 +145,7 @@ pub async fn run(
     let presence = Presence::start(
         &client,
         &settings.service.admin_addr,
-        Admin {
-            registry: Arc::new(registry),
-            ready: nats_ready(&client),
-        },
+        faultline_runtime::admin::Admin::ready_with_nats(registry, &client),
         |_| {},
         Heartbeat {
             role: Role::Worker,

@@ -23,6 +23,17 @@ pub struct Admin {
     pub ready: ReadinessCheck,
 }
 
+impl Admin {
+    /// `registry`'s metrics, and ready while the NATS connection is up:
+    /// what most services report.
+    pub fn ready_with_nats(registry: Registry, client: &async_nats::Client) -> Admin {
+        Admin {
+            registry: Arc::new(registry),
+            ready: crate::nats_ready(client),
+        }
+    }
+}
+
 impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admin").finish_non_exhaustive()

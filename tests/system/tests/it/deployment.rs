@@ -243,17 +243,7 @@ fn kubernetes_base_runs_the_standard_topology() {
                 .flatten()
                 .map(scalar)
                 .collect();
-            let environment: Vec<(String, String)> = container["env"]
-                .as_sequence()
-                .into_iter()
-                .flatten()
-                .map(|entry| {
-                    (
-                        scalar(&entry["name"]),
-                        kubernetes_value(&objects, &name, entry),
-                    )
-                })
-                .collect();
+            let environment = container_environment(&objects, &name, container);
             weights.extend(std::iter::repeat_n(weight_of(&args, &environment), count));
         }
     }
@@ -472,6 +462,25 @@ fn kubernetes_value(objects: &[Value], container: &str, entry: &Value) -> String
     }
 }
 
+/// A container's environment, each value as the pod would hold it.
+fn container_environment(
+    objects: &[Value],
+    name: &str,
+    container: &Value,
+) -> Vec<(String, String)> {
+    container["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|entry| {
+            (
+                scalar(&entry["name"]),
+                kubernetes_value(objects, name, entry),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn every_kubernetes_container_passes_its_own_settings_check() {
     for path in ["base", "overlays/large"] {
@@ -497,17 +506,7 @@ fn every_kubernetes_container_passes_its_own_settings_check() {
                     .chain(container["args"].as_sequence().into_iter().flatten())
                     .map(scalar)
                     .collect();
-                let environment: Vec<(String, String)> = container["env"]
-                    .as_sequence()
-                    .into_iter()
-                    .flatten()
-                    .map(|entry| {
-                        (
-                            scalar(&entry["name"]),
-                            kubernetes_value(&objects, &name, entry),
-                        )
-                    })
-                    .collect();
+                let environment = container_environment(&objects, &name, &container);
                 if let Err(refusal) = check_settings(&command[0], &command[1..], &environment) {
                     panic!("{path}: {name} refuses its settings:\n{refusal}");
                 }
