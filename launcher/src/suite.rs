@@ -7,16 +7,18 @@ use std::process::{Command, ExitCode};
 use anyhow::Context as _;
 use faultline_cluster::local::Running;
 use faultline_cluster::{Ports, Server, workspace_root};
+use tokio::sync::watch;
 
 use crate::prerequisites::{self, Need};
-use crate::system::{StopSignals, build_services, port_offset};
+use crate::system::{Signal, StopSignals, build_services, port_offset};
 
 /// Builds every service (the system tests start them as processes) and
 /// runs the whole suite with nextest, `nextest_args` appended.
 pub fn test(nextest_args: &[String]) -> anyhow::Result<ExitCode> {
-    // The tests start their own nats-server per cluster, and PostgreSQL
-    // and Redis servers of their own; the deployment check validates
-    // docker-compose.yml with docker-compose.
+    // The tests start a nats-server per cluster, and some a PostgreSQL or
+    // Redis server of their own (the run command's test, the tests that
+    // crash PostgreSQL), beside the machine's that the others share; the
+    // deployment check validates docker-compose.yml with docker-compose.
     prerequisites::ensure(&[
         Need::Server(Server::Nats),
         Need::Server(Server::Postgres),
@@ -24,7 +26,7 @@ pub fn test(nextest_args: &[String]) -> anyhow::Result<ExitCode> {
         Need::DOCKER_COMPOSE,
         Need::Nextest,
     ])?;
-    with_stores(|| {
+    with_stores(|_| {
         build_services(false)?;
         let profile = if std::env::var("CI").as_deref() == Ok("true") {
             "ci"
@@ -74,12 +76,16 @@ pub fn load(names: &[String]) -> anyhow::Result<ExitCode> {
         Need::PGBENCH,
     ])?;
     let mut failed = Vec::new();
-    let code = with_stores(|| {
+    let code = with_stores(|stop| {
         let bin = build_services(true)?.join("faultline-load");
         let results = workspace_root().join("load-tests/results");
         // A scenario that fails keeps what its earlier runs measured; the
-        // others still run, and the command fails at the end.
+        // others still run, and the command fails at the end. Ctrl-C or
+        // SIGTERM stops after the scenario running.
         for name in &names {
+            if let Some(signal) = *stop.borrow() {
+                anyhow::bail!("stopped by {signal:?} before {name}");
+            }
             let status = Command::new(&bin)
                 .arg("scenario")
                 .arg(scenarios.join(format!("{name}.toml")))
@@ -104,43 +110,60 @@ pub fn load(names: &[String]) -> anyhow::Result<ExitCode> {
 }
 
 /// Finds or starts PostgreSQL and Redis at their usual ports (plus
-/// `FAULTLINE_PORT_OFFSET`), runs `prepare`, then the command it returns
-/// to its end (or until Ctrl-C or SIGTERM, which it gets too), and stops
-/// the servers started here.
-fn with_stores(prepare: impl FnOnce() -> anyhow::Result<Command>) -> anyhow::Result<ExitCode> {
+/// `FAULTLINE_PORT_OFFSET`), runs `prepare` (which sees whether Ctrl-C or
+/// SIGTERM has come), then the command it returns to its end, and stops
+/// the servers started here. A signal reaches the command too (a
+/// terminal's Ctrl-C by its process group; SIGTERM is passed on), and the
+/// launcher exits as the signal asks once the command has.
+fn with_stores(
+    prepare: impl FnOnce(&watch::Receiver<Option<Signal>>) -> anyhow::Result<Command>,
+) -> anyhow::Result<ExitCode> {
     let ports = Ports::Fixed {
         offset: port_offset()?,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let mut signals = StopSignals::listen()?;
+        let (stopped, stop) = watch::channel(None);
+        tokio::spawn(async move {
+            let signal = signals.recv().await;
+            stopped.send_replace(Some(signal));
+        });
         let mut stores = Vec::new();
         for server in [Server::Postgres, Server::Redis] {
             let port = ports.server(server).context("fixed ports")?;
             stores.push(Running::find_or_start(server, port).await?);
         }
-        let command = tokio::task::block_in_place(prepare)?;
+        let command = tokio::task::block_in_place(|| prepare(&stop))?;
         let mut child = tokio::process::Command::from(command)
             .spawn()
             .context("starting the command")?;
-        let status = tokio::select! {
-            status = child.wait() => status?,
-            signal = signals.recv() => {
-                // A terminal's Ctrl-C reaches the child too; SIGTERM is
-                // passed on. Either way, wait for it to finish.
-                if let Some(pid) = child.id() {
-                    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-                }
-                child.wait().await?;
-                eprintln!("faultline: stopped by {signal:?}");
-                return Ok(ExitCode::from(130));
+        let mut waiting = stop.clone();
+        let signal = tokio::select! {
+            status = child.wait() => {
+                let status = status?;
+                drop(stores);
+                return Ok(exit_code(status));
             }
+            signal = waiting.wait_for(Option::is_some) => *signal.context("the signal task")?,
         };
+        if let (Some(Signal::Terminate), Some(pid)) = (signal, child.id()) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        child.wait().await?;
         drop(stores);
-        Ok(if status.success() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        })
+        eprintln!("faultline: stopped by {signal:?}");
+        Ok(signal.map_or(ExitCode::FAILURE, Signal::exit_code))
     })
+}
+
+/// The command's own exit code, passed on.
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    }
 }

@@ -7,8 +7,9 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use faultline_cluster::local::answers;
-use faultline_cluster::{Cluster, ClusterSpec, Ports, Role, Server, Site};
+use faultline_cluster::local::{answers, check_local_ports};
+use faultline_cluster::{Cluster, ClusterSpec, Ports, Server, Site, workspace_root};
+use faultline_protocol::cluster::Role;
 
 use crate::prerequisites::{self, Need};
 
@@ -36,6 +37,8 @@ pub fn run(spec: ClusterSpec, then: Then) -> anyhow::Result<ExitCode> {
         .map(Need::Server)
         .collect();
     prerequisites::ensure(&needs)?;
+    // A second copy stops here, before a minute of building.
+    check_local_ports(&spec, ports)?;
     let spec = ClusterSpec {
         site: Site::Local {
             offset,
@@ -57,37 +60,48 @@ pub fn run(spec: ClusterSpec, then: Then) -> anyhow::Result<ExitCode> {
                 Outcome::Signalled(signals.recv().await)
             }
             Then::Demo => tokio::select! {
-                held = faultline_load::demo::run(&mut cluster) => Outcome::Demo(held?),
+                held = faultline_load::demo::run(&mut cluster) => Outcome::Demo(held),
                 signal = signals.recv() => Outcome::Signalled(signal),
             },
         };
         anyhow::Ok((Some(cluster), outcome))
     })?;
+    // Every way out, a demo that failed included, stops the cluster the
+    // same way: services first, with time to drain.
     println!("\nfaultline: stopping everything this command started...");
     if let Some(cluster) = cluster {
         cluster.stop(GRACE);
     }
     println!("faultline: stopped.");
     Ok(match outcome {
-        // As an interrupted program exits: 128 + the signal's number.
-        Outcome::Signalled(Signal::Interrupt) => ExitCode::from(130),
-        Outcome::Signalled(Signal::Terminate) => ExitCode::from(143),
-        Outcome::Demo(true) => ExitCode::SUCCESS,
-        Outcome::Demo(false) => ExitCode::FAILURE,
+        Outcome::Signalled(signal) => signal.exit_code(),
+        Outcome::Demo(Ok(true)) => ExitCode::SUCCESS,
+        Outcome::Demo(Ok(false)) => ExitCode::FAILURE,
+        Outcome::Demo(Err(error)) => return Err(error.context("the demo")),
     })
 }
 
 enum Outcome {
     Signalled(Signal),
     /// Whether every promise of the demo held.
-    Demo(bool),
+    Demo(anyhow::Result<bool>),
 }
 
 /// The signals that stop the launcher.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
     Interrupt,
     Terminate,
+}
+
+impl Signal {
+    /// How an interrupted program exits: 128 + the signal's number.
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            Signal::Interrupt => ExitCode::from(130),
+            Signal::Terminate => ExitCode::from(143),
+        }
+    }
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM, listened for from the start: a signal
@@ -140,21 +154,21 @@ fn service_binaries() -> anyhow::Result<PathBuf> {
 /// directory of the binaries.
 pub fn build_services(release: bool) -> anyhow::Result<PathBuf> {
     let mut build = Command::new("cargo");
-    build.args(["build", "--workspace", "--bins"]);
+    build
+        .args(["build", "--workspace", "--bins"])
+        .current_dir(workspace_root());
     if release {
         build.arg("--release");
     }
     prerequisites::run(&mut build)?;
-    Ok(target_dir()?.join(if release { "release" } else { "debug" }))
+    Ok(target_dir().join(if release { "release" } else { "debug" }))
 }
 
-/// Cargo's target directory: this launcher runs from `<target>/debug/`.
-fn target_dir() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the launcher")?;
-    exe.parent()
-        .and_then(|profile| profile.parent())
+/// Cargo's target directory, as the shim and cargo itself find it.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .context("the launcher is not in a cargo target directory")
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn print_usage(cluster: &Cluster, ports: Ports) {

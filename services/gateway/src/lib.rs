@@ -345,7 +345,7 @@ pub async fn run(
     let handle = server.handle();
     let serving = tokio::spawn(server);
 
-    let presence = Presence::heartbeat_only(
+    let mut presence = Presence::heartbeat_only(
         &client,
         Heartbeat {
             role: Role::Gateway,
@@ -358,6 +358,7 @@ pub async fn run(
     tracing::info!(id = %settings.id, addr = %settings.http_addr, "Gateway serving HTTP.");
 
     shutdown.await;
+    presence.stop_heartbeat();
     handle.stop(true).await;
     serving.await.context("the HTTP server task failed")??;
     lb_watch.abort();

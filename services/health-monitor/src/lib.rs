@@ -123,18 +123,11 @@ pub async fn run(
     let interval = Duration::from_millis(settings.heartbeat_interval_ms);
     let mut registry = prometheus_client::registry::Registry::with_prefix("faultline_monitor");
     let mut metrics = Metrics::register(&mut registry);
-    let presence = faultline_runtime::Presence::start(
+    let mut presence = faultline_runtime::Presence::serve_admin(
         &client,
         &settings.service.admin_addr,
         faultline_runtime::admin::Admin::ready_with_nats(registry, &client),
         |_| {},
-        faultline_runtime::Heartbeat {
-            role: Role::HealthMonitor,
-            id: settings.id.clone(),
-            weight: 1,
-            interval,
-            load: Arc::new(NoLoad),
-        },
     )?;
 
     let mut heartbeats = client
@@ -183,6 +176,13 @@ pub async fn run(
         metrics.fenced_writes.clone(),
     ));
     let (probe_results, mut probe_inbox) = mpsc::unbounded_channel();
+    presence.begin_heartbeat(faultline_runtime::Heartbeat {
+        role: Role::HealthMonitor,
+        id: settings.id.clone(),
+        weight: 1,
+        interval,
+        load: Arc::new(NoLoad),
+    });
     tracing::info!(id = %settings.id, detector = settings.detector.as_str(), "Health-monitor watching.");
 
     let mut ticker = tokio::time::interval((interval / 4).max(Duration::from_millis(5)));
@@ -256,6 +256,7 @@ pub async fn run(
         }
     }
 
+    presence.stop_heartbeat();
     lease_task.abort();
     drop(writes);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;

@@ -68,7 +68,9 @@ pub struct RetryPolicy {
     /// The pause after `n` attempts failed (capped at what is left).
     pub pause: fn(attempts: u32) -> Duration,
     /// Send once even if the deadline has already passed (with the whole
-    /// attempt timeout): "do not retry", not "do not send".
+    /// attempt timeout): "do not retry", not "do not send". Needs an
+    /// `attempt_timeout`: without one, a late first attempt would have no
+    /// time to wait, and is not made.
     pub at_least_once: bool,
 }
 

@@ -16,7 +16,8 @@ use faultline_transactions::sharding::{owner_of, shard_of};
 use crate::database::TestDatabase;
 use crate::local::LocalServers;
 use crate::process::{NatsServer, Service};
-use crate::topology::{BankSpec, ClusterSpec, Role, Site};
+use crate::topology::{BankSpec, ClusterSpec, Site, replica_name};
+use faultline_protocol::cluster::Role;
 
 /// A running cluster. Dropping it kills every process.
 #[derive(Debug)]
@@ -91,8 +92,8 @@ impl Cluster {
     /// ([`Cluster::wait_until_whole`]).
     pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
         let ports = spec.site.ports();
-        // Every service's port, chosen before anything starts, so that a
-        // local site can check them all first.
+        // Every service's port, drawn once: a free port is a new one at
+        // every ask.
         let members = spec.members();
         let member_ports: Vec<u16> = members
             .iter()
@@ -106,26 +107,14 @@ impl Cluster {
                 .map(|(_, port)| *port)
                 .unwrap_or_default()
         };
-        let echo = matches!(spec.site, Site::Local { .. });
+        let local_site = matches!(spec.site, Site::Local { .. });
         let logs = Arc::new(tempfile::tempdir().context("creating the log directory")?);
         let (nats, local) = match &spec.site {
             Site::Private if spec.nats_auth => (NatsServer::start_authenticated()?, None),
             Site::Private => (NatsServer::start()?, None),
             Site::Local { database_url, .. } => {
-                let to_bind: Vec<(u16, String)> = members
-                    .iter()
-                    .zip(&member_ports)
-                    .map(|((role, name, _), port)| {
-                        let what = if *role == Role::Gateway {
-                            "HTTP"
-                        } else {
-                            "admin"
-                        };
-                        (*port, format!("{name}'s {what} endpoint"))
-                    })
-                    .collect();
                 let (nats, local) =
-                    LocalServers::find_or_start(ports, database_url.clone(), &to_bind).await?;
+                    LocalServers::find_or_start(&spec, ports, database_url.clone()).await?;
                 (nats, Some(local))
             }
         };
@@ -180,22 +169,22 @@ impl Cluster {
         };
         // Each role's NATS credentials, and what the spec adds for all.
         let env = |role: Role| {
-            let mut env = nats.credentials(role.binary());
+            let mut env = nats.credentials(role.as_str());
             env.extend(spec.env.iter().cloned());
             env
         };
         let start = |role: Role, name: &str, args: &[String]| {
             let program = match &spec.binaries {
-                Some(dir) => dir.join(role.binary()),
-                None => crate::binary(role.binary())?,
+                Some(dir) => dir.join(role.as_str()),
+                None => crate::binary(role.as_str())?,
             };
-            Service::launch(name, program, args, &env(role), logs.clone(), echo)
+            Service::launch(name, program, args, &env(role), logs.clone(), local_site)
         };
         let admin_url = |port: u16| format!("http://127.0.0.1:{port}");
         let mut other_admin = Vec::new();
         let mut workers = Vec::new();
         for (i, weight) in spec.worker_weights.iter().enumerate() {
-            let id = Role::Worker.replica(i + 1);
+            let id = replica_name(Role::Worker, i + 1);
             let port = port_of(Role::Worker, i + 1);
             other_admin.push(admin_url(port));
             let mut args = common(port);
@@ -214,7 +203,7 @@ impl Cluster {
         let mut load_balancers = Vec::new();
         let mut load_balancer_admin = Vec::new();
         for n in 1..=spec.load_balancers {
-            let id = Role::LoadBalancer.replica(n);
+            let id = replica_name(Role::LoadBalancer, n);
             let port = port_of(Role::LoadBalancer, n);
             let mut args = common(port);
             args.extend([
@@ -228,7 +217,7 @@ impl Cluster {
         }
         let mut monitors = Vec::new();
         for n in 1..=spec.monitors {
-            let id = Role::HealthMonitor.replica(n);
+            let id = replica_name(Role::HealthMonitor, n);
             let port = port_of(Role::HealthMonitor, n);
             other_admin.push(admin_url(port));
             let mut args = common(port);
@@ -240,7 +229,7 @@ impl Cluster {
         let mut coordinator_admin = Vec::new();
         if let (Some(bank), Some(stores)) = (&spec.bank, &stores) {
             for n in 1..=bank.coordinators {
-                let id = Role::Coordinator.replica(n);
+                let id = replica_name(Role::Coordinator, n);
                 let port = port_of(Role::Coordinator, n);
                 let mut args = common(port);
                 args.extend(["--id".into(), id.clone()]);
@@ -256,7 +245,7 @@ impl Cluster {
         }
         let start_gateway = |n: usize| -> anyhow::Result<Gateway> {
             let http_port = port_of(Role::Gateway, n);
-            let id = Role::Gateway.replica(n);
+            let id = replica_name(Role::Gateway, n);
             let mut args = vec![
                 "--id".to_owned(),
                 id.clone(),

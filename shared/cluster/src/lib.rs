@@ -1,15 +1,18 @@
-//! Start the real thing, as processes, and wait for it: the one launcher
-//! behind `./faultline run`, the load scenarios and the system tests.
+//! Start the real thing, as processes, and wait for it: the one way a
+//! cluster is started, by `./faultline run` (the launcher), the load
+//! scenarios and the system tests alike.
 //!
 //! - [`topology`]: the one definition of what runs ([`ClusterSpec`], with
 //!   [`ClusterSpec::standard`] the deployed topology) and where
 //!   ([`Site`]: private, or at the machine's fixed ports).
 //! - [`NatsServer`]: a private `nats-server` with JetStream on a free
 //!   loopback port, killed when dropped (as nats.rs's own test helper does),
-//!   so tests never share state or touch the machine's NATS.
+//!   so tests never share state or touch the machine's NATS; at a local
+//!   site, the machine's server found ([`NatsServer::found_on`]) or one
+//!   started at its port.
 //! - [`Service`]: one of our binaries as a child process, its output kept in
-//!   a log file that is printed if the test fails, killed (SIGKILL) when
-//!   dropped.
+//!   a log file that is printed if the test fails (and, at a local site,
+//!   echoed to the terminal), killed (SIGKILL) when dropped.
 //! - [`Cluster`]: NATS, workers, load-balancers, monitors, coordinators and
 //!   gateways, started and waited for until the cluster is whole.
 //! - [`local`]: for a cluster at the fixed ports, the machine's NATS,
@@ -24,9 +27,10 @@
 //! - [`eventually`]: poll a condition with a deadline instead of sleeping
 //!   and hoping.
 //!
-//! Binaries are looked up next to the test executable (`target/<profile>/`),
-//! so build them first: `cargo build --workspace --bins` (the README's test
-//! command does).
+//! Binaries are looked up in [`ClusterSpec::binaries`], else in
+//! `FAULTLINE_BIN_DIR`, else next to the running executable
+//! (`target/<profile>/`), so build them first: `cargo build --workspace
+//! --bins` (the README's test command does).
 #![forbid(unsafe_code)]
 
 mod cluster;
@@ -39,7 +43,7 @@ pub mod topology;
 
 pub use cluster::{Cluster, Gateway, GatewayClient};
 pub use process::{FREE_PORTS, NatsServer, Service, binary, free_port, workspace_root};
-pub use topology::{BankSpec, ClusterSpec, Ports, Role, Server, Site};
+pub use topology::{BankSpec, ClusterSpec, Ports, Server, Site};
 
 use std::future::Future;
 use std::time::{Duration, Instant};

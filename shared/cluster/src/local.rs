@@ -13,6 +13,7 @@
 //! while the first copy's services answer its readiness checks.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -21,7 +22,8 @@ use sqlx::{Connection as _, PgConnection};
 
 use crate::postgres::PrivatePostgres;
 use crate::process::{NatsServer, wait_for_port};
-use crate::topology::{Ports, Server};
+use crate::topology::{ClusterSpec, Ports, Server};
+use faultline_protocol::cluster::Role;
 
 /// PostgreSQL and Redis for a local cluster, found or started.
 #[derive(Debug)]
@@ -34,14 +36,17 @@ pub(crate) struct LocalServers {
 }
 
 impl LocalServers {
-    /// Checks that every port in `service_ports` and every server port
-    /// nothing answers on is free, then finds or starts each server: NATS,
-    /// and the others.
+    /// Checks every port the cluster of `spec` will bind
+    /// ([`check_local_ports`]), then finds or starts each server: NATS,
+    /// and the others. Every server started here runs in a process group
+    /// of its own, so a terminal's Ctrl-C reaches only the launcher, which
+    /// stops the services first and the servers last.
     pub async fn find_or_start(
+        spec: &ClusterSpec,
         ports: Ports,
         database_url: Option<String>,
-        service_ports: &[(u16, String)],
     ) -> anyhow::Result<(NatsServer, LocalServers)> {
+        check_local_ports(spec, ports)?;
         let port_of = |server| {
             ports
                 .server(server)
@@ -52,18 +57,6 @@ impl LocalServers {
             port_of(Server::Postgres)?,
             port_of(Server::Redis)?,
         );
-        let mut to_bind = service_ports.to_vec();
-        for (server, port) in [
-            (Server::Nats, nats_port),
-            (Server::Postgres, postgres_port),
-            (Server::Redis, redis_port),
-        ] {
-            if !answers(port) {
-                to_bind.push((port, format!("the {} server it would start", server.name())));
-            }
-        }
-        check_ports_free(&to_bind)?;
-
         let nats = if answers(nats_port) {
             say(&format!("using the NATS server on 127.0.0.1:{nats_port}"));
             NatsServer::found_on(nats_port)?
@@ -71,7 +64,7 @@ impl LocalServers {
             say(&format!(
                 "starting NATS with JetStream on 127.0.0.1:{nats_port}"
             ));
-            NatsServer::start_on(nats_port)?
+            NatsServer::start_in_own_group(nats_port)?
         };
         let postgres = Running::find_or_start(Server::Postgres, postgres_port).await?;
         let database_url = match database_url {
@@ -89,12 +82,52 @@ impl LocalServers {
     }
 }
 
+/// Fails, naming each port and what holds it, unless every port a local
+/// cluster of `spec` will bind is free: its services' and those of the
+/// servers it would start (where none answers). Also refuses an offset
+/// that pushes a port past 65535.
+pub fn check_local_ports(spec: &ClusterSpec, ports: Ports) -> anyhow::Result<()> {
+    let mut to_bind: Vec<(u16, String)> = spec
+        .members()
+        .into_iter()
+        .map(|(role, name, n)| {
+            let what = if role == Role::Gateway {
+                "HTTP"
+            } else {
+                "admin"
+            };
+            (ports.service(role, n), format!("{name}'s {what} endpoint"))
+        })
+        .collect();
+    for server in [Server::Nats, Server::Postgres, Server::Redis] {
+        let port = ports.server(server).unwrap_or_default();
+        if port == 0 || !answers(port) {
+            to_bind.push((port, format!("the {} server it would start", server.name())));
+        }
+    }
+    let past_the_end: Vec<&str> = to_bind
+        .iter()
+        .filter(|(port, _)| *port == 0)
+        .map(|(_, what)| what.as_str())
+        .collect();
+    anyhow::ensure!(
+        past_the_end.is_empty(),
+        "the port offset ({ports:?}) puts {} past port 65535",
+        past_the_end.join(", ")
+    );
+    check_ports_free(&to_bind)
+}
+
 /// PostgreSQL or Redis at a port: found answering there, or started by
 /// [`Running::find_or_start`] and stopped when dropped.
-#[derive(Debug, Default)]
-pub struct Running {
-    _postgres: Option<PrivatePostgres>,
-    _redis: Option<RedisServer>,
+#[derive(Debug)]
+pub enum Running {
+    /// Found answering: left alone.
+    Found,
+    /// Started here.
+    Postgres(PrivatePostgres),
+    /// Started here.
+    Redis(RedisServer),
 }
 
 impl Running {
@@ -104,18 +137,12 @@ impl Running {
         let name = server.name();
         if answers(port) {
             say(&format!("using the {name} server on 127.0.0.1:{port}"));
-            return Ok(Running::default());
+            return Ok(Running::Found);
         }
         say(&format!("starting {name} on 127.0.0.1:{port}"));
         Ok(match server {
-            Server::Postgres => Running {
-                _postgres: Some(PrivatePostgres::start_on(port).await?),
-                _redis: None,
-            },
-            Server::Redis => Running {
-                _postgres: None,
-                _redis: Some(RedisServer::start_on(port)?),
-            },
+            Server::Postgres => Running::Postgres(PrivatePostgres::start_in_own_group(port).await?),
+            Server::Redis => Running::Redis(RedisServer::start_on(port)?),
             Server::Nats => anyhow::bail!("NATS is started as a NatsServer"),
         })
     }
@@ -246,9 +273,10 @@ fn listening_inode(table: &str, port: u16) -> Option<u64> {
     })
 }
 
-/// A throwaway redis-server (no persistence), killed on drop.
+/// A throwaway redis-server (no persistence) in a process group of its
+/// own, killed on drop.
 #[derive(Debug)]
-struct RedisServer {
+pub struct RedisServer {
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -260,6 +288,7 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(dir.path())
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

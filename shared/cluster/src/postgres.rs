@@ -28,18 +28,25 @@ pub struct PrivatePostgres {
     port: u16,
     user: Option<(u32, u32)>,
     server: Option<Child>,
+    /// Run in a process group of its own (a local cluster's server).
+    own_group: bool,
 }
 
 impl PrivatePostgres {
     /// Initialises a cluster and starts the server on a free port; waits
     /// until it answers.
     pub async fn start() -> anyhow::Result<PrivatePostgres> {
-        Self::start_on(crate::free_port()).await
+        Self::start_on(crate::free_port(), false).await
     }
 
-    /// Initialises a cluster and starts the server on `port`; waits until
-    /// it answers.
-    pub async fn start_on(port: u16) -> anyhow::Result<PrivatePostgres> {
+    /// Initialises a cluster and starts the server on `port` in a process
+    /// group of its own (a local cluster's, which a terminal's Ctrl-C must
+    /// not stop before the services); waits until it answers.
+    pub async fn start_in_own_group(port: u16) -> anyhow::Result<PrivatePostgres> {
+        Self::start_on(port, true).await
+    }
+
+    async fn start_on(port: u16, own_group: bool) -> anyhow::Result<PrivatePostgres> {
         let bin = server_binaries()
             .context("PostgreSQL's server is not installed (apt-get install postgresql)")?;
         let dir = tempfile::tempdir().context("creating the data directory")?;
@@ -71,6 +78,7 @@ impl PrivatePostgres {
             port,
             user,
             server: None,
+            own_group,
         };
         postgres.start_again().await?;
         Ok(postgres)
@@ -99,6 +107,9 @@ impl PrivatePostgres {
             .stderr(log);
         if let Some((uid, gid)) = self.user {
             server.uid(uid).gid(gid);
+        }
+        if self.own_group {
+            server.process_group(0);
         }
         self.server = Some(server.spawn().context("starting postgres")?);
         let admin = self.admin_url();

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -87,6 +88,9 @@ pub struct NatsServer {
     store: tempfile::TempDir,
     /// Set when the server enforces the deployment's users and permissions.
     authenticated: bool,
+    /// Run in a process group of its own (a local cluster's server, which
+    /// its launcher stops last).
+    own_group: bool,
 }
 
 /// The service roles that have a NATS user in `infra/nats/auth.conf`.
@@ -128,19 +132,34 @@ impl NatsServer {
             port,
             store: tempfile::tempdir().context("creating a scratch directory")?,
             authenticated: false,
+            own_group: false,
         })
     }
 
-    fn start_with(port: u16, authenticated: bool) -> anyhow::Result<NatsServer> {
-        let store = tempfile::tempdir().context("creating the JetStream directory")?;
-        let mut server = NatsServer {
-            child: None,
-            port,
-            store,
-            authenticated,
-        };
+    /// [`NatsServer::start_on`], in a process group of its own: a local
+    /// cluster's, which a terminal's Ctrl-C must not stop before the
+    /// services.
+    pub fn start_in_own_group(port: u16) -> anyhow::Result<NatsServer> {
+        let mut server = Self::unstarted(port, false)?;
+        server.own_group = true;
         server.spawn()?;
         Ok(server)
+    }
+
+    fn start_with(port: u16, authenticated: bool) -> anyhow::Result<NatsServer> {
+        let mut server = Self::unstarted(port, authenticated)?;
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn unstarted(port: u16, authenticated: bool) -> anyhow::Result<NatsServer> {
+        Ok(NatsServer {
+            child: None,
+            port,
+            store: tempfile::tempdir().context("creating the JetStream directory")?,
+            authenticated,
+            own_group: false,
+        })
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -179,6 +198,9 @@ impl NatsServer {
                     "-sd",
                 ])
                 .arg(self.store.path());
+        }
+        if self.own_group {
+            command.process_group(0);
         }
         let child = command
             .stdout(Stdio::null())
@@ -299,9 +321,12 @@ pub struct Service {
     program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
-    /// Whether its output also goes to this process's standard output,
-    /// each line prefixed with `[name]`, as `./faultline run` shows it.
-    echo: bool,
+    /// A service of a local cluster (`./faultline run`): its output also
+    /// goes to this process's standard output, each line prefixed with
+    /// `[name]`; it runs in a process group of its own (a terminal's
+    /// Ctrl-C reaches only the launcher, which stops it); and it keeps the
+    /// user's environment (`RUST_LOG`, an OTLP endpoint...).
+    local: bool,
     _log_dir: std::sync::Arc<tempfile::TempDir>,
 }
 
@@ -318,15 +343,15 @@ impl Service {
         Self::launch(name, binary(binary_name)?, args, env, log_dir, false)
     }
 
-    /// [`Service::start`] of the binary at `program`, also echoing its
-    /// output when `echo` is set.
+    /// [`Service::start`] of the binary at `program`, as a local cluster's
+    /// service when `local` is set (see [`Service`]'s `local`).
     pub(crate) fn launch(
         name: &str,
         program: PathBuf,
         args: &[String],
         env: &[(String, String)],
         log_dir: std::sync::Arc<tempfile::TempDir>,
-        echo: bool,
+        local: bool,
     ) -> anyhow::Result<Service> {
         let mut service = Service {
             name: name.to_owned(),
@@ -335,7 +360,7 @@ impl Service {
             program,
             args: args.to_vec(),
             env: env.to_vec(),
-            echo,
+            local,
             _log_dir: log_dir,
         };
         service.spawn()?;
@@ -348,28 +373,33 @@ impl Service {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
-        let (stdout, stderr) = if self.echo {
-            (Stdio::piped(), Stdio::piped())
+        let mut command = Command::new(&self.program);
+        command.args(&self.args);
+        if self.local {
+            command
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .process_group(0)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
         } else {
-            (log.try_clone()?.into(), log.try_clone()?.into())
-        };
-        let mut child = Command::new(&self.program)
-            .args(&self.args)
-            // A developer's own settings must not reach the services under
-            // test: a worker given no database must not find one.
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env(
-                "RUST_LOG",
-                std::env::var("SERVICE_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(stdout)
-            .stderr(stderr)
+            command
+                // A developer's own settings must not reach the services
+                // under test: a worker given no database must not find one.
+                .env_remove("DATABASE_URL")
+                .env_remove("REDIS_URL")
+                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .env(
+                    "RUST_LOG",
+                    std::env::var("SERVICE_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .stdout(log.try_clone()?)
+                .stderr(log.try_clone()?);
+        }
+        let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", self.program.display()))?;
-        if self.echo {
+        if self.local {
             let out = child
                 .stdout
                 .take()

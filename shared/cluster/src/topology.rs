@@ -8,62 +8,42 @@
 //! and the deployment test checks that docker-compose.yml and the
 //! Kubernetes manifests run the same roles, replicas and weights.
 
+use faultline_protocol::cluster::Role;
 use faultline_protocol::routing::DataPath;
 
-/// A service role: one binary, and the names and ports of its replicas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Gateway,
-    LoadBalancer,
-    HealthMonitor,
-    Coordinator,
-    Worker,
+/// Every role, in the order a cluster starts them (the gateway last). A
+/// role's name (`Role::as_str`) is also its binary's and its NATS user's.
+pub const ROLES: [Role; 5] = [
+    Role::Worker,
+    Role::LoadBalancer,
+    Role::HealthMonitor,
+    Role::Coordinator,
+    Role::Gateway,
+];
+
+/// The name of replica `n` (from 1) of `role`: `worker-2`, `lb-1`,
+/// `gateway-1`.
+pub fn replica_name(role: Role, n: usize) -> String {
+    let prefix = match role {
+        Role::Gateway => "gateway",
+        Role::LoadBalancer => "lb",
+        Role::HealthMonitor => "monitor",
+        Role::Coordinator => "coordinator",
+        Role::Worker => "worker",
+    };
+    format!("{prefix}-{n}")
 }
 
-impl Role {
-    /// Every role, in the order a cluster starts them (the gateway last).
-    pub const ALL: [Role; 5] = [
-        Role::Worker,
-        Role::LoadBalancer,
-        Role::HealthMonitor,
-        Role::Coordinator,
-        Role::Gateway,
-    ];
-
-    /// The binary that plays the role, which is also its NATS user.
-    pub fn binary(self) -> &'static str {
-        match self {
-            Role::Gateway => "gateway",
-            Role::LoadBalancer => "load-balancer",
-            Role::HealthMonitor => "health-monitor",
-            Role::Coordinator => "coordinator",
-            Role::Worker => "worker",
-        }
-    }
-
-    /// The name of replica `n` (from 1): `worker-2`, `lb-1`, `gateway-1`.
-    pub fn replica(self, n: usize) -> String {
-        let prefix = match self {
-            Role::Gateway => "gateway",
-            Role::LoadBalancer => "lb",
-            Role::HealthMonitor => "monitor",
-            Role::Coordinator => "coordinator",
-            Role::Worker => "worker",
-        };
-        format!("{prefix}-{n}")
-    }
-
-    /// The port of replica 1 at a fixed site: the gateway's HTTP port, or
-    /// the admin port (`/live`, `/ready`, `/metrics`) of the others.
-    /// Replica `n` listens `n - 1` above it.
-    fn first_fixed_port(self) -> u16 {
-        match self {
-            Role::Gateway => 8080,
-            Role::Worker => 9111,
-            Role::LoadBalancer => 9121,
-            Role::HealthMonitor => 9131,
-            Role::Coordinator => 9141,
-        }
+/// The port of replica 1 of `role` at a fixed site: the gateway's HTTP
+/// port, or the admin port (`/live`, `/ready`, `/metrics`) of the others.
+/// Replica `n` listens `n - 1` above it.
+fn first_fixed_port(role: Role) -> u16 {
+    match role {
+        Role::Gateway => 8080,
+        Role::Worker => 9111,
+        Role::LoadBalancer => 9121,
+        Role::HealthMonitor => 9131,
+        Role::Coordinator => 9141,
     }
 }
 
@@ -138,7 +118,8 @@ impl Site {
 /// How the services' ports are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ports {
-    /// A free loopback port each ([`crate::free_port`]).
+    /// A free loopback port each, a new one at every ask
+    /// ([`crate::free_port`]).
     Free,
     /// The fixed ports (gateway 8080, workers 9111..., load-balancers
     /// 9121..., monitors 9131..., coordinators 9141...) plus `offset`.
@@ -146,16 +127,17 @@ pub enum Ports {
 }
 
 impl Ports {
-    /// The port replica `n` (from 1) of `role` listens on.
+    /// The port replica `n` (from 1) of `role` listens on. Fixed ports
+    /// past 65535 (too large an offset) come out as 0, which no bind
+    /// accepts as asked: [`crate::local::check_local_ports`] refuses them
+    /// first, by name.
     pub fn service(self, role: Role, n: usize) -> u16 {
         match self {
             Ports::Free => crate::free_port(),
-            Ports::Fixed { offset } => {
-                let n = u16::try_from(n.saturating_sub(1)).unwrap_or(u16::MAX);
-                role.first_fixed_port()
-                    .saturating_add(n)
-                    .saturating_add(offset)
-            }
+            Ports::Fixed { offset } => fixed(
+                u32::from(first_fixed_port(role)) + n.saturating_sub(1) as u32,
+                offset,
+            ),
         }
     }
 
@@ -164,9 +146,14 @@ impl Ports {
     pub fn server(self, server: Server) -> Option<u16> {
         match self {
             Ports::Free => None,
-            Ports::Fixed { offset } => Some(server.usual_port().saturating_add(offset)),
+            Ports::Fixed { offset } => Some(fixed(u32::from(server.usual_port()), offset)),
         }
     }
+}
+
+/// `port + offset`, or 0 past the last port.
+fn fixed(port: u32, offset: u16) -> u16 {
+    u16::try_from(port + u32::from(offset)).unwrap_or(0)
 }
 
 /// What to start.
@@ -313,16 +300,19 @@ impl ClusterSpec {
 
     /// Every replica it runs, as (role, name, number from 1).
     pub fn members(&self) -> Vec<(Role, String, usize)> {
-        Role::ALL
+        ROLES
             .into_iter()
-            .flat_map(|role| (1..=self.replicas(role)).map(move |n| (role, role.replica(n), n)))
+            .flat_map(|role| {
+                (1..=self.replicas(role)).map(move |n| (role, replica_name(role, n), n))
+            })
             .collect()
     }
 }
 
 impl Default for ClusterSpec {
-    /// The standard topology trimmed for the balancing tests: no monitors
-    /// and no bank, a heartbeat every 100 ms, two HTTP workers per gateway.
+    /// The standard topology trimmed for the tests (and tuned for them, as
+    /// [`BankSpec::default`] is): no monitors and no bank, a heartbeat
+    /// every 100 ms, two HTTP workers per gateway.
     fn default() -> Self {
         ClusterSpec {
             heartbeat_interval_ms: Some(100),
@@ -337,6 +327,13 @@ impl Default for ClusterSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fixed_ports_past_the_last_port_come_out_as_zero() {
+        let ports = Ports::Fixed { offset: 60_000 };
+        assert_eq!(ports.service(Role::Worker, 1), 0);
+        assert_eq!(ports.server(Server::Nats), Some(64_222));
+    }
 
     #[test]
     fn fixed_ports_are_the_documented_ones_plus_the_offset() {

@@ -2,8 +2,8 @@
 //!
 //! The gateway mounts them on its public server with [`routes`]; services
 //! without an HTTP API of their own run them on a small server of their own
-//! with [`start`], beside any operator routes of theirs
-//! ([`start_with`], guarded by [`crate::operator`]).
+//! with [`start_with`] (through [`crate::Presence`]), beside any operator
+//! routes of theirs (guarded by [`crate::operator`]).
 
 use std::sync::Arc;
 
@@ -60,12 +60,8 @@ pub struct AdminError {
 }
 
 /// Serves the admin routes on `addr` with one worker thread, in the
-/// background; stop it with the returned handle.
-pub fn start(addr: &str, admin: Admin) -> Result<actix_web::dev::ServerHandle, AdminError> {
-    start_with(addr, admin, |_| {})
-}
-
-/// [`start`], with the service's own routes (`more`) beside the admin ones.
+/// background, with the service's own routes (`more`) beside them; stop
+/// it with the returned handle.
 pub fn start_with(
     addr: &str,
     admin: Admin,

@@ -43,7 +43,7 @@ impl std::fmt::Debug for Heartbeat {
 #[derive(Debug)]
 pub struct Presence {
     client: Client,
-    heartbeat: tokio::task::JoinHandle<()>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
     admin: Option<ServerHandle>,
 }
 
@@ -57,34 +57,63 @@ impl Presence {
         routes: impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
         heartbeat: Heartbeat,
     ) -> Result<Presence, AdminError> {
-        let admin = admin::start_with(admin_addr, admin, routes)?;
+        let mut presence = Self::serve_admin(client, admin_addr, admin, routes)?;
+        presence.begin_heartbeat(heartbeat);
+        Ok(presence)
+    }
+
+    /// Only the admin endpoints, for a service that must answer `/live`
+    /// before it is ready to beat ([`Presence::begin_heartbeat`] later).
+    pub fn serve_admin(
+        client: &Client,
+        admin_addr: &str,
+        admin: Admin,
+        routes: impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+    ) -> Result<Presence, AdminError> {
         Ok(Presence {
-            admin: Some(admin),
-            ..Self::heartbeat_only(client, heartbeat)
+            client: client.clone(),
+            heartbeat: None,
+            admin: Some(admin::start_with(admin_addr, admin, routes)?),
         })
     }
 
     /// Only the heartbeat, for a service that mounts the admin routes on
     /// its own HTTP server (the gateway, with [`admin::routes`]).
     pub fn heartbeat_only(client: &Client, heartbeat: Heartbeat) -> Presence {
-        Presence {
+        let mut presence = Presence {
             client: client.clone(),
-            heartbeat: faultline_bus::heartbeat::spawn(
-                client.clone(),
-                heartbeat.role,
-                heartbeat.id,
-                heartbeat.weight,
-                heartbeat.interval,
-                heartbeat.load,
-            ),
+            heartbeat: None,
             admin: None,
+        };
+        presence.begin_heartbeat(heartbeat);
+        presence
+    }
+
+    /// Starts beating (again, if it had stopped).
+    pub fn begin_heartbeat(&mut self, heartbeat: Heartbeat) {
+        self.stop_heartbeat();
+        self.heartbeat = Some(faultline_bus::heartbeat::spawn(
+            self.client.clone(),
+            heartbeat.role,
+            heartbeat.id,
+            heartbeat.weight,
+            heartbeat.interval,
+            heartbeat.load,
+        ));
+    }
+
+    /// Stops beating now, as a draining service does before it stops
+    /// answering, so that others stop counting on it first.
+    pub fn stop_heartbeat(&mut self) {
+        if let Some(heartbeat) = self.heartbeat.take() {
+            heartbeat.abort();
         }
     }
 
     /// Stops beating, sends what the connection still buffers (the last
     /// replies, waiting at most 2 s), then stops the admin server.
-    pub async fn stop(self) {
-        self.heartbeat.abort();
+    pub async fn stop(mut self) {
+        self.stop_heartbeat();
         faultline_bus::flush_before_exit(&self.client, Duration::from_secs(2)).await;
         if let Some(admin) = self.admin {
             admin.stop(true).await;

@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use faultline_cluster::{BankSpec, Cluster, ClusterSpec, Role, binary, workspace_root};
+use faultline_cluster::topology::{ROLES, replica_name};
+use faultline_cluster::{BankSpec, Cluster, ClusterSpec, binary, workspace_root};
+use faultline_protocol::cluster::Role;
 use serde::Deserialize as _;
 use serde_norway::Value;
 
@@ -189,10 +191,10 @@ fn weight_of(args: &[String], environment: &[(String, String)]) -> u32 {
 fn docker_compose_runs_the_standard_topology() {
     let standard = ClusterSpec::standard();
     let services = compose_services();
-    for role in Role::ALL {
+    for role in ROLES {
         let mut names: Vec<&str> = services
             .iter()
-            .filter(|s| s.program == role.binary())
+            .filter(|s| s.program == role.as_str())
             .map(|s| s.name.as_str())
             .collect();
         names.sort_unstable();
@@ -200,10 +202,10 @@ fn docker_compose_runs_the_standard_topology() {
             // One gateway, published as the plain `gateway`.
             Role::Gateway => vec!["gateway".to_owned()],
             _ => (1..=standard.replicas(role))
-                .map(|n| role.replica(n))
+                .map(|n| replica_name(role, n))
                 .collect(),
         };
-        assert_eq!(names, expected, "compose's {} replicas", role.binary());
+        assert_eq!(names, expected, "compose's {} replicas", role.as_str());
     }
     let mut workers: Vec<&ComposeService> =
         services.iter().filter(|s| s.program == "worker").collect();
@@ -247,8 +249,8 @@ fn kubernetes_base_runs_the_standard_topology() {
             weights.extend(std::iter::repeat_n(weight_of(&args, &environment), count));
         }
     }
-    for role in Role::ALL {
-        let running = replicas.get(role.binary()).copied().unwrap_or_default();
+    for role in ROLES {
+        let running = replicas.get(role.as_str()).copied().unwrap_or_default();
         if role == Role::Gateway {
             // Gateways are stateless behind one Service: Kubernetes runs
             // more than the one a laptop needs, for availability.
@@ -258,7 +260,7 @@ fn kubernetes_base_runs_the_standard_topology() {
                 running,
                 standard.replicas(role),
                 "{} replicas",
-                role.binary()
+                role.as_str()
             );
         }
     }

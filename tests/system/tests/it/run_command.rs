@@ -21,9 +21,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use faultline_cluster::{
-    ClusterSpec, FREE_PORTS, NatsServer, Ports, Role, Server, binary, database::unique_name,
-    eventually, workspace_root,
+    ClusterSpec, FREE_PORTS, NatsServer, Ports, Server, binary, database::unique_name, eventually,
+    workspace_root,
 };
+use faultline_protocol::cluster::Role;
 use serde_json::{Value, json};
 
 /// The ports of the run command's services before the offset, from the
