@@ -57,15 +57,12 @@ async fn under_load(
 /// Waits until lb-1 holds calls: its view counts them in flight.
 async fn lb_1_holds_calls(gateway: &Gateway) {
     eventually("lb-1 holding calls", Duration::from_secs(10), || async {
-        let (_, view) = gateway.get("/v1/cluster").await.ok()?;
-        let holding = view["load_balancers"]
-            .as_array()?
+        let view = gateway.cluster_view().await.ok()?;
+        let lb_1 = view
+            .load_balancers
             .iter()
-            .find(|lb| lb["load_balancer"] == "lb-1")?["workers"]
-            .as_array()?
-            .iter()
-            .any(|w| w["in_flight"].as_u64() > Some(0));
-        holding.then_some(())
+            .find(|lb| lb.load_balancer == "lb-1")?;
+        lb_1.workers.iter().any(|w| w.in_flight > 0).then_some(())
     })
     .await
     .expect("calls reach lb-1");
@@ -73,8 +70,12 @@ async fn lb_1_holds_calls(gateway: &Gateway) {
 
 in_both_data_paths! {
 async fn killing_one_load_balancer_fails_no_call(mode) {
+    // Calls of 50 ms: the 400 after the strike point keep both replicas
+    // busy for over a second, far longer than it takes to see lb-1 holding
+    // calls (a view gathers for at least 100 ms) and kill it. With 5 ms
+    // calls the load could end in that time, and the kill catch nothing.
     let total = 600;
-    let (cluster, answers) = under_load(mode, total, 5, 5000, Service::kill).await;
+    let (cluster, answers) = under_load(mode, total, 50, 5000, Service::kill).await;
 
     // Every call succeeded (served_by panics on any failure)...
     assert_eq!(served_by(&answers).values().sum::<usize>(), total);
