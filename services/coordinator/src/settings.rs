@@ -61,13 +61,7 @@ pub struct Settings {
     /// The database holding the decision log.
     #[command(flatten)]
     pub database: faultline_storage::DatabaseArgs,
-    /// NATS connection.
-    #[command(flatten)]
-    pub nats: faultline_bus::NatsArgs,
-    /// The async runtime.
-    #[command(flatten)]
-    pub runtime: faultline_runtime::RuntimeArgs,
-    /// Admin endpoints and logging.
+    /// Admin endpoints, NATS, the async runtime, logs and traces.
     #[command(flatten)]
     pub service: faultline_runtime::ServiceArgs,
     /// The token guarding the operator routes (quarantine).
@@ -80,13 +74,7 @@ impl faultline_runtime::ServiceSettings for Settings {
     fn id(&self) -> &str {
         &self.id
     }
-    fn threads(&self) -> &faultline_runtime::RuntimeArgs {
-        &self.runtime
-    }
-    fn telemetry(&self) -> &faultline_telemetry::TelemetryArgs {
-        &self.service.telemetry
-    }
-    fn nats(&self) -> &faultline_bus::NatsArgs {
-        &self.nats
+    fn common(&self) -> &faultline_runtime::CommonArgs {
+        &self.service.common
     }
 }

@@ -99,16 +99,10 @@ pub struct Settings {
     /// budget (the load-balancers' settings, by the same names).
     #[command(flatten)]
     pub routing: RoutingArgs,
-    /// NATS connection.
+    /// NATS, the async runtime of the background tasks (HTTP has its
+    /// own workers, `--http-workers`), logs and traces.
     #[command(flatten)]
-    pub nats: faultline_bus::NatsArgs,
-    /// The async runtime of the background tasks (HTTP has its own
-    /// threads, `--http-workers`).
-    #[command(flatten)]
-    pub runtime: faultline_runtime::RuntimeArgs,
-    /// Logging and tracing.
-    #[command(flatten)]
-    pub telemetry: faultline_telemetry::TelemetryArgs,
+    pub common: faultline_runtime::CommonArgs,
 }
 
 impl faultline_runtime::ServiceSettings for Settings {
@@ -116,14 +110,8 @@ impl faultline_runtime::ServiceSettings for Settings {
     fn id(&self) -> &str {
         &self.id
     }
-    fn threads(&self) -> &faultline_runtime::RuntimeArgs {
-        &self.runtime
-    }
-    fn telemetry(&self) -> &faultline_telemetry::TelemetryArgs {
-        &self.telemetry
-    }
-    fn nats(&self) -> &faultline_bus::NatsArgs {
-        &self.nats
+    fn common(&self) -> &faultline_runtime::CommonArgs {
+        &self.common
     }
 }
 
@@ -191,7 +179,7 @@ pub async fn run(
         client.clone(),
         router.clone(),
         FeedSettings {
-            replicas: settings.nats.replicas,
+            replicas: settings.common.nats.replicas,
             default_strategy: settings.routing.strategy,
             heartbeat_interval,
             role: Role::Gateway,
@@ -214,7 +202,7 @@ pub async fn run(
     let state = web::Data::new(AppState {
         nats: client.clone(),
         settings: OnceCell::new(),
-        bucket_replicas: settings.nats.replicas,
+        bucket_replicas: settings.common.nats.replicas,
         max_body_bytes: usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX),
         lb_attempts: settings.lb_attempts,
         shards: settings.shards,
@@ -245,7 +233,7 @@ pub async fn run(
         }),
     };
 
-    let nats_args = settings.nats.clone();
+    let nats_args = settings.common.nats.clone();
     let connection_name = settings.id.clone();
     let mut server = HttpServer::new(move || {
         let (nats_args, connection_name) = (nats_args.clone(), connection_name.clone());

@@ -83,13 +83,7 @@ pub struct Settings {
     #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 250,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub heartbeat_interval_ms: u64,
-    /// NATS connection.
-    #[command(flatten)]
-    pub nats: faultline_bus::NatsArgs,
-    /// The async runtime.
-    #[command(flatten)]
-    pub runtime: faultline_runtime::RuntimeArgs,
-    /// Admin endpoints and logging.
+    /// Admin endpoints, NATS, the async runtime, logs and traces.
     #[command(flatten)]
     pub service: faultline_runtime::ServiceArgs,
 }
@@ -99,14 +93,8 @@ impl faultline_runtime::ServiceSettings for Settings {
     fn id(&self) -> &str {
         &self.id
     }
-    fn threads(&self) -> &faultline_runtime::RuntimeArgs {
-        &self.runtime
-    }
-    fn telemetry(&self) -> &faultline_telemetry::TelemetryArgs {
-        &self.service.telemetry
-    }
-    fn nats(&self) -> &faultline_bus::NatsArgs {
-        &self.nats
+    fn common(&self) -> &faultline_runtime::CommonArgs {
+        &self.service.common
     }
 }
 
@@ -138,7 +126,7 @@ pub async fn run(
         .subscribe(subjects::MONITOR_VIEW)
         .await
         .context("subscribing to view queries")?;
-    let store = open_store(&client, settings.nats.replicas).await;
+    let store = open_store(&client, settings.service.common.nats.replicas).await;
 
     let mut table = Table::new(TablePolicy {
         detector: settings.detector,

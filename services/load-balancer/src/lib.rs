@@ -64,13 +64,7 @@ pub struct Settings {
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_in_flight: u32,
-    /// NATS connection.
-    #[command(flatten)]
-    pub nats: faultline_bus::NatsArgs,
-    /// The async runtime.
-    #[command(flatten)]
-    pub runtime: faultline_runtime::RuntimeArgs,
-    /// Admin endpoints and logging.
+    /// Admin endpoints, NATS, the async runtime, logs and traces.
     #[command(flatten)]
     pub service: faultline_runtime::ServiceArgs,
 }
@@ -80,14 +74,8 @@ impl faultline_runtime::ServiceSettings for Settings {
     fn id(&self) -> &str {
         &self.id
     }
-    fn threads(&self) -> &faultline_runtime::RuntimeArgs {
-        &self.runtime
-    }
-    fn telemetry(&self) -> &faultline_telemetry::TelemetryArgs {
-        &self.service.telemetry
-    }
-    fn nats(&self) -> &faultline_bus::NatsArgs {
-        &self.nats
+    fn common(&self) -> &faultline_runtime::CommonArgs {
+        &self.service.common
     }
 }
 
@@ -106,7 +94,7 @@ pub async fn run(
         client.clone(),
         router.clone(),
         FeedSettings {
-            replicas: settings.nats.replicas,
+            replicas: settings.service.common.nats.replicas,
             default_strategy: settings.routing.strategy,
             heartbeat_interval,
             role: Role::LoadBalancer,

@@ -71,13 +71,7 @@ pub struct Settings {
     /// Two-phase commit for the account shards this worker owns.
     #[command(flatten)]
     pub participant: participant::ParticipantArgs,
-    /// NATS connection.
-    #[command(flatten)]
-    pub nats: faultline_bus::NatsArgs,
-    /// The async runtime.
-    #[command(flatten)]
-    pub runtime: faultline_runtime::RuntimeArgs,
-    /// Admin endpoints and logging.
+    /// Admin endpoints, NATS, the async runtime, logs and traces.
     #[command(flatten)]
     pub service: faultline_runtime::ServiceArgs,
 }
@@ -87,14 +81,8 @@ impl faultline_runtime::ServiceSettings for Settings {
     fn id(&self) -> &str {
         &self.id
     }
-    fn threads(&self) -> &faultline_runtime::RuntimeArgs {
-        &self.runtime
-    }
-    fn telemetry(&self) -> &faultline_telemetry::TelemetryArgs {
-        &self.service.telemetry
-    }
-    fn nats(&self) -> &faultline_bus::NatsArgs {
-        &self.nats
+    fn common(&self) -> &faultline_runtime::CommonArgs {
+        &self.service.common
     }
     fn connection_name(&self) -> String {
         format!("worker-{}", self.id)
@@ -160,7 +148,7 @@ pub async fn run(
         client.clone(),
         settings.id.clone(),
         settings.participant.clone(),
-        settings.nats.replicas,
+        settings.service.common.nats.replicas,
         worker.metrics.clone(),
     );
 

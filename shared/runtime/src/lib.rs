@@ -30,16 +30,31 @@ use std::future::Future;
 use faultline_bus::NatsArgs;
 use faultline_telemetry::TelemetryArgs;
 
+/// Settings every service takes to start: its NATS connection, the
+/// threads of its runtime, and how it logs and traces.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// The async runtime.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Logging and tracing.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
 /// Settings every service without an HTTP API of its own takes: where to
-/// serve the admin endpoints, and how to log and trace.
+/// serve the admin endpoints, and the common ones.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceArgs {
     /// Address of the admin HTTP server (`/live`, `/ready`, `/metrics`).
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9100")]
     pub admin_addr: String,
-    /// Logging and tracing.
+    /// NATS, runtime, logs and traces.
     #[command(flatten)]
-    pub telemetry: TelemetryArgs,
+    pub common: CommonArgs,
 }
 
 /// What start-up reads from a service's settings.
@@ -48,12 +63,8 @@ pub trait ServiceSettings: clap::Parser + std::fmt::Debug {
     const SERVICE: &'static str;
     /// This instance's id.
     fn id(&self) -> &str;
-    /// How many threads run its tasks.
-    fn threads(&self) -> &RuntimeArgs;
-    /// How it logs and traces.
-    fn telemetry(&self) -> &TelemetryArgs;
-    /// Its NATS connection.
-    fn nats(&self) -> &NatsArgs;
+    /// Its NATS connection, runtime, logs and traces.
+    fn common(&self) -> &CommonArgs;
     /// The NATS connection's name, as the server lists it.
     fn connection_name(&self) -> String {
         self.id().to_owned()
@@ -70,11 +81,13 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let settings: S = settings::parse();
-    let runtime = settings.threads().build()?;
+    let common = settings.common();
+    let runtime = common.runtime.build()?;
     runtime.block_on(async move {
-        let telemetry = faultline_telemetry::init(S::SERVICE, settings.id(), settings.telemetry());
+        let common = settings.common();
+        let telemetry = faultline_telemetry::init(S::SERVICE, settings.id(), &common.telemetry);
         let _failpoints = failpoints::init();
-        let nats = faultline_bus::connect(settings.nats(), &settings.connection_name()).await?;
+        let nats = faultline_bus::connect(&common.nats, &settings.connection_name()).await?;
         let result = run(nats, settings).await;
         telemetry.shutdown().await;
         result
