@@ -13,7 +13,9 @@
 use std::time::Duration;
 
 use async_nats::Client;
-use faultline_bus::request::{RetryPolicy, Verdict, request_until};
+use faultline_bus::backoff::Backoff;
+use faultline_bus::request::request_until;
+use faultline_bus::retry::{RetryPolicy, Verdict};
 use faultline_protocol::bank::{
     AbortReason, Leg, ShardReply, ShardRequest, TransferCommand, TransferRecord,
 };
@@ -195,8 +197,10 @@ impl ShardClient {
         let body = bytes::Bytes::from(serde_json::to_vec(request).ok()?);
         let headers = faultline_bus::trace_context::headers(&tracing::Span::current());
         let policy = RetryPolicy {
+            max_attempts: None,
             attempt_timeout: Some(self.attempt_timeout),
-            pause: |attempts| faultline_bus::backoff::random(attempts, BACKOFF_BASE, BACKOFF_CAP),
+            min_attempt_timeout: Duration::ZERO,
+            backoff: SHARD_BACKOFF,
             at_least_once: true,
         };
         request_until(
@@ -218,7 +222,7 @@ impl ShardClient {
                     }
                     Err(error) => error.to_string(),
                 };
-                Verdict::Retry { why }
+                Verdict::Retry(why)
             },
         )
         .await
@@ -228,5 +232,7 @@ impl ShardClient {
 
 /// Retries to a shard start at 10 ms and pause at most 200 ms: a shard that
 /// moves is back within a few heartbeat intervals.
-const BACKOFF_BASE: Duration = Duration::from_millis(10);
-const BACKOFF_CAP: Duration = Duration::from_millis(200);
+const SHARD_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(10),
+    cap: Duration::from_millis(200),
+};

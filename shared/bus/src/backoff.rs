@@ -11,6 +11,28 @@ use std::time::Duration;
 
 use rand::Rng as _;
 
+/// A backoff rule: pauses from `base`, doubling, at most `cap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first retry's longest pause.
+    pub base: Duration,
+    /// The longest pause of any retry.
+    pub cap: Duration,
+}
+
+impl Backoff {
+    /// No pause at all.
+    pub const NONE: Backoff = Backoff {
+        base: Duration::ZERO,
+        cap: Duration::ZERO,
+    };
+
+    /// The pause before retry `retry` (1 for the first), at random.
+    pub fn pause(&self, retry: u32) -> Duration {
+        random(retry, self.base, self.cap)
+    }
+}
+
 /// The longest pause of retry `retry`: `base × 2^(retry-1)`, at most `cap`.
 pub fn ceiling(retry: u32, base: Duration, cap: Duration) -> Duration {
     base.saturating_mul(1u32 << retry.saturating_sub(1).min(16))

@@ -8,7 +8,9 @@
 //!   at their own timeout instead of hanging.
 //! - [`backoff`]: capped exponential backoff with full jitter, for every
 //!   retry loop.
-//! - [`request`]: one request retried within a deadline
+//! - [`retry`]: the one retry loop, attempts within a deadline
+//!   ([`retry::retry_until`]), for every caller that tries again.
+//! - [`request`]: one request, retried on one subject within a deadline
 //!   ([`request::request_until`]), and NATS's failures typed once
 //!   ([`request::BusError`]).
 //! - [`headers`]: reading and writing the protocol's envelope on NATS
@@ -29,6 +31,7 @@ pub mod in_flight;
 pub mod kv_buckets;
 pub mod membership_watch;
 pub mod request;
+pub mod retry;
 pub mod serve;
 pub mod trace_context;
 
@@ -136,13 +139,19 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, 
 }
 
 /// The pause before reconnection attempt `attempt` (0 for the first):
-/// [`backoff`] from 50 ms, capped at `MAX_RECONNECT_DELAY`, so a fleet of
-/// clients spreads its reconnections out.
+/// [`RECONNECT_BACKOFF`], so a fleet of clients spreads its reconnections
+/// out.
 pub fn reconnect_delay(attempt: usize) -> Duration {
-    backoff::random(retry_number(attempt), RECONNECT_BASE, MAX_RECONNECT_DELAY)
+    RECONNECT_BACKOFF.pause(retry_number(attempt))
 }
 
-const RECONNECT_BASE: Duration = Duration::from_millis(50);
+/// The backoff of NATS reconnections, from 50 ms up to
+/// `MAX_RECONNECT_DELAY`; also right for requests to a service that is
+/// briefly absent while NATS itself is, or is between owners.
+pub const RECONNECT_BACKOFF: backoff::Backoff = backoff::Backoff {
+    base: Duration::from_millis(50),
+    cap: MAX_RECONNECT_DELAY,
+};
 
 fn retry_number(attempt: usize) -> u32 {
     u32::try_from(attempt).unwrap_or(u32::MAX).saturating_add(1)
@@ -203,8 +212,13 @@ mod tests {
 
     #[test]
     fn reconnect_delays_grow_then_cap() {
-        let ceiling =
-            |attempt| backoff::ceiling(retry_number(attempt), RECONNECT_BASE, MAX_RECONNECT_DELAY);
+        let ceiling = |attempt| {
+            backoff::ceiling(
+                retry_number(attempt),
+                RECONNECT_BACKOFF.base,
+                RECONNECT_BACKOFF.cap,
+            )
+        };
         assert_eq!(ceiling(0), Duration::from_millis(50));
         assert_eq!(ceiling(3), Duration::from_millis(400));
         assert_eq!(ceiling(10), MAX_RECONNECT_DELAY);

@@ -250,25 +250,6 @@ impl std::fmt::Display for TraceParent {
     }
 }
 
-/// The time budget for the next attempt: the caller's attempt timeout if
-/// set, otherwise an equal share of `remaining` over `attempts_left`, never
-/// less than `floor`; always capped by `remaining`. `None` when less than
-/// a millisecond is left, since a budget of "0 ms" would be sent on as an
-/// instant timeout: the caller should answer "deadline exceeded" itself.
-pub fn attempt_budget(
-    remaining: Duration,
-    attempts_left: u32,
-    attempt_timeout: Option<Duration>,
-    floor: Duration,
-) -> Option<Duration> {
-    let share = match attempt_timeout {
-        Some(explicit) => explicit,
-        None => (remaining / attempts_left.max(1)).max(floor),
-    };
-    let budget = share.min(remaining);
-    (budget >= Duration::from_millis(1)).then_some(budget)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,27 +368,6 @@ mod tests {
         ] {
             assert_eq!(TraceParent::parse(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn attempts_share_the_time_left_unless_told_otherwise() {
-        let ms = Duration::from_millis;
-        assert_eq!(attempt_budget(ms(900), 3, None, ms(50)), Some(ms(300)));
-        assert_eq!(attempt_budget(ms(90), 3, None, ms(50)), Some(ms(50)));
-        assert_eq!(attempt_budget(ms(40), 3, None, ms(50)), Some(ms(40)));
-        assert_eq!(
-            attempt_budget(ms(900), 3, Some(ms(700)), ms(50)),
-            Some(ms(700))
-        );
-        assert_eq!(
-            attempt_budget(ms(500), 3, Some(ms(700)), ms(50)),
-            Some(ms(500))
-        );
-        assert_eq!(
-            attempt_budget(Duration::from_micros(900), 1, None, ms(0)),
-            None
-        );
-        assert_eq!(attempt_budget(ms(10), 0, None, ms(0)), Some(ms(10)));
     }
 
     fn token() -> impl Strategy<Value = String> {

@@ -1,6 +1,9 @@
 //! One call's attempts: pick a worker, send it the call, and retry on
 //! another worker when that is safe. The load-balancer runs this in proxy
-//! mode, the gateway in direct mode; it is the same code.
+//! mode, the gateway in direct mode; it is the same code. The schedule
+//! (time shares, attempt count, pauses, the deadline) is the bus's one
+//! retry loop, [`faultline_bus::retry`]; this module says what an attempt
+//! is and when another may follow.
 //!
 //! Each attempt gets a share of the time left: `remaining / attempts_left`
 //! (never below `min_attempt_timeout`), so a hung worker costs one share,
@@ -35,18 +38,23 @@
 
 use std::time::Duration;
 
-use async_nats::{Client, Request};
+use async_nats::Client;
 use bytes::Bytes;
 use faultline_balancing::MemberId;
-use faultline_bus::request::BusError;
+use faultline_bus::backoff::Backoff;
+use faultline_bus::request::request_once;
+use faultline_bus::retry::{
+    Attempt, Attempts, GaveUp, Retry, RetryPolicy, Stopped, Verdict, retry_until,
+};
 use faultline_bus::trace_context::{CallSpan, Scope};
-use faultline_protocol::headers::{self as h, Envelope};
+use faultline_protocol::headers::Envelope;
 use faultline_protocol::{ErrorBody, Outcome};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use tokio::time::Instant;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use crate::outlier::Ejection;
 use crate::router::{Pick, Router};
 
 /// Retry and timeout policy.
@@ -147,102 +155,117 @@ enum Last {
 /// Forwards `call` over `client` to the workers `router` picks, retrying
 /// as the module docs say.
 pub async fn forward(router: &Router, client: &Client, policy: Policy, call: &Call) -> Answer {
-    let key = call.key.as_deref().map(str::as_bytes);
-    let mut tried: Vec<MemberId> = Vec::new();
-    let mut outcome = Outcome::Retryable;
-    let mut worker_answered: Option<MemberId> = None;
-    let mut last = Last::Failed(Failure::NoWorker);
-    let finish = |outcome, worker, attempts, last: Last| Answer {
-        outcome,
-        worker,
-        attempts,
-        body: match last {
-            Last::Answered(body) => body,
-            Last::Failed(failure) => failure.body(),
+    let schedule = RetryPolicy {
+        max_attempts: Some(policy.max_attempts),
+        attempt_timeout: call.attempt_timeout,
+        min_attempt_timeout: policy.min_attempt_timeout,
+        backoff: Backoff {
+            base: policy.backoff_base,
+            cap: policy.backoff_cap,
         },
+        at_least_once: false,
     };
-    for attempt in 1..=policy.max_attempts {
-        let retry = attempt > 1;
-        if retry {
-            // No budget, or nobody left to try: the last real failure is
-            // the answer, at once, with no pause first.
-            if !router.try_retry(&tried) {
-                return finish(outcome, worker_answered, attempt - 1, last);
-            }
-            let pause = faultline_bus::backoff::random(
-                attempt - 1,
-                policy.backoff_base,
-                policy.backoff_cap,
-            )
-            .min(call.deadline.saturating_duration_since(Instant::now()) / 2);
-            router.metrics().retry(outcome);
-            let backoff = if call.scope.is_recording() {
-                call.scope.span(
-                    "balancer.backoff",
-                    SpanKind::Internal,
-                    vec![
-                        KeyValue::new("attempt", i64::from(attempt)),
-                        KeyValue::new("pause_ms", pause.as_secs_f64() * 1000.0),
-                        KeyValue::new("after", outcome.as_str()),
-                    ],
-                )
-            } else {
-                CallSpan::none()
-            };
-            tokio::time::sleep(pause).await;
-            drop(backoff);
+    let mut balanced = Balanced {
+        router,
+        client,
+        call,
+        tried: Vec::new(),
+        outcome: Outcome::Retryable,
+        worker_answered: None,
+        last: Last::Failed(Failure::NoWorker),
+    };
+    match retry_until(call.deadline, schedule, &mut balanced).await {
+        Ok(answer) => answer,
+        Err(GaveUp {
+            stopped: Stopped::DeadlinePassed,
+            attempts,
+            ..
+        }) => {
+            balanced.outcome = Outcome::TimedOut;
+            balanced.last = Last::Failed(Failure::DeadlinePassed);
+            balanced.finish(attempts)
         }
-        let remaining = call.deadline.saturating_duration_since(Instant::now());
-        let Some(slice) = h::attempt_budget(
-            remaining,
-            policy.max_attempts - attempt + 1,
-            call.attempt_timeout,
-            policy.min_attempt_timeout,
-        ) else {
-            return finish(
-                Outcome::TimedOut,
-                worker_answered,
-                attempt - 1,
-                Last::Failed(Failure::DeadlinePassed),
-            );
-        };
+        // Out of attempts or of retry budget, or nobody left to try: the
+        // last real failure is the answer, at once.
+        Err(gave_up) => balanced.finish(gave_up.attempts),
+    }
+}
+
+/// One balanced call's attempts, and what they have learnt so far.
+struct Balanced<'a> {
+    router: &'a Router,
+    client: &'a Client,
+    call: &'a Call,
+    /// Workers already tried: a retry never goes back to one.
+    tried: Vec<MemberId>,
+    /// The last attempt's outcome.
+    outcome: Outcome,
+    /// The last worker that was sent the call.
+    worker_answered: Option<MemberId>,
+    last: Last,
+}
+
+impl Balanced<'_> {
+    /// The answer, from what the last attempt left.
+    fn finish(&mut self, attempts: u32) -> Answer {
+        let last = std::mem::replace(&mut self.last, Last::Failed(Failure::NoWorker));
+        Answer {
+            outcome: self.outcome,
+            worker: self.worker_answered.clone(),
+            attempts,
+            body: match last {
+                Last::Answered(body) => body,
+                Last::Failed(failure) => failure.body(),
+            },
+        }
+    }
+}
+
+impl Attempts for Balanced<'_> {
+    type Output = Answer;
+    /// A failed attempt's outcome; the rest is kept in `self`.
+    type Failure = Outcome;
+
+    async fn attempt(&mut self, attempt: Attempt) -> Verdict<Answer, Outcome> {
+        let (call, router) = (self.call, self.router);
+        let retry = attempt.number > 1;
+        let made_before = attempt.number - 1;
         let span = if call.scope.is_recording() {
             call.scope.span(
                 "balancer.attempt",
                 SpanKind::Client,
                 vec![
                     KeyValue::new("messaging.system", "nats"),
-                    KeyValue::new("attempt", i64::from(attempt)),
+                    KeyValue::new("attempt", i64::from(attempt.number)),
                     KeyValue::new("retry", retry),
                     KeyValue::new(
                         "timeout_ms",
-                        i64::try_from(slice.as_millis()).unwrap_or(i64::MAX),
+                        i64::try_from(attempt.slice.as_millis()).unwrap_or(i64::MAX),
                     ),
                     KeyValue::new(
                         "balancing.excluded",
-                        i64::try_from(tried.len()).unwrap_or(i64::MAX),
+                        i64::try_from(self.tried.len()).unwrap_or(i64::MAX),
                     ),
                 ],
             )
         } else {
             CallSpan::none()
         };
-        let (worker, strategy) = match router.pick(key, &tried, !retry) {
+        let key = call.key.as_deref().map(str::as_bytes);
+        let (worker, strategy) = match router.pick(key, &self.tried, !retry) {
             Pick::Worker(worker, strategy) => (worker, strategy),
             Pick::PanicClosed => {
                 span.set("outcome", "panic_closed");
-                return finish(
-                    Outcome::Retryable,
-                    None,
-                    attempt - 1,
-                    Last::Failed(Failure::PanicClosed),
-                );
+                self.outcome = Outcome::Retryable;
+                self.worker_answered = None;
+                self.last = Last::Failed(Failure::PanicClosed);
+                return Verdict::Done(self.finish(made_before));
             }
             // Nobody (left) to try: report the last real failure if there
             // was one.
             Pick::NoneLeft => {
                 span.set("outcome", "no_worker_left");
-                return finish(outcome, worker_answered, attempt - 1, last);
+                return Verdict::Done(self.finish(made_before));
             }
         };
         if span.exists() {
@@ -252,66 +275,94 @@ pub async fn forward(router: &Router, client: &Client, policy: Policy, call: &Ca
         let envelope = Envelope {
             trace: span.traceparent().or_else(|| call.scope.outgoing()),
             tracestate: call.scope.tracestate(),
-            timeout: Some(slice),
+            timeout: Some(attempt.slice),
             request_id: call.request_id.clone(),
             ..Envelope::default()
         };
         let sent = Instant::now();
-        let request = client.send_request(
+        let response = request_once(
+            self.client,
             worker.subject.clone(),
-            Request::new()
-                .headers(faultline_bus::headers::to_headers(&envelope))
-                .payload(call.payload.clone())
-                .timeout(Some(slice)),
-        );
-        let response = request.await;
+            faultline_bus::headers::to_headers(&envelope),
+            call.payload.clone(),
+            attempt.slice,
+        )
+        .await;
         let elapsed = sent.elapsed();
-        (outcome, last) = match response {
+        (self.outcome, self.last) = match response {
             Ok(reply) => (
                 faultline_bus::headers::outcome(reply.headers.as_ref()),
                 Last::Answered(reply.payload),
             ),
             // Nobody subscribed: the call was never delivered.
-            Err(error) if BusError::from(&error).surely_undelivered() => {
+            Err(error) if error.surely_undelivered() => {
                 (Outcome::Retryable, Last::Failed(Failure::Unreachable))
             }
             // No answer in time, or the connection broke after sending:
             // the worker may have done the work.
             Err(_) => (
                 Outcome::TimedOut,
-                Last::Failed(Failure::AttemptTimedOut(slice)),
+                Last::Failed(Failure::AttemptTimedOut(attempt.slice)),
             ),
         };
+        let outcome = self.outcome;
         let failed = crate::table::counts_as_failure(outcome);
-        let cost = if failed { slice } else { elapsed };
+        let cost = if failed { attempt.slice } else { elapsed };
         span.set("outcome", outcome.as_str());
         if outcome != Outcome::Ok {
             span.fail();
         }
         if let Some(ejection) = router.complete(&worker, strategy, outcome, elapsed, cost) {
-            let log = || tracing::warn!(worker = %ejection.worker, "Ejected a failing worker.");
-            match span.context() {
-                // In the trace of the call whose failure tipped it: a
-                // `tracing` span (it is rare), so that the log line inside
-                // names the trace.
-                Some(attempt) => {
-                    let ejected = tracing::info_span!(
-                        "balancer.ejection",
-                        worker = %ejection.worker,
-                        seconds = ejection.duration.as_secs_f64(),
-                        times = ejection.times,
-                    );
-                    let _ = ejected.set_parent(attempt.clone());
-                    ejected.in_scope(log);
-                }
-                None => log(),
-            }
+            report_ejection(&ejection, &span);
         }
-        worker_answered = Some(worker.id.clone());
+        self.worker_answered = Some(worker.id.clone());
         if !outcome.may_retry(call.idempotent) {
-            return finish(outcome, worker_answered, attempt, last);
+            return Verdict::Done(self.finish(attempt.number));
         }
-        tried.push(worker.id.clone());
+        self.tried.push(worker.id.clone());
+        Verdict::Retry(outcome)
     }
-    finish(outcome, worker_answered, policy.max_attempts, last)
+
+    /// A retry needs the budget's leave and someone left to try.
+    fn may_retry(&mut self, _failure: &Outcome) -> bool {
+        self.router.try_retry(&self.tried)
+    }
+
+    fn retrying(&mut self, retry: Retry, after: &Outcome) -> impl Sized {
+        self.router.metrics().retry(*after);
+        if self.call.scope.is_recording() {
+            self.call.scope.span(
+                "balancer.backoff",
+                SpanKind::Internal,
+                vec![
+                    KeyValue::new("attempt", i64::from(retry.number)),
+                    KeyValue::new("pause_ms", retry.pause.as_secs_f64() * 1000.0),
+                    KeyValue::new("after", after.as_str()),
+                ],
+            )
+        } else {
+            CallSpan::none()
+        }
+    }
+}
+
+/// Logs an ejection the attempt caused, inside the trace of the call
+/// whose failure tipped it when that trace is recorded.
+fn report_ejection(ejection: &Ejection, span: &CallSpan) {
+    let log = || tracing::warn!(worker = %ejection.worker, "Ejected a failing worker.");
+    match span.context() {
+        // A `tracing` span (ejections are rare), so that the log line
+        // inside names the trace.
+        Some(attempt) => {
+            let ejected = tracing::info_span!(
+                "balancer.ejection",
+                worker = %ejection.worker,
+                seconds = ejection.duration.as_secs_f64(),
+                times = ejection.times,
+            );
+            let _ = ejected.set_parent(attempt.clone());
+            ejected.in_scope(log);
+        }
+        None => log(),
+    }
 }

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use faultline_bus::request::{BusError, RetryPolicy, Verdict, request_until};
+use faultline_bus::request::{BusError, request_until};
+use faultline_bus::retry::{RetryPolicy, Verdict};
 use faultline_protocol::bank::{
     self, CoordinatorReply, NewAccount, Refusal, ShardReply, ShardRequest, TransferCommand,
     TransferRecord, TransferRequest, TransferState,
@@ -146,11 +147,7 @@ async fn ask_coordinator(
         headers,
         payload,
         deadline.into(),
-        RetryPolicy {
-            attempt_timeout: None,
-            pause: retry_pause,
-            at_least_once: false,
-        },
+        SHORT_ABSENCES,
         |attempt, answer| match answer {
             Ok(message) => {
                 Verdict::Done(serde_json::from_slice(&message.payload).map_err(|error| {
@@ -159,9 +156,7 @@ async fn ask_coordinator(
             }
             // Not delivered: no coordinator holds the lease right now.
             Err(BusError::NoResponders) if attempt.left >= Duration::from_millis(100) => {
-                Verdict::Retry {
-                    why: "no coordinator".into(),
-                }
+                Verdict::Retry("no coordinator".into())
             }
             Err(BusError::NoResponders) => Verdict::Done(Err(ApiError::CoordinatorUnavailable)),
             // Sent, and no answer in time: it may have been acted on.
@@ -172,10 +167,15 @@ async fn ask_coordinator(
     answer.unwrap_or(Err(ApiError::CoordinatorUnavailable))
 }
 
-/// The pause after `attempts` failed tries: NATS's reconnect backoff.
-fn retry_pause(attempts: u32) -> Duration {
-    faultline_bus::reconnect_delay(attempts.saturating_sub(1) as usize)
-}
+/// Retrying while a coordinator or a shard's owner is briefly absent:
+/// until the deadline, pausing as NATS's reconnections do.
+const SHORT_ABSENCES: RetryPolicy = RetryPolicy {
+    max_attempts: None,
+    attempt_timeout: None,
+    min_attempt_timeout: Duration::ZERO,
+    backoff: faultline_bus::RECONNECT_BACKOFF,
+    at_least_once: false,
+};
 
 /// Asks the shard's owner, retrying while the shard has no owner, is
 /// between owners, or its database is briefly unreachable. A request that
@@ -199,30 +199,25 @@ async fn ask_shard(
         deadline.into(),
         RetryPolicy {
             attempt_timeout: Some(Duration::from_secs(1)),
-            pause: retry_pause,
-            at_least_once: false,
+            ..SHORT_ABSENCES
         },
         |_, answer| match answer {
             Ok(message) => match serde_json::from_slice::<ShardReply>(&message.payload) {
-                Ok(ShardReply::NotOwner) => Verdict::Retry {
-                    why: "the shard is moving between workers".into(),
-                },
-                Ok(ShardReply::Unavailable { message }) => Verdict::Retry { why: message },
+                Ok(ShardReply::NotOwner) => {
+                    Verdict::Retry("the shard is moving between workers".into())
+                }
+                Ok(ShardReply::Unavailable { message }) => Verdict::Retry(message),
                 Ok(reply) => Verdict::Done(Ok(reply)),
                 Err(error) => Verdict::Done(Err(ApiError::BadUpstream(format!(
                     "unreadable shard reply: {error}"
                 )))),
             },
-            Err(BusError::NoResponders) => Verdict::Retry {
-                why: "no worker serves the shard".into(),
-            },
+            Err(BusError::NoResponders) => Verdict::Retry("no worker serves the shard".into()),
             Err(_) if !repeatable => Verdict::Done(Err(ApiError::ShardOutcomeUnknown { shard })),
-            Err(BusError::TimedOut) => Verdict::Retry {
-                why: "the shard's owner did not answer in time".into(),
-            },
-            Err(error) => Verdict::Retry {
-                why: error.to_string(),
-            },
+            Err(BusError::TimedOut) => {
+                Verdict::Retry("the shard's owner did not answer in time".into())
+            }
+            Err(error) => Verdict::Retry(error.to_string()),
         },
     )
     .await;

@@ -20,12 +20,15 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
-use async_nats::Request;
 use bytes::{BufMut as _, Bytes, BytesMut};
-use faultline_bus::request::BusError;
+use faultline_bus::backoff::Backoff;
+use faultline_bus::request::{BusError, request_once};
+use faultline_bus::retry::{
+    Attempt, Attempts, GaveUp, Retry, RetryPolicy, Stopped, Verdict, retry_until,
+};
 use faultline_bus::trace_context::{CallSpan, Scope};
 use faultline_protocol::call::Call as ValidCall;
-use faultline_protocol::headers::{self as h, Envelope};
+use faultline_protocol::headers::Envelope;
 use faultline_protocol::routing::DataPath;
 use faultline_protocol::{CallRequest, Outcome, subjects};
 use opentelemetry::KeyValue;
@@ -142,104 +145,154 @@ async fn proxy(
     scope: Scope,
 ) -> Result<Served, ApiError> {
     let idempotent = call.operation.is_idempotent();
-    let deadline = Instant::now() + call.timeout;
-    let mut envelope = Envelope {
-        tracestate: scope.tracestate(),
-        attempt_timeout: call.attempt_timeout,
-        request_id: Some(request_id.to_owned()),
-        idempotent,
-        key: call.key,
-        ..Envelope::default()
+    let deadline = tokio::time::Instant::now() + call.timeout;
+    let schedule = RetryPolicy {
+        max_attempts: Some(if idempotent { state.lb_attempts } else { 1 }),
+        attempt_timeout: None,
+        // When the caller fixed an attempt timeout, a balancer must be
+        // given at least that long (plus our margin) for its first attempt.
+        min_attempt_timeout: call
+            .attempt_timeout
+            .map_or(Duration::ZERO, |t| t + MAX_MARGIN),
+        // Only "no replica subscribed" pauses, briefly, so that a retry
+        // can find one that is restarting.
+        backoff: Backoff {
+            base: NO_REPLICA_PAUSE,
+            cap: NO_REPLICA_PAUSE,
+        },
+        at_least_once: false,
     };
-    let max_tries = if idempotent { state.lb_attempts } else { 1 };
-    // When the caller fixed an attempt timeout, a balancer must be given at
-    // least that long (plus our margin) for its first attempt.
-    let floor = call
-        .attempt_timeout
-        .map_or(Duration::ZERO, |t| t + MAX_MARGIN);
-    let mut earlier_attempts = 0u32;
-    let mut last_error = ApiError::NoLoadBalancer;
-    for try_number in 1..=max_tries {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let Some(slice) = h::attempt_budget(remaining, max_tries - try_number + 1, None, floor)
-        else {
-            return Err(ApiError::DeadlineExceeded);
-        };
+    let mut via = ViaLoadBalancers {
+        state,
+        connection,
+        body,
+        envelope: Envelope {
+            tracestate: scope.tracestate(),
+            attempt_timeout: call.attempt_timeout,
+            request_id: Some(request_id.to_owned()),
+            idempotent,
+            key: call.key,
+            ..Envelope::default()
+        },
+        scope,
+        request_id,
+        last_error: ApiError::NoLoadBalancer,
+    };
+    match retry_until(deadline, schedule, &mut via).await {
+        Ok(served) => Ok(served),
+        Err(GaveUp {
+            stopped: Stopped::DeadlinePassed,
+            ..
+        }) => Err(ApiError::DeadlineExceeded),
+        Err(_) => Err(via.last_error),
+    }
+}
+
+/// The longest pause before retrying a call no replica was subscribed for.
+const NO_REPLICA_PAUSE: Duration = Duration::from_millis(20);
+
+/// One proxied call's tries, each to whichever load-balancer replica the
+/// queue group hands it.
+struct ViaLoadBalancers<'a> {
+    state: &'a AppState,
+    connection: &'a Connection,
+    body: Bytes,
+    envelope: Envelope,
+    scope: Scope,
+    request_id: &'a str,
+    /// The error to answer if no try gets an answer.
+    last_error: ApiError,
+}
+
+/// Why a try got no answer.
+#[derive(Debug)]
+enum NoAnswer {
+    FromAnyReplica,
+    ReplicaLost,
+}
+
+impl Attempts for ViaLoadBalancers<'_> {
+    type Output = Served;
+    type Failure = NoAnswer;
+
+    async fn attempt(&mut self, attempt: Attempt) -> Verdict<Served, NoAnswer> {
         // Tell the balancer a little less than we wait, so its answer (even
         // "deadline exceeded") arrives before we give up on it.
-        let margin = (slice / 10).min(MAX_MARGIN);
-        envelope.timeout = Some(slice - margin);
+        let margin = (attempt.slice / 10).min(MAX_MARGIN);
+        self.envelope.timeout = Some(attempt.slice - margin);
         // One client span per try: a try that a dead replica swallowed
         // shows as its own span, beside the one that answered.
-        let try_span = if scope.is_recording() {
-            scope.span(
+        let try_span = if self.scope.is_recording() {
+            self.scope.span(
                 "gateway.forward",
                 SpanKind::Client,
                 vec![
                     KeyValue::new("messaging.system", "nats"),
                     KeyValue::new("messaging.destination.name", subjects::LB_CALL),
-                    KeyValue::new("try_number", i64::from(try_number)),
+                    KeyValue::new("try_number", i64::from(attempt.number)),
                 ],
             )
         } else {
             CallSpan::none()
         };
-        envelope.trace = try_span.traceparent().or_else(|| scope.outgoing());
-        let mut losses = state.lb_losses.clone();
+        self.envelope.trace = try_span.traceparent().or_else(|| self.scope.outgoing());
+        let mut losses = self.state.lb_losses.clone();
         let sent = Instant::now();
-        let request = connection.nats.send_request(
-            subjects::LB_CALL,
-            Request::new()
-                .headers(faultline_bus::headers::to_headers(&envelope))
-                .payload(body.clone())
-                .timeout(Some(slice)),
+        let request = request_once(
+            &self.connection.nats,
+            subjects::LB_CALL.into(),
+            faultline_bus::headers::to_headers(&self.envelope),
+            self.body.clone(),
+            attempt.slice,
         );
         let response = tokio::select! {
-            response = request => Some(response),
+            response = request => response,
             // A replica lost while this call was in it: send it again now
             // rather than wait out the slice.
             Ok(_) = losses.wait_for(|loss| crate::replicas::may_hold(*loss, sent)),
-                if try_number < max_tries => None,
+                if !attempt.is_last => {
+                try_span.set("outcome", "replica_lost");
+                return Verdict::RetryAtOnce(NoAnswer::ReplicaLost);
+            }
         };
-        match response {
-            Some(Ok(reply)) => {
+        let error = match response {
+            Ok(reply) => {
                 let reply_envelope = faultline_bus::headers::envelope(reply.headers.as_ref());
                 let outcome = reply_envelope.outcome.unwrap_or(Outcome::Failed);
                 try_span.set("outcome", outcome.as_str());
-                return Ok(Served {
+                return Verdict::Done(Served {
                     outcome,
                     worker: reply_envelope.worker,
-                    attempts: earlier_attempts.saturating_add(reply_envelope.attempts.unwrap_or(1)),
+                    attempts: (attempt.number - 1)
+                        .saturating_add(reply_envelope.attempts.unwrap_or(1)),
                     body: reply.payload,
                 });
             }
-            Some(Err(error)) => {
-                earlier_attempts += 1;
-                last_error = match BusError::from(&error) {
-                    BusError::NoResponders => {
-                        // No replica subscribed right now (all restarting?):
-                        // pause briefly so a retry can find one.
-                        if try_number < max_tries {
-                            tokio::time::sleep(Duration::from_millis(20).min(slice / 4)).await;
-                        }
-                        ApiError::NoLoadBalancer
-                    }
-                    BusError::TimedOut => ApiError::DeadlineExceeded,
-                    BusError::Other(_) => ApiError::NoLoadBalancer,
-                };
-                try_span.set("outcome", "no_answer");
-                tracing::warn!(request_id, try_number, %error, "A load-balancer did not answer.");
+            Err(error) => error,
+        };
+        try_span.set("outcome", "no_answer");
+        tracing::warn!(
+            request_id = self.request_id,
+            try_number = attempt.number,
+            %error,
+            "A load-balancer did not answer."
+        );
+        match error {
+            // No replica subscribed right now (all restarting?): pause
+            // briefly so a retry can find one.
+            BusError::NoResponders => {
+                self.last_error = ApiError::NoLoadBalancer;
+                return Verdict::Retry(NoAnswer::FromAnyReplica);
             }
-            None => {
-                earlier_attempts += 1;
-                try_span.set("outcome", "replica_lost");
-            }
+            BusError::TimedOut => self.last_error = ApiError::DeadlineExceeded,
+            BusError::Other(_) => self.last_error = ApiError::NoLoadBalancer,
         }
-        if try_number < max_tries {
-            state.metrics.lb_retry();
-        }
+        Verdict::RetryAtOnce(NoAnswer::FromAnyReplica)
     }
-    Err(last_error)
+
+    fn retrying(&mut self, _retry: Retry, _after: &NoAnswer) -> impl Sized {
+        self.state.metrics.lb_retry();
+    }
 }
 
 /// The status that matches a failed call's outcome.
