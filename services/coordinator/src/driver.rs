@@ -9,8 +9,10 @@
 //! ```
 //!
 //! Two fsyncs stand between the request and the answer: the shards'
-//! prepares (in parallel) and the decision. Nothing is written before the
-//! prepares: while a transfer is prepared, it lives only in the term's live
+//! prepares (in parallel) and the decision. Before the prepares, only the
+//! transfer's intent is written, its legs (unlogged, no fsync), which each
+//! shard checks a prepare against, so that a prepare forged on the bus
+//! changes nothing. While a transfer is prepared, it lives only in the term's live
 //! set ([`crate::live`]), which also refuses a second attempt under the
 //! same idempotency key (409, retry shortly); a retry after the decision
 //! finds it in the log. Should two attempts under one key still prepare
@@ -106,6 +108,15 @@ pub async fn transfer(term: &Arc<Term>, command: TransferCommand) -> Coordinator
     if let [shard] = legs.keys().copied().collect::<Vec<_>>()[..] {
         return crate::one_phase::transfer(term, command, xid, shard, driving).await;
     }
+    let recorded = legs.values().flatten().cloned().collect();
+    let intended = term
+        .timed(Phase::Intend, term.log.intend(xid, term.token, recorded))
+        .instrument(tracing::info_span!("2pc.intend"))
+        .await;
+    if let Err(error) = intended {
+        // Nothing is prepared yet: the transfer has simply not happened.
+        return unavailable(&error.to_string());
+    }
     let deadline = Instant::now() + term.prepare_window;
     // Built inside the span (an async block runs when polled), so that
     // each shard's span is a child of `2pc.prepare`.
@@ -145,8 +156,15 @@ pub async fn transfer(term: &Arc<Term>, command: TransferCommand) -> Coordinator
         Ok(Logged::Decided(record)) => record,
         Ok(Logged::Existing(first)) => {
             // Another attempt under this key was decided first: release
-            // what this one prepared, and answer with the first.
+            // what this one prepared, and answer with the first. Its
+            // abort must be in the log first, as every decision a shard
+            // applies is: the barrier says so.
             request.record("state", "replayed");
+            if let Err(error) = term.log.presume_abort(xid, term.token).await {
+                // Its prepares stay held until the shards ask, and hear
+                // the presumed abort then.
+                tracing::warn!(%error, %xid, "Cannot record the abort of a replayed attempt yet.");
+            }
             let ours = TransferRecord {
                 id: xid,
                 idempotency_key: command.idempotency_key.clone(),

@@ -20,8 +20,12 @@
 //! ([`DecisionLog::quarantine`]): recovery's query leaves it out until an
 //! operator resolves it ([`DecisionLog::resolve`], `crate::operator`).
 //!
-//! Nothing is written before the prepares: presumed abort makes "no
-//! record" an abort. When a participant asks about a transaction the log
+//! Before the prepares, only the transfer's *intent* is written: its legs
+//! under the term's token, in an unlogged table (`transfer_intents`), so
+//! no fsync. It is not a record of the transfer's fate, only what shards
+//! check a prepare against, so that a prepare forged on the bus finds
+//! nothing to back it (`faultline_transactions::log_backing`); finishing
+//! the transfer removes it. Presumed abort makes "no decision" an abort. When a participant asks about a transaction the log
 //! has never heard of and whose driver is gone, recovery writes a bare
 //! *abort barrier* for its id ([`DecisionLog::presume_abort`]): the
 //! decision is an insert, so a late commit of that id (a driver whose
@@ -32,7 +36,8 @@
 use std::time::Duration;
 
 use faultline_protocol::bank::{
-    AbortReason, Audit, AuditTransfers, Quarantine, TransferCommand, TransferRecord, TransferState,
+    AbortReason, Audit, AuditTransfers, Leg, Quarantine, TransferCommand, TransferRecord,
+    TransferState,
 };
 use faultline_storage::group_commit::{self, BatchWrite, GroupCommit, GroupCommitError};
 use faultline_storage::transfers;
@@ -56,6 +61,16 @@ pub enum LogWrite {
         /// The term's token.
         token: u64,
     },
+    /// The transfer's legs, recorded before its prepares, which shards
+    /// check them against (`faultline_transactions::log_backing`).
+    Intend {
+        /// The transfer.
+        xid: Uuid,
+        /// The term's token.
+        token: u64,
+        /// Every leg, on every shard.
+        legs: Vec<Leg>,
+    },
     /// Mark phase two done.
     Finish {
         /// The transfer.
@@ -75,7 +90,9 @@ pub struct Asked {
 impl LogWrite {
     fn xid(&self) -> Uuid {
         match self {
-            LogWrite::Decide { xid, .. } | LogWrite::Finish { xid } => *xid,
+            LogWrite::Decide { xid, .. }
+            | LogWrite::Intend { xid, .. }
+            | LogWrite::Finish { xid } => *xid,
         }
     }
 }
@@ -93,6 +110,8 @@ pub enum Logged {
         /// The fence's token.
         current: u64,
     },
+    /// The intent is recorded.
+    Intended,
     /// No such transfer.
     Missing,
     /// Finished.
@@ -181,7 +200,18 @@ impl DecisionLog {
             .await?)
     }
 
-    /// Marks phase two done.
+    /// Records the legs of transfer `xid` before its prepares are sent:
+    /// shards prepare only legs recorded here, under the same token. Not
+    /// forced, and the table is unlogged: an intent matters only until the
+    /// prepares it backs are durable.
+    pub async fn intend(&self, xid: Uuid, token: u64, legs: Vec<Leg>) -> Result<(), LogError> {
+        self.lazy
+            .submit(LogWrite::Intend { xid, token, legs })
+            .await?;
+        Ok(())
+    }
+
+    /// Marks phase two done, and forgets the transfer's intent.
     pub async fn finish(&self, xid: Uuid) -> Result<(), LogError> {
         self.lazy.submit(LogWrite::Finish { xid }).await?;
         Ok(())
@@ -212,7 +242,9 @@ impl DecisionLog {
              locked AS (SELECT shard FROM shards WHERE EXISTS (SELECT 1 FROM raised) \
                         ORDER BY shard FOR UPDATE), \
              shards_raised AS (UPDATE shards s SET coordinator_token = $1 FROM locked l \
-                               WHERE s.shard = l.shard AND s.coordinator_token < $1) \
+                               WHERE s.shard = l.shard AND s.coordinator_token < $1), \
+             intents_dropped AS (DELETE FROM transfer_intents \
+                                 WHERE token < $1 AND EXISTS (SELECT 1 FROM raised)) \
              SELECT count(*) FROM raised",
         )
         .bind(to_i64(token))
@@ -473,6 +505,7 @@ impl BatchWrite for LogWriter {
         let mut answers: Vec<Option<Logged>> = vec![None; requests.len()];
         let mut decisions = Vec::new();
         let mut barriers = Vec::new();
+        let mut intents = Vec::new();
         let mut finishes = Vec::new();
         for (i, request) in requests.iter().enumerate() {
             match request {
@@ -480,7 +513,14 @@ impl BatchWrite for LogWriter {
                     transfer: Some(_), ..
                 } => decisions.push(i),
                 LogWrite::Decide { transfer: None, .. } => barriers.push(i),
+                LogWrite::Intend { .. } => intents.push(i),
                 LogWrite::Finish { .. } => finishes.push(i),
+            }
+        }
+        if !intents.is_empty() {
+            write_intents(conn, requests, &intents).await?;
+            for i in intents {
+                answers[i] = Some(Logged::Intended);
             }
         }
         if !decisions.is_empty() {
@@ -492,7 +532,8 @@ impl BatchWrite for LogWriter {
         if !finishes.is_empty() {
             let ids: Vec<Uuid> = finishes.iter().map(|&i| requests[i].xid()).collect();
             sqlx::query(
-                "UPDATE transfers SET finished_at = clock_timestamp() \
+                "WITH dropped AS (DELETE FROM transfer_intents WHERE xid = ANY($1)) \
+                 UPDATE transfers SET finished_at = clock_timestamp() \
                  WHERE id = ANY($1) AND finished_at IS NULL",
             )
             .bind(ids)
@@ -507,6 +548,40 @@ impl BatchWrite for LogWriter {
             .map(|answer| answer.unwrap_or(Logged::Missing))
             .collect())
     }
+}
+
+/// Inserts every intent of the batch, in one statement.
+async fn write_intents(
+    conn: &mut PgConnection,
+    requests: &[LogWrite],
+    intents: &[usize],
+) -> Result<(), sqlx::Error> {
+    let mut ids = Vec::with_capacity(intents.len());
+    let mut tokens = Vec::with_capacity(intents.len());
+    let mut legs = Vec::with_capacity(intents.len());
+    for &i in intents {
+        if let LogWrite::Intend {
+            xid,
+            token,
+            legs: these,
+        } = &requests[i]
+        {
+            ids.push(*xid);
+            tokens.push(to_i64(*token));
+            legs.push(serde_json::to_string(these).unwrap_or_else(|_| "[]".into()));
+        }
+    }
+    sqlx::query(
+        "INSERT INTO transfer_intents (xid, token, legs) \
+         SELECT x, t, l::jsonb FROM unnest($1::uuid[], $2::int8[], $3::text[]) AS i(x, t, l) \
+         ON CONFLICT (xid) DO NOTHING",
+    )
+    .bind(ids)
+    .bind(tokens)
+    .bind(legs)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Inserts every decision under the fence, in one statement that reads

@@ -24,6 +24,8 @@ struct PhaseLabel {
 /// A step of two-phase commit, as the duration histogram labels it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Recording the transfer's legs, which back its prepares.
+    Intend,
     /// Collecting every shard's vote.
     Prepare,
     /// Writing the decision.
@@ -37,7 +39,8 @@ pub enum Phase {
 }
 
 impl Phase {
-    const ALL: [Phase; 5] = [
+    const ALL: [Phase; 6] = [
+        Phase::Intend,
         Phase::Prepare,
         Phase::Decide,
         Phase::PhaseTwo,
@@ -47,6 +50,7 @@ impl Phase {
 
     fn as_str(self) -> &'static str {
         match self {
+            Phase::Intend => "intend",
             Phase::Prepare => "prepare",
             Phase::Decide => "decide",
             Phase::PhaseTwo => "phase_two",

@@ -1,5 +1,10 @@
 //! The participant's store on the real PostgreSQL: ownership epochs,
-//! coordinator tokens, and the branch barrier, each refusing what it must.
+//! coordinator tokens, the decision log's backing, and the branch barrier,
+//! each refusing what it must.
+//!
+//! The tests play the coordinator in the database as it leaves the log
+//! before each message: the fence raised to its token, the transfer's
+//! intent before a prepare, the decision before a commit or an abort.
 
 use faultline_cluster::database::TestDatabase;
 use faultline_protocol::bank::{Leg, NewAccount, ShardReply};
@@ -34,21 +39,67 @@ async fn write(store: &GroupCommit<ShardWriter>, epoch: i64, op: Op) -> ShardRep
         .expect("the batch commits")
 }
 
+fn legs(amount: i64) -> Vec<Leg> {
+    vec![
+        Leg {
+            account: "x".into(),
+            delta: -amount,
+        },
+        Leg {
+            account: "y".into(),
+            delta: amount,
+        },
+    ]
+}
+
 fn prepare(xid: Uuid, token: u64, amount: i64) -> Op {
     Op::Prepare {
         xid,
         token,
-        legs: vec![
-            Leg {
-                account: "x".into(),
-                delta: -amount,
-            },
-            Leg {
-                account: "y".into(),
-                delta: amount,
-            },
-        ],
+        legs: legs(amount),
     }
+}
+
+/// Account `id` as stored.
+async fn account(pool: &sqlx::PgPool, id: &str) -> faultline_protocol::bank::Account {
+    store::read_account(pool, id)
+        .await
+        .expect("read")
+        .unwrap_or_else(|| panic!("account {id} exists"))
+}
+
+/// The log as a coordinator of term `token` leaves it when it begins.
+async fn raise_fence(pool: &sqlx::PgPool, token: u64) {
+    sqlx::query("UPDATE coordinator_fence SET token = GREATEST(token, $1)")
+        .bind(i64::try_from(token).expect("a token"))
+        .execute(pool)
+        .await
+        .expect("the fence is raised");
+}
+
+/// The coordinator's intent for `xid`: every leg of the transfer.
+async fn intend(pool: &sqlx::PgPool, xid: Uuid, token: u64, legs: &[Leg]) {
+    sqlx::query("INSERT INTO transfer_intents (xid, token, legs) VALUES ($1, $2, $3::jsonb)")
+        .bind(xid)
+        .bind(i64::try_from(token).expect("a token"))
+        .bind(serde_json::to_string(legs).expect("json"))
+        .execute(pool)
+        .await
+        .expect("the intent is written");
+}
+
+/// The coordinator's decision about `xid`, a transfer of 30 from x to y.
+async fn log_decision(pool: &sqlx::PgPool, xid: Uuid, token: u64, commit: bool) {
+    sqlx::query(
+        "INSERT INTO transfers (id, idempotency_key, from_account, to_account, amount, state, \
+         begun_by_token, decided_by_token) VALUES ($1, $1::text, 'x', 'y', 30, $2, $3, $3)",
+    )
+    .bind(xid)
+    .bind(if commit { "committed" } else { "aborted" })
+    .bind(i64::try_from(token).expect("a token"))
+    .execute(pool)
+    .await
+    .expect("the decision is written");
 }
 
 fn decide(xid: Uuid, token: u64, commit: bool) -> Op {
@@ -89,6 +140,8 @@ async fn only_the_newest_owner_under_the_newest_token_writes() {
     let (_database, pool, old, old_epoch) = shard_with_accounts("old-owner").await;
     let new = writer(&pool, "new-owner");
     let xid = Uuid::now_v7();
+    raise_fence(&pool, 3).await;
+    intend(&pool, xid, 3, &legs(30)).await;
     assert_eq!(
         write(&old, old_epoch, prepare(xid, 3, 30)).await,
         ShardReply::Prepared
@@ -112,6 +165,7 @@ async fn only_the_newest_owner_under_the_newest_token_writes() {
     );
 
     // The new owner finishes what the old one prepared, exactly once.
+    log_decision(&pool, xid, 3, true).await;
     assert_eq!(
         write(&new, new_epoch, decide(xid, 3, true)).await,
         ShardReply::Acknowledged
@@ -120,19 +174,13 @@ async fn only_the_newest_owner_under_the_newest_token_writes() {
         write(&new, new_epoch, decide(xid, 3, true)).await,
         ShardReply::Acknowledged
     );
-    let x = store::read_account(&pool, "x")
-        .await
-        .expect("read")
-        .expect("x");
-    let y = store::read_account(&pool, "y")
-        .await
-        .expect("read")
-        .expect("y");
+    let x = account(&pool, "x").await;
+    let y = account(&pool, "y").await;
     assert_eq!((x.balance, x.held, y.balance), (70, 0, 130));
-    // A commit cannot be undone by a late abort.
+    // A commit cannot be undone by a late abort: the log says commit.
     assert!(matches!(
         write(&new, new_epoch, decide(xid, 3, false)).await,
-        ShardReply::Refused(reason) if reason.code == "protocol_violation"
+        ShardReply::Refused(reason) if reason.code == "contradicts_the_log"
     ));
 }
 
@@ -141,6 +189,9 @@ async fn an_abort_that_overtakes_its_prepare_bars_it() {
     let (_database, pool, owner, epoch) = shard_with_accounts("owner").await;
 
     let xid = Uuid::now_v7();
+    raise_fence(&pool, 1).await;
+    intend(&pool, xid, 1, &legs(30)).await;
+    log_decision(&pool, xid, 1, false).await;
     assert_eq!(
         write(&owner, epoch, decide(xid, 1, false)).await,
         ShardReply::Acknowledged
@@ -151,14 +202,124 @@ async fn an_abort_that_overtakes_its_prepare_bars_it() {
         "{late:?}"
     );
     // Insufficient funds: a no vote that reserves nothing.
-    let greedy = write(&owner, epoch, prepare(Uuid::now_v7(), 1, 1_000)).await;
+    let greedy_xid = Uuid::now_v7();
+    intend(&pool, greedy_xid, 1, &legs(1_000)).await;
+    let greedy = write(&owner, epoch, prepare(greedy_xid, 1, 1_000)).await;
     assert!(
         matches!(&greedy, ShardReply::Refused(reason) if reason.code == "insufficient_funds"),
         "{greedy:?}"
     );
-    let x = store::read_account(&pool, "x")
-        .await
-        .expect("read")
-        .expect("x");
+    let x = account(&pool, "x").await;
     assert_eq!((x.balance, x.held), (100, 0));
+}
+
+/// Every message a coordinator did not send, as the log shows, is refused
+/// and changes nothing: not a balance, not a branch, not the shard's token.
+#[tokio::test]
+async fn messages_the_log_does_not_back_change_nothing() {
+    let (_database, pool, owner, epoch) = shard_with_accounts("owner").await;
+    raise_fence(&pool, 3).await;
+    let refused = |reply: ShardReply| match reply {
+        ShardReply::Refused(reason) => reason.code,
+        other => format!("not refused: {other:?}"),
+    };
+
+    // A real transfer, prepared: the coordinator recorded its legs.
+    let real = Uuid::now_v7();
+    intend(&pool, real, 3, &legs(30)).await;
+    assert_eq!(
+        write(&owner, epoch, prepare(real, 3, 30)).await,
+        ShardReply::Prepared
+    );
+
+    // Money from nowhere: a prepare with no record, then its commit.
+    let forged = Uuid::now_v7();
+    let mint = Op::Prepare {
+        xid: forged,
+        token: 3,
+        legs: vec![Leg {
+            account: "y".into(),
+            delta: 1_000_000_000_000_000,
+        }],
+    };
+    assert_eq!(refused(write(&owner, epoch, mint).await), "not_in_the_log");
+    assert_eq!(
+        refused(write(&owner, epoch, decide(forged, 3, true)).await),
+        "not_in_the_log"
+    );
+    // A leg the record does not hold, on a real transfer's id.
+    let more = Op::Prepare {
+        xid: real,
+        token: 3,
+        legs: vec![Leg {
+            account: "y".into(),
+            delta: 300,
+        }],
+    };
+    assert_eq!(
+        refused(write(&owner, epoch, more).await),
+        "leg_not_in_the_log"
+    );
+    // A record whose legs do not balance backs nothing.
+    let unbalanced = Uuid::now_v7();
+    let lopsided = [
+        Leg {
+            account: "x".into(),
+            delta: -30,
+        },
+        Leg {
+            account: "y".into(),
+            delta: 31,
+        },
+    ];
+    intend(&pool, unbalanced, 3, &lopsided).await;
+    let lopsided_prepare = Op::Prepare {
+        xid: unbalanced,
+        token: 3,
+        legs: lopsided.to_vec(),
+    };
+    assert_eq!(
+        refused(write(&owner, epoch, lopsided_prepare).await),
+        "unbalanced"
+    );
+    // A token no coordinator was given, which would make the real one's
+    // stale here for good.
+    let huge = u64::try_from(i64::MAX).expect("fits");
+    assert_eq!(
+        refused(write(&owner, epoch, decide(real, huge, false)).await),
+        "token_above_fence"
+    );
+    // Phase two before the log decided: neither commit nor abort.
+    assert_eq!(
+        refused(write(&owner, epoch, decide(real, 3, true)).await),
+        "not_in_the_log"
+    );
+    assert_eq!(
+        refused(write(&owner, epoch, decide(real, 3, false)).await),
+        "not_in_the_log"
+    );
+
+    // Nothing changed: the real prepare's hold, one branch, token 3.
+    let x = account(&pool, "x").await;
+    let y = account(&pool, "y").await;
+    assert_eq!((x.balance, x.held, y.balance, y.held), (100, 30, 100, 0));
+    let branches: i64 = sqlx::query_scalar("SELECT count(*) FROM branches")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(branches, 1);
+    let token: i64 = sqlx::query_scalar("SELECT coordinator_token FROM shards WHERE shard = 0")
+        .fetch_one(&pool)
+        .await
+        .expect("token");
+    assert_eq!(token, 3);
+
+    // And the real coordinator goes on: its decision is applied.
+    log_decision(&pool, real, 3, true).await;
+    assert_eq!(
+        write(&owner, epoch, decide(real, 3, true)).await,
+        ShardReply::Acknowledged
+    );
+    let x = account(&pool, "x").await;
+    assert_eq!((x.balance, x.held), (70, 0));
 }

@@ -13,6 +13,9 @@
 //! - [`shard_batch`]: a shard owner's group-committed batch, planned in
 //!   memory from the rows it touches, so it is written with a handful of
 //!   set-based statements.
+//! - [`log_backing`]: the check that a coordinator's message is backed
+//!   by the decision log (the fence, the transfer's recorded legs, the
+//!   decision), so a forged message on the bus changes nothing.
 //! - [`coordinator`]: collecting votes into a decision, the first record
 //!   the decision log holds.
 //! - [`presumed_abort`]: what to tell a participant that asks about a
@@ -30,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod coordinator;
+pub mod log_backing;
 pub mod participant;
 pub mod presumed_abort;
 pub mod shard_batch;

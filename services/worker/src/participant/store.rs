@@ -20,6 +20,12 @@
 //! one is refused ([`ShardReply::StaleToken`]), so a deposed coordinator
 //! cannot act here.
 //!
+//! Before either fence, the batch reads what the decision log says about
+//! its coordinator messages (the log's fence, the intents of its
+//! prepares, the decisions of its commits and aborts) and refuses what the
+//! log does not back ([`log_backing`]): a forged message changes nothing,
+//! not even the shard's token.
+//!
 //! Shards are fenced in ascending order, so two concurrent batches cannot
 //! deadlock on them. The shard row lock is the only lock a batch takes:
 //! every branch record and every account belongs to one shard (a prepare's
@@ -38,10 +44,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use faultline_protocol::bank::TransferRecord;
-use faultline_protocol::bank::{Account, Leg, NewAccount, ShardReply, TransferCommand};
+use faultline_protocol::bank::{
+    AbortReason, Account, Leg, NewAccount, ShardReply, TransferCommand, TransferRecord,
+    TransferState,
+};
 use faultline_storage::group_commit::BatchWrite;
 use faultline_storage::transfers;
+use faultline_transactions::log_backing::{self, Authority, Claim, Intent};
 use faultline_transactions::participant::BranchState;
 use faultline_transactions::shard_batch::{
     self, AccountRow, BranchRow, LocalTransfer, Request, Stored,
@@ -121,11 +130,22 @@ impl BatchWrite for ShardWriter {
         conn: &mut PgConnection,
         requests: &[ShardWrite],
     ) -> Result<Vec<ShardReply>, sqlx::Error> {
-        let newest = self.fence(conn, requests).await?;
-        // Refuse what the fence refuses; plan the rest.
+        let authority = read_authority(conn, requests).await?;
+        let backing: Vec<Result<(), AbortReason>> = requests
+            .iter()
+            .map(|request| {
+                request
+                    .op
+                    .claim()
+                    .map_or(Ok(()), |claim| log_backing::check(&authority, claim))
+            })
+            .collect();
+        let newest = self.fence(conn, requests, &backing).await?;
+        // Refuse what the fences refuse (ownership, the token, the log);
+        // plan the rest.
         let mut replies: Vec<Option<ShardReply>> = Vec::with_capacity(requests.len());
         let mut planned = Vec::new();
-        for request in requests {
+        for (request, backed) in requests.iter().zip(backing) {
             match newest
                 .get(&(request.shard, request.epoch))
                 .copied()
@@ -137,10 +157,21 @@ impl BatchWrite for ShardWriter {
                 {
                     replies.push(Some(ShardReply::StaleToken { current }));
                 }
-                Some(_) => {
-                    replies.push(None);
-                    planned.push(request.op.to_request(request.shard));
-                }
+                Some(_) => match backed {
+                    Err(refusal) => {
+                        tracing::warn!(
+                            shard = request.shard,
+                            code = refusal.code,
+                            reason = refusal.message,
+                            "Refused a message the decision log does not back."
+                        );
+                        replies.push(Some(ShardReply::Refused(refusal)));
+                    }
+                    Ok(()) => {
+                        replies.push(None);
+                        planned.push(request.op.to_request(request.shard));
+                    }
+                },
             }
         }
         let branches = read_branches(conn, &planned).await?;
@@ -171,16 +202,20 @@ impl BatchWrite for ShardWriter {
 impl ShardWriter {
     /// Fences each (shard, epoch) of the batch once, in shard order, and
     /// returns the newest coordinator token of each, or `None` where this
-    /// worker is not the owner under that epoch.
+    /// worker is not the owner under that epoch. Only a request the log
+    /// backs may raise a shard's token.
     async fn fence(
         &self,
         conn: &mut PgConnection,
         requests: &[ShardWrite],
+        backing: &[Result<(), AbortReason>],
     ) -> Result<BTreeMap<(u32, i64), Option<u64>>, sqlx::Error> {
         let mut tokens: BTreeMap<(u32, i64), u64> = BTreeMap::new();
-        for request in requests {
+        for (request, backed) in requests.iter().zip(backing) {
             let token = tokens.entry((request.shard, request.epoch)).or_default();
-            *token = (*token).max(request.op.token());
+            if backed.is_ok() {
+                *token = (*token).max(request.op.token());
+            }
         }
         let mut newest = BTreeMap::new();
         for ((shard, epoch), token) in tokens {
@@ -218,6 +253,25 @@ impl ShardWriter {
 }
 
 impl Op {
+    /// What the decision log must back before this is acted on; `None`
+    /// for an account opening, which no coordinator sends.
+    fn claim(&self) -> Option<Claim<'_>> {
+        match self {
+            Op::Prepare { xid, token, legs } => Some(Claim::Prepare {
+                xid: *xid,
+                token: *token,
+                legs,
+            }),
+            Op::Decide { xid, token, commit } => Some(Claim::Decide {
+                xid: *xid,
+                token: *token,
+                commit: *commit,
+            }),
+            Op::Transfer { token, .. } => Some(Claim::Other { token: *token }),
+            Op::Open(_) => None,
+        }
+    }
+
     fn to_request(&self, shard: u32) -> Request {
         match self {
             Op::Prepare { xid, legs, .. } => Request::Prepare {
@@ -246,6 +300,61 @@ impl Op {
             },
         }
     }
+}
+
+/// What the decision log says about the batch's coordinator messages: the
+/// fence, the intents of its prepares, the decisions of its commits and
+/// aborts ([`log_backing`]).
+async fn read_authority(
+    conn: &mut PgConnection,
+    requests: &[ShardWrite],
+) -> Result<Authority, sqlx::Error> {
+    let mut prepares = Vec::new();
+    let mut decisions = Vec::new();
+    for request in requests {
+        match &request.op {
+            Op::Prepare { xid, .. } => prepares.push(*xid),
+            Op::Decide { xid, .. } => decisions.push(*xid),
+            Op::Transfer { .. } | Op::Open(_) => {}
+        }
+    }
+    if requests.iter().all(|r| r.op.claim().is_none()) {
+        return Ok(Authority::default());
+    }
+    let fence: i64 = sqlx::query_scalar("SELECT token FROM coordinator_fence")
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut authority = Authority {
+        fence: u64::try_from(fence).unwrap_or(0),
+        ..Authority::default()
+    };
+    if !prepares.is_empty() {
+        let rows: Vec<(Uuid, i64, String)> = sqlx::query_as(
+            "SELECT xid, token, legs::text FROM transfer_intents WHERE xid = ANY($1)",
+        )
+        .bind(prepares)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (xid, token, legs) in rows {
+            let legs: Vec<Leg> = serde_json::from_str(&legs)
+                .map_err(|e| sqlx::Error::Protocol(format!("unreadable intent legs: {e}")))?;
+            let token = u64::try_from(token).unwrap_or(0);
+            authority.intents.insert(xid, Intent { token, legs });
+        }
+    }
+    if !decisions.is_empty() {
+        let rows: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT id, state FROM transfers WHERE id = ANY($1)")
+                .bind(decisions)
+                .fetch_all(&mut *conn)
+                .await?;
+        for (xid, state) in rows {
+            if let Some(state) = TransferState::parse(&state) {
+                authority.decisions.insert(xid, state);
+            }
+        }
+    }
+    Ok(authority)
 }
 
 /// Every branch record the batch names (the shard locks guard them).

@@ -710,7 +710,8 @@ async fn bad_transfers_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn a_prepared_branch_waits_for_the_coordinators_answer() {
     // One worker, one shard, no coordinator: the test plays the coordinator
-    // over NATS.
+    // over NATS, and in the log (the fence, the intent, the decision), as
+    // the shard checks what it is sent against the log.
     let cluster = Cluster::start(ClusterSpec {
         worker_weights: vec![1],
         load_balancers: 0,
@@ -733,19 +734,31 @@ async fn a_prepared_branch_waits_for_the_coordinators_answer() {
         .expect("subscribe");
 
     let xid = uuid::Uuid::now_v7();
+    let legs = vec![
+        Leg {
+            account: "x".into(),
+            delta: -30,
+        },
+        Leg {
+            account: "y".into(),
+            delta: 30,
+        },
+    ];
+    let pool = cluster.pool().await.expect("pool");
+    sqlx::query("UPDATE coordinator_fence SET token = 1")
+        .execute(&pool)
+        .await
+        .expect("the fence is raised");
+    sqlx::query("INSERT INTO transfer_intents (xid, token, legs) VALUES ($1, 1, $2::jsonb)")
+        .bind(xid)
+        .bind(serde_json::to_string(&legs).expect("json"))
+        .execute(&pool)
+        .await
+        .expect("the intent is written");
     let prepare = ShardRequest::Prepare {
         xid,
         token: 1,
-        legs: vec![
-            Leg {
-                account: "x".into(),
-                delta: -30,
-            },
-            Leg {
-                account: "y".into(),
-                delta: 30,
-            },
-        ],
+        legs,
     };
     let vote = nats
         .request(
@@ -798,6 +811,14 @@ async fn a_prepared_branch_waits_for_the_coordinators_answer() {
         "the branch was given up"
     );
 
+    sqlx::query(
+        "INSERT INTO transfers (id, idempotency_key, from_account, to_account, amount, state, \
+         begun_by_token, decided_by_token) VALUES ($1, 'waits', 'x', 'y', 30, 'committed', 1, 1)",
+    )
+    .bind(xid)
+    .execute(&pool)
+    .await
+    .expect("the decision is written");
     answer.send_replace(StatusAnswer::Commit { token: 1 });
     eventually("the branch to commit", Duration::from_secs(10), || async {
         (balance(&cluster, "x").await == (70, 0)).then_some(())
@@ -806,6 +827,106 @@ async fn a_prepared_branch_waits_for_the_coordinators_answer() {
     .expect("the worker commits on the coordinator's word");
     answerer.abort();
     assert_eq!(balance(&cluster, "y").await, (130, 0));
+}
+
+/// Anyone who can publish on a shard's subject (this test's NATS has no
+/// authentication, so: anyone) tries to mint money, to overturn a
+/// committed transfer, and to make the coordinator's token stale. Each
+/// shard checks the message against the decision log and refuses it, and
+/// nothing changes: balances, the audit, the coordinator's next transfer.
+#[tokio::test]
+async fn forged_shard_messages_on_the_bus_change_nothing() {
+    let cluster = bank_cluster().await;
+    let (from, to) = accounts_on_two_shards(&cluster, "forged", 100).await;
+    let request = json!({"from": from, "to": to, "amount": 10});
+    let (status, paid) = transfer(&cluster, "forged-real-1", &request).await;
+    assert_eq!(status, 200, "{paid}");
+    let paid: TransferRecord = typed(&paid);
+    assert_eq!(paid.state, TransferState::Committed);
+    eventually(
+        "the real transfer to finish",
+        Duration::from_secs(10),
+        || async {
+            let (_, read) = read_transfer(&cluster, &paid.id.to_string()).await;
+            typed::<TransferRecord>(&read).finished.then_some(())
+        },
+    )
+    .await
+    .expect("phase two completes");
+    let pool = cluster.pool().await.expect("pool");
+    let token: i64 = sqlx::query_scalar("SELECT token FROM coordinator_fence")
+        .fetch_one(&pool)
+        .await
+        .expect("the fence");
+    let token = u64::try_from(token).expect("a token");
+    let before = read_audit(&cluster).await;
+
+    let nats = async_nats::connect(cluster.nats.url()).await.expect("NATS");
+    let to_shard = faultline_transactions::sharding::shard_of(&to, SHARDS);
+    let send = |request: ShardRequest| {
+        let nats = nats.clone();
+        async move {
+            let body = serde_json::to_vec(&request).expect("json");
+            let reply = nats
+                .request(subjects::shard(to_shard), body.into())
+                .await
+                .expect("the shard's owner answers");
+            match serde_json::from_slice::<ShardReply>(&reply.payload).expect("a reply") {
+                ShardReply::Refused(reason) => reason.code,
+                other => format!("not refused: {other:?}"),
+            }
+        }
+    };
+    let forged = uuid::Uuid::now_v7();
+    let mint = vec![Leg {
+        account: to.clone(),
+        delta: 1_000_000_000_000_000,
+    }];
+    assert_eq!(
+        send(ShardRequest::Prepare {
+            xid: forged,
+            token,
+            legs: mint.clone(),
+        })
+        .await,
+        "not_in_the_log"
+    );
+    assert_eq!(
+        send(ShardRequest::Commit { xid: forged, token }).await,
+        "not_in_the_log"
+    );
+    assert_eq!(
+        send(ShardRequest::Prepare {
+            xid: forged,
+            token: u64::try_from(i64::MAX).expect("fits"),
+            legs: mint,
+        })
+        .await,
+        "token_above_fence"
+    );
+    assert_eq!(
+        send(ShardRequest::Abort {
+            xid: paid.id,
+            token
+        })
+        .await,
+        "contradicts_the_log"
+    );
+
+    assert_eq!(
+        read_audit(&cluster).await,
+        before,
+        "the forgeries changed the bank"
+    );
+    assert_eq!(balance(&cluster, &to).await, (10, 0));
+    // The coordinator's token is not stale anywhere: its next transfer
+    // commits.
+    let (status, again) = transfer(&cluster, "forged-real-2", &request).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        typed::<TransferRecord>(&again).state,
+        TransferState::Committed
+    );
 }
 
 /// How a client's transfer ended, as the client was told.
