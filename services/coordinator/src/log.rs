@@ -135,6 +135,9 @@ pub struct DecisionLog {
     pool: PgPool,
     forced: GroupCommit<LogWriter>,
     lazy: GroupCommit<LogWriter>,
+    /// Intents, on writers of their own: each is on a transfer's critical
+    /// path (before its prepares), so none waits behind the finish marks.
+    intents: GroupCommit<LogWriter>,
 }
 
 impl DecisionLog {
@@ -148,6 +151,14 @@ impl DecisionLog {
         DecisionLog {
             forced: GroupCommit::spawn(pool.clone(), LogWriter, options),
             lazy: GroupCommit::spawn(
+                pool.clone(),
+                LogWriter,
+                group_commit::Options {
+                    synchronous: false,
+                    ..options
+                },
+            ),
+            intents: GroupCommit::spawn(
                 pool.clone(),
                 LogWriter,
                 group_commit::Options {
@@ -205,7 +216,7 @@ impl DecisionLog {
     /// forced, and the table is unlogged: an intent matters only until the
     /// prepares it backs are durable.
     pub async fn intend(&self, xid: Uuid, token: u64, legs: Vec<Leg>) -> Result<(), LogError> {
-        self.lazy
+        self.intents
             .submit(LogWrite::Intend { xid, token, legs })
             .await?;
         Ok(())
