@@ -327,7 +327,8 @@ fn reserve(
             ));
         };
         if leg.delta < 0 {
-            let needed = -leg.delta;
+            // `checked_neg`: i64::MIN has no positive counterpart.
+            let needed = leg.delta.checked_neg().unwrap_or(i64::MAX);
             let available = account.balance - account.held;
             if available < needed {
                 return Err(reason(
@@ -339,7 +340,11 @@ fn reserve(
                     Some("amount"),
                 ));
             }
-        } else if account.balance > MAX_BALANCE - leg.delta {
+        } else if account
+            .balance
+            .checked_add(leg.delta)
+            .is_none_or(|after| after > MAX_BALANCE)
+        {
             return Err(reason(
                 "balance_limit",
                 format!("account {:?} would pass {MAX_BALANCE}", leg.account),
@@ -438,6 +443,27 @@ mod tests {
             shard: 0,
             commit,
         }
+    }
+
+    #[test]
+    fn extreme_legs_are_refused_without_overflow() {
+        let leg = |account: &str, delta| Request::Prepare {
+            xid: Uuid::from_u128(9),
+            shard: 0,
+            legs: vec![Leg {
+                account: account.into(),
+                delta,
+            }],
+        };
+        let rich = accounts(&[("a", MAX_BALANCE), ("b", 1)]);
+        let code = |request: Request| match &plan(stored(rich.clone()), &[request]).replies[0] {
+            ShardReply::Refused(reason) => reason.code.clone(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(code(leg("a", i64::MIN)), "insufficient_funds");
+        assert_eq!(code(leg("a", i64::MAX)), "balance_limit");
+        assert_eq!(code(leg("b", i64::MAX)), "balance_limit");
+        assert_eq!(code(leg("a", 1)), "balance_limit");
     }
 
     #[test]

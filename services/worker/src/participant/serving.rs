@@ -65,9 +65,7 @@ impl Participant {
                         message: format!("account {id:?} does not exist"),
                         field: Some("id".into()),
                     }),
-                    Err(error) => ShardReply::Unavailable {
-                        message: error.to_string(),
-                    },
+                    Err(error) => unavailable(&error),
                 };
             }
             ShardRequest::OpenAccount(account) => {
@@ -158,10 +156,18 @@ impl Participant {
         let writer = &self.writers[usize::try_from(shard).unwrap_or(0) % self.writers.len()];
         match writer.submit(ShardWrite { shard, epoch, op }).await {
             Ok(reply) => reply,
-            Err(error) => ShardReply::Unavailable {
-                message: error.to_string(),
-            },
+            Err(error) => unavailable(&error),
         }
+    }
+}
+
+/// "Try again" for a failure of the shard's database. The error itself is
+/// logged here, not sent: its text (table names, constraint names, the
+/// server's address) is for the operator, and travels on to clients.
+fn unavailable(error: &dyn std::fmt::Display) -> ShardReply {
+    tracing::warn!(%error, "The shard's database failed a request.");
+    ShardReply::Unavailable {
+        message: "the shard's database is unavailable".into(),
     }
 }
 
