@@ -302,6 +302,10 @@ impl Op {
     }
 }
 
+/// One row of [`read_authority`]'s statement: kind, transfer, token, and
+/// the intent's legs or the decision's state.
+type AuthorityRow = (String, Option<Uuid>, Option<i64>, Option<String>);
+
 /// What the decision log says about the batch's coordinator messages: the
 /// fence, the intents of its prepares, the decisions of its commits and
 /// aborts ([`log_backing`]).
@@ -311,47 +315,47 @@ async fn read_authority(
 ) -> Result<Authority, sqlx::Error> {
     let mut prepares = Vec::new();
     let mut decisions = Vec::new();
+    let mut from_a_coordinator = false;
     for request in requests {
         match &request.op {
             Op::Prepare { xid, .. } => prepares.push(*xid),
             Op::Decide { xid, .. } => decisions.push(*xid),
-            Op::Transfer { .. } | Op::Open(_) => {}
+            Op::Transfer { .. } => {}
+            Op::Open(_) => continue,
         }
+        from_a_coordinator = true;
     }
-    if requests.iter().all(|r| r.op.claim().is_none()) {
+    if !from_a_coordinator {
         return Ok(Authority::default());
     }
-    let fence: i64 = sqlx::query_scalar("SELECT token FROM coordinator_fence")
-        .fetch_one(&mut *conn)
-        .await?;
-    let mut authority = Authority {
-        fence: u64::try_from(fence).unwrap_or(0),
-        ..Authority::default()
-    };
-    if !prepares.is_empty() {
-        let rows: Vec<(Uuid, i64, String)> = sqlx::query_as(
-            "SELECT xid, token, legs::text FROM transfer_intents WHERE xid = ANY($1)",
-        )
-        .bind(prepares)
-        .fetch_all(&mut *conn)
-        .await?;
-        for (xid, token, legs) in rows {
-            let legs: Vec<Leg> = serde_json::from_str(&legs)
-                .map_err(|e| sqlx::Error::Protocol(format!("unreadable intent legs: {e}")))?;
-            let token = u64::try_from(token).unwrap_or(0);
-            authority.intents.insert(xid, Intent { token, legs });
-        }
-    }
-    if !decisions.is_empty() {
-        let rows: Vec<(Uuid, String)> =
-            sqlx::query_as("SELECT id, state FROM transfers WHERE id = ANY($1)")
-                .bind(decisions)
-                .fetch_all(&mut *conn)
-                .await?;
-        for (xid, state) in rows {
-            if let Some(state) = TransferState::parse(&state) {
-                authority.decisions.insert(xid, state);
+    // One round trip for all three: the fence, then each intent, then each
+    // decision, told apart by `kind`.
+    let rows: Vec<AuthorityRow> = sqlx::query_as(
+        "SELECT 'fence', NULL::uuid, token, NULL::text FROM coordinator_fence \
+         UNION ALL SELECT 'intent', xid, token, legs::text FROM transfer_intents \
+             WHERE xid = ANY($1) \
+         UNION ALL SELECT 'decision', id, NULL, state FROM transfers WHERE id = ANY($2)",
+    )
+    .bind(prepares)
+    .bind(decisions)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut authority = Authority::default();
+    for (kind, xid, token, detail) in rows {
+        let token = token.map_or(0, |t| u64::try_from(t).unwrap_or(0));
+        match (kind.as_str(), xid, detail) {
+            ("fence", _, _) => authority.fence = token,
+            ("intent", Some(xid), Some(legs)) => {
+                let legs: Vec<Leg> = serde_json::from_str(&legs)
+                    .map_err(|e| sqlx::Error::Protocol(format!("unreadable intent legs: {e}")))?;
+                authority.intents.insert(xid, Intent { token, legs });
             }
+            ("decision", Some(xid), Some(state)) => {
+                if let Some(state) = TransferState::parse(&state) {
+                    authority.decisions.insert(xid, state);
+                }
+            }
+            _ => {}
         }
     }
     Ok(authority)

@@ -114,6 +114,15 @@ fn typed<T: serde::de::DeserializeOwned>(body: &Value) -> T {
         .unwrap_or_else(|error| panic!("{body} is not what the protocol says: {error}"))
 }
 
+/// Sends a transfer under `key` and asserts that it committed.
+async fn committed(cluster: &Cluster, key: &str, request: &Value) -> TransferRecord {
+    let (status, answer) = transfer(cluster, key, request).await;
+    assert_eq!(status, 200, "{answer}");
+    let record: TransferRecord = typed(&answer);
+    assert_eq!(record.state, TransferState::Committed, "{answer}");
+    record
+}
+
 /// `GET /v1/audit`.
 async fn read_audit(cluster: &Cluster) -> Audit {
     let (status, audit) = cluster.gateway.get("/v1/audit").await.expect("answers");
@@ -128,10 +137,7 @@ async fn a_transfer_moves_money_once_however_often_it_is_sent() {
     let (alice, bob) = accounts_on_two_shards(&cluster, "pay", 1000).await;
 
     let request = json!({"from": alice, "to": bob, "amount": 250});
-    let (status, first) = transfer(&cluster, "pay-bob-1", &request).await;
-    assert_eq!(status, 200, "{first}");
-    let first: TransferRecord = typed(&first);
-    assert_eq!(first.state, TransferState::Committed);
+    let first = committed(&cluster, "pay-bob-1", &request).await;
     // The same key again: the first result, not a second transfer.
     for _ in 0..3 {
         let (status, again) = transfer(&cluster, "pay-bob-1", &request).await;
@@ -839,10 +845,7 @@ async fn forged_shard_messages_on_the_bus_change_nothing() {
     let cluster = bank_cluster().await;
     let (from, to) = accounts_on_two_shards(&cluster, "forged", 100).await;
     let request = json!({"from": from, "to": to, "amount": 10});
-    let (status, paid) = transfer(&cluster, "forged-real-1", &request).await;
-    assert_eq!(status, 200, "{paid}");
-    let paid: TransferRecord = typed(&paid);
-    assert_eq!(paid.state, TransferState::Committed);
+    let paid = committed(&cluster, "forged-real-1", &request).await;
     eventually(
         "the real transfer to finish",
         Duration::from_secs(10),
@@ -921,12 +924,7 @@ async fn forged_shard_messages_on_the_bus_change_nothing() {
     assert_eq!(balance(&cluster, &to).await, (10, 0));
     // The coordinator's token is not stale anywhere: its next transfer
     // commits.
-    let (status, again) = transfer(&cluster, "forged-real-2", &request).await;
-    assert_eq!(status, 200, "{again}");
-    assert_eq!(
-        typed::<TransferRecord>(&again).state,
-        TransferState::Committed
-    );
+    committed(&cluster, "forged-real-2", &request).await;
 }
 
 /// How a client's transfer ended, as the client was told.
