@@ -586,7 +586,7 @@ impl System {
     }
 
     async fn put(&self, path: &str, body: Value) -> anyhow::Result<()> {
-        let (status, answer) = self.cluster.gateway.put(path, &body).await?;
+        let (status, answer) = self.cluster.gateway.control.put(path, &body).await?;
         anyhow::ensure!(
             (200..300).contains(&status),
             "PUT {path}: {status} {answer}"

@@ -86,7 +86,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::register(&mut registry));
     let operator = operator::Operator {
         log: Arc::new(std::sync::OnceLock::new()),
-        token: settings.operator.token()?,
+        tokens: settings.operator.tokens()?,
     };
     let presence = Presence::start(
         &client,

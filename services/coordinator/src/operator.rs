@@ -1,6 +1,6 @@
 //! Operator actions on quarantined transfers, on the coordinator's admin
-//! listener, behind the operator's bearer token
-//! ([`faultline_runtime::operator`]).
+//! listener, behind the operators' bearer tokens
+//! ([`faultline_runtime::operator`], checked before a body is read).
 //!
 //! A transfer is quarantined when a shard refuses its decision (its branch
 //! contradicts it: a commit for a branch the shard never prepared, say).
@@ -18,9 +18,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use faultline_protocol::error::{ErrorBody, InputError};
-use faultline_runtime::operator::{self, OperatorToken, Refusal};
+use faultline_runtime::operator::{self, OperatorAccess, OperatorName, OperatorTokens};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -30,21 +30,26 @@ use crate::log::{DecisionLog, Resolve};
 const MAX_NOTE: usize = 1000;
 
 /// What the routes share: the log (once the database is reached) and the
-/// token (none: the routes are off).
+/// tokens (none: the routes are off).
 #[derive(Debug, Clone)]
 pub struct Operator {
     /// The decision log, set once the coordinator has connected.
     pub log: Arc<OnceLock<DecisionLog>>,
-    /// The operator's token.
-    pub token: Option<OperatorToken>,
+    /// The operators' tokens.
+    pub tokens: Option<OperatorTokens>,
 }
 
 /// Adds the operator routes to the admin server.
 pub fn routes(operator: Operator) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
     move |cfg| {
-        cfg.app_data(web::Data::new(operator.clone()))
-            .route("/v1/quarantine", web::get().to(list))
-            .route("/v1/quarantine/{id}", web::post().to(resolve));
+        cfg.app_data(web::Data::new(OperatorAccess(operator.tokens.clone())))
+            .app_data(web::Data::new(operator.clone()))
+            .service(
+                web::scope("/v1/quarantine")
+                    .wrap(actix_web::middleware::from_fn(operator::require))
+                    .route("", web::get().to(list))
+                    .route("/{id}", web::post().to(resolve)),
+            );
     }
 }
 
@@ -55,10 +60,9 @@ struct Resolution {
     note: String,
 }
 
-async fn list(operator: web::Data<Operator>, request: HttpRequest) -> HttpResponse {
-    let log = match allowed(&operator, &request) {
-        Ok(log) => log,
-        Err(refusal) => return *refusal,
+async fn list(operator: web::Data<Operator>) -> HttpResponse {
+    let Some(log) = operator.log.get() else {
+        return not_reached();
     };
     match log.quarantined().await {
         Ok(transfers) => HttpResponse::Ok().json(serde_json::json!({ "transfers": transfers })),
@@ -68,13 +72,12 @@ async fn list(operator: web::Data<Operator>, request: HttpRequest) -> HttpRespon
 
 async fn resolve(
     operator: web::Data<Operator>,
-    request: HttpRequest,
+    by: web::ReqData<OperatorName>,
     id: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let log = match allowed(&operator, &request) {
-        Ok(log) => log,
-        Err(refusal) => return *refusal,
+    let Some(log) = operator.log.get() else {
+        return not_reached();
     };
     let Ok(xid) = Uuid::parse_str(&id) else {
         return bad(&InputError::field("id", "must be a transfer id (a UUID)"));
@@ -93,6 +96,7 @@ async fn resolve(
     let record = serde_json::json!({
         "action": resolution.action,
         "note": note,
+        "by": by.as_str(),
         "at": std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -100,7 +104,7 @@ async fn resolve(
     });
     match log.resolve(xid, resolution.action, &record).await {
         Ok(Some(transfer)) => {
-            tracing::warn!(%xid, action = ?resolution.action, note, "An operator resolved a quarantined transfer.");
+            tracing::warn!(%xid, action = ?resolution.action, note, by = %*by, "An operator resolved a quarantined transfer.");
             HttpResponse::Ok().json(transfer)
         }
         Ok(None) => HttpResponse::NotFound().json(
@@ -114,37 +118,9 @@ async fn resolve(
     }
 }
 
-/// The log, if the request carries the operator's token and the database
-/// has been reached; otherwise the answer to send.
-fn allowed<'a>(
-    operator: &'a Operator,
-    request: &HttpRequest,
-) -> Result<&'a DecisionLog, Box<HttpResponse>> {
-    match operator::check(operator.token.as_ref(), request) {
-        Ok(()) => {}
-        Err(Refusal::Disabled) => {
-            return Err(Box::new(HttpResponse::Forbidden().json(ErrorBody::new(
-                "operator_routes_disabled",
-                "operator routes are off: start the coordinator with --operator-token-file \
-                 (or OPERATOR_TOKEN)",
-            ))));
-        }
-        Err(Refusal::Unauthorized) => {
-            return Err(Box::new(
-                HttpResponse::Unauthorized()
-                    .insert_header(("WWW-Authenticate", "Bearer"))
-                    .json(ErrorBody::new(
-                        "unauthorized",
-                        "send the operator token as `Authorization: Bearer <token>`",
-                    )),
-            ));
-        }
-    }
-    operator.log.get().ok_or_else(|| {
-        Box::new(unavailable(
-            "the coordinator has not reached its database yet",
-        ))
-    })
+/// The answer while the coordinator has not reached its database.
+fn not_reached() -> HttpResponse {
+    unavailable("the coordinator has not reached its database yet")
 }
 
 fn bad(error: &InputError) -> HttpResponse {

@@ -4,15 +4,15 @@
 //! |---|---|
 //! | `POST /v1/call` | a balanced call: `{"op":"echo","message":"hi"}`, `{"op":"cpu","iterations":N}`, `{"op":"sleep","millis":N}`, optional `key`, `timeout_ms` |
 //! | `GET /v1/cluster` | every load-balancer replica's view, this gateway's own, the monitor's judgement |
-//! | `PUT /v1/strategy` | `{"strategy":"weighted"}`: switch strategy at run time |
-//! | `PUT /v1/data-path` | `{"data_path":"direct"}`: switch the data path at run time |
-//! | `PUT /v1/workers/{id}/weight` | `{"weight":3}`: override a worker's weight; `DELETE` clears it |
-//! | `GET`/`PUT /v1/workers/{id}/faults` | read or inject faults: `{"latency_ms":200,"error_rate":0.1}` |
 //! | `POST /v1/accounts`, `GET /v1/accounts/{id}` | open and read accounts ([`api::bank`]) |
 //! | `POST /v1/transfers` | `{"from":"a","to":"b","amount":5}` with `Idempotency-Key`: a two-phase-commit transfer |
 //! | `GET /v1/transfers/{id}`, `GET /v1/transfers/in-doubt` | a transfer's state; unfinished transfers |
 //! | `GET /v1/audit` | the total money from one snapshot, money in flight included |
 //! | `GET /live`, `/ready`, `/metrics` | liveness, readiness, Prometheus metrics |
+//!
+//! The routes that change the running system (strategy, data path,
+//! weights, fault injection) are not here: they are on the [`control`]
+//! listener, behind the operators' tokens.
 //!
 //! Every request is counted, and a recorded one is a server span that
 //! continues the client's trace ([`observe`]).
@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod control;
 mod metrics;
 mod observe;
 pub mod replicas;
@@ -72,6 +73,18 @@ pub struct Settings {
     /// Address to serve HTTP on.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
+    /// Address of the control listener (strategy, data path, weights,
+    /// faults), which needs an operator token; keep it off public
+    /// interfaces.
+    #[arg(long, env = "CONTROL_ADDR", default_value = "127.0.0.1:9101")]
+    pub control_addr: String,
+    /// The operators' tokens, which the control routes need.
+    #[command(flatten)]
+    pub operator: faultline_runtime::operator::OperatorArgs,
+    /// Let operators inject faults into workers (`PUT
+    /// /v1/workers/{id}/faults`): for demos and tests, never production.
+    #[arg(long, env = "ENABLE_FAULT_INJECTION")]
+    pub enable_fault_injection: bool,
     /// HTTP worker threads (0: one per core).
     #[arg(long, env = "HTTP_WORKERS", default_value_t = 0)]
     pub http_workers: usize,
@@ -136,6 +149,8 @@ pub struct AppState {
     lb_losses: replicas::Losses,
     /// Every HTTP thread's connection, for readiness.
     connections: Arc<Mutex<Vec<async_nats::Client>>>,
+    /// Whether operators may inject faults.
+    fault_injection: bool,
 }
 
 /// The NATS connection of one HTTP worker thread, made on that thread so
@@ -165,6 +180,10 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let operator_tokens = settings
+        .operator
+        .tokens()
+        .context("reading the operator tokens")?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(registry.sub_registry_with_prefix("faultline_gateway"));
     let router = Arc::new(Router::new(
@@ -212,6 +231,7 @@ pub async fn run(
         policy: settings.routing.policy(),
         lb_losses,
         connections: connections.clone(),
+        fault_injection: settings.enable_fault_injection,
     });
     let ready_client = client.clone();
     let ready_settings = feeds.settings_loaded();
@@ -233,6 +253,12 @@ pub async fn run(
         }),
     };
 
+    let control = control::start(
+        &settings.control_addr,
+        state.clone(),
+        operator_tokens,
+        admin.clone(),
+    )?;
     let nats_args = settings.common.nats.clone();
     let connection_name = settings.id.clone();
     let mut server = HttpServer::new(move || {
@@ -262,30 +288,6 @@ pub async fn run(
                 resource("/v1/cluster")
                     .route(web::get().to(api::cluster::view))
                     .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET"))),
-            )
-            .service(
-                resource("/v1/strategy")
-                    .route(web::put().to(api::cluster::set_strategy))
-                    .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "PUT"))),
-            )
-            .service(
-                resource("/v1/data-path")
-                    .route(web::put().to(api::cluster::set_data_path))
-                    .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "PUT"))),
-            )
-            .service(
-                resource("/v1/workers/{id}/weight")
-                    .route(web::put().to(api::cluster::set_weight))
-                    .route(web::delete().to(api::cluster::clear_weight))
-                    .default_service(web::to(|r: HttpRequest| {
-                        method_not_allowed(r, "PUT, DELETE")
-                    })),
-            )
-            .service(
-                resource("/v1/workers/{id}/faults")
-                    .route(web::get().to(api::cluster::faults))
-                    .route(web::put().to(api::cluster::faults))
-                    .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET, PUT"))),
             )
             .service(
                 resource("/v1/accounts")
@@ -318,7 +320,7 @@ pub async fn run(
                     .route(web::get().to(api::bank::read_transfer))
                     .default_service(web::to(|r: HttpRequest| method_not_allowed(r, "GET"))),
             )
-            .default_service(web::to(not_found))
+            .default_service(web::to(public_not_found))
     })
     .disable_signals()
     .shutdown_timeout(10)
@@ -343,11 +345,18 @@ pub async fn run(
             load: Arc::new(NoLoad),
         },
     );
-    tracing::info!(id = %settings.id, addr = %settings.http_addr, "Gateway serving HTTP.");
+    tracing::info!(
+        id = %settings.id,
+        addr = %settings.http_addr,
+        control = %settings.control_addr,
+        fault_injection = settings.enable_fault_injection,
+        "Gateway serving HTTP."
+    );
 
     shutdown.await;
     presence.stop_heartbeat();
     handle.stop(true).await;
+    control.stop(true).await;
     serving.await.context("the HTTP server task failed")??;
     lb_watch.abort();
     drop(feeds);
@@ -393,6 +402,14 @@ fn route_label(request: &HttpRequest) -> &'static str {
         // The admin routes are not named.
         .or_else(|| request.match_pattern().as_deref().and_then(known))
         .unwrap_or("unmatched")
+}
+
+/// On the public port, a control route's path says where it went.
+async fn public_not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if control::is_control_path(request.path()) {
+        return Err(ApiError::ControlRoute(request.path().to_owned()));
+    }
+    not_found(request).await
 }
 
 async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {

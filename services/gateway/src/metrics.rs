@@ -28,6 +28,12 @@ struct RouteLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControlLabels {
+    change: &'static str,
+    by: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkerLabels {
     worker: String,
     outcome: &'static str,
@@ -49,6 +55,7 @@ pub struct Metrics {
     /// Each worker's `calls` counters, one per outcome, once looked up.
     served: RwLock<HashMap<String, [Counter; 4]>>,
     lb_retries: Counter,
+    control_changes: Family<ControlLabels, Counter>,
 }
 
 impl Metrics {
@@ -63,6 +70,7 @@ impl Metrics {
             calls: Family::default(),
             served: RwLock::new(HashMap::new()),
             lb_retries: Counter::default(),
+            control_changes: Family::default(),
         };
         registry.register(
             "http_requests",
@@ -84,7 +92,22 @@ impl Metrics {
             "Calls sent again to another load-balancer replica after one did not answer, or died holding them",
             metrics.lb_retries.clone(),
         );
+        registry.register(
+            "control_changes",
+            "Changes made on the control listener, by what changed and the operator token's name",
+            metrics.control_changes.clone(),
+        );
         metrics
+    }
+
+    /// Counts a change made on the control listener.
+    pub fn control_change(&self, change: &'static str, by: &str) {
+        self.control_changes
+            .get_or_create(&ControlLabels {
+                change,
+                by: by.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a call sent again to another load-balancer replica.

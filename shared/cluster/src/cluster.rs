@@ -48,6 +48,9 @@ pub struct Cluster {
     pub load_balancer_admin: Vec<String>,
     /// Admin URLs of the workers and the monitors.
     pub other_admin: Vec<String>,
+    /// The operator token the gateways' control listeners and the
+    /// coordinators' operator routes accept (generated for each cluster).
+    pub operator_token: String,
     /// At a local site, the PostgreSQL and Redis servers started for it;
     /// declared last so they stop after every service.
     _local: Option<LocalServers>,
@@ -59,6 +62,21 @@ pub struct Gateway {
     /// The process.
     pub service: Service,
     client: GatewayClient,
+    /// A client for its control listener, carrying the operator token.
+    pub control: GatewayClient,
+}
+
+impl Gateway {
+    /// Sets `worker`'s injected faults (`{"latency_ms": .., "error_rate":
+    /// ..}`) on the control listener; an answer other than 200 is an error.
+    pub async fn inject_faults(&self, worker: &str, faults: Value) -> anyhow::Result<()> {
+        let (status, body) = self
+            .control
+            .put(&format!("/v1/workers/{worker}/faults"), &faults)
+            .await?;
+        anyhow::ensure!(status == 200, "faults for {worker}: {status} {body}");
+        Ok(())
+    }
 }
 
 impl std::ops::Deref for Gateway {
@@ -69,13 +87,25 @@ impl std::ops::Deref for Gateway {
     }
 }
 
-/// An HTTP client for a gateway at a URL: one this cluster started, or
-/// any other (a compose stack's).
-#[derive(Debug, Clone)]
+/// An HTTP client for a gateway at a URL (its public port, or its control
+/// listener with an operator token): one this cluster started, or any
+/// other (a compose stack's).
+#[derive(Clone)]
 pub struct GatewayClient {
     /// Base URL, such as `http://127.0.0.1:41234`.
     pub url: String,
     http: reqwest::Client,
+    /// The operator token sent as `Authorization: Bearer`, if any.
+    bearer: Option<String>,
+}
+
+impl std::fmt::Debug for GatewayClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayClient")
+            .field("url", &self.url)
+            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where a bank cluster keeps its state.
@@ -167,9 +197,14 @@ impl Cluster {
             args.extend(heartbeat());
             args
         };
-        // Each role's NATS credentials, and what the spec adds for all.
+        let operator_token = format!("{:032x}", rand::random::<u128>());
+        // Each role's NATS credentials, the operator token for the roles
+        // with operator routes, and what the spec adds for all.
         let env = |role: Role| {
             let mut env = nats.credentials(role.as_str());
+            if matches!(role, Role::Gateway | Role::Coordinator) {
+                env.push(("OPERATOR_TOKEN".to_owned(), operator_token.clone()));
+            }
             env.extend(spec.env.iter().cloned());
             env
         };
@@ -245,6 +280,7 @@ impl Cluster {
         }
         let start_gateway = |n: usize| -> anyhow::Result<Gateway> {
             let http_port = port_of(Role::Gateway, n);
+            let control_port = ports.gateway_control(n);
             let id = replica_name(Role::Gateway, n);
             let mut args = vec![
                 "--id".to_owned(),
@@ -253,9 +289,14 @@ impl Cluster {
                 nats.url(),
                 "--http-addr".to_owned(),
                 format!("127.0.0.1:{http_port}"),
+                "--control-addr".to_owned(),
+                format!("127.0.0.1:{control_port}"),
                 "--strategy".to_owned(),
                 spec.strategy.clone(),
             ];
+            if spec.fault_injection {
+                args.push("--enable-fault-injection".to_owned());
+            }
             args.extend(heartbeat());
             args.extend(spec.gateway_args.iter().cloned());
             if let Some(bank) = &spec.bank {
@@ -267,6 +308,10 @@ impl Cluster {
             Ok(Gateway {
                 service: start(Role::Gateway, &name, &args)?,
                 client: GatewayClient::new(&admin_url(http_port))?,
+                control: GatewayClient::with_bearer(
+                    &admin_url(control_port),
+                    operator_token.clone(),
+                )?,
             })
         };
         let gateway = start_gateway(1)?;
@@ -286,6 +331,7 @@ impl Cluster {
             nats,
             load_balancer_admin,
             other_admin,
+            operator_token,
             _local: local,
         };
         let mut ready = if spec.load_balancers > 0 {
@@ -360,6 +406,7 @@ impl Cluster {
     pub async fn switch_data_path(&self, data_path: DataPath) -> anyhow::Result<()> {
         let (status, body) = self
             .gateway
+            .control
             .put(
                 "/v1/data-path",
                 &serde_json::json!({ "data_path": data_path.as_str() }),
@@ -567,6 +614,16 @@ impl GatewayClient {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .context("building the HTTP client")?,
+            bearer: None,
+        })
+    }
+
+    /// A client for a gateway's control listener at `url`, sending
+    /// `token` as the operator's bearer token.
+    pub fn with_bearer(url: &str, token: String) -> anyhow::Result<GatewayClient> {
+        Ok(GatewayClient {
+            bearer: Some(token),
+            ..GatewayClient::new(url)?
         })
     }
 
@@ -587,16 +644,6 @@ impl GatewayClient {
             text.lines()
                 .any(|line| line.trim() == "faultline_coordinator_active 1")
         })
-    }
-
-    /// Sets `worker`'s injected faults (`{"latency_ms": .., "error_rate":
-    /// ..}`); an answer other than 200 is an error.
-    pub async fn inject_faults(&self, worker: &str, faults: Value) -> anyhow::Result<()> {
-        let (status, body) = self
-            .put(&format!("/v1/workers/{worker}/faults"), &faults)
-            .await?;
-        anyhow::ensure!(status == 200, "faults for {worker}: {status} {body}");
-        Ok(())
     }
 
     /// `POST /v1/call` with `body`; returns the status and the JSON answer.
@@ -646,6 +693,9 @@ impl GatewayClient {
         headers: &[(&str, &str)],
     ) -> anyhow::Result<(u16, Value)> {
         let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(token) = &self.bearer {
+            request = request.bearer_auth(token);
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }

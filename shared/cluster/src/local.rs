@@ -23,7 +23,6 @@ use sqlx::{Connection as _, PgConnection};
 use crate::postgres::PrivatePostgres;
 use crate::process::{NatsServer, wait_for_port};
 use crate::topology::{ClusterSpec, Ports, Server};
-use faultline_protocol::cluster::Role;
 
 /// PostgreSQL and Redis for a local cluster, found or started.
 #[derive(Debug)]
@@ -87,18 +86,7 @@ impl LocalServers {
 /// servers it would start (where none answers). Also refuses an offset
 /// that pushes a port past 65535.
 pub fn check_local_ports(spec: &ClusterSpec, ports: Ports) -> anyhow::Result<()> {
-    let mut to_bind: Vec<(u16, String)> = spec
-        .members()
-        .into_iter()
-        .map(|(role, name, n)| {
-            let what = if role == Role::Gateway {
-                "HTTP"
-            } else {
-                "admin"
-            };
-            (ports.service(role, n), format!("{name}'s {what} endpoint"))
-        })
-        .collect();
+    let mut to_bind = spec.listeners(ports);
     for server in [Server::Nats, Server::Postgres, Server::Redis] {
         let port = ports.server(server).unwrap_or_default();
         if port == 0 || !answers(port) {

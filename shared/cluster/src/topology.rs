@@ -47,6 +47,10 @@ fn first_fixed_port(role: Role) -> u16 {
     }
 }
 
+/// The control port of gateway 1 at a fixed site (the admin ports of the
+/// other services are 9111 and up).
+const FIRST_GATEWAY_CONTROL_PORT: u32 = 9101;
+
 /// The servers a cluster uses besides its own services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Server {
@@ -141,6 +145,18 @@ impl Ports {
         }
     }
 
+    /// The port of gateway `n`'s control listener: 9101 and up at a fixed
+    /// site.
+    pub fn gateway_control(self, n: usize) -> u16 {
+        match self {
+            Ports::Free => crate::free_port(),
+            Ports::Fixed { offset } => fixed(
+                FIRST_GATEWAY_CONTROL_PORT + n.saturating_sub(1) as u32,
+                offset,
+            ),
+        }
+    }
+
     /// The port `server` answers on at a fixed site (`None` on free
     /// ports, where each cluster starts its own).
     pub fn server(self, server: Server) -> Option<u16> {
@@ -190,6 +206,9 @@ pub struct ClusterSpec {
     pub gateways: usize,
     /// Extra arguments for every gateway.
     pub gateway_args: Vec<String>,
+    /// Start the gateways with `--enable-fault-injection`, so that
+    /// operators may inject faults into workers.
+    pub fault_injection: bool,
     /// Where it runs.
     pub site: Site,
     /// The directory of the service binaries (`None`: `FAULTLINE_BIN_DIR`,
@@ -259,7 +278,9 @@ impl ClusterSpec {
     /// The deployed topology, as docker-compose.yml and the Kubernetes
     /// manifests run it and `./faultline run` starts it: three workers
     /// with weights 1, 2 and 3, two load-balancers, two health-monitors,
-    /// the standard bank and one gateway, every setting at its default.
+    /// the standard bank and one gateway, every setting at its default
+    /// except fault injection, which `./faultline run`, the demo and the
+    /// load scenarios want (compose and Kubernetes leave it off).
     pub fn standard() -> Self {
         ClusterSpec {
             worker_weights: vec![1, 2, 3],
@@ -274,6 +295,7 @@ impl ClusterSpec {
             data_path: DataPath::Proxy,
             gateways: 1,
             gateway_args: Vec::new(),
+            fault_injection: true,
             site: Site::Private,
             binaries: None,
         }
@@ -296,6 +318,25 @@ impl ClusterSpec {
             Role::Coordinator => self.bank.as_ref().map_or(0, |bank| bank.coordinators),
             Role::Worker => self.worker_weights.len(),
         }
+    }
+
+    /// Every port its services listen on at `ports`, with what listens
+    /// there: each gateway's HTTP and control ports, each other service's
+    /// admin port. (With free ports, each ask draws new ones.)
+    pub fn listeners(&self, ports: Ports) -> Vec<(u16, String)> {
+        let mut listeners = Vec::new();
+        for (role, name, n) in self.members() {
+            if role == Role::Gateway {
+                listeners.push((ports.service(role, n), format!("{name}'s HTTP endpoint")));
+                listeners.push((
+                    ports.gateway_control(n),
+                    format!("{name}'s control endpoint"),
+                ));
+            } else {
+                listeners.push((ports.service(role, n), format!("{name}'s admin endpoint")));
+            }
+        }
+        listeners
     }
 
     /// Every replica it runs, as (role, name, number from 1).

@@ -11,6 +11,9 @@
 //!   milliseconds, without a restart.
 //! - `GET|PUT /v1/workers/{id}/faults` reads or sets a worker's injected
 //!   faults directly on that worker.
+//!
+//! The changes are served on the [`crate::control`] listener only, so each
+//! handler knows which operator asked ([`OperatorName`]) and records it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -25,10 +28,12 @@ use faultline_protocol::cluster::{
 use faultline_protocol::membership::MonitorView;
 use faultline_protocol::routing::{DataPath, DataPathChange};
 use faultline_protocol::{InputError, Outcome, subjects};
+use faultline_runtime::operator::OperatorName;
 use futures::StreamExt as _;
 
 use super::error::ApiError;
 use crate::AppState;
+use crate::control::{self, Change};
 
 /// How long to wait for the first replica's view.
 const FIRST_VIEW_TIMEOUT: Duration = Duration::from_secs(1);
@@ -164,6 +169,7 @@ async fn put_setting(state: &AppState, key: &str, value: String) -> Result<(), A
 /// Handles `PUT /v1/strategy`.
 pub async fn set_strategy(
     state: web::Data<AppState>,
+    by: web::ReqData<OperatorName>,
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -175,13 +181,14 @@ pub async fn set_strategy(
         change.strategy.as_str().to_owned(),
     )
     .await?;
-    tracing::info!(strategy = %change.strategy, "Strategy changed.");
+    control::record(&state, Change::Strategy, &by, change.strategy.as_str());
     Ok(HttpResponse::Ok().json(change))
 }
 
 /// Handles `PUT /v1/data-path`.
 pub async fn set_data_path(
     state: web::Data<AppState>,
+    by: web::ReqData<OperatorName>,
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -193,13 +200,14 @@ pub async fn set_data_path(
         change.data_path.as_str().to_owned(),
     )
     .await?;
-    tracing::info!(data_path = %change.data_path, "Data path changed.");
+    control::record(&state, Change::DataPath, &by, change.data_path.as_str());
     Ok(HttpResponse::Ok().json(change))
 }
 
 /// Handles `PUT /v1/workers/{id}/weight`.
 pub async fn set_weight(
     state: web::Data<AppState>,
+    by: web::ReqData<OperatorName>,
     worker: web::Path<String>,
     request: HttpRequest,
     payload: web::Payload,
@@ -215,21 +223,46 @@ pub async fn set_weight(
         change.weight.to_string(),
     )
     .await?;
-    tracing::info!(worker, weight = change.weight, "Weight override set.");
+    control::record(
+        &state,
+        Change::Weight,
+        &by,
+        &format!("{worker} weighs {}", change.weight),
+    );
     Ok(HttpResponse::Ok().json(serde_json::json!({ "worker": worker, "weight": change.weight })))
 }
 
 /// Handles `DELETE /v1/workers/{id}/weight`: back to the advertised weight.
+/// Only an override that exists is deleted, so made-up ids cannot fill
+/// the bucket with tombstones.
 pub async fn clear_weight(
     state: web::Data<AppState>,
+    by: web::ReqData<OperatorName>,
     worker: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let worker = valid_worker_id(worker.into_inner())?;
     let store = state.settings_store().await?;
-    store
-        .delete(subjects::weight_key(&worker))
+    let key = subjects::weight_key(&worker);
+    let overridden = store
+        .get(&key)
         .await
-        .map_err(|e| ApiError::SettingsUnavailable(e.to_string()))?;
+        .map_err(|e| ApiError::SettingsUnavailable(e.to_string()))?
+        .is_some_and(|value| !value.is_empty());
+    if overridden {
+        store
+            .delete(&key)
+            .await
+            .map_err(|e| ApiError::SettingsUnavailable(e.to_string()))?;
+        control::record(
+            &state,
+            Change::Weight,
+            &by,
+            &format!("{worker} back to its own weight"),
+        );
+    } else {
+        // Nothing to clear; still, only a known worker is a 200.
+        known_worker(&state, worker.clone()).await?;
+    }
     Ok(HttpResponse::Ok().json(serde_json::json!({ "worker": worker, "weight": null })))
 }
 
@@ -237,17 +270,23 @@ pub async fn clear_weight(
 /// [`FaultSpec`]).
 pub async fn faults(
     state: web::Data<AppState>,
+    by: web::ReqData<OperatorName>,
     worker: web::Path<String>,
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let setting = request.method() == actix_web::http::Method::PUT;
+    if setting && !state.fault_injection {
+        return Err(ApiError::FaultInjectionDisabled);
+    }
     let worker = valid_worker_id(worker.into_inner())?;
     let body = super::body::read(&request, payload, state.max_body_bytes).await?;
-    let message = if request.method() == actix_web::http::Method::PUT {
+    let (message, spec) = if setting {
         let spec = FaultSpec::parse(&body)?;
-        Bytes::from(serde_json::to_vec(&spec).unwrap_or_default())
+        let message = Bytes::from(serde_json::to_vec(&spec).unwrap_or_default());
+        (message, Some(spec))
     } else {
-        Bytes::new()
+        (Bytes::new(), None)
     };
     let reply = state
         .nats
@@ -263,9 +302,22 @@ pub async fn faults(
             _ => ApiError::DeadlineExceeded,
         })?;
     match faultline_bus::headers::outcome(reply.headers.as_ref()) {
-        Outcome::Ok => Ok(HttpResponse::Ok()
-            .content_type("application/json")
-            .body(reply.payload)),
+        Outcome::Ok => {
+            if let Some(spec) = spec {
+                control::record(
+                    &state,
+                    Change::Faults,
+                    &by,
+                    &format!(
+                        "{worker}: +{} ms, error rate {}",
+                        spec.latency_ms, spec.error_rate
+                    ),
+                );
+            }
+            Ok(HttpResponse::Ok()
+                .content_type("application/json")
+                .body(reply.payload))
+        }
         _ => Err(ApiError::Upstream {
             status: actix_web::http::StatusCode::BAD_GATEWAY,
             body: reply.payload,

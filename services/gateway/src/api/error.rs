@@ -37,6 +37,15 @@ pub enum ApiError {
         /// The methods the route takes.
         allowed: &'static str,
     },
+    /// A control route asked for on the public port.
+    #[error(
+        "{0} is a control route: it is served on the gateway's control listener \
+         (--control-addr), with an operator token"
+    )]
+    ControlRoute(String),
+    /// Fault injection asked for while it is off.
+    #[error("fault injection is off: start the gateway with --enable-fault-injection")]
+    FaultInjectionDisabled,
     /// A worker named in the path is not known.
     #[error("no worker with id {0:?} is in the cluster")]
     UnknownWorker(String),
@@ -99,6 +108,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::RouteNotFound { .. } => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::ControlRoute(_) => "control_route",
+            ApiError::FaultInjectionDisabled => "fault_injection_disabled",
             ApiError::UnknownWorker(_) => "unknown_worker",
             ApiError::NoLoadBalancer => "no_load_balancer",
             ApiError::SettingsUnavailable(_) => "settings_unavailable",
@@ -118,7 +129,10 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Input(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RouteNotFound { .. } | ApiError::UnknownWorker(_) => StatusCode::NOT_FOUND,
+            ApiError::RouteNotFound { .. }
+            | ApiError::ControlRoute(_)
+            | ApiError::UnknownWorker(_) => StatusCode::NOT_FOUND,
+            ApiError::FaultInjectionDisabled => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NoLoadBalancer
             | ApiError::SettingsUnavailable(_)

@@ -88,17 +88,27 @@ fn compose_services() -> Vec<ComposeService> {
     ours
 }
 
-/// Compose's `${NAME:-default}` as it comes out with NAME unset.
+/// Compose's `${NAME:-default}` as it comes out with NAME unset, and
+/// `${NAME:?message}` (required, no default) as a value the operator would
+/// set.
 fn interpolate(value: &str) -> String {
-    match value
+    let Some(inner) = value
         .strip_prefix("${")
         .and_then(|rest| rest.strip_suffix('}'))
-        .and_then(|inner| inner.split_once(":-"))
-    {
-        Some((_, default)) => default.to_owned(),
-        None => value.to_owned(),
+    else {
+        return value.to_owned();
+    };
+    if let Some((_, default)) = inner.split_once(":-") {
+        default.to_owned()
+    } else if inner.contains(":?") {
+        "a-value-the-operator-sets".to_owned()
+    } else {
+        value.to_owned()
     }
 }
+
+/// The variables compose requires (`${NAME:?...}`), which have no default.
+const REQUIRED_COMPOSE_VARIABLES: &[&str] = &["FAULTLINE_OPERATOR_TOKEN"];
 
 /// Runs `<program> <args> --check-settings` with exactly `environment`.
 fn check_settings(
@@ -287,15 +297,36 @@ fn the_crate_graph_picture_is_current() {
 
 #[test]
 fn docker_compose_validates_the_file() {
-    let output = Command::new("docker-compose")
-        .args(["--profile", "load", "config", "--quiet"])
-        .current_dir(workspace_root())
-        .output()
-        .expect("docker-compose runs (apt-get install docker-compose)");
+    let config = |with_required: bool| {
+        let mut command = Command::new("docker-compose");
+        command
+            .args(["--profile", "load", "config", "--quiet"])
+            .current_dir(workspace_root());
+        for name in REQUIRED_COMPOSE_VARIABLES {
+            command.env_remove(name);
+            if with_required {
+                command.env(name, "a-value-the-operator-sets");
+            }
+        }
+        command
+            .output()
+            .expect("docker-compose runs (apt-get install docker-compose)")
+    };
+    let output = config(true);
     assert!(
         output.status.success(),
         "docker-compose config refuses the file:\n{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+    // No secret has a default: without them compose refuses to start.
+    let output = config(false);
+    let refusal = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && REQUIRED_COMPOSE_VARIABLES
+                .iter()
+                .all(|name| refusal.contains(name)),
+        "docker-compose must refuse to run without {REQUIRED_COMPOSE_VARIABLES:?}: {refusal}"
     );
 }
 

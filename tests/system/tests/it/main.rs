@@ -34,6 +34,7 @@ macro_rules! in_both_data_paths {
 
 mod bad_input;
 mod balancing;
+mod control_plane;
 mod deadlines;
 mod deployment;
 mod direct_mode;
@@ -167,6 +168,7 @@ pub fn routing_views(view: &MergedView) -> impl Iterator<Item = &ClusterView> {
 pub async fn switch_strategy(cluster: &faultline_cluster::Cluster, strategy: &str) {
     let (status, body) = cluster
         .gateway
+        .control
         .put("/v1/strategy", &json!({ "strategy": strategy }))
         .await
         .expect("the gateway answers");

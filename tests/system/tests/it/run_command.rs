@@ -39,13 +39,15 @@ fn service_ports() -> Vec<(Role, u16)> {
         .collect()
 }
 
-/// Every port the run command uses, before the offset: its services' and
-/// those of NATS, PostgreSQL and Redis.
+/// Every port the run command uses, before the offset: its services'
+/// (the gateway's control port too) and those of NATS, PostgreSQL and
+/// Redis.
 fn all_ports() -> Vec<u16> {
     let fixed = Ports::Fixed { offset: 0 };
-    service_ports()
+    ClusterSpec::standard()
+        .listeners(fixed)
         .into_iter()
-        .map(|(_, port)| port)
+        .map(|(port, _)| port)
         .chain(
             [Server::Nats, Server::Postgres, Server::Redis]
                 .into_iter()
@@ -410,6 +412,30 @@ async fn run_starts_everything_serves_and_ctrl_c_stops_exactly_what_it_started()
     })
     .await
     .expect("newcomer-bob holds the 250 moved to it");
+
+    // Changes go to the control listener, with the token the command
+    // printed; without it they are refused.
+    let token = output
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("export FAULTLINE_TOKEN="))
+        .unwrap_or_else(|| panic!("the command prints the operator token: {output}"))
+        .to_owned();
+    let strategy = format!(
+        "http://127.0.0.1:{}/v1/strategy",
+        run.port(Ports::Fixed { offset: 0 }.gateway_control(1))
+    );
+    let change = |bearer: Option<&str>| {
+        let mut request = http.put(&strategy).json(&json!({"strategy": "weighted"}));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        async move {
+            let response = request.send().await.expect("the control listener answers");
+            response.status().as_u16()
+        }
+    };
+    assert_eq!(change(None).await, 401);
+    assert_eq!(change(Some(&token)).await, 200);
 
     // It started its own PostgreSQL and Redis, and not a second NATS.
     run.note_processes();

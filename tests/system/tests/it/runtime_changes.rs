@@ -30,6 +30,7 @@ async fn strategy_and_weights_change_without_a_restart(mode) {
     // Weighted with weights 1, 1, 4 set through the API.
     let (status, body) = cluster
         .gateway
+        .control
         .put("/v1/workers/worker-3/weight", &json!({ "weight": 4 }))
         .await
         .expect("answer");
@@ -54,6 +55,7 @@ async fn strategy_and_weights_change_without_a_restart(mode) {
     // Clearing the override restores the advertised weight.
     let (status, _) = cluster
         .gateway
+        .control
         .send(reqwest::Method::DELETE, "/v1/workers/worker-3/weight", None)
         .await
         .expect("answer");
