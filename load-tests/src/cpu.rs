@@ -192,3 +192,42 @@ mod tests {
         assert!(end.ticks["me"] > start.ticks["me"], "{start:?} {end:?}");
     }
 }
+
+/// A process's memory at one moment, from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Memory {
+    /// Resident set (`VmRSS`), MiB.
+    pub resident_mib: f64,
+    /// Peak resident set over the process's life (`VmHWM`), MiB.
+    pub peak_mib: f64,
+}
+
+impl Memory {
+    /// Process `pid`'s memory now, if it runs.
+    pub fn of(pid: u32) -> Option<Memory> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib = |field: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        };
+        Some(Memory {
+            resident_mib: kib("VmRSS:")? / 1024.0,
+            peak_mib: kib("VmHWM:")? / 1024.0,
+        })
+    }
+}
+
+/// A process's memory before and after a run.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MemoryGrowth {
+    /// Before.
+    pub before: Memory,
+    /// After.
+    pub after: Memory,
+}

@@ -175,6 +175,9 @@ pub struct Analysis {
     /// (the generator left out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<crate::cpu::CpuPerCall>,
+    /// The loaded gateway's memory before and after the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_memory: Option<crate::cpu::MemoryGrowth>,
     /// Heartbeat interval of the system, ms (to express detection in
     /// heartbeat intervals).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -330,6 +333,16 @@ fn write_analysis(md: &mut String, analysis: &Analysis) {
             cpu.total_us,
             cpu.calls,
             parts.join(", ")
+        );
+    }
+    if let Some(memory) = &analysis.gateway_memory {
+        let _ = writeln!(
+            md,
+            "Gateway memory: resident {:.1} MiB before, {:.1} MiB after (growth {:+.1} MiB); peak resident over its life {:.1} MiB.\n",
+            memory.before.resident_mib,
+            memory.after.resident_mib,
+            memory.after.resident_mib - memory.before.resident_mib,
+            memory.after.peak_mib,
         );
     }
     if let Some(amplification) = analysis.retry_amplification {

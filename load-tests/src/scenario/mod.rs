@@ -152,11 +152,13 @@ async fn run_one(
         }
         (true, _) => system.as_deref().context("no system")?.processes(),
     };
-    let gateway: Option<SocketAddr> = system
-        .as_deref()
-        .map(|s| s.gateway().trim_start_matches("http://").parse())
+    let target_gateway = system.as_deref().and_then(|s| s.nth_gateway(spec.gateway));
+    let gateway: Option<SocketAddr> = target_gateway
+        .map(|g| g.url.trim_start_matches("http://").parse())
         .transpose()
         .context("the gateway's address")?;
+    let gateway_pid = target_gateway.and_then(|g| g.service.pid());
+    let memory_before = gateway_pid.and_then(crate::cpu::Memory::of);
     let gateway_addr = || gateway.context("no system");
     let body = Bytes::from(spec.body.clone().unwrap_or_else(|| ECHO.to_owned()));
     let mut report = RunReport {
@@ -299,6 +301,11 @@ async fn run_one(
         let cpu_after = crate::cpu::Sample::take(&processes);
         report.analysis.cpu =
             crate::cpu::CpuPerCall::between(&cpu_before, &cpu_after, finished.summary.ok);
+    }
+    if let (Some(before), Some(after)) =
+        (memory_before, gateway_pid.and_then(crate::cpu::Memory::of))
+    {
+        report.analysis.gateway_memory = Some(crate::cpu::MemoryGrowth { before, after });
     }
     report.sent = finished.sent;
     report.not_sent = finished.not_sent;

@@ -108,6 +108,10 @@ pub struct RunSpec {
     pub bucket_ms: u64,
     /// The call's JSON body (`call` and `nats`).
     pub body: Option<String>,
+    /// Which gateway the run loads, from 1 (`[system] gateways` lists
+    /// them); the first by default.
+    #[serde(default = "first_gateway")]
+    pub gateway: usize,
     /// Each call carries a routing key, `key-<n>` for request `n` modulo
     /// this many (`call` only): what consistent hashing balances by.
     pub keys: Option<u64>,
@@ -164,6 +168,10 @@ fn default_connections() -> usize {
 fn default_timeout_ms() -> u64 {
     10_000
 }
+fn first_gateway() -> usize {
+    1
+}
+
 fn default_bucket_ms() -> u64 {
     1_000
 }
@@ -226,9 +234,14 @@ impl Scenario {
         let mut files = std::collections::HashSet::new();
         let workers = self.system.as_ref().map_or(0, |s| s.workers.len());
         let load_balancers = self.system.as_ref().map_or(0, |s| s.load_balancers);
+        let gateways = self.system.as_ref().map_or(1, |s| s.gateways.len().max(1));
         for run in &self.runs {
             let name = &run.name;
             anyhow::ensure!(names.insert(name), "two runs are named {name:?}");
+            anyhow::ensure!(
+                (1..=gateways).contains(&run.gateway),
+                "run {name:?}: `gateway` must be between 1 and {gateways}"
+            );
             anyhow::ensure!(
                 files.insert(crate::slug(name)),
                 "run {name:?}: another run's name gives the same file name"

@@ -46,6 +46,10 @@ pub struct SystemSpec {
     /// The data path each run starts in (a run's setup may switch it).
     #[serde(default)]
     pub data_path: DataPath,
+    /// Extra arguments for each gateway, one list per gateway: as many
+    /// gateways as lists (one, with none). A run picks one with `gateway`.
+    #[serde(default)]
+    pub gateways: Vec<Vec<String>>,
 }
 
 /// `[system.bank]` in a scenario file.
@@ -277,6 +281,8 @@ impl System {
                 ..BankSpec::default()
             }),
             data_path: spec.data_path,
+            gateways: spec.gateways.len().max(1),
+            per_gateway_args: spec.gateways.clone(),
             ..ClusterSpec::default()
         })
         .await?;
@@ -314,6 +320,11 @@ impl System {
     /// The gateway's base URL.
     pub fn gateway(&self) -> &str {
         &self.cluster.gateway.url
+    }
+
+    /// Gateway `n` (from 1), if there is one.
+    pub fn nth_gateway(&self, n: usize) -> Option<&faultline_cluster::Gateway> {
+        self.cluster.gateways().nth(n.checked_sub(1)?)
     }
 
     /// Every process of the system, NATS included, for CPU accounting.

@@ -32,6 +32,7 @@
 //! third of the gateway's CPU per call (measured, see the README).
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod control;
 mod metrics;
@@ -92,6 +93,25 @@ pub struct Settings {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 256 * 1024,
           value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
     pub max_body_bytes: u64,
+    /// Requests served at once; past it the gateway answers 503
+    /// `overloaded` with `Retry-After` at once.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrent_requests: u32,
+    /// Requests a second per client address (IPv6: per /64); past it the
+    /// gateway answers 429 with `Retry-After`. 0 turns the limit off.
+    #[arg(long, env = "CLIENT_RATE_LIMIT", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub client_rate_limit: u32,
+    /// Requests a client may send at once above its rate.
+    #[arg(long, env = "CLIENT_BURST", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub client_burst: u32,
+    /// How long a client may take to send a request's body, in
+    /// milliseconds (its head: twice that); a slower one is cut off (408).
+    #[arg(long, env = "REQUEST_READ_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub request_read_timeout_ms: u64,
     /// How many load-balancer replicas an idempotent call may try.
     #[arg(long, env = "GATEWAY_LB_ATTEMPTS", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=5))]
@@ -138,6 +158,8 @@ pub struct AppState {
     /// Copies of the settings bucket, should the gateway create it.
     bucket_replicas: u8,
     max_body_bytes: usize,
+    /// How long a body may take to arrive.
+    body_timeout: Duration,
     lb_attempts: u32,
     shards: u32,
     transfer_timeout: Duration,
@@ -223,6 +245,7 @@ pub async fn run(
         settings: OnceCell::new(),
         bucket_replicas: settings.common.nats.replicas,
         max_body_bytes: usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX),
+        body_timeout: Duration::from_millis(settings.request_read_timeout_ms),
         lb_attempts: settings.lb_attempts,
         shards: settings.shards,
         transfer_timeout: Duration::from_millis(settings.transfer_timeout_ms),
@@ -259,6 +282,11 @@ pub async fn run(
         operator_tokens,
         admin.clone(),
     )?;
+    let admission = web::Data::new(admission::Admission::new(admission::Limits {
+        max_concurrent: settings.max_concurrent_requests as usize,
+        client_rate: settings.client_rate_limit,
+        client_burst: settings.client_burst,
+    }));
     let nats_args = settings.common.nats.clone();
     let connection_name = settings.id.clone();
     let mut server = HttpServer::new(move || {
@@ -266,6 +294,7 @@ pub async fn run(
         let connections = state.connections.clone();
         App::new()
             .app_data(state.clone())
+            .app_data(admission.clone())
             .data_factory(move || {
                 let (nats_args, connection_name) = (nats_args.clone(), connection_name.clone());
                 let connections = connections.clone();
@@ -277,6 +306,8 @@ pub async fn run(
                     Ok::<_, faultline_bus::BusError>(Connection { nats })
                 }
             })
+            // The last wrapped runs first: shed requests are observed too.
+            .wrap(actix_web::middleware::from_fn(admission::admit))
             .wrap(actix_web::middleware::from_fn(observe::observe))
             .configure(faultline_runtime::admin::routes(admin.clone()))
             .service(
@@ -323,6 +354,9 @@ pub async fn run(
             .default_service(web::to(public_not_found))
     })
     .disable_signals()
+    // actix's own limit, on the head, answers an empty 408: give the body
+    // timeout (a JSON 408, `api::body`) room to come first.
+    .client_request_timeout(Duration::from_millis(2 * settings.request_read_timeout_ms))
     .shutdown_timeout(10)
     .backlog(2048);
     if settings.http_workers > 0 {

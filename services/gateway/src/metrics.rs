@@ -28,6 +28,11 @@ struct RouteLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ControlLabels {
     change: &'static str,
     by: String,
@@ -56,6 +61,7 @@ pub struct Metrics {
     served: RwLock<HashMap<String, [Counter; 4]>>,
     lb_retries: Counter,
     control_changes: Family<ControlLabels, Counter>,
+    shed: Family<ShedLabels, Counter>,
 }
 
 impl Metrics {
@@ -71,6 +77,7 @@ impl Metrics {
             served: RwLock::new(HashMap::new()),
             lb_retries: Counter::default(),
             control_changes: Family::default(),
+            shed: Family::default(),
         };
         registry.register(
             "http_requests",
@@ -97,7 +104,17 @@ impl Metrics {
             "Changes made on the control listener, by what changed and the operator token's name",
             metrics.control_changes.clone(),
         );
+        registry.register(
+            "shed",
+            "Requests refused at once, by reason: rate_limited (429) or overloaded (503)",
+            metrics.shed.clone(),
+        );
         metrics
+    }
+
+    /// Counts a request shed at admission.
+    pub fn shed(&self, reason: &'static str) {
+        self.shed.get_or_create(&ShedLabels { reason }).inc();
     }
 
     /// Counts a change made on the control listener.

@@ -47,6 +47,13 @@ impl Handler for Proxy {
         ServerSpan::Call("lb.call", attributes)
     }
 
+    /// Past `--max-in-flight`, a call is refused at once (retryable, with
+    /// no worker named), so that the gateway tries another replica
+    /// instead of waiting here.
+    fn overloaded(&self) -> Option<Reply> {
+        Some(Reply::overloaded("this load-balancer"))
+    }
+
     async fn handle(&self, request: Request) -> Option<Reply> {
         let Request {
             payload,

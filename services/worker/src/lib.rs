@@ -192,6 +192,14 @@ impl Handler for Worker {
         )
     }
 
+    /// Past `--max-in-flight`, a call is refused at once (retryable), so
+    /// that the balancer tries another worker instead of waiting here.
+    fn overloaded(&self) -> Option<Reply> {
+        let mut reply = Reply::overloaded(&self.id);
+        reply.envelope.worker = Some(self.id.clone());
+        Some(reply)
+    }
+
     /// Answers one call, unless the caller's deadline passed first: then
     /// it answers nothing, since the reply would be dropped.
     async fn handle(&self, request: Request) -> Option<Reply> {

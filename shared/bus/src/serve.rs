@@ -7,8 +7,10 @@
 //! of layers under every service):
 //!
 //! - **back-pressure**: at most the [`InFlight`] bound's messages at once,
-//!   each in its own task; past it the service stops reading and NATS
-//!   buffers the rest, which callers see as latency;
+//!   each in its own task; past it a handler that sheds load
+//!   ([`Handler::overloaded`]: the workers and the load-balancers) answers
+//!   at once with a typed refusal, which the caller may take elsewhere,
+//!   and the others stop reading, so NATS buffers the rest;
 //! - **the envelope**, read once, before the handler runs;
 //! - **the server span**, only where the trace is recorded
 //!   ([`crate::trace_context`]), as a child of the sender's span;
@@ -103,6 +105,20 @@ impl Reply {
         }
     }
 
+    /// The typed refusal of a request that found `who` at its in-flight
+    /// bound: retryable (nothing was done), with the JSON error
+    /// `overloaded`.
+    pub fn overloaded(who: &str) -> Reply {
+        Reply::outcome(
+            Outcome::Retryable,
+            faultline_protocol::ErrorBody::new(
+                "overloaded",
+                format!("{who} is at its in-flight limit; nothing was done"),
+            )
+            .to_json(),
+        )
+    }
+
     /// A reply with a typed outcome in its envelope.
     pub fn outcome(outcome: Outcome, body: impl Into<Bytes>) -> Reply {
         Reply {
@@ -127,6 +143,14 @@ pub trait Handler: Send + Sync + 'static {
     /// Answers one request; `None` sends nothing (the caller has given
     /// up, or no answer is better than a guess).
     fn handle(&self, request: Request) -> impl Future<Output = Option<Reply>> + Send;
+
+    /// The answer to a request that finds the bound full, sent at once
+    /// without running the handler. `None` (the default) waits for room
+    /// instead: right for work that must not be refused lightly (the
+    /// coordinator's, the shards'), whose callers retry it anyway.
+    fn overloaded(&self) -> Option<Reply> {
+        None
+    }
 }
 
 /// Serves every message of `subscriptions` with `handler`, at most
@@ -192,6 +216,14 @@ pub async fn serve<H: Handler>(
         // Room is usually there: take it without waiting.
         if let Some(ticket) = bound.try_admit() {
             spawn(&mut running, message, ticket);
+            continue;
+        }
+        // Full. Refusing at once costs the caller one round trip; waiting
+        // costs it the queue, up to its whole deadline.
+        if let Some(refusal) = handler.overloaded() {
+            if let Some(reply_to) = message.0.reply {
+                send_reply(&client, reply_to, refusal).await;
+            }
             continue;
         }
         tokio::select! {
@@ -357,19 +389,25 @@ async fn answer<H: Handler>(
                 .traceparent()
                 .or_else(|| crate::trace_context::outgoing(&traced, None));
         }
-        let sent = if reply.envelope == Envelope::default() {
-            client.publish(reply_to, reply.body).await
-        } else {
-            let headers = crate::headers::to_headers(&reply.envelope);
-            client
-                .publish_with_headers(reply_to, headers, reply.body)
-                .await
-        };
-        if let Err(error) = sent {
-            tracing::warn!(%error, "Cannot send a reply.");
-        }
+        send_reply(&client, reply_to, reply).await;
     }
     // Held until the reply is handed to the client, so that a drain that
     // waits for every ticket also waits for every reply.
     drop(ticket);
+}
+
+/// Sends `reply` to `reply_to`, with its envelope as headers when it has
+/// one.
+async fn send_reply(client: &Client, reply_to: Subject, reply: Reply) {
+    let sent = if reply.envelope == Envelope::default() {
+        client.publish(reply_to, reply.body).await
+    } else {
+        let headers = crate::headers::to_headers(&reply.envelope);
+        client
+            .publish_with_headers(reply_to, headers, reply.body)
+            .await
+    };
+    if let Err(error) = sent {
+        tracing::warn!(%error, "Cannot send a reply.");
+    }
 }

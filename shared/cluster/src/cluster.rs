@@ -299,6 +299,13 @@ impl Cluster {
             }
             args.extend(heartbeat());
             args.extend(spec.gateway_args.iter().cloned());
+            args.extend(
+                spec.per_gateway_args
+                    .get(n - 1)
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
             if let Some(bank) = &spec.bank {
                 args.extend(["--shards".to_owned(), bank.shards.to_string()]);
                 args.extend(bank.gateway_args.iter().cloned());
@@ -421,7 +428,7 @@ impl Cluster {
                 ),
                 Duration::from_secs(20),
                 || async {
-                    let view = gateway.cluster_view().await.ok()?;
+                    let view = gateway.control.cluster_view().await.ok()?;
                     let all_lbs = view
                         .load_balancers
                         .iter()
@@ -464,7 +471,7 @@ impl Cluster {
                     ),
                     Duration::from_secs(20),
                     || async {
-                        let view = gateway.cluster_view().await.ok()?;
+                        let view = gateway.control.cluster_view().await.ok()?;
                         whole(&view.gateway).then_some(())
                     },
                 )
@@ -575,14 +582,15 @@ impl Cluster {
         .await
     }
 
-    /// Polls `GET /v1/cluster` until `check` holds for the merged view.
+    /// Polls `GET /v1/cluster` on the control listener (which sheds no
+    /// load) until `check` holds for the merged view.
     pub async fn wait_for_view(
         &self,
         what: &str,
         check: impl Fn(&MergedView) -> bool,
     ) -> anyhow::Result<()> {
         crate::eventually(what, Duration::from_secs(20), || async {
-            let view = self.gateway.cluster_view().await.ok()?;
+            let view = self.gateway.control.cluster_view().await.ok()?;
             check(&view).then_some(())
         })
         .await

@@ -206,6 +206,9 @@ pub struct ClusterSpec {
     pub gateways: usize,
     /// Extra arguments for every gateway.
     pub gateway_args: Vec<String>,
+    /// Extra arguments for gateway `n` alone (at index `n - 1`), after
+    /// `gateway_args`: to compare gateways set up differently in one run.
+    pub per_gateway_args: Vec<Vec<String>>,
     /// Start the gateways with `--enable-fault-injection`, so that
     /// operators may inject faults into workers.
     pub fault_injection: bool,
@@ -295,6 +298,7 @@ impl ClusterSpec {
             data_path: DataPath::Proxy,
             gateways: 1,
             gateway_args: Vec::new(),
+            per_gateway_args: Vec::new(),
             fault_injection: true,
             site: Site::Private,
             binaries: None,
@@ -353,13 +357,18 @@ impl ClusterSpec {
 impl Default for ClusterSpec {
     /// The standard topology trimmed for the tests (and tuned for them, as
     /// [`BankSpec::default`] is): no monitors and no bank, a heartbeat
-    /// every 100 ms, two HTTP workers per gateway.
+    /// every 100 ms, two HTTP workers per gateway and no per-client rate
+    /// limit (the tests' and load scenarios' clients all share one
+    /// address).
     fn default() -> Self {
         ClusterSpec {
             heartbeat_interval_ms: Some(100),
             monitors: 0,
             bank: None,
-            gateway_args: vec!["--http-workers".into(), "2".into()],
+            // Every test client is 127.0.0.1: no per-client rate limit.
+            gateway_args: ["--http-workers", "2", "--client-rate-limit", "0"]
+                .map(String::from)
+                .to_vec(),
             ..ClusterSpec::standard()
         }
     }

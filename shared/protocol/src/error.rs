@@ -47,6 +47,11 @@ impl ErrorBody {
         self
     }
 
+    /// Whether `body` is an error body with code `code`.
+    pub fn has_code(body: &[u8], code: &str) -> bool {
+        serde_json::from_slice::<ErrorBody>(body).is_ok_and(|body| body.error.code == code)
+    }
+
     /// The body as JSON bytes. Serialising this type cannot fail (it holds
     /// only strings), so an empty object is an unreachable fallback.
     pub fn to_json(&self) -> Vec<u8> {

@@ -41,7 +41,7 @@ pub async fn open_account(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = super::body::read(&request, payload, state.max_body_bytes).await?;
+    let body = super::body::read(&state, &request, payload).await?;
     let account = NewAccount::parse(&body)?;
     let shard = shard_of(&account.id, state.shards);
     match ask_shard(&state, shard, &ShardRequest::OpenAccount(account), false).await? {
@@ -70,7 +70,7 @@ pub async fn transfer(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = super::body::read(&request, payload, state.max_body_bytes).await?;
+    let body = super::body::read(&state, &request, payload).await?;
     let transfer = TransferRequest::parse(&body)?;
     let key = request
         .headers()

@@ -1,20 +1,25 @@
-//! Reading a request body with a size limit, so an oversized body is a
-//! JSON 413 like every other error (actix's own limit answers in plain
-//! text) and is refused before it is buffered.
+//! Reading a request body with a size limit and a time limit, so an
+//! oversized body is a JSON 413 like every other error (actix's own limit
+//! answers in plain text) and is refused before it is buffered, and a
+//! client that trickles its body (slowloris) is cut off with a 408
+//! instead of holding a connection and a concurrency slot.
 
 use actix_web::web;
 use bytes::BytesMut;
 use futures::StreamExt as _;
 
 use super::error::ApiError;
+use crate::AppState;
 use faultline_protocol::InputError;
 
-/// Reads the whole body, refusing it past `limit` bytes.
+/// Reads the whole body, refusing it past the gateway's size limit or
+/// past its read timeout.
 pub async fn read(
+    state: &AppState,
     request: &actix_web::HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
+    payload: web::Payload,
 ) -> Result<web::Bytes, ApiError> {
+    let limit = state.max_body_bytes;
     let declared = request
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -23,6 +28,14 @@ pub async fn read(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
+    tokio::time::timeout(state.body_timeout, collect(payload, limit))
+        .await
+        .map_err(|_| ApiError::BodyTimeout {
+            after: state.body_timeout,
+        })?
+}
+
+async fn collect(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| InputError::body(format!("cannot read the body: {e}")))?;

@@ -30,7 +30,7 @@ use faultline_bus::trace_context::{CallSpan, Scope};
 use faultline_protocol::call::Call as ValidCall;
 use faultline_protocol::headers::Envelope;
 use faultline_protocol::routing::DataPath;
-use faultline_protocol::{CallRequest, Outcome, subjects};
+use faultline_protocol::{CallRequest, ErrorBody, Outcome, subjects};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 
@@ -61,7 +61,7 @@ pub async fn call(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = super::body::read(&request, payload, state.max_body_bytes).await?;
+    let body = super::body::read(&state, &request, payload).await?;
     let call = CallRequest::parse(&body)?;
     let request_id = request_id(&request);
     // The span `observe` made for a recorded trace; otherwise the caller's
@@ -209,6 +209,9 @@ struct ViaLoadBalancers<'a> {
 enum NoAnswer {
     FromAnyReplica,
     ReplicaLost,
+    /// The replica refused the call at its in-flight bound; nothing was
+    /// done, and another replica may have room.
+    Overloaded,
 }
 
 impl Attempts for ViaLoadBalancers<'_> {
@@ -260,6 +263,19 @@ impl Attempts for ViaLoadBalancers<'_> {
                 let reply_envelope = faultline_bus::headers::envelope(reply.headers.as_ref());
                 let outcome = reply_envelope.outcome.unwrap_or(Outcome::Failed);
                 try_span.set("outcome", outcome.as_str());
+                // The replica's own refusal at its bound (retryable, no
+                // worker, `overloaded`): try another replica at once.
+                if outcome == Outcome::Retryable
+                    && reply_envelope.worker.is_none()
+                    && !attempt.is_last
+                    && ErrorBody::has_code(&reply.payload, "overloaded")
+                {
+                    self.last_error = ApiError::Upstream {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        body: reply.payload,
+                    };
+                    return Verdict::RetryAtOnce(NoAnswer::Overloaded);
+                }
                 return Verdict::Done(Served {
                     outcome,
                     worker: reply_envelope.worker,

@@ -173,7 +173,7 @@ pub async fn set_strategy(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = super::body::read(&request, payload, state.max_body_bytes).await?;
+    let body = super::body::read(&state, &request, payload).await?;
     let change: StrategyChange = InputError::parse_json(&body)?;
     put_setting(
         &state,
@@ -192,7 +192,7 @@ pub async fn set_data_path(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = super::body::read(&request, payload, state.max_body_bytes).await?;
+    let body = super::body::read(&state, &request, payload).await?;
     let change: DataPathChange = InputError::parse_json(&body)?;
     put_setting(
         &state,
@@ -214,7 +214,7 @@ pub async fn set_weight(
 ) -> Result<HttpResponse, ApiError> {
     // Validate everything the caller sent before asking the cluster.
     let worker = valid_worker_id(worker.into_inner())?;
-    let body = super::body::read(&request, payload, state.max_body_bytes).await?;
+    let body = super::body::read(&state, &request, payload).await?;
     let change = WeightChange::parse(&body)?;
     let worker = known_worker(&state, worker).await?;
     put_setting(
@@ -280,7 +280,7 @@ pub async fn faults(
         return Err(ApiError::FaultInjectionDisabled);
     }
     let worker = valid_worker_id(worker.into_inner())?;
-    let body = super::body::read(&request, payload, state.max_body_bytes).await?;
+    let body = super::body::read(&state, &request, payload).await?;
     let (message, spec) = if setting {
         let spec = FaultSpec::parse(&body)?;
         let message = Bytes::from(serde_json::to_vec(&spec).unwrap_or_default());

@@ -21,6 +21,12 @@ pub enum ApiError {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// The body did not arrive in time.
+    #[error("the request body did not arrive within {} ms", after.as_millis())]
+    BodyTimeout {
+        /// The read timeout.
+        after: std::time::Duration,
+    },
     /// No such route.
     #[error("no route for {method} {path}")]
     RouteNotFound {
@@ -106,6 +112,7 @@ impl ApiError {
             ApiError::Input(e) if e.field.is_some() => "invalid_field",
             ApiError::Input(_) => "invalid_body",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::RouteNotFound { .. } => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::ControlRoute(_) => "control_route",
@@ -129,6 +136,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Input(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::RouteNotFound { .. }
             | ApiError::ControlRoute(_)
             | ApiError::UnknownWorker(_) => StatusCode::NOT_FOUND,

@@ -40,6 +40,7 @@ mod deployment;
 mod direct_mode;
 mod health_monitor;
 mod load_balancer_failover;
+mod load_shedding;
 mod nats_permissions;
 mod observability;
 mod run_command;
