@@ -8,6 +8,9 @@
 //! divide by the calls answered. The load generator is left out: it is
 //! the same for every target.
 //!
+//! Beside it, from `/proc/<pid>/status`, a process's resident memory
+//! ([`Memory`]): what an overload costs the gateway that takes it.
+//!
 //! `/proc` counts in clock ticks of 1/100 s (`USER_HZ`, 100 on every
 //! mainstream Linux); a 15 s run at 2,000 calls a second spends thousands
 //! of ticks, so the rounding is under a tenth of a per cent.

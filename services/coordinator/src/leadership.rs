@@ -33,8 +33,8 @@ pub(crate) async fn lead_when_possible(
         let pool = faultline_storage::connect(url, settings.database.max_connections).await?;
         faultline_storage::ensure_shards(&pool, settings.shards).await?;
         let lease = Lease::connect(
-            &settings.redis_url,
-            &settings.redis_prefix,
+            &settings.redis.url,
+            &settings.redis.prefix,
             &settings.id,
             Duration::from_millis(settings.lease_ttl_ms),
         )

@@ -49,11 +49,8 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub lease_ttl_ms: u64,
     /// Redis, for the lease.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-    /// Prefix of the Redis keys, so several clusters can share a Redis.
-    #[arg(long, env = "REDIS_PREFIX", default_value = "faultline")]
-    pub redis_prefix: String,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// Heartbeat interval in milliseconds.
     #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 250,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
@@ -76,5 +73,37 @@ impl faultline_runtime::ServiceSettings for Settings {
     }
     fn common(&self) -> &faultline_runtime::CommonArgs {
         &self.service.common
+    }
+}
+
+/// Where the lease lives.
+#[derive(Clone, clap::Args)]
+pub struct RedisArgs {
+    /// Redis, for the lease.
+    #[arg(
+        id = "redis_url",
+        long = "redis-url",
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub url: String,
+    /// Prefix of the Redis keys, so several clusters can share a Redis.
+    #[arg(
+        id = "redis_prefix",
+        long = "redis-prefix",
+        env = "REDIS_PREFIX",
+        default_value = "faultline"
+    )]
+    pub prefix: String,
+}
+
+/// Shows the URL without its password (`--check-settings` prints
+/// settings).
+impl std::fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisArgs")
+            .field("url", &faultline_storage::redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }

@@ -181,13 +181,9 @@ pub async fn run(
         let (changes, force_write) = tokio::select! {
             () = &mut shutdown => break,
             Some(message) = heartbeats.next() => {
-                let Ok(beat) = serde_json::from_slice::<Heartbeat>(&message.payload) else {
-                    tracing::debug!(subject = %message.subject, "Ignoring a malformed heartbeat.");
+                let Some(beat) = faultline_bus::heartbeat::read(&message.subject, &message.payload) else {
                     continue;
                 };
-                if !subjects::is_valid_member_id(&beat.id) {
-                    continue;
-                }
                 (table.heartbeat(&beat, now).into_iter().collect(), false)
             }
             _ = ticker.tick() => {
@@ -330,8 +326,13 @@ async fn send_probe(
         .send_request(subjects::probe(probe.role.as_str(), &probe.id), request)
         .await
         .ok()
-        .and_then(|reply| serde_json::from_slice::<Heartbeat>(&reply.payload).ok())
-        .filter(|beat| beat.id == probe.id);
+        // The answer must be the probed member's own.
+        .and_then(|reply| {
+            faultline_bus::heartbeat::read(
+                &subjects::heartbeat(probe.role.as_str(), &probe.id),
+                &reply.payload,
+            )
+        });
     let _ = results.send((probe.id, answer));
 }
 

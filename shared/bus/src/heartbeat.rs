@@ -114,23 +114,35 @@ pub fn unix_millis() -> u64 {
 /// make itself remembered for ever.
 pub const INTERVAL_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
 
-/// Reads a heartbeat from a message's payload; one that does not parse or
-/// names an invalid member id is logged and ignored, and its interval is
-/// held to [`INTERVAL_MS`].
-pub fn read(payload: &[u8]) -> Option<Heartbeat> {
+/// Reads a heartbeat that arrived on `subject`: one that does not parse,
+/// names an invalid member id, or names another member or role than its
+/// subject (`faultline.heartbeat.<role>.<id>`, which the bus's permissions
+/// tie to the sender) is logged and ignored; its interval is held to
+/// [`INTERVAL_MS`]. A probe's answer is read against the subject the
+/// probed member beats on.
+pub fn read(subject: &str, payload: &[u8]) -> Option<Heartbeat> {
     match serde_json::from_slice::<Heartbeat>(payload) {
-        Ok(mut beat) if subjects::is_valid_member_id(&beat.id) => {
+        Ok(beat) if !subjects::is_valid_member_id(&beat.id) => {
+            tracing::warn!(id = %beat.id, "Ignoring a heartbeat with an invalid id.");
+            None
+        }
+        Ok(beat) if subjects::heartbeat(beat.role.as_str(), &beat.id) != subject => {
+            tracing::warn!(
+                id = %beat.id,
+                role = beat.role.as_str(),
+                subject,
+                "Ignoring a heartbeat that names another member than its subject."
+            );
+            None
+        }
+        Ok(mut beat) => {
             beat.interval_ms = beat
                 .interval_ms
                 .clamp(*INTERVAL_MS.start(), *INTERVAL_MS.end());
             Some(beat)
         }
-        Ok(beat) => {
-            tracing::warn!(id = %beat.id, "Ignoring a heartbeat with an invalid id.");
-            None
-        }
         Err(error) => {
-            tracing::warn!(%error, "Ignoring a malformed heartbeat.");
+            tracing::warn!(%error, subject, "Ignoring a malformed heartbeat.");
             None
         }
     }
@@ -213,7 +225,7 @@ pub async fn follow(
             biased;
             beat = beats.next() => {
                 let Some(beat) = beat else { return };
-                if let Some(beat) = read(&beat.payload) {
+                if let Some(beat) = read(&beat.subject, &beat.payload) {
                     heard.heard(beat, Instant::now());
                 }
             }
@@ -267,13 +279,17 @@ mod tests {
     }
 
     #[test]
-    fn heartbeats_with_bad_ids_or_bad_json_are_ignored() {
-        assert!(read(br#"{"id":"#).is_none());
+    fn heartbeats_with_bad_ids_bad_json_or_another_members_subject_are_ignored() {
+        let lb1 = "faultline.heartbeat.load-balancer.lb-1";
+        assert!(read(lb1, br#"{"id":"#).is_none());
         let bad_id = serde_json::to_vec(&beat("lb 1", 100)).expect("json");
-        assert!(read(&bad_id).is_none());
+        assert!(read("faultline.heartbeat.load-balancer.lb 1", &bad_id).is_none());
         let good = serde_json::to_vec(&beat("lb-1", 100)).expect("json");
-        assert_eq!(read(&good).map(|b| b.id), Some("lb-1".to_owned()));
+        assert_eq!(read(lb1, &good).map(|b| b.id), Some("lb-1".to_owned()));
+        // Spoofing: lb-2 (or a worker) beating in lb-1's name.
+        assert!(read("faultline.heartbeat.load-balancer.lb-2", &good).is_none());
+        assert!(read("faultline.heartbeat.worker.lb-1", &good).is_none());
         let forever = serde_json::to_vec(&beat("lb-1", u64::MAX)).expect("json");
-        assert_eq!(read(&forever).map(|b| b.interval_ms), Some(60_000));
+        assert_eq!(read(lb1, &forever).map(|b| b.interval_ms), Some(60_000));
     }
 }

@@ -1,10 +1,12 @@
 //! Bounding and counting the messages a service handles at once.
 //!
 //! Each message runs in its own task, but only `max` at a time: past that
-//! the service stops reading from its subscription and NATS buffers the
-//! rest, which callers see as latency (back-pressure) rather than as a
-//! process that runs out of memory. The same counters feed the heartbeat's
-//! load report. [`crate::serve`] is where messages are admitted.
+//! a service that sheds load (a worker, a load-balancer) refuses the
+//! message at once with a typed `overloaded` answer, and any other stops
+//! reading from its subscription so that NATS buffers the rest, which its
+//! callers see as latency; either way the process never runs out of
+//! memory. The same counters feed the heartbeat's load report.
+//! [`crate::serve`] is where messages are admitted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -41,7 +41,7 @@ use async_nats::{ConnectOptions, Event, ServerAddr};
 
 /// Settings for the NATS connection, shared by every service. Each flag can
 /// also be given as the environment variable of the same name.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct NatsArgs {
     /// NATS servers to connect to, comma-separated; the client fails over
     /// between them.
@@ -74,6 +74,18 @@ pub struct NatsArgs {
         value_parser = clap::value_parser!(u8).range(1..=5)
     )]
     pub replicas: u8,
+}
+
+/// Shows everything but the password (`--check-settings` prints settings).
+impl std::fmt::Debug for NatsArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsArgs")
+            .field("servers", &self.servers)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("replicas", &self.replicas)
+            .finish()
+    }
 }
 
 /// Why the bus could not be reached.

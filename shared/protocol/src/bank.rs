@@ -328,6 +328,15 @@ impl ShardRequest {
         }
     }
 
+    /// Whether it is an account request (open, read), which travels on
+    /// the account subject, not the coordinator's shard subject.
+    pub fn is_account_request(&self) -> bool {
+        matches!(
+            self,
+            ShardRequest::OpenAccount(_) | ShardRequest::ReadAccount { .. }
+        )
+    }
+
     /// The global transaction it is part of, if any.
     pub fn xid(&self) -> Option<Uuid> {
         match self {

@@ -88,6 +88,15 @@ pub const COORDINATOR_QUEUE_GROUP: &str = "faultline-coordinators";
 pub fn shard(shard: u32) -> String {
     format!("faultline.shard.{shard}")
 }
+/// The subject on which the owner of one account shard serves account
+/// opens and reads (`faultline.account.<n>`), the gateway's requests,
+/// apart from the coordinator's on [`shard`]: so the gateway's NATS user
+/// needs no right to publish prepares and decisions, and a shard refuses
+/// a coordinator's request that arrives here (and an account request
+/// there).
+pub fn account(shard: u32) -> String {
+    format!("faultline.account.{shard}")
+}
 /// The queue group of shard owners: while ownership moves, the old and the
 /// new owner may both be subscribed for a moment; each message goes to one,
 /// and the database's ownership epoch refuses the one that lost.

@@ -128,7 +128,7 @@ pub async fn start(
 /// Feeds worker heartbeats to the router.
 async fn follow_heartbeats(mut heartbeats: async_nats::Subscriber, router: Arc<Router>) {
     while let Some(beat) = heartbeats.next().await {
-        if let Some(beat) = heartbeat::read(&beat.payload) {
+        if let Some(beat) = heartbeat::read(&beat.subject, &beat.payload) {
             router.heartbeat(&beat);
         }
     }

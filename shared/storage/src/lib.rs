@@ -25,7 +25,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Database settings; every flag is also an environment variable.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL, such as `postgres://postgres@127.0.0.1:5432/faultline`.
     #[arg(long = "database-url", env = "DATABASE_URL")]
@@ -34,6 +34,42 @@ pub struct DatabaseArgs {
     #[arg(long = "db-max-connections", env = "DB_MAX_CONNECTIONS", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub max_connections: u32,
+}
+
+/// Shows the URL without its password (`--check-settings` prints
+/// settings).
+impl std::fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// `url` with the password of its user info, if any, replaced:
+/// `postgres://app:secret@db/x` becomes `postgres://app:<redacted>@db/x`.
+/// For printing store URLs (PostgreSQL's, Redis's) in settings and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info
+                .split_once(':')
+                .map_or(user_info, |(user, _)| user);
+            let hidden = if user_info.contains(':') {
+                ":<redacted>"
+            } else {
+                ""
+            };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// Why the database could not be used.
@@ -134,4 +170,33 @@ pub async fn ensure_shards(pool: &PgPool, shards: u32) -> Result<(), StorageErro
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_store_urls_are_redacted_and_the_rest_kept() {
+        for (url, shown) in [
+            (
+                "postgres://app:s3cret@db:5432/faultline?sslmode=verify-full",
+                "postgres://app:<redacted>@db:5432/faultline?sslmode=verify-full",
+            ),
+            (
+                "redis://:s3cret@redis:6379/0",
+                "redis://:<redacted>@redis:6379/0",
+            ),
+            ("postgres://app@db/faultline", "postgres://app@db/faultline"),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+        let args = DatabaseArgs {
+            url: Some("postgres://app:s3cret@db/x".into()),
+            max_connections: 8,
+        };
+        assert!(!format!("{args:?}").contains("s3cret"));
+    }
 }

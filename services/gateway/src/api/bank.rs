@@ -193,7 +193,7 @@ async fn ask_shard(
     let deadline = Instant::now() + state.transfer_timeout;
     let answer = request_until(
         &state.nats,
-        subjects::shard(shard).into(),
+        subjects::account(shard).into(),
         headers,
         payload,
         deadline.into(),

@@ -1,6 +1,8 @@
-//! Serving a shard: each request on `faultline.shard.<n>` checked (owned,
-//! the account on this shard), written through the shard's group-commit
-//! writer, and answered only once the batch is durable.
+//! Serving a shard: each request on `faultline.shard.<n>` (the
+//! coordinator's) or `faultline.account.<n>` (the gateway's account opens
+//! and reads) checked (the right subject for its kind, owned, the account
+//! on this shard), written through the shard's group-commit writer, and
+//! answered only once the batch is durable.
 
 use std::sync::Arc;
 
@@ -23,6 +25,7 @@ impl Participant {
     pub(super) async fn handle(
         &self,
         shard: u32,
+        on_account_subject: bool,
         payload: &[u8],
         span: &tracing::Span,
     ) -> ShardReply {
@@ -31,6 +34,18 @@ impl Participant {
             .and_then(|request| match request.validate() {
                 Ok(()) => Ok(request),
                 Err(error) => Err(error.to_string()),
+            })
+            .and_then(|request| {
+                // Each subject carries one kind, so that its publish right
+                // on the bus is the right to send that kind.
+                if request.is_account_request() == on_account_subject {
+                    Ok(request)
+                } else {
+                    Err(format!(
+                        "{} requests are not served on this subject",
+                        request.kind()
+                    ))
+                }
             });
         let kind = request.as_ref().map_or("invalid", ShardRequest::kind);
         if !span.is_disabled() {
@@ -176,6 +191,8 @@ fn unavailable(error: &dyn std::fmt::Display) -> ShardReply {
 struct ShardSubject {
     participant: Arc<Participant>,
     shard: u32,
+    /// `faultline.account.<shard>`, to tell the two subjects apart.
+    account_subject: String,
 }
 
 impl Handler for ShardSubject {
@@ -193,9 +210,15 @@ impl Handler for ShardSubject {
     }
 
     async fn handle(&self, request: Request) -> Option<Reply> {
+        let on_account_subject = request.subject.as_str() == self.account_subject;
         let reply = self
             .participant
-            .handle(self.shard, &request.payload, &request.span)
+            .handle(
+                self.shard,
+                on_account_subject,
+                &request.payload,
+                &request.span,
+            )
             .await;
         Some(Reply::body(serde_json::to_vec(&reply).unwrap_or_default()))
     }
@@ -205,25 +228,29 @@ impl Handler for ShardSubject {
 /// NATS, as calls do at a worker.
 const MAX_SHARD_REQUESTS: u32 = 1024;
 
-/// Serves one shard's subject until aborted (which unsubscribes).
+/// Serves one shard's two subjects (the coordinator's and the accounts')
+/// until aborted (which unsubscribes).
 pub(super) async fn serve_shard(participant: Arc<Participant>, shard: u32) {
     let mut delay = 0usize;
     let client = participant.client.clone();
-    let subject = Arc::new(ShardSubject { participant, shard });
+    let subject = Arc::new(ShardSubject {
+        participant,
+        shard,
+        account_subject: subjects::account(shard),
+    });
+    let subscribe =
+        |name: String| client.queue_subscribe(name, subjects::SHARD_QUEUE_GROUP.to_owned());
     loop {
-        match client
-            .queue_subscribe(
-                subjects::shard(shard),
-                subjects::SHARD_QUEUE_GROUP.to_owned(),
-            )
-            .await
-        {
-            Ok(messages) => {
+        match tokio::try_join!(
+            subscribe(subjects::shard(shard)),
+            subscribe(subjects::account(shard))
+        ) {
+            Ok((coordinator, accounts)) => {
                 let bound = InFlight::new(MAX_SHARD_REQUESTS);
                 let never = std::future::pending::<()>();
                 faultline_bus::serve::serve(
                     client.clone(),
-                    vec![messages],
+                    vec![coordinator, accounts],
                     bound,
                     never,
                     subject.clone(),

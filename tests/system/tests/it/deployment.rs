@@ -110,12 +110,32 @@ fn interpolate(value: &str) -> String {
 /// The variables compose requires (`${NAME:?...}`), which have no default.
 const REQUIRED_COMPOSE_VARIABLES: &[&str] = &["FAULTLINE_OPERATOR_TOKEN"];
 
-/// Runs `<program> <args> --check-settings` with exactly `environment`.
+/// The secrets among a service's settings: passwords, tokens, and the
+/// password in a store's URL.
+fn secrets_in(environment: &[(String, String)]) -> Vec<String> {
+    environment
+        .iter()
+        .filter_map(|(name, value)| {
+            if name.ends_with("PASSWORD") || name.ends_with("TOKEN") {
+                Some(value.clone())
+            } else if name.ends_with("_URL") {
+                let (_, rest) = value.split_once("://")?;
+                let (user_info, _) = rest.split_once('@')?;
+                Some(format!(":{}@", user_info.split_once(':')?.1))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Runs `<program> <args> --check-settings` with exactly `environment`;
+/// what it printed, or why it refused.
 fn check_settings(
     program: &str,
     args: &[String],
     environment: &[(String, String)],
-) -> Result<(), String> {
+) -> Result<String, String> {
     let output = Command::new(binary(program).expect("the binary is built"))
         .env_clear()
         .args(args)
@@ -124,7 +144,7 @@ fn check_settings(
         .output()
         .expect("the binary runs");
     if output.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(String::from_utf8_lossy(&output.stderr).into_owned())
     }
@@ -169,8 +189,15 @@ fn every_compose_service_passes_its_own_settings_check() {
             SERVICES.contains(&program.as_str()),
             "{name} runs {program:?}, which is not a Faultline binary"
         );
-        if let Err(refusal) = check_settings(&program, &args, &environment) {
-            panic!("{name} ({program}) refuses its compose settings:\n{refusal}");
+        let printed = check_settings(&program, &args, &environment).unwrap_or_else(|refusal| {
+            panic!("{name} ({program}) refuses its compose settings:\n{refusal}")
+        });
+        // The settings are printed, their secrets not.
+        for secret in secrets_in(&environment) {
+            assert!(
+                !printed.contains(&secret),
+                "{name}'s --check-settings prints a secret: {printed}"
+            );
         }
         checked.insert(program);
     }
@@ -540,8 +567,15 @@ fn every_kubernetes_container_passes_its_own_settings_check() {
                     .map(scalar)
                     .collect();
                 let environment = container_environment(&objects, &name, &container);
-                if let Err(refusal) = check_settings(&command[0], &command[1..], &environment) {
-                    panic!("{path}: {name} refuses its settings:\n{refusal}");
+                let printed = check_settings(&command[0], &command[1..], &environment)
+                    .unwrap_or_else(|refusal| {
+                        panic!("{path}: {name} refuses its settings:\n{refusal}")
+                    });
+                for secret in secrets_in(&environment) {
+                    assert!(
+                        !printed.contains(&secret),
+                        "{path}: {name}'s --check-settings prints a secret: {printed}"
+                    );
                 }
                 checked.insert(command[0].clone());
             }

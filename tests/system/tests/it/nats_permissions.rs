@@ -1,8 +1,10 @@
 //! The deployment's NATS users and permissions (`infra/nats/auth.conf`, the
 //! file every node of the compose and Kubernetes clusters includes) fit the
 //! code: the whole system does all its work under them, in both data
-//! paths, without a single refusal, and they refuse what they exist to refuse: a worker forging a
-//! coordinator's decision, or rewriting the membership view.
+//! paths, without a single refusal, and they refuse what they exist to
+//! refuse: a worker or the gateway forging a coordinator's decision, a
+//! worker rewriting the membership view or listening in on shard subjects
+//! outside the owners' queue group.
 
 use std::time::Duration;
 
@@ -20,7 +22,7 @@ use crate::{drive, echo, open_account, served_by, transfer};
 const UNSERVED_SHARD: &str = "faultline.shard.999";
 
 #[tokio::test]
-async fn the_system_works_under_its_nats_permissions_and_a_worker_cannot_forge_a_decision() {
+async fn the_system_works_under_its_nats_permissions_and_no_other_role_can_forge_a_decision() {
     let cluster = Cluster::start(ClusterSpec {
         monitors: 2,
         bank: Some(BankSpec::default()),
@@ -97,43 +99,49 @@ async fn the_system_works_under_its_nats_permissions_and_a_worker_cannot_forge_a
         refusals.join("\n")
     );
 
-    // Now a worker's credentials try to do a coordinator's and a monitor's
-    // jobs. The server refuses both, and the forged decision reaches no
-    // shard owner: a message sent after it by a coordinator arrives first.
-    let (errors_tx, mut errors) = mpsc::unbounded_channel();
-    let forger =
-        ConnectOptions::with_user_and_password("worker".into(), NatsServer::password("worker"))
-            .event_callback(move |event| {
-                let errors_tx = errors_tx.clone();
-                async move {
-                    if let Event::ServerError(ServerError::Other(message)) = event {
-                        let _ = errors_tx.send(message);
-                    }
-                }
-            })
-            .connect(cluster.nats.url())
-            .await
-            .expect("the worker user logs in");
+    // Now a worker's and the gateway's credentials try to do a
+    // coordinator's and a monitor's jobs, and a worker tries to listen in
+    // on shard subjects outside the owners' queue group. The server refuses
+    // each, and no forged decision reaches a shard owner: a message sent
+    // after them by a coordinator arrives first.
     let owner = connect_as(&cluster, "worker").await;
-    let mut shard_messages = owner.subscribe(UNSERVED_SHARD).await.expect("subscribes");
+    let mut shard_messages = owner
+        .queue_subscribe(
+            UNSERVED_SHARD,
+            faultline_protocol::subjects::SHARD_QUEUE_GROUP.to_owned(),
+        )
+        .await
+        .expect("subscribes");
     owner.flush().await.expect("the subscription is in place");
     let coordinator = connect_as(&cluster, "coordinator").await;
+    let (worker, mut worker_refusals) = connect_watching(&cluster, "worker").await;
+    let (gateway_user, mut gateway_refusals) = connect_watching(&cluster, "gateway").await;
 
-    for forged in [UNSERVED_SHARD, "$KV.faultline_membership.view"] {
-        forger
+    for (forger, forged) in [
+        ("worker", UNSERVED_SHARD),
+        ("worker", "$KV.faultline_membership.view"),
+        ("gateway", UNSERVED_SHARD),
+    ] {
+        let (client, refusals) = if forger == "worker" {
+            (&worker, &mut worker_refusals)
+        } else {
+            (&gateway_user, &mut gateway_refusals)
+        };
+        client
             .publish(forged, "forged".into())
             .await
             .expect("the client sends it");
-        forger.flush().await.expect("flushes");
-        let refusal = tokio::time::timeout(Duration::from_secs(10), errors.recv())
-            .await
-            .expect("the server answers the forged publish with an error")
-            .expect("the error channel is open");
-        assert!(
-            refusal.to_lowercase().contains("permissions violation") && refusal.contains(forged),
-            "unexpected refusal for {forged}: {refusal}"
-        );
+        client.flush().await.expect("flushes");
+        expect_refusal(refusals, forged).await;
     }
+    // A plain subscription would get a copy of every coordinator message.
+    let _eavesdropper = worker
+        .subscribe(UNSERVED_SHARD)
+        .await
+        .expect("the client sends it");
+    worker.flush().await.expect("flushes");
+    expect_refusal(&mut worker_refusals, UNSERVED_SHARD).await;
+
     coordinator
         .publish(UNSERVED_SHARD, "genuine".into())
         .await
@@ -147,6 +155,40 @@ async fn the_system_works_under_its_nats_permissions_and_a_worker_cannot_forge_a
         first.payload.as_ref(),
         b"genuine",
         "a forged decision got through"
+    );
+}
+
+/// Logs in as `role`, with the server's errors (permission violations)
+/// delivered to the returned channel.
+async fn connect_watching(
+    cluster: &Cluster,
+    role: &str,
+) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
+    let (errors_tx, errors) = mpsc::unbounded_channel();
+    let client = ConnectOptions::with_user_and_password(role.into(), NatsServer::password(role))
+        .event_callback(move |event| {
+            let errors_tx = errors_tx.clone();
+            async move {
+                if let Event::ServerError(ServerError::Other(message)) = event {
+                    let _ = errors_tx.send(message);
+                }
+            }
+        })
+        .connect(cluster.nats.url())
+        .await
+        .unwrap_or_else(|error| panic!("{role} logs in: {error}"));
+    (client, errors)
+}
+
+/// Waits for the server's permission refusal naming `subject`.
+async fn expect_refusal(refusals: &mut mpsc::UnboundedReceiver<String>, subject: &str) {
+    let refusal = tokio::time::timeout(Duration::from_secs(10), refusals.recv())
+        .await
+        .expect("the server answers with an error")
+        .expect("the error channel is open");
+    assert!(
+        refusal.to_lowercase().contains("permissions violation") && refusal.contains(subject),
+        "unexpected refusal for {subject}: {refusal}"
     );
 }
 
