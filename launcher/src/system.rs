@@ -184,22 +184,22 @@ fn print_usage(cluster: &Cluster, ports: Ports) {
     println!(
         "
 Faultline is up. The gateway answers on {g}
-  curl -s {g}/v1/call -d '{{\"op\":\"echo\",\"message\":\"hello\"}}'
-  curl -s {g}/v1/call -d '{{\"op\":\"cpu\",\"iterations\":100000}}'
+  curl -s {g}/v1/call --json '{{\"op\":\"echo\",\"message\":\"hello\"}}'
+  curl -s {g}/v1/call --json '{{\"op\":\"cpu\",\"iterations\":100000}}'
   curl -s {g}/v1/cluster
-  curl -s {g}/v1/accounts -d '{{\"id\":\"alice\",\"balance\":1000}}'
-  curl -s {g}/v1/accounts -d '{{\"id\":\"bob\",\"balance\":0}}'
-  curl -s {g}/v1/transfers -H 'Idempotency-Key: demo-1' -d '{{\"from\":\"alice\",\"to\":\"bob\",\"amount\":250}}'
+  curl -s {g}/v1/accounts --json '{{\"id\":\"alice\",\"balance\":1000}}'
+  curl -s {g}/v1/accounts --json '{{\"id\":\"bob\",\"balance\":0}}'
+  curl -s {g}/v1/transfers -H 'Idempotency-Key: demo-1' --json '{{\"from\":\"alice\",\"to\":\"bob\",\"amount\":250}}'
   curl -s {g}/v1/accounts/bob
   curl -s {g}/v1/transfers/in-doubt
   curl -s {g}/v1/audit
 Changes go to the control listener on {c}, with this run's operator token
 (fault injection is on; the coordinators' /v1/quarantine takes the same token):
   export FAULTLINE_TOKEN={token}
-  curl -s -X PUT {c}/v1/strategy -H \"Authorization: Bearer $FAULTLINE_TOKEN\" -d '{{\"strategy\":\"weighted\"}}'
-  curl -s -X PUT {c}/v1/data-path -H \"Authorization: Bearer $FAULTLINE_TOKEN\" -d '{{\"data_path\":\"direct\"}}'
-  curl -s -X PUT {c}/v1/workers/worker-3/weight -H \"Authorization: Bearer $FAULTLINE_TOKEN\" -d '{{\"weight\":5}}'
-  curl -s -X PUT {c}/v1/workers/worker-2/faults -H \"Authorization: Bearer $FAULTLINE_TOKEN\" -d '{{\"latency_ms\":200}}'
+  curl -s -X PUT {c}/v1/strategy -H \"Authorization: Bearer $FAULTLINE_TOKEN\" --json '{{\"strategy\":\"weighted\"}}'
+  curl -s -X PUT {c}/v1/data-path -H \"Authorization: Bearer $FAULTLINE_TOKEN\" --json '{{\"data_path\":\"direct\"}}'
+  curl -s -X PUT {c}/v1/workers/worker-3/weight -H \"Authorization: Bearer $FAULTLINE_TOKEN\" --json '{{\"weight\":5}}'
+  curl -s -X PUT {c}/v1/workers/worker-2/faults -H \"Authorization: Bearer $FAULTLINE_TOKEN\" --json '{{\"latency_ms\":200}}'
 Admin endpoints (/live /ready /metrics): workers on {}, load-balancers on {},
 health-monitors on {}, coordinators on {}.
 Kill something (kill -9 <pid>, pids below) and watch {g}/v1/cluster.",

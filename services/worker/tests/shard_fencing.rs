@@ -323,3 +323,25 @@ async fn messages_the_log_does_not_back_change_nothing() {
     let x = account(&pool, "x").await;
     assert_eq!((x.balance, x.held), (70, 0));
 }
+
+#[tokio::test]
+async fn the_database_refuses_a_balance_past_the_ceiling() {
+    let (_database, pool, _store, _epoch) = shard_with_accounts("owner").await;
+    let set = |balance: i64| {
+        sqlx::query("UPDATE accounts SET balance = $1 WHERE id = 'x'")
+            .bind(balance)
+            .execute(&pool)
+    };
+    set(faultline_protocol::bank::MAX_BALANCE)
+        .await
+        .expect("the ceiling itself is a balance");
+    let error = set(faultline_protocol::bank::MAX_BALANCE + 1)
+        .await
+        .expect_err("past the ceiling is refused");
+    assert!(
+        error
+            .to_string()
+            .contains("accounts_balance_at_most_the_ceiling"),
+        "{error}"
+    );
+}

@@ -21,6 +21,9 @@ pub enum ApiError {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// The body is not declared as JSON.
+    #[error("send the body as JSON, with Content-Type: application/json (not {0})")]
+    UnsupportedMediaType(String),
     /// The body did not arrive in time.
     #[error("the request body did not arrive within {} ms", after.as_millis())]
     BodyTimeout {
@@ -113,6 +116,7 @@ impl ApiError {
             ApiError::Input(_) => "invalid_body",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::BodyTimeout { .. } => "body_timeout",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RouteNotFound { .. } => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::ControlRoute(_) => "control_route",
@@ -137,6 +141,7 @@ impl ResponseError for ApiError {
             ApiError::Input(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RouteNotFound { .. }
             | ApiError::ControlRoute(_)
             | ApiError::UnknownWorker(_) => StatusCode::NOT_FOUND,

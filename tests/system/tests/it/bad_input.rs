@@ -303,6 +303,25 @@ async fn bad_input_is_refused_with_a_json_error_naming_the_problem() {
         (200, json!({"latency_ms": 0, "error_rate": 0.0}))
     );
 
+    // A body a web page could send without a CORS preflight (a form, plain
+    // text) is refused before it is read.
+    let http = reqwest::Client::new();
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let response = http
+            .post(format!("{}/v1/accounts", cluster.gateway.url))
+            .header("content-type", content_type)
+            .body(r#"{"id":"from-a-web-page","balance":1}"#)
+            .send()
+            .await
+            .expect("the gateway answers");
+        assert_eq!(response.status().as_u16(), 415, "{content_type}");
+        let answer: Value = response.json().await.expect("JSON");
+        assert_eq!(
+            answer["error"]["code"], "unsupported_media_type",
+            "{answer}"
+        );
+    }
+
     // And the services are all still up and serving.
     let (status, answer) = cluster
         .gateway
