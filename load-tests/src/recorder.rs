@@ -86,6 +86,8 @@ impl Bucket {
 pub struct Recorder {
     bucket_width: Duration,
     latency: Histogram<u64>,
+    /// How long the errors took to come back (a refusal should be fast).
+    error_latency: Histogram<u64>,
     ok: u64,
     errors: BTreeMap<String, u64>,
     buckets: Vec<Bucket>,
@@ -108,6 +110,7 @@ impl Recorder {
         Recorder {
             bucket_width,
             latency: histogram(3),
+            error_latency: histogram(2),
             ok: 0,
             errors: BTreeMap::new(),
             buckets: Vec::new(),
@@ -145,6 +148,7 @@ impl Recorder {
             }
             Some(class) => {
                 *self.errors.entry(class).or_default() += 1;
+                self.error_latency.saturating_record(micros(latency));
                 self.bucket(intended).errors += 1;
             }
         }
@@ -215,7 +219,6 @@ impl Recorder {
     /// The summary: latency percentiles, counts and the timeline.
     pub fn summary(&self, elapsed: Duration) -> Summary {
         let ms = |us: u64| us as f64 / 1000.0;
-        let h = &self.latency;
         let width = self.bucket_width.as_secs_f64();
         let timeline = self
             .buckets
@@ -238,14 +241,9 @@ impl Recorder {
             errors,
             errors_by_class: self.errors.clone(),
             throughput: (self.ok + errors) as f64 / elapsed.as_secs_f64().max(1e-9),
-            latency_ms: Percentiles {
-                p50: ms(h.value_at_quantile(0.50)),
-                p90: ms(h.value_at_quantile(0.90)),
-                p99: ms(h.value_at_quantile(0.99)),
-                p999: ms(h.value_at_quantile(0.999)),
-                max: ms(h.max()),
-                mean: h.mean() / 1000.0,
-            },
+            latency_ms: Percentiles::of(&self.latency),
+            error_latency_ms: (!self.error_latency.is_empty())
+                .then(|| Percentiles::of(&self.error_latency)),
             distribution: self.distribution(),
             bucket_s: width,
             timeline,
@@ -308,6 +306,21 @@ pub struct Percentiles {
     pub mean: f64,
 }
 
+impl Percentiles {
+    /// Read off a histogram of microseconds.
+    fn of(h: &Histogram<u64>) -> Percentiles {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Percentiles {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
+}
+
 /// One bucket of the timeline, as reported.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct TimelineBucket {
@@ -342,6 +355,9 @@ pub struct Summary {
     pub throughput: f64,
     /// Latency of the successes.
     pub latency_ms: Percentiles,
+    /// Latency of the errors, if there were any: how fast a refusal came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_latency_ms: Option<Percentiles>,
     /// (percentile, latency in ms) pairs for the distribution plot.
     pub distribution: Vec<(f64, f64)>,
     /// Width of a timeline bucket, in seconds.

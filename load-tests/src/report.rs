@@ -296,6 +296,13 @@ impl ScenarioReport {
                     .map(|(class, n)| format!("{class}: {n}"))
                     .collect();
                 let _ = writeln!(md, "Errors by class: {}.\n", classes.join(", "));
+                if let Some(errors) = &summary.error_latency_ms {
+                    let _ = writeln!(
+                        md,
+                        "The errors came back in: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms.\n",
+                        errors.p50, errors.p99, errors.max
+                    );
+                }
             }
             write_analysis(&mut md, &run.analysis);
             if run.summary.is_some() {
