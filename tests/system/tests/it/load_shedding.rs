@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use faultline_cluster::{Cluster, ClusterSpec};
+use faultline_protocol::routing::DataPath;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -236,43 +237,28 @@ async fn load_balancers_and_workers_at_their_bound_refuse_at_once() {
     };
 
     // Proxy: the one load-balancer holds one call; the next is refused by
-    // it, tried again, refused again, and answered 503 at once.
-    let holders = hold(1);
-    in_flight(1, false).await;
-    let (status, _, body) = call(&http, &url, &echo).await;
-    assert!(
-        holders.iter().all(|h| !h.is_finished()),
-        "refused while held"
-    );
-    assert_eq!(
-        (status, &body["error"]["code"]),
-        (503, &json!("overloaded")),
-        "{body}"
-    );
-    for holder in holders {
-        assert_eq!(holder.await.expect("slow call").0, 200);
-    }
-
-    // Direct: the gateway balances; each of the three workers holds one
-    // call, and the next is refused by each worker it tries.
-    cluster
-        .switch_data_path(faultline_protocol::routing::DataPath::Direct)
-        .await
-        .expect("direct mode");
-    let holders = hold(3);
-    in_flight(3, true).await;
-    let (status, _, body) = call(&http, &url, &echo).await;
-    assert!(
-        holders.iter().all(|h| !h.is_finished()),
-        "refused while held"
-    );
-    assert_eq!(
-        (status, &body["error"]["code"]),
-        (503, &json!("overloaded")),
-        "{body}"
-    );
-    for holder in holders {
-        assert_eq!(holder.await.expect("slow call").0, 200);
+    // it, tried again, refused again, and answered 503 at once. Direct:
+    // the gateway balances; each of the three workers holds one call, and
+    // the next is refused by each worker it tries.
+    for (mode, held, at_workers) in [(DataPath::Proxy, 1, false), (DataPath::Direct, 3, true)] {
+        if mode == DataPath::Direct {
+            cluster.switch_data_path(mode).await.expect("direct mode");
+        }
+        let holders = hold(held);
+        in_flight(held as u64, at_workers).await;
+        let (status, _, body) = call(&http, &url, &echo).await;
+        assert!(
+            holders.iter().all(|h| !h.is_finished()),
+            "{mode}: refused while held"
+        );
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (503, &json!("overloaded")),
+            "{mode}: {body}"
+        );
+        for holder in holders {
+            assert_eq!(holder.await.expect("slow call").0, 200);
+        }
     }
     let (status, _, body) = call(&http, &url, &echo).await;
     assert_eq!(status, 200, "{body}");
