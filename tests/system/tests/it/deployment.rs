@@ -88,27 +88,39 @@ fn compose_services() -> Vec<ComposeService> {
     ours
 }
 
-/// Compose's `${NAME:-default}` as it comes out with NAME unset, and
-/// `${NAME:?message}` (required, no default) as a value the operator would
-/// set.
+/// A value as compose gives it with no variable set: each
+/// `${NAME:-default}` in it becomes its default, and each
+/// `${NAME:?message}` (required, no default) the value an operator would
+/// set, [`OPERATOR_VALUE`].
 fn interpolate(value: &str) -> String {
-    let Some(inner) = value
-        .strip_prefix("${")
-        .and_then(|rest| rest.strip_suffix('}'))
-    else {
-        return value.to_owned();
-    };
-    if let Some((_, default)) = inner.split_once(":-") {
-        default.to_owned()
-    } else if inner.contains(":?") {
-        "a-value-the-operator-sets".to_owned()
-    } else {
-        value.to_owned()
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        let Some(length) = rest[start..].find('}') else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        let inner = &rest[start + 2..start + length];
+        if let Some((_, default)) = inner.split_once(":-") {
+            out.push_str(default);
+        } else if inner.contains(":?") {
+            out.push_str(OPERATOR_VALUE);
+        } else {
+            out.push_str(&rest[start..=start + length]);
+        }
+        rest = &rest[start + length + 1..];
     }
+    out.push_str(rest);
+    out
 }
 
+/// What stands for a secret the operator sets (compose's required
+/// variables, the Kubernetes Secrets they create).
+const OPERATOR_VALUE: &str = "a-value-the-operator-sets";
+
 /// The variables compose requires (`${NAME:?...}`), which have no default.
-const REQUIRED_COMPOSE_VARIABLES: &[&str] = &["FAULTLINE_OPERATOR_TOKEN"];
+const REQUIRED_COMPOSE_VARIABLES: &[&str] =
+    &["FAULTLINE_OPERATOR_TOKEN", "FAULTLINE_REDIS_PASSWORD"];
 
 /// The secrets among a service's settings: passwords, tokens, and the
 /// password in a store's URL.
@@ -324,37 +336,38 @@ fn the_crate_graph_picture_is_current() {
 
 #[test]
 fn docker_compose_validates_the_file() {
-    let config = |with_required: bool| {
+    // `missing`: the one required variable left unset.
+    let config = |missing: Option<&str>| {
         let mut command = Command::new("docker-compose");
         command
             .args(["--profile", "load", "config", "--quiet"])
             .current_dir(workspace_root());
         for name in REQUIRED_COMPOSE_VARIABLES {
             command.env_remove(name);
-            if with_required {
-                command.env(name, "a-value-the-operator-sets");
+            if missing != Some(*name) {
+                command.env(name, OPERATOR_VALUE);
             }
         }
         command
             .output()
             .expect("docker-compose runs (apt-get install docker-compose)")
     };
-    let output = config(true);
+    let output = config(None);
     assert!(
         output.status.success(),
         "docker-compose config refuses the file:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    // No secret has a default: without them compose refuses to start.
-    let output = config(false);
-    let refusal = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success()
-            && REQUIRED_COMPOSE_VARIABLES
-                .iter()
-                .all(|name| refusal.contains(name)),
-        "docker-compose must refuse to run without {REQUIRED_COMPOSE_VARIABLES:?}: {refusal}"
-    );
+    // No secret has a default: without any one of them compose refuses
+    // to start, naming it.
+    for name in REQUIRED_COMPOSE_VARIABLES {
+        let output = config(Some(name));
+        let refusal = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && refusal.contains(name),
+            "docker-compose must refuse to run without {name}: {refusal}"
+        );
+    }
 }
 
 #[test]
@@ -495,6 +508,10 @@ fn kubernetes_objects(path: &str) -> Option<Vec<Value>> {
     )
 }
 
+/// The Secrets the Kubernetes set-up asks the operator to create, so that
+/// no default password is written in the manifests.
+const OPERATOR_SECRETS: &[&str] = &["faultline-operator", "faultline-redis"];
+
 /// An environment entry's value: literal, from a ConfigMap or Secret among
 /// `objects`, or a stand-in pod name for `fieldRef: metadata.name`.
 fn kubernetes_value(objects: &[Value], container: &str, entry: &Value) -> String {
@@ -505,11 +522,19 @@ fn kubernetes_value(objects: &[Value], container: &str, entry: &Value) -> String
     let lookup = |kind: &str, reference: &Value, field: &str| {
         let name = scalar(&reference["name"]);
         let key = scalar(&reference["key"]);
-        objects
+        match objects
             .iter()
             .find(|o| o["kind"] == kind && scalar(&o["metadata"]["name"]) == name)
-            .and_then(|o| o[field].get(key.as_str()).map(scalar))
-            .unwrap_or_else(|| panic!("{container}: {kind} {name} has no {key}"))
+        {
+            Some(object) => object[field]
+                .get(key.as_str())
+                .map(scalar)
+                .unwrap_or_else(|| panic!("{container}: {kind} {name} has no {key}")),
+            // A Secret the operator creates (infra/k8s/README.md): no
+            // default is written down anywhere.
+            None if OPERATOR_SECRETS.contains(&name.as_str()) => OPERATOR_VALUE.to_owned(),
+            None => panic!("{container}: no {kind} {name}"),
+        }
     };
     if let Some(reference) = from.get("configMapKeyRef") {
         lookup("ConfigMap", reference, "data")
@@ -703,4 +728,102 @@ fn the_check_refuses_what_a_typo_would_hide() {
         .output()
         .expect("the binary runs");
     assert!(!range.status.success());
+}
+
+/// Redis as compose configures it: the coordinators' ACL user holds the
+/// lease; anyone else, the default user included, cannot write its keys,
+/// and the coordinators' user cannot write others.
+#[tokio::test]
+async fn only_the_coordinators_redis_user_can_write_the_lease() {
+    let compose = compose_file();
+    let command: Vec<String> = compose["services"]["redis"]["command"]
+        .as_sequence()
+        .expect("redis has a command")
+        .iter()
+        .map(|arg| interpolate(&scalar(arg)))
+        .collect();
+    let port = faultline_cluster::free_port();
+    let mut redis = Command::new(&command[0])
+        .args(&command[1..])
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server starts (apt-get install redis-server)");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _kill = Kill(&mut redis);
+    // Inline commands, one reply line each.
+    let ask = |commands: Vec<String>| async move {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let mut stream = tokio::io::BufReader::new(stream);
+        let mut replies = Vec::new();
+        for command in commands {
+            stream
+                .get_mut()
+                .write_all(format!("{command}\r\n").as_bytes())
+                .await
+                .ok()?;
+            let mut reply = String::new();
+            stream.read_line(&mut reply).await.ok()?;
+            replies.push(reply.trim().to_owned());
+        }
+        Some(replies)
+    };
+    faultline_cluster::eventually(
+        "redis to answer",
+        std::time::Duration::from_secs(10),
+        || ask(vec!["PING".into()]),
+    )
+    .await
+    .expect("redis answers PING, as the health check does");
+
+    // Without the coordinators' user: refused, nothing written.
+    let forged = ask(vec![
+        "SET faultline:lease forged".into(),
+        "EVAL \"return redis.call('SET','faultline:lease','forged')\" 0".into(),
+    ])
+    .await
+    .expect("replies");
+    assert!(
+        forged.iter().all(|r| r.starts_with("-NOPERM")),
+        "{forged:?}"
+    );
+
+    // The coordinators' user takes the lease through the real code, and
+    // may not write outside its keys or run dangerous commands.
+    let url = format!("redis://coordinator:{OPERATOR_VALUE}@127.0.0.1:{port}");
+    let mut lease = coordinator::lease::Lease::connect(
+        &url,
+        "faultline",
+        "c1",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    let token = lease
+        .try_acquire(0)
+        .await
+        .expect("redis")
+        .expect("the lease is free");
+    assert!(lease.renew(token).await.expect("redis"));
+    let other = ask(vec![
+        format!("AUTH coordinator {OPERATOR_VALUE}"),
+        "SET elsewhere x".into(),
+        "FLUSHALL".into(),
+    ])
+    .await
+    .expect("replies");
+    assert_eq!(other[0], "+OK", "{other:?}");
+    assert!(
+        other[1..].iter().all(|r| r.starts_with("-NOPERM")),
+        "{other:?}"
+    );
 }
