@@ -27,9 +27,9 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::Next;
-use actix_web::{HttpMessage as _, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use faultline_protocol::ErrorBody;
-use futures::StreamExt as _;
+use faultline_runtime::refuse::{Discard, refuse};
 use tokio::sync::Semaphore;
 
 /// How many clients' buckets are kept at most; past it, full (idle)
@@ -212,32 +212,28 @@ pub async fn admit(
     Ok(next.call(request).await?.map_into_left_body())
 }
 
-/// Refuses `request`. Its body is read and dropped first (within the size
-/// and time limits of any body): closing a connection with unread bytes
-/// makes the kernel send a reset, and a client can lose the refusal to it.
-/// No slot is held meanwhile.
+/// Counts and refuses `request` (see [`faultline_runtime::refuse`]: its
+/// body is read and dropped first, within the gateway's own limits for a
+/// body). No slot is held meanwhile.
 async fn shed<B>(
-    mut request: ServiceRequest,
+    request: ServiceRequest,
     why: Shed,
     wait: Duration,
 ) -> ServiceResponse<EitherBody<B>> {
-    if let Some(state) = request.app_data::<web::Data<crate::AppState>>().cloned() {
-        state.metrics.shed(why.as_str());
-        let mut payload = request.take_payload();
-        let discard = async {
-            let mut seen = 0;
-            while let Some(Ok(chunk)) = payload.next().await {
-                seen += chunk.len();
-                if seen > state.max_body_bytes {
-                    break;
-                }
+    let discard = match request.app_data::<web::Data<crate::AppState>>() {
+        Some(state) => {
+            state.metrics.shed(why.as_str());
+            Discard {
+                max_bytes: state.max_body_bytes,
+                timeout: state.body_timeout,
             }
-        };
-        let _ = tokio::time::timeout(state.body_timeout, discard).await;
-    }
-    request
-        .into_response(why.response(wait))
-        .map_into_right_body()
+        }
+        None => Discard {
+            max_bytes: 0,
+            timeout: Duration::ZERO,
+        },
+    };
+    refuse(request, why.response(wait), discard).await
 }
 
 #[cfg(test)]

@@ -271,8 +271,15 @@ pub struct RedisServer {
 
 impl RedisServer {
     fn start_on(port: u16) -> anyhow::Result<RedisServer> {
+        RedisServer::start_with(port, &[])
+    }
+
+    /// One on `port` with extra configuration directives (`config`, such
+    /// as a deployment's `--user` lines).
+    pub fn start_with(port: u16, config: &[String]) -> anyhow::Result<RedisServer> {
         let dir = tempfile::tempdir().context("creating Redis's directory")?;
         let child = Command::new("redis-server")
+            .args(config)
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(dir.path())

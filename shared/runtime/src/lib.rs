@@ -19,6 +19,7 @@ pub mod admin;
 pub mod failpoints;
 pub mod operator;
 mod presence;
+pub mod refuse;
 pub mod settings;
 pub mod threads;
 

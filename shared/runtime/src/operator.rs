@@ -10,8 +10,9 @@
 //! change is logged and counted with who made it; a bare token is named
 //! `operator`. Tokens never appear in `--check-settings` output or logs, a
 //! presented token is compared in constant time, and the check
-//! ([`require`]) runs before the request's body is read, so an unknown
-//! caller cannot make the service read or parse anything. The routes are
+//! ([`require`]) runs before the request's body is parsed, so an unknown
+//! caller cannot make the service parse anything (its body is only read,
+//! bounded, and dropped: [`crate::refuse`]). The routes are
 //! served on a listener of their own (the admin or control listener),
 //! which binds to loopback unless told otherwise: the way Envoy's admin
 //! interface and NGINX Plus's API are kept off the data port.
@@ -242,6 +243,13 @@ pub fn check(
     tokens.holder(request).ok_or(Refusal::Unauthorized)
 }
 
+/// What a refused operator request's body may cost: operator bodies are
+/// small notes and settings.
+const REFUSED_BODY: crate::refuse::Discard = crate::refuse::Discard {
+    max_bytes: 64 * 1024,
+    timeout: std::time::Duration::from_secs(1),
+};
+
 /// The tokens a [`require`]-guarded app checks against, as its app data
 /// (`web::Data<OperatorAccess>`).
 #[derive(Debug, Clone)]
@@ -268,9 +276,7 @@ pub async fn require(
                 ?refusal,
                 "Refused an operator request."
             );
-            Ok(request
-                .into_response(refusal.response())
-                .map_into_right_body())
+            Ok(crate::refuse::refuse(request, refusal.response(), REFUSED_BODY).await)
         }
     }
 }

@@ -742,22 +742,10 @@ async fn only_the_coordinators_redis_user_can_write_the_lease() {
         .iter()
         .map(|arg| interpolate(&scalar(arg)))
         .collect();
+    assert_eq!(command[0], "redis-server");
     let port = faultline_cluster::free_port();
-    let mut redis = Command::new(&command[0])
-        .args(&command[1..])
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server starts (apt-get install redis-server)");
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _kill = Kill(&mut redis);
+    let _redis = faultline_cluster::local::RedisServer::start_with(port, &command[1..])
+        .expect("redis-server starts with compose's configuration");
     // Inline commands, one reply line each.
     let ask = |commands: Vec<String>| async move {
         use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};

@@ -44,40 +44,53 @@ async fn call(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Option<S
     (status, retry_after, response.json().await.expect("JSON"))
 }
 
+/// Starts `n` calls that each hold their slot for 3 s.
+fn hold(url: &str, n: usize) -> Vec<tokio::task::JoinHandle<(u16, Option<String>, Value)>> {
+    let slow = json!({"op": "sleep", "millis": 3000, "timeout_ms": 20000});
+    (0..n)
+        .map(|_| {
+            let (url, slow) = (url.to_owned(), slow.clone());
+            tokio::spawn(async move { call(&reqwest::Client::new(), &url, &slow).await })
+        })
+        .collect()
+}
+
+/// Waits until the balancers of `mode` (the load-balancers in proxy mode,
+/// the gateway in direct mode) hold at least `wanted` calls, read on the
+/// control listener, which sheds nothing.
+async fn wait_in_flight(cluster: &Cluster, wanted: u64, mode: DataPath) {
+    faultline_cluster::eventually(
+        "the slow calls in flight",
+        Duration::from_secs(20),
+        || async {
+            let (_, view) = cluster.gateway.control.get("/v1/cluster").await.ok()?;
+            let balancers = match mode {
+                DataPath::Direct => vec![view["gateway"].clone()],
+                DataPath::Proxy => view["load_balancers"].as_array()?.clone(),
+            };
+            let in_flight: u64 = balancers
+                .iter()
+                .flat_map(|b| b["workers"].as_array().cloned().unwrap_or_default())
+                .filter_map(|worker| worker["in_flight"].as_u64())
+                .sum();
+            (in_flight >= wanted).then_some(())
+        },
+    )
+    .await
+    .expect("the slow calls are admitted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_its_concurrency_limit_the_gateway_refuses_at_once_and_recovers() {
     let cluster = cluster_with(&["--max-concurrent-requests", "4"]).await;
     let url = cluster.gateway.url.clone();
     let http = reqwest::Client::new();
 
-    // Four slow calls fill every slot.
-    let slow = json!({"op": "sleep", "millis": 3000, "timeout_ms": 20000});
-    let holders: Vec<_> = (0..4)
-        .map(|_| {
-            let (http, url, slow) = (http.clone(), url.clone(), slow.clone());
-            tokio::spawn(async move { call(&http, &url, &slow).await })
-        })
-        .collect();
-
-    // Once the load-balancers hold all four (seen on the control
-    // listener, which sheds nothing), a call is refused with 503 and
-    // Retry-After while they still run.
-    faultline_cluster::eventually(
-        "the four slow calls in flight",
-        Duration::from_secs(20),
-        || async {
-            let (_, view) = cluster.gateway.control.get("/v1/cluster").await.ok()?;
-            let in_flight: u64 = view["load_balancers"]
-                .as_array()?
-                .iter()
-                .flat_map(|lb| lb["workers"].as_array().into_iter().flatten())
-                .filter_map(|worker| worker["in_flight"].as_u64())
-                .sum();
-            (in_flight >= 4).then_some(())
-        },
-    )
-    .await
-    .expect("the slow calls are admitted");
+    // Four slow calls fill every slot. Once the load-balancers hold all
+    // four, a call is refused with 503 and Retry-After while they still
+    // run.
+    let holders = hold(&url, 4);
+    wait_in_flight(&cluster, 4, DataPath::Proxy).await;
     let echo = json!({"op": "echo", "message": "one too many"});
     let (status, retry_after, body) = call(&http, &url, &echo).await;
     assert_eq!(status, 503, "{body}");
@@ -200,52 +213,18 @@ async fn load_balancers_and_workers_at_their_bound_refuse_at_once() {
     .expect("cluster starts");
     let url = cluster.gateway.url.clone();
     let http = reqwest::Client::new();
-    let slow = json!({"op": "sleep", "millis": 3000, "timeout_ms": 20000});
     let echo = json!({"op": "echo", "message": "no room"});
-    let hold = |n: usize| -> Vec<_> {
-        (0..n)
-            .map(|_| {
-                let (http, url, slow) = (http.clone(), url.clone(), slow.clone());
-                tokio::spawn(async move { call(&http, &url, &slow).await })
-            })
-            .collect()
-    };
-    let in_flight = |wanted: u64, at_workers: bool| {
-        let control = &cluster.gateway.control;
-        async move {
-            faultline_cluster::eventually(
-                "the slow calls in flight",
-                Duration::from_secs(20),
-                || async {
-                    let (_, view) = control.get("/v1/cluster").await.ok()?;
-                    let views = if at_workers {
-                        vec![view["gateway"].clone()]
-                    } else {
-                        view["load_balancers"].as_array()?.clone()
-                    };
-                    let sum: u64 = views
-                        .iter()
-                        .flat_map(|v| v["workers"].as_array().cloned().unwrap_or_default())
-                        .filter_map(|worker| worker["in_flight"].as_u64())
-                        .sum();
-                    (sum >= wanted).then_some(())
-                },
-            )
-            .await
-            .expect("the slow calls are admitted");
-        }
-    };
 
     // Proxy: the one load-balancer holds one call; the next is refused by
     // it, tried again, refused again, and answered 503 at once. Direct:
     // the gateway balances; each of the three workers holds one call, and
     // the next is refused by each worker it tries.
-    for (mode, held, at_workers) in [(DataPath::Proxy, 1, false), (DataPath::Direct, 3, true)] {
+    for (mode, held) in [(DataPath::Proxy, 1), (DataPath::Direct, 3)] {
         if mode == DataPath::Direct {
             cluster.switch_data_path(mode).await.expect("direct mode");
         }
-        let holders = hold(held);
-        in_flight(held as u64, at_workers).await;
+        let holders = hold(&url, held);
+        wait_in_flight(&cluster, held as u64, mode).await;
         let (status, _, body) = call(&http, &url, &echo).await;
         assert!(
             holders.iter().all(|h| !h.is_finished()),
