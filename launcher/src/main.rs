@@ -7,7 +7,9 @@
 //! - `test`: build every service and run the whole suite with nextest;
 //! - `load`: release build, then the named load scenarios and the table of
 //!   ratios;
-//! - `crate-graph`: the picture of the crates and their dependencies.
+//! - `crate-graph`: the picture of the crates and their dependencies;
+//! - `nats-auth` and `compose-env`: the deployments' NATS users, and an
+//!   `.env` of fresh secrets for docker-compose ([`deployment_secrets`]).
 //!
 //! Each first makes sure the machine has what it needs
 //! ([`prerequisites`]), installing it when running as root. The cluster
@@ -21,6 +23,7 @@
 //! runs the binaries found there instead of building.
 
 mod crate_graph;
+mod deployment_secrets;
 mod prerequisites;
 mod suite;
 mod system;
@@ -66,6 +69,16 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Write the deployments' NATS users (infra/nats/auth.conf, one per
+    /// instance, and Kubernetes' copy, one per role) from the code.
+    NatsAuth {
+        /// Only check that the committed files are current.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Print an .env file with fresh secrets for docker-compose:
+    /// `./faultline compose-env > .env`.
+    ComposeEnv,
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,6 +89,8 @@ fn main() -> std::process::ExitCode {
         Command::Test { nextest_args } => suite::test(&nextest_args),
         Command::Load { scenarios } => suite::load(&scenarios),
         Command::CrateGraph { check } => crate_graph::run(check),
+        Command::NatsAuth { check } => deployment_secrets::nats_auth(check),
+        Command::ComposeEnv => deployment_secrets::compose_env(),
     };
     match result {
         Ok(code) => code,

@@ -202,12 +202,16 @@ Changes go to the control listener on {c}, with this run's operator token
   curl -s -X PUT {c}/v1/workers/worker-2/faults -H \"Authorization: Bearer $FAULTLINE_TOKEN\" --json '{{\"latency_ms\":200}}'
 Admin endpoints (/live /ready /metrics): workers on {}, load-balancers on {},
 health-monitors on {}, coordinators on {}.
+NATS ({nats}) lets in only this run's instances, each as itself with a
+password generated for the run and the deployment's permissions. It
+speaks plaintext, on loopback only (no TLS yet: SECURITY.md).
 Kill something (kill -9 <pid>, pids below) and watch {g}/v1/cluster.",
         span(Role::Worker, cluster.workers.len()),
         span(Role::LoadBalancer, cluster.load_balancers.len()),
         span(Role::HealthMonitor, cluster.monitors.len()),
         span(Role::Coordinator, cluster.coordinators.len()),
         token = cluster.operator_token,
+        nats = cluster.nats.url(),
     );
     let mut pids: Vec<(String, u32)> = cluster
         .services()

@@ -38,6 +38,7 @@ pub mod trace_context;
 use std::time::Duration;
 
 use async_nats::{ConnectOptions, Event, ServerAddr};
+use faultline_protocol::permissions;
 
 /// Settings for the NATS connection, shared by every service. Each flag can
 /// also be given as the environment variable of the same name.
@@ -52,8 +53,9 @@ pub struct NatsArgs {
         default_value = "nats://127.0.0.1:4222"
     )]
     pub servers: Vec<String>,
-    /// User name, when the servers require authentication (each service
-    /// has its own, with only the subjects it needs: `infra/nats/auth.conf`).
+    /// User name, when the servers require authentication: each instance
+    /// has its own, named after its id, with only the subjects it needs
+    /// (`faultline_protocol::permissions`, `infra/nats/auth.conf`).
     #[arg(long = "nats-user", env = "NATS_USER", requires = "password")]
     pub user: Option<String>,
     /// Password of `--nats-user`.
@@ -128,8 +130,12 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, 
         .collect::<Result<Vec<_>, _>>()?;
     let connection = name.to_owned();
     let options = match (&args.user, &args.password) {
+        // Replies to this instance's requests arrive under an inbox prefix
+        // of its own, the only inbox its user may subscribe to: no other
+        // instance can read them.
         (Some(user), Some(password)) => {
             ConnectOptions::with_user_and_password(user.clone(), password.clone())
+                .custom_inbox_prefix(permissions::inbox_prefix(user))
         }
         _ => ConnectOptions::new(),
     };

@@ -140,7 +140,12 @@ impl Cluster {
         let local_site = matches!(spec.site, Site::Local { .. });
         let logs = Arc::new(tempfile::tempdir().context("creating the log directory")?);
         let (nats, local) = match &spec.site {
-            Site::Private if spec.nats_auth => (NatsServer::start_authenticated()?, None),
+            Site::Private if spec.nats_auth => (
+                NatsServer::start_authenticated(
+                    members.iter().map(|(role, id, _)| (*role, id.clone())),
+                )?,
+                None,
+            ),
             Site::Private => (NatsServer::start()?, None),
             Site::Local { database_url, .. } => {
                 let (nats, local) =
@@ -198,22 +203,31 @@ impl Cluster {
             args
         };
         let operator_token = format!("{:032x}", rand::random::<u128>());
-        // Each role's NATS credentials, the operator token for the roles
-        // with operator routes, and what the spec adds for all.
-        let env = |role: Role| {
-            let mut env = nats.credentials(role.as_str());
+        // Each instance's NATS credentials, the operator token for the
+        // roles with operator routes, and what the spec adds for all.
+        let env = |role: Role, id: &str| {
+            let mut env = nats.credentials(id);
             if matches!(role, Role::Gateway | Role::Coordinator) {
                 env.push(("OPERATOR_TOKEN".to_owned(), operator_token.clone()));
             }
             env.extend(spec.env.iter().cloned());
             env
         };
-        let start = |role: Role, name: &str, args: &[String]| {
+        // `name` is how logs and tests know the process; `id` is its
+        // member id, under which it logs in to NATS.
+        let start = |role: Role, id: &str, name: &str, args: &[String]| {
             let program = match &spec.binaries {
                 Some(dir) => dir.join(role.as_str()),
                 None => crate::binary(role.as_str())?,
             };
-            Service::launch(name, program, args, &env(role), logs.clone(), local_site)
+            Service::launch(
+                name,
+                program,
+                args,
+                &env(role, id),
+                logs.clone(),
+                local_site,
+            )
         };
         let admin_url = |port: u16| format!("http://127.0.0.1:{port}");
         let mut other_admin = Vec::new();
@@ -233,7 +247,7 @@ impl Cluster {
                 args.extend(bank_args(bank));
                 args.extend(bank.worker_args.iter().cloned());
             }
-            workers.push(start(Role::Worker, &id, &args)?);
+            workers.push(start(Role::Worker, &id, &id, &args)?);
         }
         let mut load_balancers = Vec::new();
         let mut load_balancer_admin = Vec::new();
@@ -247,7 +261,7 @@ impl Cluster {
                 "--strategy".into(),
                 spec.strategy.clone(),
             ]);
-            load_balancers.push(start(Role::LoadBalancer, &id, &args)?);
+            load_balancers.push(start(Role::LoadBalancer, &id, &id, &args)?);
             load_balancer_admin.push(admin_url(port));
         }
         let mut monitors = Vec::new();
@@ -258,7 +272,7 @@ impl Cluster {
             let mut args = common(port);
             args.extend(["--id".into(), id.clone()]);
             args.extend(spec.monitor_args.iter().cloned());
-            monitors.push(start(Role::HealthMonitor, &id, &args)?);
+            monitors.push(start(Role::HealthMonitor, &id, &id, &args)?);
         }
         let mut coordinators = Vec::new();
         let mut coordinator_admin = Vec::new();
@@ -274,7 +288,7 @@ impl Cluster {
                     args.extend(["--redis-prefix".into(), prefix.clone()]);
                 }
                 args.extend(bank.coordinator_args.iter().cloned());
-                coordinators.push(start(Role::Coordinator, &id, &args)?);
+                coordinators.push(start(Role::Coordinator, &id, &id, &args)?);
                 coordinator_admin.push(admin_url(port));
             }
         }
@@ -311,9 +325,13 @@ impl Cluster {
                 args.extend(bank.gateway_args.iter().cloned());
             }
             // The first keeps the plain name the tests and logs know it by.
-            let name = if n == 1 { "gateway".to_owned() } else { id };
+            let name = if n == 1 {
+                "gateway".to_owned()
+            } else {
+                id.clone()
+            };
             Ok(Gateway {
-                service: start(Role::Gateway, &name, &args)?,
+                service: start(Role::Gateway, &id, &name, &args)?,
                 client: GatewayClient::new(&admin_url(http_port))?,
                 control: GatewayClient::with_bearer(
                     &admin_url(control_port),

@@ -7,16 +7,16 @@
 //!   ([`Site`]: private, or at the machine's fixed ports).
 //! - [`NatsServer`]: a private `nats-server` with JetStream on a free
 //!   loopback port, killed when dropped (as nats.rs's own test helper does),
-//!   so tests never share state or touch the machine's NATS; at a local
-//!   site, the machine's server found ([`NatsServer::found_on`]) or one
-//!   started at its port.
+//!   so tests never share state or touch the machine's NATS; with
+//!   [`ClusterSpec::nats_auth`] and at a local site, with a user per
+//!   instance ([`NatsServer::start_authenticated`]).
 //! - [`Service`]: one of our binaries as a child process, its output kept in
 //!   a log file that is printed if the test fails (and, at a local site,
 //!   echoed to the terminal), killed (SIGKILL) when dropped.
 //! - [`Cluster`]: NATS, workers, load-balancers, monitors, coordinators and
 //!   gateways, started and waited for until the cluster is whole.
-//! - [`local`]: for a cluster at the fixed ports, the machine's NATS,
-//!   PostgreSQL and Redis found or started, and every port checked free
+//! - [`local`]: for a cluster at the fixed ports, its own NATS started,
+//!   the machine's PostgreSQL and Redis found or started, and every port checked free
 //!   first (naming the process that holds one).
 //! - [`database`]: a private PostgreSQL database and Redis key prefix per
 //!   test, for the two-phase-commit services.

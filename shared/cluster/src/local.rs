@@ -1,9 +1,14 @@
 //! The machine's servers, for a cluster at its fixed ports
 //! ([`Site::Local`](crate::Site::Local), what `./faultline run` starts).
 //!
-//! NATS, PostgreSQL and Redis are used where they answer at their usual
-//! ports (plus the offset), and otherwise started from the installed
-//! binaries in a temporary directory and stopped with the cluster. The
+//! NATS is always started here, at its own port (4223 plus the offset),
+//! with a user per instance and the deployment's permissions
+//! (`faultline_protocol::permissions`), so a local run teaches what a
+//! production run does: the passwords are generated for the run and handed
+//! to each process. PostgreSQL and Redis are used where they answer at
+//! their usual ports (plus the offset), and otherwise started from the
+//! installed binaries in a temporary directory and stopped with the
+//! cluster. The
 //! services use the `faultline` database, created when missing: they apply
 //! their own migrations, but cannot create the database they use.
 //!
@@ -36,8 +41,8 @@ pub(crate) struct LocalServers {
 
 impl LocalServers {
     /// Checks every port the cluster of `spec` will bind
-    /// ([`check_local_ports`]), then finds or starts each server: NATS,
-    /// and the others. Every server started here runs in a process group
+    /// ([`check_local_ports`]), then starts NATS and finds or starts the
+    /// others. Every server started here runs in a process group
     /// of its own, so a terminal's Ctrl-C reaches only the launcher, which
     /// stops the services first and the servers last.
     pub async fn find_or_start(
@@ -56,15 +61,13 @@ impl LocalServers {
             port_of(Server::Postgres)?,
             port_of(Server::Redis)?,
         );
-        let nats = if answers(nats_port) {
-            say(&format!("using the NATS server on 127.0.0.1:{nats_port}"));
-            NatsServer::found_on(nats_port)?
-        } else {
-            say(&format!(
-                "starting NATS with JetStream on 127.0.0.1:{nats_port}"
-            ));
-            NatsServer::start_in_own_group(nats_port)?
-        };
+        say(&format!(
+            "starting NATS with JetStream on 127.0.0.1:{nats_port}, with a user per instance"
+        ));
+        let nats = NatsServer::start_local(
+            nats_port,
+            spec.members().into_iter().map(|(role, id, _)| (role, id)),
+        )?;
         let postgres = Running::find_or_start(Server::Postgres, postgres_port).await?;
         let database_url = match database_url {
             Some(url) => url,
@@ -82,14 +85,14 @@ impl LocalServers {
 }
 
 /// Fails, naming each port and what holds it, unless every port a local
-/// cluster of `spec` will bind is free: its services' and those of the
-/// servers it would start (where none answers). Also refuses an offset
-/// that pushes a port past 65535.
+/// cluster of `spec` will bind is free: its services', its NATS server's,
+/// and those of the other servers it would start (where none answers).
+/// Also refuses an offset that pushes a port past 65535.
 pub fn check_local_ports(spec: &ClusterSpec, ports: Ports) -> anyhow::Result<()> {
     let mut to_bind = spec.listeners(ports);
     for server in [Server::Nats, Server::Postgres, Server::Redis] {
         let port = ports.server(server).unwrap_or_default();
-        if port == 0 || !answers(port) {
+        if port == 0 || server == Server::Nats || !answers(port) {
             to_bind.push((port, format!("the {} server it would start", server.name())));
         }
     }

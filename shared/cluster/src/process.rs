@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::os::unix::fs::PermissionsExt as _;
+
 use anyhow::Context as _;
+use faultline_protocol::cluster::Role;
+use faultline_protocol::permissions::{self, Password, User};
 
 /// Where [`free_port`] draws its ports: below Linux's ephemeral range
 /// (32768 and up), because a port the OS handed out with `bind(0)` can be
@@ -86,108 +90,85 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: tempfile::TempDir,
-    /// Set when the server enforces the deployment's users and permissions.
-    authenticated: bool,
+    /// The instances it lets in, each as itself with the permissions of
+    /// `faultline_protocol::permissions` (none: it lets anyone in and
+    /// allows everything).
+    logins: Vec<Login>,
     /// Run in a process group of its own (a local cluster's server, which
     /// its launcher stops last).
     own_group: bool,
 }
 
-/// The service roles that have a NATS user in `infra/nats/auth.conf`.
-const NATS_ROLES: [&str; 5] = [
-    "gateway",
-    "load-balancer",
-    "health-monitor",
-    "coordinator",
-    "worker",
-];
+/// One instance's NATS user, with the password generated for this server.
+#[derive(Clone)]
+struct Login {
+    role: Role,
+    id: String,
+    password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:?})", self.id, self.role)
+    }
+}
 
 impl NatsServer {
     /// Starts nats-server on a free loopback port and waits until it
     /// accepts connections.
     pub fn start() -> anyhow::Result<NatsServer> {
-        Self::start_with(free_port(), false)
+        Self::start_with(free_port(), Vec::new())
     }
 
     /// Starts nats-server on `port`, as a server that was already running
     /// there would be.
     pub fn start_on(port: u16) -> anyhow::Result<NatsServer> {
-        Self::start_with(port, false)
+        Self::start_with(port, Vec::new())
     }
 
-    /// Starts nats-server with the deployment's own authorization
-    /// (`infra/nats/auth.conf`, included as the real cluster includes it):
-    /// every role connects as its user with [`NatsServer::password`], and
-    /// may only use its own subjects. The server logs to
-    /// [`NatsServer::log`], where refusals show as "Violation".
-    pub fn start_authenticated() -> anyhow::Result<NatsServer> {
-        Self::start_with(free_port(), true)
+    /// Starts nats-server that lets in only `instances`, each as its own
+    /// user with a password generated here ([`NatsServer::credentials`])
+    /// and the deployment's permissions for it, as compose and Kubernetes
+    /// run it. The server logs to [`NatsServer::log`], where refusals show
+    /// as "Violation".
+    pub fn start_authenticated(
+        instances: impl IntoIterator<Item = (Role, String)>,
+    ) -> anyhow::Result<NatsServer> {
+        Self::start_with(free_port(), logins(instances))
     }
 
-    /// The server already answering on `port`, used and left running: the
-    /// cluster neither stops nor restarts it.
-    pub fn found_on(port: u16) -> anyhow::Result<NatsServer> {
-        Ok(NatsServer {
-            child: None,
-            port,
-            store: tempfile::tempdir().context("creating a scratch directory")?,
-            authenticated: false,
-            own_group: false,
-        })
-    }
-
-    /// [`NatsServer::start_on`], in a process group of its own: a local
-    /// cluster's, which a terminal's Ctrl-C must not stop before the
-    /// services.
-    pub fn start_in_own_group(port: u16) -> anyhow::Result<NatsServer> {
-        let mut server = Self::unstarted(port, false)?;
+    /// [`NatsServer::start_authenticated`] on `port`, in a process group
+    /// of its own: a local cluster's, which a terminal's Ctrl-C must not
+    /// stop before the services.
+    pub fn start_local(
+        port: u16,
+        instances: impl IntoIterator<Item = (Role, String)>,
+    ) -> anyhow::Result<NatsServer> {
+        let mut server = Self::unstarted(port, logins(instances))?;
         server.own_group = true;
         server.spawn()?;
         Ok(server)
     }
 
-    fn start_with(port: u16, authenticated: bool) -> anyhow::Result<NatsServer> {
-        let mut server = Self::unstarted(port, authenticated)?;
+    fn start_with(port: u16, logins: Vec<Login>) -> anyhow::Result<NatsServer> {
+        let mut server = Self::unstarted(port, logins)?;
         server.spawn()?;
         Ok(server)
     }
 
-    fn unstarted(port: u16, authenticated: bool) -> anyhow::Result<NatsServer> {
+    fn unstarted(port: u16, logins: Vec<Login>) -> anyhow::Result<NatsServer> {
         Ok(NatsServer {
             child: None,
             port,
             store: tempfile::tempdir().context("creating the JetStream directory")?,
-            authenticated,
+            logins,
             own_group: false,
         })
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let mut command = Command::new(nats_server_path());
-        if self.authenticated {
-            // `include` paths are relative to the including file, so the
-            // real auth.conf is copied next to a config naming this port.
-            let dir = self.store.path();
-            std::fs::copy(
-                workspace_root().join("infra/nats/auth.conf"),
-                dir.join("auth.conf"),
-            )
-            .context("copying infra/nats/auth.conf")?;
-            let config = format!(
-                "listen: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\ninclude auth.conf\n",
-                self.port,
-                dir.join("jetstream")
-            );
-            std::fs::write(dir.join("nats.conf"), config).context("writing nats.conf")?;
-            command
-                .arg("-c")
-                .arg(dir.join("nats.conf"))
-                .arg("-l")
-                .arg(dir.join("nats.log"));
-            for role in NATS_ROLES {
-                command.env(password_variable(role), Self::password(role));
-            }
-        } else {
+        if self.logins.is_empty() {
             command
                 .args([
                     "-a",
@@ -198,6 +179,35 @@ impl NatsServer {
                     "-sd",
                 ])
                 .arg(self.store.path());
+        } else {
+            let dir = self.store.path();
+            let users: Vec<User> = self
+                .logins
+                .iter()
+                .map(|login| {
+                    User::instance(
+                        login.role,
+                        &login.id,
+                        Password::Literal(login.password.clone()),
+                    )
+                })
+                .collect();
+            let config = format!(
+                "listen: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n{}",
+                self.port,
+                dir.join("jetstream"),
+                permissions::authorization(&users)
+            );
+            // The file holds this run's passwords: only its owner reads it.
+            let path = dir.join("nats.conf");
+            std::fs::write(&path, config).context("writing nats.conf")?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .context("restricting nats.conf")?;
+            command
+                .arg("-c")
+                .arg(&path)
+                .arg("-l")
+                .arg(dir.join("nats.log"));
         }
         if self.own_group {
             command.process_group(0);
@@ -216,21 +226,30 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// The test password of `role`'s NATS user.
-    pub fn password(role: &str) -> String {
-        format!("{role}-test-password")
+    /// Whether the server lets in only the instances it was started for.
+    pub fn is_authenticated(&self) -> bool {
+        !self.logins.is_empty()
     }
 
-    /// The environment a service of `role` needs to connect (nothing when
-    /// the server does not authenticate).
-    pub fn credentials(&self, role: &str) -> Vec<(String, String)> {
-        if !self.authenticated {
-            return Vec::new();
-        }
-        vec![
-            ("NATS_USER".to_owned(), role.to_owned()),
-            ("NATS_PASSWORD".to_owned(), Self::password(role)),
-        ]
+    /// The environment instance `id` needs to connect as itself (nothing
+    /// when the server does not authenticate).
+    pub fn credentials(&self, id: &str) -> Vec<(String, String)> {
+        self.password(id)
+            .map(|password| {
+                vec![
+                    ("NATS_USER".to_owned(), id.to_owned()),
+                    ("NATS_PASSWORD".to_owned(), password.to_owned()),
+                ]
+            })
+            .unwrap_or_default()
+    }
+
+    /// Instance `id`'s password, when the server authenticates it.
+    pub fn password(&self, id: &str) -> Option<&str> {
+        self.logins
+            .iter()
+            .find(|login| login.id == id)
+            .map(|login| login.password.as_str())
     }
 
     /// What the server has logged (only an authenticated server logs).
@@ -271,12 +290,16 @@ impl Drop for NatsServer {
     }
 }
 
-/// The variable auth.conf reads `role`'s password from.
-fn password_variable(role: &str) -> String {
-    format!(
-        "FAULTLINE_{}_NATS_PASSWORD",
-        role.to_uppercase().replace('-', "_")
-    )
+/// A login with a fresh random password for each instance.
+fn logins(instances: impl IntoIterator<Item = (Role, String)>) -> Vec<Login> {
+    instances
+        .into_iter()
+        .map(|(role, id)| Login {
+            role,
+            id,
+            password: format!("{:032x}", rand::random::<u128>()),
+        })
+        .collect()
 }
 
 /// The root of this workspace (where `infra/` lives).

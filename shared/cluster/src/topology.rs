@@ -60,10 +60,13 @@ pub enum Server {
 }
 
 impl Server {
-    /// Its usual port.
-    pub fn usual_port(self) -> u16 {
+    /// Its port at a fixed site before the offset. For NATS that is 4223,
+    /// not NATS's usual 4222: a local cluster always starts its own server,
+    /// with a user per instance, and leaves a NATS already running on the
+    /// machine alone.
+    pub fn fixed_port(self) -> u16 {
         match self {
-            Server::Nats => 4222,
+            Server::Nats => 4223,
             Server::Postgres => 5432,
             Server::Redis => 6379,
         }
@@ -162,7 +165,7 @@ impl Ports {
     pub fn server(self, server: Server) -> Option<u16> {
         match self {
             Ports::Free => None,
-            Ports::Fixed { offset } => Some(fixed(u32::from(server.usual_port()), offset)),
+            Ports::Fixed { offset } => Some(fixed(u32::from(server.fixed_port()), offset)),
         }
     }
 }
@@ -193,8 +196,10 @@ pub struct ClusterSpec {
     /// owners. Needs at least one monitor (shard ownership follows the
     /// membership view).
     pub bank: Option<BankSpec>,
-    /// Start NATS with the deployment's users and permissions
-    /// (`infra/nats/auth.conf`), each service connecting as its role.
+    /// Start NATS with a user per instance and the deployment's
+    /// permissions (`faultline_protocol::permissions`, what
+    /// `infra/nats/auth.conf` holds for compose and Kubernetes), each
+    /// service connecting as itself. A local site always does.
     pub nats_auth: bool,
     /// Environment variables for every service (an OTLP endpoint, a log
     /// format...).
@@ -382,7 +387,7 @@ mod tests {
     fn fixed_ports_past_the_last_port_come_out_as_zero() {
         let ports = Ports::Fixed { offset: 60_000 };
         assert_eq!(ports.service(Role::Worker, 1), 0);
-        assert_eq!(ports.server(Server::Nats), Some(64_222));
+        assert_eq!(ports.server(Server::Nats), Some(64_223));
     }
 
     #[test]
@@ -393,7 +398,7 @@ mod tests {
         assert_eq!(ports.service(Role::LoadBalancer, 2), 9122);
         assert_eq!(ports.service(Role::HealthMonitor, 1), 9131);
         assert_eq!(ports.service(Role::Coordinator, 2), 9142);
-        assert_eq!(ports.server(Server::Nats), Some(4222));
+        assert_eq!(ports.server(Server::Nats), Some(4223));
         let shifted = Ports::Fixed { offset: 100 };
         assert_eq!(shifted.service(Role::Worker, 1), 9211);
         assert_eq!(shifted.server(Server::Redis), Some(6479));

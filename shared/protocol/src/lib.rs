@@ -20,6 +20,8 @@
 //!   its lease, as stored in JetStream KV.
 //! - [`bank`] is accounts and transfers: the public requests and the
 //!   two-phase-commit messages between the coordinator and shard owners.
+//! - [`permissions`] is what each instance may publish and subscribe to on
+//!   NATS, and the server's `authorization` block for a set of instances.
 //! - [`error`] is the JSON error body shared by HTTP and NATS replies.
 //!
 //! The crate does no I/O: services own their connections and use these types
@@ -35,6 +37,7 @@ pub mod error;
 pub mod headers;
 pub mod membership;
 pub mod outcome;
+pub mod permissions;
 pub mod routing;
 pub mod strategy;
 pub mod subjects;

@@ -47,6 +47,9 @@ pub fn probe(role: &str, id: &str) -> String {
     format!("faultline.probe.{role}.{id}")
 }
 
+/// Every member's probe subject, for the monitors that probe them.
+pub const PROBES: &str = "faultline.probe.>";
+
 /// Every change of a member's health state, with its reason, as the leading
 /// health-monitor decides it.
 pub const MEMBERSHIP_EVENTS: &str = "faultline.membership.events";
@@ -97,6 +100,10 @@ pub fn shard(shard: u32) -> String {
 pub fn account(shard: u32) -> String {
     format!("faultline.account.{shard}")
 }
+/// Every shard's coordinator subject ([`shard`]).
+pub const SHARDS: &str = "faultline.shard.*";
+/// Every shard's account subject ([`account`]).
+pub const ACCOUNTS: &str = "faultline.account.*";
 /// The queue group of shard owners: while ownership moves, the old and the
 /// new owner may both be subscribed for a moment; each message goes to one,
 /// and the database's ownership epoch refuses the one that lost.

@@ -5,7 +5,7 @@
 //! any variable that is not one of its settings (a renamed flag, a typo, a
 //! value out of range). The compose file validates with docker-compose,
 //! its NATS nodes' configuration with nats-server, every service logs in to
-//! NATS as its own role, Prometheus scrapes every service, and the Grafana
+//! NATS as itself, Prometheus scrapes every service, and the Grafana
 //! dashboard and the alert rules only query metrics the services export.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,6 +14,7 @@ use std::process::Command;
 use faultline_cluster::topology::{ROLES, replica_name};
 use faultline_cluster::{BankSpec, Cluster, ClusterSpec, binary, workspace_root};
 use faultline_protocol::cluster::Role;
+use faultline_protocol::permissions;
 use serde::Deserialize as _;
 use serde_norway::Value;
 
@@ -118,9 +119,31 @@ fn interpolate(value: &str) -> String {
 /// variables, the Kubernetes Secrets they create).
 const OPERATOR_VALUE: &str = "a-value-the-operator-sets";
 
-/// The variables compose requires (`${NAME:?...}`), which have no default.
-const REQUIRED_COMPOSE_VARIABLES: &[&str] =
-    &["FAULTLINE_OPERATOR_TOKEN", "FAULTLINE_REDIS_PASSWORD"];
+/// The launcher's output for `args`, failing the test if it fails.
+fn launcher(args: &[&str]) -> String {
+    let output = Command::new(binary("faultline").expect("the launcher is built"))
+        .args(args)
+        .output()
+        .expect("the launcher runs");
+    assert!(
+        output.status.success(),
+        "faultline {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The secrets `./faultline compose-env` generates, as (name, value): the
+/// variables compose requires (`${NAME:?...}`), which have no default.
+fn compose_env() -> Vec<(String, String)> {
+    launcher(&["compose-env"])
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
 
 /// The secrets among a service's settings: passwords, tokens, and the
 /// password in a store's URL.
@@ -322,30 +345,26 @@ fn kubernetes_base_runs_the_standard_topology() {
 
 #[test]
 fn the_crate_graph_picture_is_current() {
-    let output = Command::new(binary("faultline").expect("the launcher is built"))
-        .args(["crate-graph", "--check"])
-        .output()
-        .expect("the launcher runs");
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    launcher(&["crate-graph", "--check"]);
 }
 
 #[test]
 fn docker_compose_validates_the_file() {
+    let secrets = compose_env();
+    let mut values: Vec<&str> = secrets.iter().map(|(_, value)| value.as_str()).collect();
+    values.sort_unstable();
+    values.dedup();
+    assert_eq!(values.len(), secrets.len(), "every secret is fresh");
     // `missing`: the one required variable left unset.
     let config = |missing: Option<&str>| {
         let mut command = Command::new("docker-compose");
         command
             .args(["--profile", "load", "config", "--quiet"])
             .current_dir(workspace_root());
-        for name in REQUIRED_COMPOSE_VARIABLES {
+        for (name, value) in &secrets {
             command.env_remove(name);
-            if missing != Some(*name) {
-                command.env(name, OPERATOR_VALUE);
+            if missing != Some(name.as_str()) {
+                command.env(name, value);
             }
         }
         command
@@ -360,7 +379,7 @@ fn docker_compose_validates_the_file() {
     );
     // No secret has a default: without any one of them compose refuses
     // to start, naming it.
-    for name in REQUIRED_COMPOSE_VARIABLES {
+    for (name, _) in &secrets {
         let output = config(Some(name));
         let refusal = String::from_utf8_lossy(&output.stderr);
         assert!(
@@ -371,7 +390,7 @@ fn docker_compose_validates_the_file() {
 }
 
 #[test]
-fn every_service_logs_in_to_every_nats_node_as_its_own_role() {
+fn every_service_logs_in_to_every_nats_node_as_itself() {
     let compose = compose_file();
     let services = compose["services"].as_mapping().expect("services");
     let nodes: Vec<&str> = services
@@ -392,11 +411,22 @@ fn every_service_logs_in_to_every_nats_node_as_its_own_role() {
     } in compose_services()
     {
         let environment: BTreeMap<_, _> = environment.into_iter().collect();
-        // The users of infra/nats/auth.conf are named after the binaries.
+        // Each instance logs in as itself (infra/nats/auth.conf has a user
+        // per id), with its own password.
+        let id = environment
+            .iter()
+            .find(|(key, _)| key.ends_with("_ID"))
+            .map(|(_, id)| id.clone())
+            .unwrap_or_else(|| panic!("{name} ({program}) has an id"));
         assert_eq!(
             environment.get("NATS_USER"),
-            Some(&program),
+            Some(&id),
             "{name}'s NATS user"
+        );
+        let password = scalar(&compose["services"][name.as_str()]["environment"]["NATS_PASSWORD"]);
+        assert!(
+            password.contains(&permissions::password_variable(&id)),
+            "{name}'s NATS password must be its own: {password}"
         );
         let servers = environment.get("NATS_SERVERS").expect("NATS_SERVERS");
         for node in &nodes {
@@ -510,7 +540,12 @@ fn kubernetes_objects(path: &str) -> Option<Vec<Value>> {
 
 /// The Secrets the Kubernetes set-up asks the operator to create, so that
 /// no default password is written in the manifests.
-const OPERATOR_SECRETS: &[&str] = &["faultline-operator", "faultline-redis"];
+const OPERATOR_SECRETS: &[&str] = &[
+    "faultline-operator",
+    "faultline-redis",
+    "faultline-nats",
+    "faultline-postgres",
+];
 
 /// An environment entry's value: literal, from a ConfigMap or Secret among
 /// `objects`, or a stand-in pod name for `fieldRef: metadata.name`.
@@ -531,8 +566,15 @@ fn kubernetes_value(objects: &[Value], container: &str, entry: &Value) -> String
                 .map(scalar)
                 .unwrap_or_else(|| panic!("{container}: {kind} {name} has no {key}")),
             // A Secret the operator creates (infra/k8s/README.md): no
-            // default is written down anywhere.
-            None if OPERATOR_SECRETS.contains(&name.as_str()) => OPERATOR_VALUE.to_owned(),
+            // default is written down anywhere. A URL carries the secret
+            // as its password.
+            None if OPERATOR_SECRETS.contains(&name.as_str()) => match key.as_str() {
+                "url" => format!("redis://coordinator:{OPERATOR_VALUE}@redis:6379"),
+                "database-url" => {
+                    format!("postgres://postgres:{OPERATOR_VALUE}@postgres:5432/faultline")
+                }
+                _ => OPERATOR_VALUE.to_owned(),
+            },
             None => panic!("{container}: no {kind} {name}"),
         }
     };
@@ -614,14 +656,8 @@ fn every_kubernetes_container_passes_its_own_settings_check() {
 }
 
 #[test]
-fn kubernetes_enforces_the_same_nats_permissions() {
-    // kustomize cannot read files outside its directory, so the base keeps
-    // a copy of auth.conf; it must stay identical.
-    assert_eq!(
-        read("infra/k8s/base/nats/auth.conf"),
-        read("infra/nats/auth.conf"),
-        "cp infra/nats/auth.conf infra/k8s/base/nats/auth.conf"
-    );
+fn the_nats_users_of_compose_and_kubernetes_are_generated_from_the_code() {
+    launcher(&["nats-auth", "--check"]);
 }
 
 /// Every `faultline_*` metric name a PromQL expression in `text` uses.

@@ -1,16 +1,19 @@
-//! The deployment's NATS users and permissions (`infra/nats/auth.conf`, the
-//! file every node of the compose and Kubernetes clusters includes) fit the
-//! code: the whole system does all its work under them, in both data
-//! paths, without a single refusal, and they refuse what they exist to
-//! refuse: a worker or the gateway forging a coordinator's decision, a
-//! worker rewriting the membership view or listening in on shard subjects
-//! outside the owners' queue group.
+//! The deployment's NATS users and permissions, one user per instance
+//! (`faultline_protocol::permissions`, which `infra/nats/auth.conf` holds
+//! for compose and Kubernetes) fit the code: the whole system does all its
+//! work under them, in both data paths, without a single refusal, and they
+//! refuse what they exist to refuse: a worker or the gateway forging a
+//! coordinator's decision, a worker rewriting the membership view or
+//! listening in on shard subjects outside the owners' queue group, a
+//! worker heartbeating as another, listening on another's call subject or
+//! reading every reply in the system.
 
 use std::time::Duration;
 
 use async_nats::{ConnectOptions, Event, ServerError};
-use faultline_cluster::{BankSpec, Cluster, ClusterSpec, NatsServer, eventually};
+use faultline_cluster::{BankSpec, Cluster, ClusterSpec, eventually};
 use faultline_protocol::routing::DataPath;
+use faultline_protocol::{permissions, subjects};
 use futures::StreamExt as _;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -30,7 +33,7 @@ async fn the_system_works_under_its_nats_permissions_and_no_other_role_can_forge
         ..ClusterSpec::default()
     })
     .await
-    .expect("the cluster starts with every service logged in as its role");
+    .expect("the cluster starts with every service logged in as itself");
     let gateway = &cluster.gateway;
 
     // Every path: balanced calls, the merged view (load-balancers and
@@ -100,11 +103,11 @@ async fn the_system_works_under_its_nats_permissions_and_no_other_role_can_forge
     );
 
     // Now a worker's and the gateway's credentials try to do a
-    // coordinator's and a monitor's jobs, and a worker tries to listen in
-    // on shard subjects outside the owners' queue group. The server refuses
+    // coordinator's, a monitor's and another worker's jobs, and a worker
+    // tries to listen in where it has no business. The server refuses
     // each, and no forged decision reaches a shard owner: a message sent
     // after them by a coordinator arrives first.
-    let owner = connect_as(&cluster, "worker").await;
+    let owner = connect_as(&cluster, "worker-1").await;
     let mut shard_messages = owner
         .queue_subscribe(
             UNSERVED_SHARD,
@@ -113,34 +116,50 @@ async fn the_system_works_under_its_nats_permissions_and_no_other_role_can_forge
         .await
         .expect("subscribes");
     owner.flush().await.expect("the subscription is in place");
-    let coordinator = connect_as(&cluster, "coordinator").await;
-    let (worker, mut worker_refusals) = connect_watching(&cluster, "worker").await;
-    let (gateway_user, mut gateway_refusals) = connect_watching(&cluster, "gateway").await;
+    let coordinator = connect_as(&cluster, "coordinator-1").await;
+    let (worker, mut worker_refusals) = connect_watching(&cluster, "worker-2").await;
+    let (gateway_user, mut gateway_refusals) = connect_watching(&cluster, "gateway-1").await;
 
+    let impersonated_heartbeat = subjects::heartbeat("worker", "worker-1");
     for (forger, forged) in [
-        ("worker", UNSERVED_SHARD),
-        ("worker", "$KV.faultline_membership.view"),
-        ("gateway", UNSERVED_SHARD),
+        ("worker-2", UNSERVED_SHARD),
+        ("worker-2", "$KV.faultline_membership.view"),
+        // Keeping another worker "up", or inventing one.
+        ("worker-2", impersonated_heartbeat.as_str()),
+        ("worker-2", "faultline.heartbeat.worker.phantom"),
+        ("gateway-1", UNSERVED_SHARD),
     ] {
-        let (client, refusals) = if forger == "worker" {
+        let (client, refusals) = if forger == "worker-2" {
             (&worker, &mut worker_refusals)
         } else {
             (&gateway_user, &mut gateway_refusals)
         };
         client
-            .publish(forged, "forged".into())
+            .publish(forged.to_owned(), "forged".into())
             .await
             .expect("the client sends it");
         client.flush().await.expect("flushes");
         expect_refusal(refusals, forged).await;
     }
-    // A plain subscription would get a copy of every coordinator message.
-    let _eavesdropper = worker
-        .subscribe(UNSERVED_SHARD)
-        .await
-        .expect("the client sends it");
-    worker.flush().await.expect("flushes");
-    expect_refusal(&mut worker_refusals, UNSERVED_SHARD).await;
+    // A plain subscription to a shard would get a copy of every
+    // coordinator message; one to another worker's call subject would
+    // take its calls; one to every inbox would read every reply.
+    let mut eavesdroppers = Vec::new();
+    for subject in [
+        UNSERVED_SHARD.to_owned(),
+        subjects::worker_call("worker-1"),
+        "_INBOX.>".to_owned(),
+        "_INBOX.gateway-1.>".to_owned(),
+    ] {
+        eavesdroppers.push(
+            worker
+                .subscribe(subject.clone())
+                .await
+                .expect("the client sends it"),
+        );
+        worker.flush().await.expect("flushes");
+        expect_refusal(&mut worker_refusals, &subject).await;
+    }
 
     coordinator
         .publish(UNSERVED_SHARD, "genuine".into())
@@ -158,14 +177,14 @@ async fn the_system_works_under_its_nats_permissions_and_no_other_role_can_forge
     );
 }
 
-/// Logs in as `role`, with the server's errors (permission violations)
-/// delivered to the returned channel.
+/// Logs in as instance `id`, with the server's errors (permission
+/// violations) delivered to the returned channel.
 async fn connect_watching(
     cluster: &Cluster,
-    role: &str,
+    id: &str,
 ) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
     let (errors_tx, errors) = mpsc::unbounded_channel();
-    let client = ConnectOptions::with_user_and_password(role.into(), NatsServer::password(role))
+    let client = login(cluster, id)
         .event_callback(move |event| {
             let errors_tx = errors_tx.clone();
             async move {
@@ -176,7 +195,7 @@ async fn connect_watching(
         })
         .connect(cluster.nats.url())
         .await
-        .unwrap_or_else(|error| panic!("{role} logs in: {error}"));
+        .unwrap_or_else(|error| panic!("{id} logs in: {error}"));
     (client, errors)
 }
 
@@ -192,9 +211,20 @@ async fn expect_refusal(refusals: &mut mpsc::UnboundedReceiver<String>, subject:
     );
 }
 
-async fn connect_as(cluster: &Cluster, role: &str) -> async_nats::Client {
-    ConnectOptions::with_user_and_password(role.into(), NatsServer::password(role))
+async fn connect_as(cluster: &Cluster, id: &str) -> async_nats::Client {
+    login(cluster, id)
         .connect(cluster.nats.url())
         .await
-        .unwrap_or_else(|error| panic!("{role} logs in: {error}"))
+        .unwrap_or_else(|error| panic!("{id} logs in: {error}"))
+}
+
+/// Instance `id`'s credentials, with its own inbox prefix as its services
+/// use it.
+fn login(cluster: &Cluster, id: &str) -> ConnectOptions {
+    let password = cluster
+        .nats
+        .password(id)
+        .unwrap_or_else(|| panic!("{id} has a NATS user"));
+    ConnectOptions::with_user_and_password(id.into(), password.into())
+        .custom_inbox_prefix(permissions::inbox_prefix(id))
 }

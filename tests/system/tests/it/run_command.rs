@@ -1,8 +1,9 @@
 //! The README's quick start, as a newcomer runs it: `./faultline run` is
 //! started, probed over HTTP until every service is ready, used, and
 //! stopped with Ctrl-C (SIGINT to its process group, as a terminal sends
-//! it), leaving no process behind and the NATS server it found, and did
-//! not start, running. `./faultline demo` runs its scripted tour of faults
+//! it), leaving no process behind. It starts a NATS server of its own,
+//! which lets in only its instances, each with its own password, and
+//! leaves a NATS server it did not start, at NATS's usual port, running. `./faultline demo` runs its scripted tour of faults
 //! to the end and reports that every promise held.
 //!
 //! Each run gets its own port offset (FAULTLINE_PORT_OFFSET), so nothing
@@ -39,9 +40,13 @@ fn service_ports() -> Vec<(Role, u16)> {
         .collect()
 }
 
+/// NATS's usual port, where the test runs a developer's own server, which
+/// the command must leave alone.
+const DEVELOPERS_NATS_PORT: u16 = 4222;
+
 /// Every port the run command uses, before the offset: its services'
-/// (the gateway's control port too) and those of NATS, PostgreSQL and
-/// Redis.
+/// (the gateway's control port too), those of NATS, PostgreSQL and
+/// Redis, and the developer's NATS beside them.
 fn all_ports() -> Vec<u16> {
     let fixed = Ports::Fixed { offset: 0 };
     ClusterSpec::standard()
@@ -53,6 +58,7 @@ fn all_ports() -> Vec<u16> {
                 .into_iter()
                 .filter_map(|server| fixed.server(server)),
         )
+        .chain([DEVELOPERS_NATS_PORT])
         .collect()
 }
 
@@ -313,10 +319,11 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value, key: Option<&str>
 
 #[tokio::test]
 async fn run_starts_everything_serves_and_ctrl_c_stops_exactly_what_it_started() {
-    // A NATS server already runs at the command's NATS port, as a
-    // developer's might; PostgreSQL and Redis do not.
+    // A developer's NATS server already runs at NATS's usual port;
+    // PostgreSQL and Redis do not run at theirs.
     let offset = free_offset(RUN_OFFSETS);
-    let mut existing = NatsServer::start_on(4222 + offset).expect("nats-server starts");
+    let mut existing =
+        NatsServer::start_on(DEVELOPERS_NATS_PORT + offset).expect("nats-server starts");
     let mut run = FaultlineCommand::start("run", offset);
 
     let http = reqwest::Client::builder()
@@ -375,7 +382,7 @@ async fn run_starts_everything_serves_and_ctrl_c_stops_exactly_what_it_started()
         output.contains("[worker-1] "),
         "log lines are prefixed: {output}"
     );
-    assert!(output.contains("using the NATS server on"), "{output}");
+    assert!(output.contains("with a user per instance"), "{output}");
 
     // Exercise it as the printed examples do.
     let (status, body) = post(
@@ -437,14 +444,27 @@ async fn run_starts_everything_serves_and_ctrl_c_stops_exactly_what_it_started()
     assert_eq!(change(None).await, 401);
     assert_eq!(change(Some(&token)).await, 200);
 
-    // It started its own PostgreSQL and Redis, and not a second NATS.
+    // It started its own PostgreSQL, Redis and NATS, and its NATS lets
+    // nobody in without an instance's password.
     run.note_processes();
     let runs = |program: &str| run.seen.iter().any(|p| p.runs(program));
-    assert!(runs("postgres") && runs("redis-server"), "{:#?}", run.seen);
     assert!(
-        !runs("nats-server"),
-        "it must use the NATS it found: {:#?}",
+        runs("postgres") && runs("redis-server") && runs("nats-server"),
+        "{:#?}",
         run.seen
+    );
+    let nats_port = run.port(
+        Ports::Fixed { offset: 0 }
+            .server(Server::Nats)
+            .expect("a fixed port"),
+    );
+    let refused = async_nats::connect(format!("nats://127.0.0.1:{nats_port}"))
+        .await
+        .expect_err("the run's NATS must refuse a client without credentials");
+    assert_eq!(
+        refused.kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation,
+        "{refused}"
     );
 
     // A second copy at the same ports fails at once, naming a port and
