@@ -31,6 +31,7 @@ COPY --from=build /src/target/release/gateway \
                   /src/target/release/worker \
                   /src/target/release/health-monitor \
                   /src/target/release/coordinator \
+                  /src/target/release/migrate \
                   /usr/local/bin/
 USER faultline
 ENV LOG_FORMAT=json

@@ -115,6 +115,8 @@ pub fn compose_variables() -> Vec<String> {
         "FAULTLINE_OPERATOR_TOKEN",
         "FAULTLINE_REDIS_PASSWORD",
         "FAULTLINE_POSTGRES_PASSWORD",
+        "FAULTLINE_POSTGRES_COORDINATOR_PASSWORD",
+        "FAULTLINE_POSTGRES_WORKER_PASSWORD",
     ]
     .map(String::from)
     .to_vec();

@@ -36,7 +36,9 @@ fn timeout_abort() -> Option<AbortReason> {
 #[tokio::test]
 async fn a_deposed_coordinator_cannot_decide_and_the_first_decision_stands() {
     let database = TestDatabase::create().await.expect("a test database");
-    let pool = faultline_storage::connect(&database.url, 4)
+    database.migrate().await.expect("the schema");
+    // As the coordinators' role, which may write only the decision log.
+    let pool = faultline_storage::connect(&database.url_as(faultline_storage::COORDINATOR_ROLE), 4)
         .await
         .expect("connect");
     let log = DecisionLog::new(pool);
@@ -156,7 +158,9 @@ async fn one_lease_holder_at_a_time_with_ever_larger_tokens() {
 #[tokio::test]
 async fn settling_waits_for_a_decision_still_being_written() {
     let database = TestDatabase::create().await.expect("a test database");
-    let pool = faultline_storage::connect(&database.url, 4)
+    database.migrate().await.expect("the schema");
+    // As the coordinators' role, which may write only the decision log.
+    let pool = faultline_storage::connect(&database.url_as(faultline_storage::COORDINATOR_ROLE), 4)
         .await
         .expect("connect");
     let log = DecisionLog::new(pool.clone());

@@ -112,6 +112,8 @@ async fn shard_with_accounts(
     owner: &str,
 ) -> (TestDatabase, sqlx::PgPool, GroupCommit<ShardWriter>, i64) {
     let database = TestDatabase::create().await.expect("a test database");
+    database.migrate().await.expect("the schema");
+    // As the owner: the test plays the coordinator too, writing the log.
     let pool = faultline_storage::connect(&database.url, 4)
         .await
         .expect("connect");

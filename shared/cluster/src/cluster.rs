@@ -11,9 +11,10 @@ use serde_json::Value;
 use faultline_protocol::cluster::{ClusterView, MergedView};
 use faultline_protocol::membership::State;
 use faultline_protocol::routing::DataPath;
+use faultline_storage::{COORDINATOR_ROLE, WORKER_ROLE, url_as};
 use faultline_transactions::sharding::{owner_of, shard_of};
 
-use crate::database::TestDatabase;
+use crate::database::{TestDatabase, migrate};
 use crate::local::LocalServers;
 use crate::process::{NatsServer, Service};
 use crate::topology::{BankSpec, ClusterSpec, Site, replica_name};
@@ -176,15 +177,25 @@ impl Cluster {
                 (Some(database), Some(stores))
             }
         };
-        // Arguments every bank service shares.
-        let bank_args = |bank: &BankSpec| {
+        // The migrate step, as a deployment runs it: the schema applied
+        // as its owner, before any service that uses it starts.
+        if let Some(stores) = &stores {
+            let program = match &spec.binaries {
+                Some(dir) => dir.join("migrate"),
+                None => crate::binary("migrate")?,
+            };
+            migrate(program, &stores.database_url).await?;
+        }
+        // Arguments every bank service shares; each logs in to the
+        // database as its service's role (`role`), never as the owner.
+        let bank_args = |bank: &BankSpec, role: &str| {
             vec![
                 "--shards".to_owned(),
                 bank.shards.to_string(),
                 "--database-url".to_owned(),
                 stores
                     .as_ref()
-                    .map(|s| s.database_url.clone())
+                    .map(|s| url_as(&s.database_url, role))
                     .unwrap_or_default(),
             ]
         };
@@ -244,7 +255,7 @@ impl Cluster {
                 weight.to_string(),
             ]);
             if let Some(bank) = &spec.bank {
-                args.extend(bank_args(bank));
+                args.extend(bank_args(bank, WORKER_ROLE));
                 args.extend(bank.worker_args.iter().cloned());
             }
             workers.push(start(Role::Worker, &id, &id, &args)?);
@@ -282,7 +293,7 @@ impl Cluster {
                 let port = port_of(Role::Coordinator, n);
                 let mut args = common(port);
                 args.extend(["--id".into(), id.clone()]);
-                args.extend(bank_args(bank));
+                args.extend(bank_args(bank, COORDINATOR_ROLE));
                 args.extend(["--redis-url".into(), stores.redis_url.clone()]);
                 if let Some(prefix) = &stores.redis_prefix {
                     args.extend(["--redis-prefix".into(), prefix.clone()]);

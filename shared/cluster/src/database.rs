@@ -4,8 +4,8 @@
 //! machine's PostgreSQL (`TEST_DATABASE_URL` names the server, by default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and dropped when the
 //! test ends, so tests run in parallel without seeing each other's rows.
-//! The services apply the migrations themselves when they start, as they
-//! would in production.
+//! The schema is applied by the real migrate step ([`migrate`]), as a
+//! deployment applies it, and the services log in as their own roles.
 
 use anyhow::Context as _;
 use sqlx::{Connection as _, PgConnection, PgPool};
@@ -68,6 +68,20 @@ impl TestDatabase {
         })
     }
 
+    /// Applies the schema as its owner, as the migrate step does, for a
+    /// test that uses the storage code without a cluster.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        faultline_storage::migrate(&self.url, &[])
+            .await
+            .context("migrating the test database")
+    }
+
+    /// Its URL for the service role `role` (`faultline_storage::WORKER_ROLE`,
+    /// ...), which the local server trusts without a password.
+    pub fn url_as(&self, role: &str) -> String {
+        faultline_storage::url_as(&self.url, role)
+    }
+
     /// A pool on the database, for the test's own checks.
     pub async fn pool(&self) -> anyhow::Result<PgPool> {
         PgPool::connect(&self.url)
@@ -98,4 +112,25 @@ impl Drop for TestDatabase {
         })
         .join();
     }
+}
+
+/// Runs the migrate step (the `migrate` binary at `program`) on the
+/// database `owner_url` names, as its owner, and waits for it to finish.
+pub async fn migrate(program: std::path::PathBuf, owner_url: &str) -> anyhow::Result<()> {
+    let url = owner_url.to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&program)
+            .env("DATABASE_URL", url)
+            .output()
+            .with_context(|| format!("running {}", program.display()))
+    })
+    .await
+    .context("the migrate step's thread")??;
+    anyhow::ensure!(
+        output.status.success(),
+        "the migrate step failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
 }

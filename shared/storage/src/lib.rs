@@ -1,11 +1,15 @@
 //! PostgreSQL as the coordinator and the workers use it.
 //!
-//! - [`MIGRATOR`]: the schema, as sqlx migrations embedded in every binary
-//!   that touches the database. Whoever starts first applies them; sqlx
-//!   takes an advisory lock, so concurrent starts are safe.
-//! - [`DatabaseArgs`] and [`connect`]: a pool that waits for the database
-//!   instead of failing the process, so a service started before
-//!   PostgreSQL (or while it restarts) comes up by itself.
+//! - [`MIGRATOR`] and [`migrate`]: the schema, as sqlx migrations, applied
+//!   by the `migrate` step as the schema's owner (sqlx takes an advisory
+//!   lock, so two steps at once are safe). The services never apply them:
+//!   they log in as roles of their own ([`COORDINATOR_ROLE`],
+//!   [`WORKER_ROLE`], migration 0008) that may read and write their own
+//!   data and change nothing else.
+//! - [`DatabaseArgs`] and [`connect`]: a pool that waits for the database,
+//!   and for the schema its code needs, instead of failing the process, so
+//!   a service started before PostgreSQL or the migrate step (or while
+//!   PostgreSQL restarts) comes up by itself.
 //! - [`group_commit`]: many small durable writes sharing one commit.
 //! - [`ensure_shards`]: the shard rows, checked against the configured
 //!   count.
@@ -23,6 +27,13 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// The schema (`shared/storage/migrations`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The coordinators' database role: the decision log, the fence and the
+/// intents; every other table only read.
+pub const COORDINATOR_ROLE: &str = "faultline_coordinator";
+/// The workers' database role: balances, branches and one-phase
+/// transfers; the decision log only read.
+pub const WORKER_ROLE: &str = "faultline_worker";
 
 /// Database settings; every flag is also an environment variable.
 #[derive(Clone, clap::Args)]
@@ -51,24 +62,47 @@ impl std::fmt::Debug for DatabaseArgs {
 /// `postgres://app:secret@db/x` becomes `postgres://app:<redacted>@db/x`.
 /// For printing store URLs (PostgreSQL's, Redis's) in settings and logs.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((user_info, host)) => {
-            let user = user_info
-                .split_once(':')
-                .map_or(user_info, |(user, _)| user);
-            let hidden = if user_info.contains(':') {
-                ":<redacted>"
-            } else {
-                ""
+    match UrlParts::of(url) {
+        Some(UrlParts {
+            scheme,
+            user_info: Some(user_info),
+            host,
+            path,
+        }) => {
+            let hidden = match user_info.split_once(':') {
+                Some((user, _)) => format!("{user}:<redacted>"),
+                None => user_info.to_owned(),
             };
-            format!("{scheme}://{user}{hidden}@{host}{path}")
+            format!("{scheme}://{hidden}@{host}{path}")
         }
-        None => url.to_owned(),
+        _ => url.to_owned(),
+    }
+}
+
+/// A store URL cut where its user info sits: `scheme://user:password@host/path`.
+struct UrlParts<'a> {
+    scheme: &'a str,
+    user_info: Option<&'a str>,
+    host: &'a str,
+    /// The path, query and fragment, from the first `/`, `?` or `#`.
+    path: &'a str,
+}
+
+impl<'a> UrlParts<'a> {
+    fn of(url: &'a str) -> Option<UrlParts<'a>> {
+        let (scheme, rest) = url.split_once("://")?;
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(authority_end);
+        let (user_info, host) = match authority.rsplit_once('@') {
+            Some((user_info, host)) => (Some(user_info), host),
+            None => (None, authority),
+        };
+        Some(UrlParts {
+            scheme,
+            user_info,
+            host,
+            path,
+        })
     }
 }
 
@@ -92,13 +126,25 @@ pub enum StorageError {
     /// The migrations could not be applied.
     #[error("applying the migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The schema is older than this binary's code.
+    #[error(
+        "the database schema is at version {applied:?}, this service needs {needed}: \
+         run the migrate step"
+    )]
+    SchemaBehind {
+        /// The newest migration applied (none: not migrated at all).
+        applied: Option<i64>,
+        /// The newest migration this binary knows.
+        needed: i64,
+    },
     /// A query failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
-/// Connects and applies the migrations, retrying with backoff until the
-/// database answers (a service must not die because PostgreSQL is down).
+/// Connects, retrying with backoff until the database answers and its
+/// schema is as new as this code ([`schema_is_current`]): a service must
+/// not die because PostgreSQL is down or the migrate step has not run yet.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StorageError> {
     let options: PgConnectOptions = url.parse().map_err(StorageError::InvalidUrl)?;
     // No wait in the database may last for ever. A process frozen (SIGSTOP,
@@ -147,8 +193,64 @@ async fn try_connect(options: PgConnectOptions, max: u32) -> Result<PgPool, Stor
         .acquire_timeout(Duration::from_secs(2))
         .connect_with(options)
         .await?;
-    MIGRATOR.run(&pool).await?;
+    schema_is_current(&pool).await?;
     Ok(pool)
+}
+
+/// Fails with [`StorageError::SchemaBehind`] unless every migration this
+/// binary knows has been applied. A newer schema is fine: during a rolling
+/// upgrade the migrate step runs first, and migrations only add.
+pub async fn schema_is_current(pool: &PgPool) -> Result<(), StorageError> {
+    let needed = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    // Before the first migration the table does not exist: not migrated.
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .unwrap_or(None);
+    if applied.is_some_and(|applied| applied >= needed) {
+        Ok(())
+    } else {
+        Err(StorageError::SchemaBehind { applied, needed })
+    }
+}
+
+/// The migrate step: applies the migrations as `owner_url`'s user (the
+/// schema's owner), then sets each of `passwords` as its role's password,
+/// for a server that checks them.
+pub async fn migrate(owner_url: &str, passwords: &[(&str, &str)]) -> Result<(), StorageError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(owner_url)
+        .await?;
+    MIGRATOR.run(&pool).await?;
+    for (role, password) in passwords {
+        // ALTER ROLE takes no bind parameters: the server quotes both
+        // (format's %I and %L), so the password cannot break out.
+        let statement: String =
+            sqlx::query_scalar("SELECT format('ALTER ROLE %I PASSWORD %L', $1, $2)")
+                .bind(role)
+                .bind(password)
+                .fetch_one(&pool)
+                .await?;
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&pool)
+            .await?;
+    }
+    pool.close().await;
+    Ok(())
+}
+
+/// `url` logged in as `user` instead, with no password: a service role's
+/// URL on a server that trusts local connections (the tests, `./faultline
+/// run`).
+pub fn url_as(url: &str, user: &str) -> String {
+    match UrlParts::of(url) {
+        Some(UrlParts {
+            scheme, host, path, ..
+        }) => format!("{scheme}://{user}@{host}{path}"),
+        None => url.to_owned(),
+    }
 }
 
 /// Creates the rows for shards `0..shards` if missing and checks that the
@@ -175,6 +277,21 @@ pub async fn ensure_shards(pool: &PgPool, shards: u32) -> Result<(), StorageErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_as_another_user_keeps_the_server_and_database() {
+        assert_eq!(
+            url_as(
+                "postgres://postgres:pw@db:5432/faultline?sslmode=require",
+                WORKER_ROLE
+            ),
+            "postgres://faultline_worker@db:5432/faultline?sslmode=require"
+        );
+        assert_eq!(
+            url_as("postgres://127.0.0.1/x", COORDINATOR_ROLE),
+            "postgres://faultline_coordinator@127.0.0.1/x"
+        );
+    }
 
     #[test]
     fn passwords_in_store_urls_are_redacted_and_the_rest_kept() {

@@ -18,13 +18,14 @@ use faultline_protocol::permissions;
 use serde::Deserialize as _;
 use serde_norway::Value;
 
-/// Every service binary of the workspace.
-const SERVICES: [&str; 5] = [
+/// Every service binary of the workspace, and the migrate step.
+const SERVICES: [&str; 6] = [
     "gateway",
     "load-balancer",
     "health-monitor",
     "coordinator",
     "worker",
+    "migrate",
 ];
 
 /// A file of the repository, as text.
@@ -208,6 +209,14 @@ fn scalar(value: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         other => panic!("environment values must be scalars, got {other:?}"),
     }
+}
+
+/// The services among `services`: all but the migrate step, which runs
+/// once and exits, with no NATS connection and no metrics.
+fn long_running(services: Vec<ComposeService>) -> impl Iterator<Item = ComposeService> {
+    services
+        .into_iter()
+        .filter(|service| service.program != "migrate")
 }
 
 #[test]
@@ -408,7 +417,7 @@ fn every_service_logs_in_to_every_nats_node_as_itself() {
         program,
         environment,
         ..
-    } in compose_services()
+    } in long_running(compose_services())
     {
         let environment: BTreeMap<_, _> = environment.into_iter().collect();
         // Each instance logs in as itself (infra/nats/auth.conf has a user
@@ -494,7 +503,7 @@ fn prometheus_scrapes_every_service_at_its_metrics_port() {
         .flat_map(|group| group["targets"].as_sequence().cloned().unwrap_or_default())
         .map(|target| scalar(&target))
         .collect();
-    for ComposeService { name, program, .. } in compose_services() {
+    for ComposeService { name, program, .. } in long_running(compose_services()) {
         let port = if program == "gateway" { 8080 } else { 9100 };
         assert!(
             targets.contains(&format!("{name}:{port}")),
@@ -568,13 +577,17 @@ fn kubernetes_value(objects: &[Value], container: &str, entry: &Value) -> String
             // A Secret the operator creates (infra/k8s/README.md): no
             // default is written down anywhere. A URL carries the secret
             // as its password.
-            None if OPERATOR_SECRETS.contains(&name.as_str()) => match key.as_str() {
-                "url" => format!("redis://coordinator:{OPERATOR_VALUE}@redis:6379"),
-                "database-url" => {
-                    format!("postgres://postgres:{OPERATOR_VALUE}@postgres:5432/faultline")
+            None if OPERATOR_SECRETS.contains(&name.as_str()) => {
+                match (name.as_str(), key.ends_with("url")) {
+                    ("faultline-redis", true) => {
+                        format!("redis://coordinator:{OPERATOR_VALUE}@redis:6379")
+                    }
+                    (_, true) => {
+                        format!("postgres://role:{OPERATOR_VALUE}@postgres:5432/faultline")
+                    }
+                    _ => OPERATOR_VALUE.to_owned(),
                 }
-                _ => OPERATOR_VALUE.to_owned(),
-            },
+            }
             None => panic!("{container}: no {kind} {name}"),
         }
     };

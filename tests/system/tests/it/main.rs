@@ -35,6 +35,7 @@ macro_rules! in_both_data_paths {
 mod bad_input;
 mod balancing;
 mod control_plane;
+mod database_roles;
 mod deadlines;
 mod deployment;
 mod direct_mode;
