@@ -188,7 +188,11 @@ impl AppState {
     pub async fn settings_store(&self) -> Result<&kv::Store, ApiError> {
         self.settings
             .get_or_try_init(|| {
-                faultline_bus::kv_buckets::open_settings(&self.nats, self.bucket_replicas)
+                faultline_bus::kv_buckets::open_settings(
+                    &self.nats,
+                    self.bucket_replicas,
+                    faultline_bus::kv_buckets::Access::Write,
+                )
             })
             .await
             .map_err(|e| ApiError::SettingsUnavailable(e.to_string()))

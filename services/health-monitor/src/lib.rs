@@ -252,7 +252,13 @@ pub async fn run(
 /// it the monitor can neither lead nor start from the stored view.
 async fn open_store(client: &Client, replicas: u8) -> async_nats::jetstream::kv::Store {
     for attempt in 0.. {
-        match faultline_bus::kv_buckets::open_membership(client, replicas).await {
+        match faultline_bus::kv_buckets::open_membership(
+            client,
+            replicas,
+            faultline_bus::kv_buckets::Access::Write,
+        )
+        .await
+        {
             Ok(store) => return store,
             Err(error) => {
                 tracing::warn!(%error, "Membership bucket unavailable; retrying.");

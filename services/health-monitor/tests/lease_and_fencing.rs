@@ -11,7 +11,7 @@ use health_monitor::view_store::{self, WriteError};
 
 async fn store(nats: &NatsServer) -> async_nats::jetstream::kv::Store {
     let client = async_nats::connect(nats.url()).await.expect("connects");
-    faultline_bus::kv_buckets::open_membership(&client, 1)
+    faultline_bus::kv_buckets::open_membership(&client, 1, faultline_bus::kv_buckets::Access::Write)
         .await
         .expect("the bucket opens")
 }

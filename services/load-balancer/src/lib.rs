@@ -109,7 +109,7 @@ pub async fn run(
         .context("subscribing to view queries")?;
     let viewer = tokio::spawn(answer_views(client.clone(), views, router.clone()));
     let reports = client
-        .subscribe(subjects::LB_REPORTS)
+        .subscribe(subjects::ALL_LB_REPORTS)
         .await
         .context("subscribing to outcome reports")?;
     let control_plane = tokio::spawn(control::run(client.clone(), reports, router.clone()));

@@ -192,12 +192,12 @@ pub async fn flush_before_exit(client: &async_nats::Client, limit: Duration) {
 /// lost one. Failures are logged, never returned.
 pub async fn publish_json(
     client: &async_nats::Client,
-    subject: &'static str,
+    subject: &str,
     message: &impl serde::Serialize,
 ) {
     match serde_json::to_vec(message) {
         Ok(body) => {
-            if let Err(error) = client.publish(subject, body.into()).await {
+            if let Err(error) = client.publish(subject.to_owned(), body.into()).await {
                 tracing::debug!(%error, subject, "A message was not sent.");
             }
         }

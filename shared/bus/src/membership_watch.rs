@@ -55,7 +55,9 @@ where
     F: FnMut(MembershipChange) -> Fut,
     Fut: Future<Output = ControlFlow<()>>,
 {
-    let store = crate::kv_buckets::open_membership(client, replicas).await?;
+    let store =
+        crate::kv_buckets::open_membership(client, replicas, crate::kv_buckets::Access::Read)
+            .await?;
     let mut entries = store.watch_with_history(">").await?;
     // A lease record replayed from the past says nothing about whether a
     // monitor leads now; only renewals seen after the replay do.

@@ -63,9 +63,9 @@ fn logged_in_as(role: Role, id: &str, user: &str) -> Permissions {
                 subjects::LB_VIEW,
                 subjects::MONITOR_VIEW,
                 // Direct mode: it calls the worker it picks, and reports
-                // what it saw to the load-balancers.
+                // what it saw to the load-balancers, as itself.
                 &subjects::worker_call("*"),
-                subjects::LB_REPORTS,
+                &subjects::lb_reports(id),
                 subjects::COORDINATOR_TRANSFER,
                 subjects::COORDINATOR_TRANSFER_READ,
                 subjects::COORDINATOR_UNFINISHED,
@@ -77,7 +77,7 @@ fn logged_in_as(role: Role, id: &str, user: &str) -> Permissions {
             ]));
             // It writes the balancing settings, and in direct mode follows
             // the membership view.
-            publish.push(kv_write(subjects::BALANCER_SETTINGS_BUCKET));
+            publish.extend(kv_write(subjects::BALANCER_SETTINGS_BUCKET));
             publish.extend(kv_read(subjects::BALANCER_SETTINGS_BUCKET));
             publish.extend(kv_read(subjects::MEMBERSHIP_BUCKET));
             subscribe.extend(strings(&[
@@ -103,7 +103,7 @@ fn logged_in_as(role: Role, id: &str, user: &str) -> Permissions {
                 // Its peers' heartbeats (the retry budget's floor), and the
                 // gateways' outcome reports in direct mode.
                 subjects::LOAD_BALANCER_HEARTBEATS,
-                subjects::LB_REPORTS,
+                subjects::ALL_LB_REPORTS,
             ]));
         }
         Role::HealthMonitor => {
@@ -113,7 +113,7 @@ fn logged_in_as(role: Role, id: &str, user: &str) -> Permissions {
                 subjects::PROBES,
             ]));
             // Only the monitors write the membership view and their lease.
-            publish.push(kv_write(subjects::MEMBERSHIP_BUCKET));
+            publish.extend(kv_write(subjects::MEMBERSHIP_BUCKET));
             publish.extend(kv_read(subjects::MEMBERSHIP_BUCKET));
             subscribe.extend(strings(&[subjects::HEARTBEATS, subjects::MONITOR_VIEW]));
         }
@@ -157,9 +157,13 @@ fn strings(subjects: &[&str]) -> Vec<String> {
 }
 
 /// Writing keys of a JetStream key-value bucket (ADR-8 layout: stream
-/// `KV_<bucket>`, subjects `$KV.<bucket>.<key>`).
-fn kv_write(bucket: &str) -> String {
-    format!("$KV.{bucket}.>")
+/// `KV_<bucket>`, subjects `$KV.<bucket>.<key>`), and bringing its limits
+/// up to date (`faultline_bus::kv_buckets`).
+fn kv_write(bucket: &str) -> [String; 2] {
+    [
+        format!("$KV.{bucket}.>"),
+        format!("$JS.API.STREAM.UPDATE.KV_{bucket}"),
+    ]
 }
 
 /// Reading a key-value bucket: looking it up (or creating it, with the
@@ -326,7 +330,7 @@ mod tests {
             assert_eq!(shards, role == Role::Coordinator, "{role:?}");
             let view = permissions
                 .publish
-                .contains(&kv_write(subjects::MEMBERSHIP_BUCKET));
+                .contains(&"$KV.faultline_membership.>".to_owned());
             assert_eq!(view, role == Role::HealthMonitor, "{role:?}");
         }
     }

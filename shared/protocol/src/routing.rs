@@ -80,7 +80,7 @@ pub struct DataPathChange {
 }
 
 /// What one gateway saw of each worker over one reporting period, in
-/// direct mode, on [`crate::subjects::LB_REPORTS`].
+/// direct mode, on [`crate::subjects::lb_reports`] of its own id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeReport {
     /// The gateway that reports.

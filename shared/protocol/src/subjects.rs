@@ -13,11 +13,17 @@ pub const LB_VIEW: &str = "faultline.lb.view";
 /// to one live member, so a dead replica simply stops receiving work.
 pub const LB_QUEUE_GROUP: &str = "faultline-load-balancers";
 
-/// Outcome reports from gateways in direct mode (a
-/// [`crate::routing::OutcomeReport`]). Every load-balancer replica
-/// subscribes (no queue group), so each runs outlier detection over every
-/// gateway's outcomes.
-pub const LB_REPORTS: &str = "faultline.lb.reports";
+/// The subject gateway `gateway` sends its outcome reports on in direct
+/// mode (a [`crate::routing::OutcomeReport`]): one per gateway, so NATS
+/// lets each gateway report only as itself, and a load-balancer knows the
+/// reporter from the subject, not from what the payload claims.
+pub fn lb_reports(gateway: &str) -> String {
+    format!("faultline.lb.reports.{gateway}")
+}
+/// Every gateway's outcome reports. Every load-balancer replica subscribes
+/// (no queue group), so each runs outlier detection over every gateway's
+/// outcomes.
+pub const ALL_LB_REPORTS: &str = "faultline.lb.reports.*";
 /// Directives from the load-balancers to every gateway (a
 /// [`crate::routing::Directive`]): ejections and the weights in force.
 pub const LB_DIRECTIVES: &str = "faultline.lb.directives";

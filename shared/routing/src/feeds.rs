@@ -195,7 +195,8 @@ async fn report(client: async_nats::Client, router: Arc<Router>) {
             changed = path.changed() => if changed.is_err() { return },
             _ = tick.tick(), if direct => {
                 let Some(report) = router.take_report() else { continue };
-                faultline_bus::publish_json(&client, subjects::LB_REPORTS, &report).await;
+                let subject = subjects::lb_reports(&report.gateway);
+                faultline_bus::publish_json(&client, &subject, &report).await;
             }
         }
     }
@@ -232,7 +233,12 @@ async fn watch_settings(
     ready: &watch::Sender<bool>,
     default_strategy: StrategyKind,
 ) -> anyhow::Result<()> {
-    let store = faultline_bus::kv_buckets::open_settings(client, replicas).await?;
+    let store = faultline_bus::kv_buckets::open_settings(
+        client,
+        replicas,
+        faultline_bus::kv_buckets::Access::Read,
+    )
+    .await?;
     let mut entries = store.watch_with_history(">").await?;
     // The watch replays the current values first and marks the last of them
     // `seen_current`; the replica is ready once it has applied them. An

@@ -687,6 +687,21 @@ mod tests {
         let directive = lb.directive("lb-1", t0);
         assert_eq!(directive.ejected.keys().collect::<Vec<_>>(), ["w1"]);
 
+        // One reporter saying every worker fails ejects no more than the
+        // cap (half of them), whatever it repeats.
+        let mut lb = with_workers(&["w1", "w2", "w3", "w4"], t0);
+        let everyone_fails = OutcomeReport {
+            gateway: "liar".into(),
+            workers: ["w1", "w2", "w3", "w4"]
+                .map(|w| (w.to_owned(), outcomes))
+                .into_iter()
+                .collect(),
+        };
+        for _ in 0..10 {
+            lb.merge_report(&everyone_fails, t0);
+        }
+        assert_eq!(lb.directive("lb-1", t0).ejected.len(), 2);
+
         // A directive to eject for ever ejects for the longest ejection.
         let mut gateway = with_workers(&["w1", "w2", "w3", "w4"], t0);
         let forever = Directive {

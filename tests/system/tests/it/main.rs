@@ -34,6 +34,7 @@ macro_rules! in_both_data_paths {
 
 mod bad_input;
 mod balancing;
+mod bucket_limits;
 mod control_plane;
 mod database_roles;
 mod deadlines;

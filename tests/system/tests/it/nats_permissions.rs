@@ -121,6 +121,7 @@ async fn the_system_works_under_its_nats_permissions_and_no_other_role_can_forge
     let (gateway_user, mut gateway_refusals) = connect_watching(&cluster, "gateway-1").await;
 
     let impersonated_heartbeat = subjects::heartbeat("worker", "worker-1");
+    let forged_report = subjects::lb_reports("gateway-2");
     for (forger, forged) in [
         ("worker-2", UNSERVED_SHARD),
         ("worker-2", "$KV.faultline_membership.view"),
@@ -128,6 +129,9 @@ async fn the_system_works_under_its_nats_permissions_and_no_other_role_can_forge
         ("worker-2", impersonated_heartbeat.as_str()),
         ("worker-2", "faultline.heartbeat.worker.phantom"),
         ("gateway-1", UNSERVED_SHARD),
+        // Reporting outcomes as another gateway, to steer ejections.
+        ("gateway-1", forged_report.as_str()),
+        ("worker-2", forged_report.as_str()),
     ] {
         let (client, refusals) = if forger == "worker-2" {
             (&worker, &mut worker_refusals)
