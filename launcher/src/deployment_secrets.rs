@@ -1,6 +1,6 @@
-//! `nats-auth` and `compose-env`: the deployments' NATS users, and the
-//! secrets docker-compose needs, generated from the code so that neither
-//! can drift from it.
+//! `nats-auth`, `compose-env` and `certs`: the deployments' NATS users,
+//! the secrets docker-compose needs and the TLS certificates, generated
+//! from the code so that none can drift from it.
 //!
 //! - `infra/nats/auth.conf`, which compose's NATS nodes include, has one
 //!   user per instance of the standard topology ([`ClusterSpec::standard`],
@@ -12,6 +12,10 @@
 //! - `compose-env` prints an `.env` file with a fresh random value for
 //!   every secret compose requires: nothing in the repository is a
 //!   password.
+//!
+//! - `certs` writes a CA of the deployment's own and the NATS nodes'
+//!   certificate it signs (`faultline_cluster::tls`) into `infra/tls`,
+//!   which compose mounts and git ignores.
 //!
 //! The deployment test runs `nats-auth --check`.
 
@@ -143,5 +147,19 @@ pub fn compose_env() -> anyhow::Result<ExitCode> {
             rand::random::<u128>()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a new CA and the NATS nodes' certificate into `dir` (by default
+/// `infra/tls`), and says how Kubernetes gets them.
+pub fn certs(dir: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
+    let dir = dir.unwrap_or_else(|| workspace_root().join("infra/tls"));
+    faultline_cluster::tls::generate(&dir, faultline_cluster::tls::NATS_NAMES)?;
+    println!(
+        "faultline: wrote a CA and NATS's certificate to {}; compose mounts them.\n\
+         For Kubernetes: kubectl -n faultline create secret generic faultline-tls --from-file={}",
+        dir.display(),
+        dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

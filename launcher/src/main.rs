@@ -8,8 +8,9 @@
 //! - `load`: release build, then the named load scenarios and the table of
 //!   ratios;
 //! - `crate-graph`: the picture of the crates and their dependencies;
-//! - `nats-auth` and `compose-env`: the deployments' NATS users, and an
-//!   `.env` of fresh secrets for docker-compose ([`deployment_secrets`]).
+//! - `nats-auth`, `compose-env` and `certs`: the deployments' NATS users,
+//!   an `.env` of fresh secrets for docker-compose, and TLS certificates
+//!   ([`deployment_secrets`]).
 //!
 //! Each first makes sure the machine has what it needs
 //! ([`prerequisites`]), installing it when running as root. The cluster
@@ -79,6 +80,13 @@ enum Command {
     /// Print an .env file with fresh secrets for docker-compose:
     /// `./faultline compose-env > .env`.
     ComposeEnv,
+    /// Write a CA of the deployment's own and the NATS nodes' certificate
+    /// (infra/tls by default), for compose and Kubernetes.
+    Certs {
+        /// Where to write them.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -91,6 +99,7 @@ fn main() -> std::process::ExitCode {
         Command::CrateGraph { check } => crate_graph::run(check),
         Command::NatsAuth { check } => deployment_secrets::nats_auth(check),
         Command::ComposeEnv => deployment_secrets::compose_env(),
+        Command::Certs { out } => deployment_secrets::certs(out),
     };
     match result {
         Ok(code) => code,

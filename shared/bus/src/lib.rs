@@ -66,6 +66,12 @@ pub struct NatsArgs {
         hide_env_values = true
     )]
     pub password: Option<String>,
+    /// The CA certificate (PEM) that signed the servers' certificates: when
+    /// given, the connection must be TLS and the server must prove it is
+    /// the deployment's, so no password goes to whoever answers on the
+    /// address (`./faultline certs`).
+    #[arg(long = "nats-ca-file", env = "NATS_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// How many servers keep a copy of each key-value bucket this service
     /// creates: 1 on a single server, 3 on a three-node cluster so that the
     /// membership view and the balancer settings survive a node's loss.
@@ -85,6 +91,7 @@ impl std::fmt::Debug for NatsArgs {
             .field("servers", &self.servers)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
             .field("replicas", &self.replicas)
             .finish()
     }
@@ -138,6 +145,10 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, 
                 .custom_inbox_prefix(permissions::inbox_prefix(user))
         }
         _ => ConnectOptions::new(),
+    };
+    let options = match &args.ca_file {
+        Some(ca) => options.add_root_certificates(ca.clone()).require_tls(true),
+        None => options,
     };
     let options = options
         .name(name)

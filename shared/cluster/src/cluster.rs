@@ -144,6 +144,7 @@ impl Cluster {
             Site::Private if spec.nats_auth => (
                 NatsServer::start_authenticated(
                     members.iter().map(|(role, id, _)| (*role, id.clone())),
+                    spec.nats_tls,
                 )?,
                 None,
             ),

@@ -39,6 +39,7 @@ pub mod local;
 pub mod otlp;
 pub mod postgres;
 mod process;
+pub mod tls;
 pub mod topology;
 
 pub use cluster::{Cluster, Gateway, GatewayClient};

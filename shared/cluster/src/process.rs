@@ -13,6 +13,8 @@ use anyhow::Context as _;
 use faultline_protocol::cluster::Role;
 use faultline_protocol::permissions::{self, Password, User};
 
+use crate::tls;
+
 /// Where [`free_port`] draws its ports: below Linux's ephemeral range
 /// (32768 and up), because a port the OS handed out with `bind(0)` can be
 /// taken again as the local port of some outgoing connection before the
@@ -94,6 +96,9 @@ pub struct NatsServer {
     /// `faultline_protocol::permissions` (none: it lets anyone in and
     /// allows everything).
     logins: Vec<Login>,
+    /// Whether clients and the server speak TLS, with certificates from a
+    /// CA of this server's own ([`crate::tls`]) in its directory.
+    tls: bool,
     /// Run in a process group of its own (a local cluster's server, which
     /// its launcher stops last).
     own_group: bool,
@@ -131,10 +136,18 @@ impl NatsServer {
     /// and the deployment's permissions for it, as compose and Kubernetes
     /// run it. The server logs to [`NatsServer::log`], where refusals show
     /// as "Violation".
+    ///
+    /// With `tls`, it also accepts only TLS connections, with a
+    /// certificate signed by a CA of its own, which each instance is given
+    /// to trust ([`NatsServer::ca_file`]), as compose and Kubernetes run it.
     pub fn start_authenticated(
         instances: impl IntoIterator<Item = (Role, String)>,
+        tls: bool,
     ) -> anyhow::Result<NatsServer> {
-        Self::start_with(free_port(), logins(instances))
+        let mut server = Self::unstarted(free_port(), logins(instances))?;
+        server.tls = tls;
+        server.spawn()?;
+        Ok(server)
     }
 
     /// [`NatsServer::start_authenticated`] on `port`, in a process group
@@ -162,13 +175,14 @@ impl NatsServer {
             port,
             store: tempfile::tempdir().context("creating the JetStream directory")?,
             logins,
+            tls: false,
             own_group: false,
         })
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let mut command = Command::new(nats_server_path());
-        if self.logins.is_empty() {
+        if self.logins.is_empty() && !self.tls {
             command
                 .args([
                     "-a",
@@ -192,12 +206,24 @@ impl NatsServer {
                     )
                 })
                 .collect();
-            let config = format!(
+            let mut config = format!(
                 "listen: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n{}",
                 self.port,
                 dir.join("jetstream"),
                 permissions::authorization(&users)
             );
+            if self.tls {
+                let certificates = dir.join("tls");
+                if !certificates.join(tls::CA_FILE).exists() {
+                    tls::generate(&certificates, tls::NATS_NAMES)?;
+                }
+                config.push_str(&format!(
+                    "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n}}\n",
+                    certificates.join(tls::NATS_CERT_FILE),
+                    certificates.join(tls::NATS_KEY_FILE),
+                    certificates.join(tls::CA_FILE),
+                ));
+            }
             // The file holds this run's passwords: only its owner reads it.
             let path = dir.join("nats.conf");
             std::fs::write(&path, config).context("writing nats.conf")?;
@@ -231,17 +257,28 @@ impl NatsServer {
         !self.logins.is_empty()
     }
 
+    /// The CA certificate a client must trust, when the server speaks TLS.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls
+            .then(|| self.store.path().join("tls").join(tls::CA_FILE))
+    }
+
     /// The environment instance `id` needs to connect as itself (nothing
-    /// when the server does not authenticate).
+    /// when the server neither authenticates nor speaks TLS).
     pub fn credentials(&self, id: &str) -> Vec<(String, String)> {
-        self.password(id)
+        let mut env: Vec<(String, String)> = self
+            .password(id)
             .map(|password| {
                 vec![
                     ("NATS_USER".to_owned(), id.to_owned()),
                     ("NATS_PASSWORD".to_owned(), password.to_owned()),
                 ]
             })
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(ca) = self.ca_file() {
+            env.push(("NATS_CA_FILE".to_owned(), ca.display().to_string()));
+        }
+        env
     }
 
     /// Instance `id`'s password, when the server authenticates it.

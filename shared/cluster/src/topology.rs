@@ -201,6 +201,10 @@ pub struct ClusterSpec {
     /// `infra/nats/auth.conf` holds for compose and Kubernetes), each
     /// service connecting as itself. A local site always does.
     pub nats_auth: bool,
+    /// With [`ClusterSpec::nats_auth`]: NATS speaks only TLS, with a
+    /// certificate from a CA of the cluster's own, as compose and
+    /// Kubernetes run it.
+    pub nats_tls: bool,
     /// Environment variables for every service (an OTLP endpoint, a log
     /// format...).
     pub env: Vec<(String, String)>,
@@ -299,6 +303,7 @@ impl ClusterSpec {
             monitor_args: Vec::new(),
             bank: Some(BankSpec::standard()),
             nats_auth: false,
+            nats_tls: false,
             env: Vec::new(),
             data_path: DataPath::Proxy,
             gateways: 1,

@@ -450,15 +450,18 @@ fn every_service_logs_in_to_every_nats_node_as_itself() {
             "{name}"
         );
     }
-    // Each node's configuration, with the environment compose gives it,
-    // is one nats-server accepts.
+    // Each node's configuration, with the environment compose gives it
+    // and certificates as `./faultline certs` writes them (where compose
+    // mounts them, /etc/nats/tls, here in the copy's directory), is one
+    // nats-server accepts.
     let dir = tempfile::tempdir().expect("a directory");
+    let certificates = dir.path().join("tls");
+    faultline_cluster::tls::generate(&certificates, faultline_cluster::tls::NATS_NAMES)
+        .expect("certificates");
     for file in ["nats.conf", "auth.conf"] {
-        std::fs::copy(
-            workspace_root().join("infra/nats").join(file),
-            dir.path().join(file),
-        )
-        .expect("copies the NATS configuration");
+        let text = read(&format!("infra/nats/{file}"))
+            .replace("/etc/nats/tls/", &format!("{}/", certificates.display()));
+        std::fs::write(dir.path().join(file), text).expect("copies the NATS configuration");
     }
     for node in nodes {
         let environment = services[node]["environment"]

@@ -6,7 +6,9 @@
 //! coordinator's decision, a worker rewriting the membership view or
 //! listening in on shard subjects outside the owners' queue group, a
 //! worker heartbeating as another, listening on another's call subject or
-//! reading every reply in the system.
+//! reading every reply in the system. All of it over TLS, with the
+//! certificates of a CA of the cluster's own, as compose and Kubernetes
+//! run it.
 
 use std::time::Duration;
 
@@ -30,10 +32,22 @@ async fn the_system_works_under_its_nats_permissions_and_no_other_role_can_forge
         monitors: 2,
         bank: Some(BankSpec::default()),
         nats_auth: true,
+        nats_tls: true,
         ..ClusterSpec::default()
     })
     .await
-    .expect("the cluster starts with every service logged in as itself");
+    .expect("the cluster starts with every service logged in as itself, over TLS");
+    // Over TLS only, to a server whose certificate the deployment's CA
+    // signed: a client that does not trust that CA gets nowhere, even with
+    // the right password (it would as well be talking to an impostor).
+    let password = cluster.nats.password("worker-1").expect("a password");
+    let untrusting = ConnectOptions::with_user_and_password("worker-1".into(), password.into())
+        .connect(cluster.nats.url())
+        .await;
+    assert!(
+        untrusting.is_err(),
+        "a client without the CA must not connect"
+    );
     let gateway = &cluster.gateway;
 
     // Every path: balanced calls, the merged view (load-balancers and
@@ -229,6 +243,9 @@ fn login(cluster: &Cluster, id: &str) -> ConnectOptions {
         .nats
         .password(id)
         .unwrap_or_else(|| panic!("{id} has a NATS user"));
+    let ca = cluster.nats.ca_file().expect("the server speaks TLS");
     ConnectOptions::with_user_and_password(id.into(), password.into())
         .custom_inbox_prefix(permissions::inbox_prefix(id))
+        .add_root_certificates(ca)
+        .require_tls(true)
 }
