@@ -154,9 +154,9 @@ pub fn compose_env() -> anyhow::Result<ExitCode> {
 /// `infra/tls`), and says how Kubernetes gets them.
 pub fn certs(dir: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
     let dir = dir.unwrap_or_else(|| workspace_root().join("infra/tls"));
-    faultline_cluster::tls::generate(&dir, faultline_cluster::tls::NATS_NAMES)?;
+    faultline_cluster::tls::generate(&dir)?;
     println!(
-        "faultline: wrote a CA and NATS's certificate to {}; compose mounts them.\n\
+        "faultline: wrote a CA and NATS's and PostgreSQL's certificates to {}; compose mounts them.\n\
          For Kubernetes: kubectl -n faultline create secret generic faultline-tls --from-file={}",
         dir.display(),
         dir.display()

@@ -58,11 +58,19 @@ impl TestDatabase {
             .execute(&mut conn)
             .await
             .context("creating the test database")?;
-        let base = admin
-            .rsplit_once('/')
-            .map_or(admin.as_str(), |(base, _)| base);
+        // Another database on the same server, with the same parameters
+        // (`?sslmode=...`).
+        let (address, parameters) = admin
+            .split_once('?')
+            .map_or((admin.as_str(), None), |(address, query)| {
+                (address, Some(query))
+            });
+        let base = address.rsplit_once('/').map_or(address, |(base, _)| base);
+        let query = parameters
+            .map(|query| format!("?{query}"))
+            .unwrap_or_default();
         Ok(TestDatabase {
-            url: format!("{base}/{name}"),
+            url: format!("{base}/{name}{query}"),
             name,
             admin,
         })

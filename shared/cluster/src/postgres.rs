@@ -30,23 +30,35 @@ pub struct PrivatePostgres {
     server: Option<Child>,
     /// Run in a process group of its own (a local cluster's server).
     own_group: bool,
+    /// Whether it accepts only TLS connections over TCP, with a
+    /// certificate from a CA of its own ([`crate::tls`]).
+    tls: bool,
 }
 
 impl PrivatePostgres {
     /// Initialises a cluster and starts the server on a free port; waits
     /// until it answers.
     pub async fn start() -> anyhow::Result<PrivatePostgres> {
-        Self::start_on(crate::free_port(), false).await
+        Self::start_on(crate::free_port(), false, false).await
+    }
+
+    /// [`PrivatePostgres::start`], accepting TCP connections over TLS only
+    /// (`hostssl` in pg_hba.conf), with a certificate signed by a CA of its
+    /// own: [`PrivatePostgres::admin_url`] asks for `verify-full` against
+    /// that CA ([`PrivatePostgres::ca_file`]), as compose and Kubernetes
+    /// connect.
+    pub async fn start_with_tls() -> anyhow::Result<PrivatePostgres> {
+        Self::start_on(crate::free_port(), false, true).await
     }
 
     /// Initialises a cluster and starts the server on `port` in a process
     /// group of its own (a local cluster's, which a terminal's Ctrl-C must
     /// not stop before the services); waits until it answers.
     pub async fn start_in_own_group(port: u16) -> anyhow::Result<PrivatePostgres> {
-        Self::start_on(port, true).await
+        Self::start_on(port, true, false).await
     }
 
-    async fn start_on(port: u16, own_group: bool) -> anyhow::Result<PrivatePostgres> {
+    async fn start_on(port: u16, own_group: bool, tls: bool) -> anyhow::Result<PrivatePostgres> {
         let bin = server_binaries()
             .context("PostgreSQL's server is not installed (apt-get install postgresql)")?;
         let dir = tempfile::tempdir().context("creating the data directory")?;
@@ -72,6 +84,27 @@ impl PrivatePostgres {
         }
         let status = initdb.status().context("running initdb")?;
         anyhow::ensure!(status.success(), "initdb failed: {status}");
+        if tls {
+            let certificates = dir.path().join("tls");
+            crate::tls::generate(&certificates)?;
+            // The server reads its key as its own user.
+            if let Some((uid, gid)) = user {
+                for file in [
+                    crate::tls::POSTGRES_CERT_FILE,
+                    crate::tls::POSTGRES_KEY_FILE,
+                ] {
+                    std::os::unix::fs::chown(certificates.join(file), Some(uid), Some(gid))
+                        .context("giving PostgreSQL its key")?;
+                }
+            }
+            // TCP connections over TLS only; the socket stays for initdb's
+            // kind of local administration.
+            std::fs::write(
+                dir.path().join("db/pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .context("writing pg_hba.conf")?;
+        }
         let mut postgres = PrivatePostgres {
             dir,
             bin,
@@ -79,6 +112,7 @@ impl PrivatePostgres {
             user,
             server: None,
             own_group,
+            tls,
         };
         postgres.start_again().await?;
         Ok(postgres)
@@ -87,7 +121,17 @@ impl PrivatePostgres {
     /// The URL of the server's `postgres` database, to create test
     /// databases on ([`crate::database::TestDatabase::create_on`]).
     pub fn admin_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        let url = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
+        match self.ca_file() {
+            Some(ca) => format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display()),
+            None => url,
+        }
+    }
+
+    /// The CA certificate a client must trust, when it speaks TLS.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls
+            .then(|| self.dir.path().join("tls").join(crate::tls::CA_FILE))
     }
 
     /// Starts the server (after [`PrivatePostgres::crash`]) and waits until
@@ -105,6 +149,20 @@ impl PrivatePostgres {
             .args(["-c", "max_connections=200"])
             .stdout(Stdio::null())
             .stderr(log);
+        if self.tls {
+            let certificates = self.dir.path().join("tls");
+            server
+                .args(["-c", "ssl=on", "-c"])
+                .arg(format!(
+                    "ssl_cert_file={}",
+                    certificates.join(crate::tls::POSTGRES_CERT_FILE).display()
+                ))
+                .arg("-c")
+                .arg(format!(
+                    "ssl_key_file={}",
+                    certificates.join(crate::tls::POSTGRES_KEY_FILE).display()
+                ));
+        }
         if let Some((uid, gid)) = self.user {
             server.uid(uid).gid(gid);
         }

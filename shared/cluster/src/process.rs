@@ -215,7 +215,7 @@ impl NatsServer {
             if self.tls {
                 let certificates = dir.join("tls");
                 if !certificates.join(tls::CA_FILE).exists() {
-                    tls::generate(&certificates, tls::NATS_NAMES)?;
+                    tls::generate(&certificates)?;
                 }
                 config.push_str(&format!(
                     "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n}}\n",

@@ -4,11 +4,17 @@
 //! refused by PostgreSQL with "permission denied" (SQLSTATE 42501) and
 //! change nothing. That the services do all their work under these roles
 //! is shown by every bank test: the harness starts them as these roles.
+//! Last, the whole bank over TLS to PostgreSQL, verified against the
+//! deployment's CA.
 
-use faultline_cluster::binary;
 use faultline_cluster::database::{TestDatabase, migrate};
+use faultline_cluster::postgres::PrivatePostgres;
+use faultline_cluster::{BankSpec, Cluster, ClusterSpec, binary};
 use faultline_storage::{COORDINATOR_ROLE, StorageError, WORKER_ROLE};
+use serde_json::json;
 use sqlx::{Connection as _, PgConnection};
+
+use crate::{open_account, transfer};
 
 /// PostgreSQL's "insufficient privilege".
 const PERMISSION_DENIED: &str = "42501";
@@ -140,4 +146,55 @@ async fn each_service_role_may_write_only_its_own_data() {
     .await
     .expect("reads back");
     assert_eq!((balance, state.as_str(), fence), (100, "aborted", 0));
+}
+
+/// PostgreSQL over TLS, as compose and Kubernetes run it: the server takes
+/// TCP connections over TLS only, and every service (and the migrate
+/// step) connects with `sslmode=verify-full` against the deployment's CA.
+/// A transfer goes through; a plaintext connection and one that does not
+/// trust the CA are refused.
+#[tokio::test]
+async fn the_bank_runs_on_postgres_over_verified_tls_only() {
+    let postgres = PrivatePostgres::start_with_tls()
+        .await
+        .expect("a PostgreSQL server of the test's own, with TLS");
+    let admin = postgres.admin_url();
+    assert!(admin.contains("sslmode=verify-full"), "{admin}");
+    let cluster = Cluster::start(ClusterSpec {
+        monitors: 1,
+        bank: Some(BankSpec {
+            server: Some(admin.clone()),
+            ..BankSpec::default()
+        }),
+        ..ClusterSpec::default()
+    })
+    .await
+    .expect("the bank starts over TLS");
+    open_account(&cluster, "tls-alice", 100).await;
+    open_account(&cluster, "tls-bob", 0).await;
+    let (status, body) = transfer(
+        &cluster,
+        "tls-1",
+        &json!({ "from": "tls-alice", "to": "tls-bob", "amount": 30 }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("committed")),
+        "{body}"
+    );
+
+    let address = admin.split_once('?').expect("parameters").0;
+    let plaintext = PgConnection::connect(&format!("{address}?sslmode=disable")).await;
+    assert!(plaintext.is_err(), "a plaintext connection must be refused");
+    // A CA the server's certificate does not come from.
+    let elsewhere = tempfile::tempdir().expect("a directory");
+    faultline_cluster::tls::generate(elsewhere.path()).expect("another CA");
+    let impostor_ca = elsewhere.path().join(faultline_cluster::tls::CA_FILE);
+    let untrusting = PgConnection::connect(&format!(
+        "{address}?sslmode=verify-full&sslrootcert={}",
+        impostor_ca.display()
+    ))
+    .await;
+    assert!(untrusting.is_err(), "verify-full must refuse an unknown CA");
 }

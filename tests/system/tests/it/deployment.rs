@@ -456,8 +456,7 @@ fn every_service_logs_in_to_every_nats_node_as_itself() {
     // nats-server accepts.
     let dir = tempfile::tempdir().expect("a directory");
     let certificates = dir.path().join("tls");
-    faultline_cluster::tls::generate(&certificates, faultline_cluster::tls::NATS_NAMES)
-        .expect("certificates");
+    faultline_cluster::tls::generate(&certificates).expect("certificates");
     for file in ["nats.conf", "auth.conf"] {
         let text = read(&format!("infra/nats/{file}"))
             .replace("/etc/nats/tls/", &format!("{}/", certificates.display()));
@@ -865,5 +864,16 @@ async fn only_the_coordinators_redis_user_can_write_the_lease() {
     assert!(
         other[1..].iter().all(|r| r.starts_with("-NOPERM")),
         "{other:?}"
+    );
+}
+
+#[test]
+fn kubernetes_admits_postgresql_clients_as_compose_does() {
+    // kustomize reads no file outside its directory, so the base keeps a
+    // copy of compose's pg_hba.conf; it must stay the same.
+    assert_eq!(
+        read("infra/k8s/base/postgres/pg_hba.conf"),
+        read("infra/postgres/pg_hba.conf"),
+        "cp infra/postgres/pg_hba.conf infra/k8s/base/postgres/pg_hba.conf"
     );
 }
