@@ -3,10 +3,12 @@
 //!
 //! - **A concurrency limit** (`--max-concurrent-requests`): past it a
 //!   request is answered 503 `overloaded` with `Retry-After`, without
-//!   parsing its body or holding a slot. Requests waiting in the gateway cost memory and, worse,
-//!   latency for everyone admitted; a fast refusal lets a client back off
-//!   or go to another replica (as Envoy's overload manager and
-//!   concurrency limits do).
+//!   parsing its body or holding a slot. Requests waiting in the gateway
+//!   cost memory and, worse, latency for everyone admitted; a fast refusal
+//!   lets a client back off or go to another replica (as Envoy's overload
+//!   manager and concurrency limits do). With `--adaptive-concurrency` the
+//!   limit follows the latency the gateway measures
+//!   ([`crate::concurrency_limit`]), up to that number.
 //! - **A rate limit per client** (`--client-rate-limit`, `--client-burst`):
 //!   a token bucket per client address, answered 429 `rate_limited` with
 //!   `Retry-After` saying when the next token comes. IPv6 clients are
@@ -30,7 +32,10 @@ use actix_web::middleware::Next;
 use actix_web::{HttpResponse, web};
 use faultline_protocol::ErrorBody;
 use faultline_runtime::refuse::{Discard, refuse};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Semaphore;
+
+use crate::concurrency_limit::{GradientLimit, Tuning};
 
 /// How many clients' buckets are kept at most; past it, full (idle)
 /// buckets are forgotten, and if none is, new clients share one bucket.
@@ -39,8 +44,10 @@ const MAX_TRACKED_CLIENTS: usize = 65_536;
 /// Admission settings, as the gateway's flags give them.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Requests served at once.
+    /// Requests served at once (with `adaptive`, at most).
     pub max_concurrent: usize,
+    /// Whether the limit adapts to latency.
+    pub adaptive: bool,
     /// Requests per second per client (0: no limit).
     pub client_rate: u32,
     /// Requests a client may send at once above its rate.
@@ -134,17 +141,94 @@ pub fn client_key(address: IpAddr) -> IpAddr {
 /// The gateway's admission state, as app data (`web::Data<Admission>`).
 #[derive(Debug)]
 pub struct Admission {
-    slots: Arc<Semaphore>,
+    concurrency: Concurrency,
     clients: Option<Mutex<ClientBuckets>>,
+}
+
+/// The concurrency limit, fixed or adaptive.
+#[derive(Debug)]
+enum Concurrency {
+    Fixed(Arc<Semaphore>),
+    Adaptive(Arc<Adaptive>),
+}
+
+/// An adaptive limit shared by every HTTP worker thread: the count and the
+/// limit are atomics on the admission path; the rule behind a lock, taken
+/// once per finished request.
+#[derive(Debug)]
+struct Adaptive {
+    in_flight: AtomicUsize,
+    limit: AtomicUsize,
+    rule: Mutex<GradientLimit>,
+}
+
+/// One request admitted under an adaptive limit: when it ends (dropped,
+/// however it ends), its latency is measured and it leaves the count.
+struct AdaptiveSlot {
+    adaptive: Arc<Adaptive>,
+    admitted: Instant,
+    in_flight: usize,
+}
+
+impl Drop for AdaptiveSlot {
+    fn drop(&mut self) {
+        let adaptive = &self.adaptive;
+        adaptive.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let now = Instant::now();
+        let limit = adaptive
+            .rule
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .sample(now - self.admitted, self.in_flight, now);
+        adaptive.limit.store(limit, Ordering::Release);
+    }
+}
+
+/// A concurrency slot, held while a request runs; dropping it frees the
+/// slot (and, adaptive, measures the request).
+enum Slot {
+    Fixed(#[expect(dead_code, reason = "held for its drop")] tokio::sync::OwnedSemaphorePermit),
+    Adaptive(#[expect(dead_code, reason = "held for its drop")] AdaptiveSlot),
 }
 
 impl Admission {
     /// Admission within `limits`.
     pub fn new(limits: Limits) -> Admission {
+        let concurrency = if limits.adaptive {
+            let now = Instant::now();
+            // Start low and grow: a new gateway has measured nothing.
+            let rule = GradientLimit::new(Tuning::up_to(limits.max_concurrent), 32, now);
+            Concurrency::Adaptive(Arc::new(Adaptive {
+                in_flight: AtomicUsize::new(0),
+                limit: AtomicUsize::new(rule.limit()),
+                rule: Mutex::new(rule),
+            }))
+        } else {
+            Concurrency::Fixed(Arc::new(Semaphore::new(limits.max_concurrent)))
+        };
         Admission {
-            slots: Arc::new(Semaphore::new(limits.max_concurrent)),
+            concurrency,
             clients: (limits.client_rate > 0)
                 .then(|| Mutex::new(ClientBuckets::new(limits.client_rate, limits.client_burst))),
+        }
+    }
+
+    /// A slot for one more request, if the limit allows it.
+    fn slot(&self) -> Option<Slot> {
+        match &self.concurrency {
+            Concurrency::Fixed(slots) => slots.clone().try_acquire_owned().ok().map(Slot::Fixed),
+            Concurrency::Adaptive(adaptive) => {
+                let in_flight = adaptive.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+                if in_flight > adaptive.limit.load(Ordering::Acquire) {
+                    adaptive.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    return None;
+                }
+                Some(Slot::Adaptive(AdaptiveSlot {
+                    adaptive: adaptive.clone(),
+                    admitted: Instant::now(),
+                    in_flight,
+                }))
+            }
         }
     }
 }
@@ -206,7 +290,7 @@ pub async fn admit(
             return Ok(shed(request, Shed::RateLimited, wait).await);
         }
     }
-    let Ok(_slot) = admission.slots.clone().try_acquire_owned() else {
+    let Some(_slot) = admission.slot() else {
         return Ok(shed(request, Shed::Overloaded, Duration::from_secs(1)).await);
     };
     Ok(next.call(request).await?.map_into_left_body())

@@ -34,6 +34,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod concurrency_limit;
 pub mod control;
 mod metrics;
 mod observe;
@@ -98,6 +99,11 @@ pub struct Settings {
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_concurrent_requests: u32,
+    /// Let the concurrency limit adapt to the latency it measures (a
+    /// gradient, as Netflix's concurrency-limits), between 4 and
+    /// `--max-concurrent-requests`, instead of fixing it there.
+    #[arg(long, env = "ADAPTIVE_CONCURRENCY")]
+    pub adaptive_concurrency: bool,
     /// Requests a second per client address (IPv6: per /64); past it the
     /// gateway answers 429 with `Retry-After`. 0 turns the limit off.
     #[arg(long, env = "CLIENT_RATE_LIMIT", default_value_t = 1000,
@@ -288,6 +294,7 @@ pub async fn run(
     )?;
     let admission = web::Data::new(admission::Admission::new(admission::Limits {
         max_concurrent: settings.max_concurrent_requests as usize,
+        adaptive: settings.adaptive_concurrency,
         client_rate: settings.client_rate_limit,
         client_burst: settings.client_burst,
     }));

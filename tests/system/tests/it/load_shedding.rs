@@ -82,7 +82,18 @@ async fn wait_in_flight(cluster: &Cluster, wanted: u64, mode: DataPath) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_its_concurrency_limit_the_gateway_refuses_at_once_and_recovers() {
-    let cluster = cluster_with(&["--max-concurrent-requests", "4"]).await;
+    refuses_past_four_at_once(&["--max-concurrent-requests", "4"]).await;
+}
+
+/// The adaptive limit, capped at four: four held calls fill it as they do
+/// the fixed one (the rule itself is tested in `concurrency_limit`).
+#[tokio::test]
+async fn past_its_adaptive_limit_the_gateway_refuses_at_once_and_recovers() {
+    refuses_past_four_at_once(&["--max-concurrent-requests", "4", "--adaptive-concurrency"]).await;
+}
+
+async fn refuses_past_four_at_once(limit: &[&str]) {
+    let cluster = cluster_with(limit).await;
     let url = cluster.gateway.url.clone();
     let http = reqwest::Client::new();
 
