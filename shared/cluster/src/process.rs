@@ -2,12 +2,11 @@
 
 use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use std::os::unix::fs::PermissionsExt as _;
 
 use anyhow::Context as _;
 use faultline_protocol::cluster::Role;
@@ -250,11 +249,6 @@ impl NatsServer {
     /// The URL clients connect to.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Whether the server lets in only the instances it was started for.
-    pub fn is_authenticated(&self) -> bool {
-        !self.logins.is_empty()
     }
 
     /// The CA certificate a client must trust, when the server speaks TLS.
