@@ -121,6 +121,7 @@ pub fn compose_variables() -> Vec<String> {
         "FAULTLINE_POSTGRES_PASSWORD",
         "FAULTLINE_POSTGRES_COORDINATOR_PASSWORD",
         "FAULTLINE_POSTGRES_WORKER_PASSWORD",
+        "FAULTLINE_GRAFANA_PASSWORD",
     ]
     .map(String::from)
     .to_vec();

@@ -333,9 +333,21 @@ fn logins(instances: impl IntoIterator<Item = (Role, String)>) -> Vec<Login> {
         .collect()
 }
 
-/// The root of this workspace (where `infra/` lives).
+/// The root of this workspace (where `infra/` lives): found up from the
+/// working directory (the tests run in their package's directory, the
+/// launcher in the workspace), else where this crate was compiled. Looking
+/// at run time first matters when two checkouts share one target
+/// directory: the compiled-in path may be the other checkout's.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let is_root = |dir: &std::path::Path| {
+        dir.join("infra").is_dir()
+            && dir.join("launcher").is_dir()
+            && dir.join("Cargo.toml").is_file()
+    };
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| cwd.ancestors().find(|dir| is_root(dir)).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."))
 }
 
 fn nats_server_path() -> PathBuf {
