@@ -24,7 +24,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use faultline_cluster::topology::ROLES;
 use faultline_cluster::{ClusterSpec, workspace_root};
-use faultline_protocol::cluster::Role;
 use faultline_protocol::permissions::{self, Password, User};
 
 /// The generated files, with the users each holds.
@@ -40,10 +39,8 @@ fn files() -> [(&'static str, &'static str, Vec<User>); 2] {
     let kubernetes = ROLES
         .into_iter()
         .map(|role| {
-            User::role(
-                role,
-                Password::FromEnvironment(role_password_variable(role)),
-            )
+            let password = Password::FromEnvironment(permissions::password_variable(role.as_str()));
+            User::role(role, password)
         })
         .collect();
     [
@@ -60,18 +57,10 @@ fn files() -> [(&'static str, &'static str, Vec<User>); 2] {
             "One user per service role: Deployments' pods get random names,\n\
              # so instances cannot be listed ahead of time (SECURITY.md). Each\n\
              # password comes from the faultline-nats Secret\n\
-             # (FAULTLINE_<ROLE>_NATS_PASSWORD).",
+             # (FAULTLINE_NATS_PASSWORD_<ROLE>).",
             kubernetes,
         ),
     ]
-}
-
-/// The variable a role user's password is read from in Kubernetes.
-fn role_password_variable(role: Role) -> String {
-    format!(
-        "FAULTLINE_{}_NATS_PASSWORD",
-        role.as_str().to_uppercase().replace('-', "_")
-    )
 }
 
 fn render(about: &str, users: &[User]) -> String {

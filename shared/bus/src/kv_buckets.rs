@@ -131,13 +131,15 @@ async fn open(
 /// bucket works either way, and the next writer to open it tries again.
 async fn bring_limits_up_to_date(js: &jetstream::Context, bucket: &str, wanted: &stream::Config) {
     let current = match js.get_stream(&wanted.name).await {
-        Ok(mut stream) => match stream.info().await {
-            Ok(info) => info.config.clone(),
-            Err(error) => {
-                tracing::warn!(%error, bucket, "Cannot read the bucket's limits.");
-                return;
-            }
-        },
+        Ok(mut stream) => stream
+            .info()
+            .await
+            .map(|info| info.config.clone())
+            .map_err(|error| error.to_string()),
+        Err(error) => Err(error.to_string()),
+    };
+    let current = match current {
+        Ok(current) => current,
         Err(error) => {
             tracing::warn!(%error, bucket, "Cannot read the bucket's limits.");
             return;

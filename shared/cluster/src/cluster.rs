@@ -14,7 +14,7 @@ use faultline_protocol::routing::DataPath;
 use faultline_storage::{COORDINATOR_ROLE, WORKER_ROLE, url_as};
 use faultline_transactions::sharding::{owner_of, shard_of};
 
-use crate::database::{TestDatabase, migrate};
+use crate::database::{TestDatabase, run_migrate_step};
 use crate::local::LocalServers;
 use crate::process::{NatsServer, Service};
 use crate::topology::{BankSpec, ClusterSpec, Site, replica_name};
@@ -185,7 +185,7 @@ impl Cluster {
                 Some(dir) => dir.join("migrate"),
                 None => crate::binary("migrate")?,
             };
-            migrate(program, &stores.database_url).await?;
+            run_migrate_step(program, &stores.database_url).await?;
         }
         // Arguments every bank service shares; each logs in to the
         // database as its service's role (`role`), never as the owner.
@@ -214,7 +214,7 @@ impl Cluster {
             args.extend(heartbeat());
             args
         };
-        let operator_token = format!("{:032x}", rand::random::<u128>());
+        let operator_token = crate::process::random_secret();
         // Each instance's NATS credentials, the operator token for the
         // roles with operator routes, and what the spec adds for all.
         let env = |role: Role, id: &str| {

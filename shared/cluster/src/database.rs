@@ -124,7 +124,7 @@ impl Drop for TestDatabase {
 
 /// Runs the migrate step (the `migrate` binary at `program`) on the
 /// database `owner_url` names, as its owner, and waits for it to finish.
-pub async fn migrate(program: std::path::PathBuf, owner_url: &str) -> anyhow::Result<()> {
+pub async fn run_migrate_step(program: std::path::PathBuf, owner_url: &str) -> anyhow::Result<()> {
     let url = owner_url.to_owned();
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(&program)

@@ -121,13 +121,13 @@ impl NatsServer {
     /// Starts nats-server on a free loopback port and waits until it
     /// accepts connections.
     pub fn start() -> anyhow::Result<NatsServer> {
-        Self::start_with(free_port(), Vec::new())
+        Self::launch(free_port(), Vec::new(), false, false)
     }
 
     /// Starts nats-server on `port`, as a server that was already running
     /// there would be.
     pub fn start_on(port: u16) -> anyhow::Result<NatsServer> {
-        Self::start_with(port, Vec::new())
+        Self::launch(port, Vec::new(), false, false)
     }
 
     /// Starts nats-server that lets in only `instances`, each as its own
@@ -143,10 +143,7 @@ impl NatsServer {
         instances: impl IntoIterator<Item = (Role, String)>,
         tls: bool,
     ) -> anyhow::Result<NatsServer> {
-        let mut server = Self::unstarted(free_port(), logins(instances))?;
-        server.tls = tls;
-        server.spawn()?;
-        Ok(server)
+        Self::launch(free_port(), logins(instances), tls, false)
     }
 
     /// [`NatsServer::start_authenticated`] on `port`, in a process group
@@ -156,27 +153,25 @@ impl NatsServer {
         port: u16,
         instances: impl IntoIterator<Item = (Role, String)>,
     ) -> anyhow::Result<NatsServer> {
-        let mut server = Self::unstarted(port, logins(instances))?;
-        server.own_group = true;
-        server.spawn()?;
-        Ok(server)
+        Self::launch(port, logins(instances), false, true)
     }
 
-    fn start_with(port: u16, logins: Vec<Login>) -> anyhow::Result<NatsServer> {
-        let mut server = Self::unstarted(port, logins)?;
-        server.spawn()?;
-        Ok(server)
-    }
-
-    fn unstarted(port: u16, logins: Vec<Login>) -> anyhow::Result<NatsServer> {
-        Ok(NatsServer {
+    fn launch(
+        port: u16,
+        logins: Vec<Login>,
+        tls: bool,
+        own_group: bool,
+    ) -> anyhow::Result<NatsServer> {
+        let mut server = NatsServer {
             child: None,
             port,
             store: tempfile::tempdir().context("creating the JetStream directory")?,
             logins,
-            tls: false,
-            own_group: false,
-        })
+            tls,
+            own_group,
+        };
+        server.spawn()?;
+        Ok(server)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -321,6 +316,11 @@ impl Drop for NatsServer {
     }
 }
 
+/// 128 random bits in hex: a password or token made for one run.
+pub(crate) fn random_secret() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 /// A login with a fresh random password for each instance.
 fn logins(instances: impl IntoIterator<Item = (Role, String)>) -> Vec<Login> {
     instances
@@ -328,7 +328,7 @@ fn logins(instances: impl IntoIterator<Item = (Role, String)>) -> Vec<Login> {
         .map(|(role, id)| Login {
             role,
             id,
-            password: format!("{:032x}", rand::random::<u128>()),
+            password: random_secret(),
         })
         .collect()
 }

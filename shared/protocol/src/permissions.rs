@@ -231,8 +231,9 @@ impl User {
 }
 
 /// The environment variable compose and Kubernetes give nats-server for
-/// instance `id`'s password, and the instance itself as `NATS_PASSWORD`:
-/// `FAULTLINE_NATS_PASSWORD_WORKER_1` for `worker-1`.
+/// user `id`'s password (an instance's, or in Kubernetes a role's), and
+/// the instance itself as `NATS_PASSWORD`: `FAULTLINE_NATS_PASSWORD_WORKER_1`
+/// for `worker-1`, `FAULTLINE_NATS_PASSWORD_LOAD_BALANCER` for the role.
 pub fn password_variable(id: &str) -> String {
     format!(
         "FAULTLINE_NATS_PASSWORD_{}",

@@ -7,7 +7,7 @@
 //! Last, the whole bank over TLS to PostgreSQL, verified against the
 //! deployment's CA.
 
-use faultline_cluster::database::{TestDatabase, migrate};
+use faultline_cluster::database::{TestDatabase, run_migrate_step};
 use faultline_cluster::postgres::PrivatePostgres;
 use faultline_cluster::{BankSpec, Cluster, ClusterSpec, binary};
 use faultline_storage::{COORDINATOR_ROLE, StorageError, WORKER_ROLE};
@@ -64,11 +64,11 @@ async fn each_service_role_may_write_only_its_own_data() {
         "an empty database is not a current schema"
     );
     let program = binary("migrate").expect("the migrate step is built");
-    migrate(program.clone(), &database.url)
+    run_migrate_step(program.clone(), &database.url)
         .await
         .expect("the migrate step applies the schema");
     // Running it again (every deployment's start) changes nothing.
-    migrate(program, &database.url)
+    run_migrate_step(program, &database.url)
         .await
         .expect("the migrate step runs twice");
     faultline_storage::schema_is_current(&pool)
@@ -185,8 +185,18 @@ async fn the_bank_runs_on_postgres_over_verified_tls_only() {
     );
 
     let address = admin.split_once('?').expect("parameters").0;
-    let plaintext = PgConnection::connect(&format!("{address}?sslmode=disable")).await;
-    assert!(plaintext.is_err(), "a plaintext connection must be refused");
+    let plaintext = PgConnection::connect(&format!("{address}?sslmode=disable"))
+        .await
+        .expect_err("a plaintext connection must be refused");
+    // 28000: no pg_hba.conf line admits it (only `hostssl` lines do).
+    assert_eq!(
+        plaintext
+            .as_database_error()
+            .and_then(|error| error.code().map(|code| code.into_owned()))
+            .as_deref(),
+        Some("28000"),
+        "{plaintext}"
+    );
     // A CA the server's certificate does not come from.
     let elsewhere = tempfile::tempdir().expect("a directory");
     faultline_cluster::tls::generate(elsewhere.path()).expect("another CA");
@@ -195,6 +205,11 @@ async fn the_bank_runs_on_postgres_over_verified_tls_only() {
         "{address}?sslmode=verify-full&sslrootcert={}",
         impostor_ca.display()
     ))
-    .await;
-    assert!(untrusting.is_err(), "verify-full must refuse an unknown CA");
+    .await
+    .expect_err("verify-full must refuse an unknown CA");
+    // rustls's refusal, as sqlx passes it on.
+    assert!(
+        untrusting.to_string().contains("invalid peer certificate"),
+        "the TLS handshake refuses it: {untrusting}"
+    );
 }
