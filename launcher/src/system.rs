@@ -165,7 +165,7 @@ pub fn build_services(release: bool) -> anyhow::Result<PathBuf> {
 }
 
 /// Cargo's target directory, as the shim and cargo itself find it.
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))

@@ -54,15 +54,6 @@ struct TransitionLabels {
     to: &'static str,
 }
 
-/// Every role, for series that exist before the first event.
-const ROLES: [Role; 5] = [
-    Role::Gateway,
-    Role::LoadBalancer,
-    Role::Worker,
-    Role::Coordinator,
-    Role::HealthMonitor,
-];
-
 impl Metrics {
     /// Every series, registered in `registry`, the transitions created at 0.
     pub(crate) fn register(registry: &mut Registry) -> Metrics {
@@ -119,7 +110,7 @@ impl Metrics {
     /// Creates every transition series at 0, so that `increase()` sees a
     /// series before the first failover.
     fn start_transitions(&self) {
-        for role in ROLES {
+        for role in Role::ALL {
             for state in [State::Up, State::Suspect, State::Down] {
                 drop(self.transitions.get_or_create(&TransitionLabels {
                     role: role.as_str(),
@@ -133,7 +124,7 @@ impl Metrics {
     /// state nobody is in any more drops to 0 instead of keeping its last
     /// count).
     pub(crate) fn count_members(&self, view: &MembershipView) {
-        for role in ROLES {
+        for role in Role::ALL {
             for state in [State::Up, State::Suspect, State::Down] {
                 let count = view
                     .members

@@ -56,16 +56,28 @@ pub struct NatsArgs {
     /// User name, when the servers require authentication: each instance
     /// has its own, named after its id, with only the subjects it needs
     /// (`faultline_protocol::permissions`, `infra/nats/auth.conf`).
-    #[arg(long = "nats-user", env = "NATS_USER", requires = "password")]
+    #[arg(long = "nats-user", env = "NATS_USER", requires = "nats_secret")]
     pub user: Option<String>,
     /// Password of `--nats-user`.
     #[arg(
         long = "nats-password",
         env = "NATS_PASSWORD",
         requires = "user",
+        group = "nats_secret",
         hide_env_values = true
     )]
     pub password: Option<String>,
+    /// A file holding the password of `--nats-user`, read again at every
+    /// connection: in Kubernetes, the pod's projected service-account
+    /// token, which the kubelet rotates and the NATS auth callout checks
+    /// (`services/nats-auth-callout`).
+    #[arg(
+        long = "nats-password-file",
+        env = "NATS_PASSWORD_FILE",
+        requires = "user",
+        group = "nats_secret"
+    )]
+    pub password_file: Option<std::path::PathBuf>,
     /// The CA certificate (PEM) that signed the servers' certificates: when
     /// given, the connection must be TLS and the server must prove it is
     /// the deployment's, so no password goes to whoever answers on the
@@ -91,6 +103,7 @@ impl std::fmt::Debug for NatsArgs {
             .field("servers", &self.servers)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
             .field("ca_file", &self.ca_file)
             .field("replicas", &self.replicas)
             .finish()
@@ -136,13 +149,20 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, 
         })
         .collect::<Result<Vec<_>, _>>()?;
     let connection = name.to_owned();
-    let options = match (&args.user, &args.password) {
-        // Replies to this instance's requests arrive under an inbox prefix
-        // of its own, the only inbox its user may subscribe to: no other
-        // instance can read them.
-        (Some(user), Some(password)) => {
+    // Replies to this instance's requests arrive under an inbox prefix of
+    // its own, the only inbox its user may subscribe to: no other instance
+    // can read them.
+    let options = match (&args.user, &args.password, &args.password_file) {
+        (Some(user), Some(password), _) => {
             ConnectOptions::with_user_and_password(user.clone(), password.clone())
                 .custom_inbox_prefix(permissions::inbox_prefix(user))
+        }
+        (Some(user), None, Some(file)) => {
+            let (name, file) = (user.clone(), file.clone());
+            ConnectOptions::with_auth_callback(move |_nonce| {
+                std::future::ready(password_from_file(&name, &file))
+            })
+            .custom_inbox_prefix(permissions::inbox_prefix(user))
         }
         _ => ConnectOptions::new(),
     };
@@ -165,6 +185,21 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, 
             async move { log_event(&connection, &event) }
         });
     Ok(options.connect(servers).await?)
+}
+
+/// `user` with the password `file` holds now (a rotated token is read
+/// afresh at each connection).
+fn password_from_file(
+    user: &str,
+    file: &std::path::Path,
+) -> Result<async_nats::Auth, async_nats::AuthError> {
+    let password = std::fs::read_to_string(file).map_err(|error| {
+        async_nats::AuthError::new(format!("reading {}: {error}", file.display()))
+    })?;
+    let mut auth = async_nats::Auth::new();
+    auth.username = Some(user.to_owned());
+    auth.password = Some(password.trim().to_owned());
+    Ok(auth)
 }
 
 /// The pause before reconnection attempt `attempt` (0 for the first):

@@ -148,6 +148,12 @@ impl Cluster {
                 )?,
                 None,
             ),
+            Site::Private if spec.nats_callout => (
+                NatsServer::start_with_callout(
+                    members.iter().map(|(role, id, _)| (*role, id.clone())),
+                )?,
+                None,
+            ),
             Site::Private => (NatsServer::start()?, None),
             Site::Local { database_url, .. } => {
                 let (nats, local) =

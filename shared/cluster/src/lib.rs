@@ -9,7 +9,10 @@
 //!   loopback port, killed when dropped (as nats.rs's own test helper does),
 //!   so tests never share state or touch the machine's NATS; with
 //!   [`ClusterSpec::nats_auth`] and at a local site, with a user per
-//!   instance ([`NatsServer::start_authenticated`]).
+//!   instance ([`NatsServer::start_authenticated`]); with
+//!   [`ClusterSpec::nats_callout`], each instance admitted by the real
+//!   auth callout on a service-account token, as in Kubernetes
+//!   ([`nats_callout`]).
 //! - [`Service`]: one of our binaries as a child process, its output kept in
 //!   a log file that is printed if the test fails (and, at a local site,
 //!   echoed to the terminal), killed (SIGKILL) when dropped.
@@ -36,6 +39,7 @@
 mod cluster;
 pub mod database;
 pub mod local;
+pub mod nats_callout;
 pub mod otlp;
 pub mod postgres;
 mod process;

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use faultline_protocol::cluster::Role;
 use faultline_protocol::permissions::{self, Password, User};
 
+use crate::nats_callout::CalloutAdmission;
 use crate::tls;
 
 /// Where [`free_port`] draws its ports: below Linux's ephemeral range
@@ -101,6 +102,10 @@ pub struct NatsServer {
     /// Run in a process group of its own (a local cluster's server, which
     /// its launcher stops last).
     own_group: bool,
+    /// Everyone but the callout is admitted by the auth callout, on a
+    /// service-account token, as Kubernetes runs it: the instances it
+    /// mints tokens for, and the callout itself.
+    callout: Option<(Vec<(Role, String)>, CalloutAdmission)>,
 }
 
 /// One instance's NATS user, with the password generated for this server.
@@ -156,6 +161,29 @@ impl NatsServer {
         Self::launch(port, logins(instances), false, true)
     }
 
+    /// Starts nats-server that asks the real auth callout about every
+    /// connection, and the callout, as Kubernetes runs them
+    /// ([`crate::nats_callout`]): each of `instances` connects with a
+    /// service-account token minted for it ([`NatsServer::credentials`])
+    /// and gets its own permissions from the callout.
+    pub fn start_with_callout(
+        instances: impl IntoIterator<Item = (Role, String)>,
+    ) -> anyhow::Result<NatsServer> {
+        let store = tempfile::tempdir().context("creating the JetStream directory")?;
+        let admission = CalloutAdmission::new(&store.path().join("callout"))?;
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            store,
+            logins: Vec::new(),
+            tls: false,
+            own_group: false,
+            callout: Some((instances.into_iter().collect(), admission)),
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
     fn launch(
         port: u16,
         logins: Vec<Login>,
@@ -169,6 +197,7 @@ impl NatsServer {
             logins,
             tls,
             own_group,
+            callout: None,
         };
         server.spawn()?;
         Ok(server)
@@ -176,7 +205,23 @@ impl NatsServer {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let mut command = Command::new(nats_server_path());
-        if self.logins.is_empty() && !self.tls {
+        if let Some((_, admission)) = &self.callout {
+            let dir = self.store.path();
+            let config = format!(
+                "listen: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n{}",
+                self.port,
+                dir.join("jetstream"),
+                admission.authorization()
+            );
+            let path = dir.join("nats.conf");
+            write_private(&path, &config)?;
+            command = Command::new(crate::nats_callout::server_path()?);
+            command
+                .arg("-c")
+                .arg(&path)
+                .arg("-l")
+                .arg(dir.join("nats.log"));
+        } else if self.logins.is_empty() && !self.tls {
             command
                 .args([
                     "-a",
@@ -220,9 +265,7 @@ impl NatsServer {
             }
             // The file holds this run's passwords: only its owner reads it.
             let path = dir.join("nats.conf");
-            std::fs::write(&path, config).context("writing nats.conf")?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .context("restricting nats.conf")?;
+            write_private(&path, &config)?;
             command
                 .arg("-c")
                 .arg(&path)
@@ -238,7 +281,12 @@ impl NatsServer {
             .spawn()
             .context("starting nats-server (is it installed? apt-get install nats-server)")?;
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(10))
+        wait_for_port(self.port, Duration::from_secs(10))?;
+        let url = self.url();
+        if let Some((_, admission)) = self.callout.as_mut() {
+            admission.start(&url)?;
+        }
+        Ok(())
     }
 
     /// The URL clients connect to.
@@ -255,6 +303,20 @@ impl NatsServer {
     /// The environment instance `id` needs to connect as itself (nothing
     /// when the server neither authenticates nor speaks TLS).
     pub fn credentials(&self, id: &str) -> Vec<(String, String)> {
+        if let Some((instances, admission)) = &self.callout {
+            let token = instances
+                .iter()
+                .find(|(_, instance)| instance == id)
+                .and_then(|(role, _)| admission.token_file(*role, id).ok());
+            return token
+                .map(|file| {
+                    vec![
+                        ("NATS_USER".to_owned(), id.to_owned()),
+                        ("NATS_PASSWORD_FILE".to_owned(), file.display().to_string()),
+                    ]
+                })
+                .unwrap_or_default();
+        }
         let mut env: Vec<(String, String)> = self
             .password(id)
             .map(|password| {
@@ -281,6 +343,30 @@ impl NatsServer {
     /// What the server has logged (only an authenticated server logs).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.store.path().join("nats.log")).unwrap_or_default()
+    }
+
+    /// With the auth callout: a service-account token for pod `id` of
+    /// `role`, signed as the cluster signs them, its claims first changed
+    /// by `adjust` (to forge one).
+    pub fn pod_token(
+        &self,
+        role: Role,
+        id: &str,
+        adjust: impl FnOnce(&mut serde_json::Value),
+    ) -> anyhow::Result<String> {
+        let (_, admission) = self
+            .callout
+            .as_ref()
+            .context("this server does not use the auth callout")?;
+        admission.token(role, id, adjust)
+    }
+
+    /// What the auth callout has logged (its admissions and refusals).
+    pub fn callout_log(&self) -> String {
+        self.callout
+            .as_ref()
+            .map(|(_, admission)| admission.log())
+            .unwrap_or_default()
     }
 
     /// The process id, while it runs.
@@ -314,6 +400,13 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Writes `text` to a file only its owner may read (a run's secrets).
+pub(crate) fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))
 }
 
 /// 128 random bits in hex: a password or token made for one run.

@@ -11,16 +11,6 @@
 use faultline_protocol::cluster::Role;
 use faultline_protocol::routing::DataPath;
 
-/// Every role, in the order a cluster starts them (the gateway last). A
-/// role's name (`Role::as_str`) is also its binary's and its NATS user's.
-pub const ROLES: [Role; 5] = [
-    Role::Worker,
-    Role::LoadBalancer,
-    Role::HealthMonitor,
-    Role::Coordinator,
-    Role::Gateway,
-];
-
 /// The name of replica `n` (from 1) of `role`: `worker-2`, `lb-1`,
 /// `gateway-1`.
 pub fn replica_name(role: Role, n: usize) -> String {
@@ -201,6 +191,10 @@ pub struct ClusterSpec {
     /// `infra/nats/auth.conf` holds for compose and Kubernetes), each
     /// service connecting as itself. A local site always does.
     pub nats_auth: bool,
+    /// NATS asks the real auth callout about every connection, and each
+    /// service connects with a service-account token minted for it, as in
+    /// Kubernetes (`crate::nats_callout`); instead of `nats_auth`.
+    pub nats_callout: bool,
     /// With [`ClusterSpec::nats_auth`]: NATS speaks only TLS, with a
     /// certificate from a CA of the cluster's own, as compose and
     /// Kubernetes run it.
@@ -303,6 +297,7 @@ impl ClusterSpec {
             monitor_args: Vec::new(),
             bank: Some(BankSpec::standard()),
             nats_auth: false,
+            nats_callout: false,
             nats_tls: false,
             env: Vec::new(),
             data_path: DataPath::Proxy,
@@ -355,7 +350,7 @@ impl ClusterSpec {
 
     /// Every replica it runs, as (role, name, number from 1).
     pub fn members(&self) -> Vec<(Role, String, usize)> {
-        ROLES
+        Role::ALL
             .into_iter()
             .flat_map(|role| {
                 (1..=self.replicas(role)).map(move |n| (role, replica_name(role, n), n))

@@ -24,6 +24,16 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, in the order a cluster starts them (the gateway last).
+    /// A role's name ([`Role::as_str`]) is also its binary's.
+    pub const ALL: [Role; 5] = [
+        Role::Worker,
+        Role::LoadBalancer,
+        Role::HealthMonitor,
+        Role::Coordinator,
+        Role::Gateway,
+    ];
+
     /// The subject token for this role.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -45,15 +45,9 @@ pub fn inbox_prefix(user: &str) -> String {
 
 /// The permissions of instance `id` of `role`, logged in as `id`.
 pub fn of(role: Role, id: &str) -> Permissions {
-    logged_in_as(role, id, id)
-}
-
-/// The permissions of `role`'s instances `id` (`*`: all of them), for a
-/// client logged in as `user`, whose replies arrive under its inbox.
-fn logged_in_as(role: Role, id: &str, user: &str) -> Permissions {
     let mut publish = vec![subjects::heartbeat(role.as_str(), id)];
     let mut subscribe = vec![
-        format!("{}.>", inbox_prefix(user)),
+        format!("{}.>", inbox_prefix(id)),
         subjects::probe(role.as_str(), id),
     ];
     match role {
@@ -215,25 +209,11 @@ impl User {
             permissions: of(role, id),
         }
     }
-
-    /// One user shared by every instance of `role`, named after it, for a
-    /// deployment that cannot list its instances ahead of time: each may
-    /// act for any other of its role (heartbeats, probes, a worker's call
-    /// subject), but not for another role, and reads only its role's
-    /// inboxes.
-    pub fn role(role: Role, password: Password) -> User {
-        User {
-            name: role.as_str().to_owned(),
-            password,
-            permissions: logged_in_as(role, "*", role.as_str()),
-        }
-    }
 }
 
-/// The environment variable compose and Kubernetes give nats-server for
-/// user `id`'s password (an instance's, or in Kubernetes a role's), and
-/// the instance itself as `NATS_PASSWORD`: `FAULTLINE_NATS_PASSWORD_WORKER_1`
-/// for `worker-1`, `FAULTLINE_NATS_PASSWORD_LOAD_BALANCER` for the role.
+/// The environment variable compose gives nats-server for instance `id`'s
+/// password, and the instance itself as `NATS_PASSWORD`:
+/// `FAULTLINE_NATS_PASSWORD_WORKER_1` for `worker-1`.
 pub fn password_variable(id: &str) -> String {
     format!(
         "FAULTLINE_NATS_PASSWORD_{}",
@@ -241,19 +221,24 @@ pub fn password_variable(id: &str) -> String {
     )
 }
 
+/// How many messages an instance may send to the reply subject of a
+/// request it received, and for how long: one answer, within two minutes.
+/// These are nats-server's defaults for `allow_responses: true`, which
+/// [`authorization`] writes; a user JWT states them
+/// (`services/nats-auth-callout`).
+pub const RESPONSES_PER_REQUEST: u32 = 1;
+/// See [`RESPONSES_PER_REQUEST`].
+pub const RESPONSE_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The nats-server `authorization` block for `users`.
 /// `allow_responses` lets each answer the requests it receives (the reply
 /// subject is another instance's inbox) without a right to publish there.
 pub fn authorization(users: &[User]) -> String {
     let mut out = String::from("authorization {\n  users: [\n");
     for user in users {
-        let password = match &user.password {
-            Password::Literal(password) => quoted(password),
-            Password::FromEnvironment(variable) => format!("${variable}"),
-        };
         let _ = writeln!(out, "    {{");
         let _ = writeln!(out, "      user: {}", quoted(&user.name));
-        let _ = writeln!(out, "      password: {password}");
+        let _ = writeln!(out, "      password: {}", user.password.value());
         let _ = writeln!(out, "      permissions: {{");
         list(&mut out, "publish", &user.permissions.publish);
         list(&mut out, "subscribe", &user.permissions.subscribe);
@@ -263,6 +248,39 @@ pub fn authorization(users: &[User]) -> String {
     }
     out.push_str("  ]\n}\n");
     out
+}
+
+/// The user the NATS auth callout (`services/nats-auth-callout`) logs in
+/// as: the one user the server admits itself.
+pub const CALLOUT_USER: &str = "auth-callout";
+
+/// The nats-server `authorization` block of a deployment whose instances
+/// cannot be listed ahead of time (Kubernetes): the server hands every
+/// connection but the callout's own to the auth callout, which admits each
+/// instance as itself with [`of`]'s permissions. The callout logs in with
+/// `password` and may only receive the server's requests and answer them;
+/// `issuer` is the public account nkey whose signed answers the server
+/// accepts (read from the environment, like a password, or written in).
+pub fn callout_authorization(password: &Password, issuer: &Password) -> String {
+    format!(
+        "authorization {{\n  users: [\n    {{\n      user: {user}\n      password: {password}\n      \
+         permissions: {{\n        subscribe: {{ allow: [ \"$SYS.REQ.USER.AUTH\" ] }}\n        \
+         publish: {{ deny: [ \">\" ] }}\n        allow_responses: true\n      }}\n    }}\n  ]\n  \
+         auth_callout {{\n    issuer: {issuer}\n    auth_users: [ {user} ]\n  }}\n}}\n",
+        user = quoted(CALLOUT_USER),
+        password = password.value(),
+        issuer = issuer.value(),
+    )
+}
+
+impl Password {
+    /// The value as nats-server's configuration writes it.
+    fn value(&self) -> String {
+        match self {
+            Password::Literal(password) => quoted(password),
+            Password::FromEnvironment(variable) => format!("${variable}"),
+        }
+    }
 }
 
 /// `publish: { allow: [...] }`, one subject a line.
@@ -353,17 +371,16 @@ mod tests {
     }
 
     #[test]
-    fn a_role_user_covers_every_instance_and_reads_only_its_roles_inbox() {
-        let user = User::role(Role::Worker, Password::Literal("p".into()));
-        assert_eq!(user.name, "worker");
-        let subscribe = &user.permissions.subscribe;
-        assert!(subscribe.contains(&"_INBOX.worker.>".to_owned()));
-        assert!(subscribe.contains(&"faultline.worker.*.call".to_owned()));
-        assert!(
-            user.permissions
-                .publish
-                .contains(&"faultline.heartbeat.worker.*".to_owned())
+    fn the_callout_block_admits_only_the_callout_and_names_its_issuer() {
+        let text = callout_authorization(
+            &Password::FromEnvironment("P".into()),
+            &Password::Literal("AISSUER".into()),
         );
+        assert!(text.contains(r#"user: "auth-callout""#), "{text}");
+        assert!(text.contains("password: $P"), "{text}");
+        assert!(text.contains(r#"issuer: "AISSUER""#), "{text}");
+        assert!(text.contains(r#"auth_users: [ "auth-callout" ]"#), "{text}");
+        assert!(text.contains(r#"publish: { deny: [ ">" ] }"#), "{text}");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use faultline_cluster::topology::{ROLES, replica_name};
+use faultline_cluster::topology::replica_name;
 use faultline_cluster::{BankSpec, Cluster, ClusterSpec, binary, workspace_root};
 use faultline_protocol::cluster::Role;
 use faultline_protocol::permissions;
@@ -272,7 +272,7 @@ fn weight_of(args: &[String], environment: &[(String, String)]) -> u32 {
 fn docker_compose_runs_the_standard_topology() {
     let standard = ClusterSpec::standard();
     let services = compose_services();
-    for role in ROLES {
+    for role in Role::ALL {
         let mut names: Vec<&str> = services
             .iter()
             .filter(|s| s.program == role.as_str())
@@ -330,7 +330,7 @@ fn kubernetes_base_runs_the_standard_topology() {
             weights.extend(std::iter::repeat_n(weight_of(&args, &environment), count));
         }
     }
-    for role in ROLES {
+    for role in Role::ALL {
         let running = replicas.get(role.as_str()).copied().unwrap_or_default();
         if role == Role::Gateway {
             // Gateways are stateless behind one Service: Kubernetes runs
@@ -488,6 +488,119 @@ fn every_service_logs_in_to_every_nats_node_as_itself() {
     }
 }
 
+/// In Kubernetes, where pods have random names, each service connects to
+/// NATS as its pod, proving it with a service-account token for the
+/// audience `nats` of its role's account, which the auth callout checks
+/// (`nats_auth_callout` runs that exchange for real); and the nodes'
+/// configuration, with the issuer `./faultline callout-keys` makes, is one
+/// nats-server accepts.
+#[test]
+fn kubernetes_pods_connect_to_nats_as_themselves_through_the_callout() {
+    let objects = kubernetes_objects("base").expect("the base renders without kubectl");
+    let mut connecting = BTreeSet::new();
+    for object in &objects {
+        let pod = &object["spec"]["template"]["spec"];
+        let Some(container) = pod["containers"].as_sequence().and_then(|containers| {
+            containers
+                .iter()
+                .find(|c| c["image"].as_str() == Some("faultline:latest"))
+        }) else {
+            continue;
+        };
+        let program = scalar(&container["command"][0]);
+        if !Role::ALL.iter().any(|role| role.as_str() == program) {
+            continue; // migrate (no NATS) and the callout (a password)
+        }
+        let name = scalar(&object["metadata"]["name"]);
+        let env = &container["env"];
+        let entry = |key: &str| {
+            env.as_sequence()
+                .into_iter()
+                .flatten()
+                .find(|entry| entry["name"] == key)
+                .unwrap_or_else(|| panic!("{name} sets {key}"))
+                .clone()
+        };
+        assert_eq!(
+            scalar(&entry("NATS_USER")["valueFrom"]["fieldRef"]["fieldPath"]),
+            "metadata.name",
+            "{name} connects as its pod"
+        );
+        let token_file = scalar(&entry("NATS_PASSWORD_FILE")["value"]);
+        assert_eq!(
+            scalar(&pod["serviceAccountName"]),
+            format!("faultline-{program}"),
+            "{name} runs as its role's account"
+        );
+        assert_eq!(pod["automountServiceAccountToken"], Value::Bool(false));
+        let mount = container["volumeMounts"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|mount| token_file.starts_with(&scalar(&mount["mountPath"])))
+            .unwrap_or_else(|| panic!("{name} mounts {token_file}"));
+        let volume = pod["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|volume| volume["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("{name} has the volume of {token_file}"));
+        let projected = &volume["projected"]["sources"][0]["serviceAccountToken"];
+        assert_eq!(scalar(&projected["audience"]), "nats", "{name}");
+        assert!(
+            token_file.ends_with(&format!("/{}", scalar(&projected["path"]))),
+            "{name}: {token_file}"
+        );
+        connecting.insert(program);
+    }
+    assert_eq!(
+        connecting,
+        Role::ALL
+            .iter()
+            .map(|role| role.as_str().to_owned())
+            .collect(),
+        "every role connects through the callout"
+    );
+
+    let nodes = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "nats-config")
+        .expect("the nodes' configuration");
+    let dir = tempfile::tempdir().expect("a directory");
+    let certificates = dir.path().join("tls");
+    faultline_cluster::tls::generate(&certificates).expect("certificates");
+    let config = scalar(&nodes["data"]["nats.conf"])
+        .replace("/etc/nats/tls/", &format!("{}/", certificates.display()));
+    std::fs::write(dir.path().join("nats.conf"), config).expect("a copy");
+    std::fs::write(
+        dir.path().join("auth.conf"),
+        read("infra/k8s/base/nats/auth.conf"),
+    )
+    .expect("a copy");
+    let keys = launcher(&["callout-keys"]);
+    let issuer = keys
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("--from-literal=issuer="))
+        .expect("callout-keys prints an issuer");
+    let output = Command::new(faultline_cluster::nats_callout::server_path().expect("nats-server"))
+        .arg("-t")
+        .arg("-c")
+        .arg(dir.path().join("nats.conf"))
+        .env_clear()
+        .envs([
+            ("NATS_SERVER_NAME", "nats-0"),
+            ("FAULTLINE_NATS_CALLOUT_PASSWORD", OPERATOR_VALUE),
+            ("FAULTLINE_NATS_CALLOUT_ISSUER", issuer),
+        ])
+        .output()
+        .expect("nats-server runs");
+    assert!(
+        output.status.success(),
+        "the nodes' configuration is refused:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn prometheus_scrapes_every_service_at_its_metrics_port() {
     let config: Value =
@@ -554,9 +667,13 @@ fn kubernetes_objects(path: &str) -> Option<Vec<Value>> {
 const OPERATOR_SECRETS: &[&str] = &[
     "faultline-operator",
     "faultline-redis",
-    "faultline-nats",
+    "faultline-nats-callout",
     "faultline-postgres",
 ];
+
+/// The ConfigMaps the operator creates: not secret, but the cluster's own
+/// (its service-account issuer and keys, for the NATS auth callout).
+const OPERATOR_CONFIG: &[&str] = &["faultline-cluster-identity"];
 
 /// An environment entry's value: literal, from a ConfigMap or Secret among
 /// `objects`, or a stand-in pod name for `fieldRef: metadata.name`.
@@ -579,6 +696,9 @@ fn kubernetes_value(objects: &[Value], container: &str, entry: &Value) -> String
             // A Secret the operator creates (infra/k8s/README.md): no
             // default is written down anywhere. A URL carries the secret
             // as its password.
+            None if kind == "ConfigMap" && OPERATOR_CONFIG.contains(&name.as_str()) => {
+                format!("the-clusters-own-{key}")
+            }
             None if OPERATOR_SECRETS.contains(&name.as_str()) => {
                 match (name.as_str(), key.ends_with("url")) {
                     ("faultline-redis", true) => {
@@ -662,11 +782,11 @@ fn every_kubernetes_container_passes_its_own_settings_check() {
                 checked.insert(command[0].clone());
             }
         }
-        assert_eq!(
-            checked,
-            SERVICES.iter().map(|s| (*s).to_owned()).collect(),
-            "{path} must run every service"
-        );
+        // Kubernetes also runs the NATS auth callout, which admits its
+        // pods (compose lists its instances in NATS's own configuration).
+        let mut expected: BTreeSet<String> = SERVICES.iter().map(|s| (*s).to_owned()).collect();
+        expected.insert("nats-auth-callout".to_owned());
+        assert_eq!(checked, expected, "{path} must run every service");
     }
 }
 

@@ -43,6 +43,7 @@ mod direct_mode;
 mod health_monitor;
 mod load_balancer_failover;
 mod load_shedding;
+mod nats_auth_callout;
 mod nats_permissions;
 mod observability;
 mod run_command;

@@ -88,36 +88,8 @@ async fn the_system_works_under_its_nats_permissions_and_no_other_role_can_forge
         .inject_faults("worker-1", json!({ "latency_ms": 0 }))
         .await
         .expect("faults set");
-    open_account(&cluster, "perm-alice", 100).await;
-    open_account(&cluster, "perm-bob", 0).await;
-    let (status, body) = transfer(
-        &cluster,
-        "perm-1",
-        &json!({ "from": "perm-alice", "to": "perm-bob", "amount": 40 }),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["state"], "committed", "{body}");
-    // Phase two runs on after the answer: the money arrives moments later.
-    eventually("the money to arrive", Duration::from_secs(10), || async {
-        let (_, bob) = gateway.get("/v1/accounts/perm-bob").await.ok()?;
-        (bob["balance"] == 40).then_some(())
-    })
-    .await
-    .expect("perm-bob holds the 40 moved to it");
-
-    let refusals: Vec<_> = cluster
-        .nats
-        .log()
-        .lines()
-        .filter(|line| line.contains("Violation"))
-        .map(str::to_owned)
-        .collect();
-    assert!(
-        refusals.is_empty(),
-        "the permissions refused the system's own work:\n{}",
-        refusals.join("\n")
-    );
+    transfer_between_new_accounts(&cluster, "perm").await;
+    assert_the_server_refused_nothing(&cluster);
 
     // Now a worker's and the gateway's credentials try to do a
     // coordinator's, a monitor's and another worker's jobs, and a worker
@@ -198,6 +170,51 @@ async fn the_system_works_under_its_nats_permissions_and_no_other_role_can_forge
     );
 }
 
+/// Opens two accounts named after `prefix`, moves 40 from one to the
+/// other and waits for the money to arrive: the gateway, the coordinator
+/// and the shard owners at work.
+pub(crate) async fn transfer_between_new_accounts(cluster: &Cluster, prefix: &str) {
+    let (from, to) = (format!("{prefix}-alice"), format!("{prefix}-bob"));
+    open_account(cluster, &from, 100).await;
+    open_account(cluster, &to, 0).await;
+    let (status, body) = transfer(
+        cluster,
+        &format!("{prefix}-1"),
+        &json!({ "from": from, "to": to, "amount": 40 }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "committed", "{body}");
+    // Phase two runs on after the answer: the money arrives moments later.
+    eventually("the money to arrive", Duration::from_secs(10), || async {
+        let (_, account) = cluster
+            .gateway
+            .get(&format!("/v1/accounts/{to}"))
+            .await
+            .ok()?;
+        (account["balance"] == 40).then_some(())
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{to} holds the 40 moved to it: {error}"));
+}
+
+/// Fails unless the server's log shows no refusal: the permissions let
+/// the system do its own work.
+pub(crate) fn assert_the_server_refused_nothing(cluster: &Cluster) {
+    let refusals: Vec<_> = cluster
+        .nats
+        .log()
+        .lines()
+        .filter(|line| line.contains("Violation"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        refusals.is_empty(),
+        "the permissions refused the system's own work:\n{}",
+        refusals.join("\n")
+    );
+}
+
 /// Logs in as instance `id`, with the server's errors (permission
 /// violations) delivered to the returned channel.
 async fn connect_watching(
@@ -221,7 +238,7 @@ async fn connect_watching(
 }
 
 /// Waits for the server's permission refusal naming `subject`.
-async fn expect_refusal(refusals: &mut mpsc::UnboundedReceiver<String>, subject: &str) {
+pub(crate) async fn expect_refusal(refusals: &mut mpsc::UnboundedReceiver<String>, subject: &str) {
     let refusal = tokio::time::timeout(Duration::from_secs(10), refusals.recv())
         .await
         .expect("the server answers with an error")

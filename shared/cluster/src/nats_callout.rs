@@ -1,0 +1,190 @@
+//! Kubernetes' way into NATS, played on one machine: a service-account
+//! issuer that mints each instance a token, as the kubelet projects one
+//! into a pod, and the real auth callout (`services/nats-auth-callout`)
+//! that nats-server asks about every connection.
+//!
+//! Only the issuer is played: its key is made here instead of by a
+//! cluster's API server, and its JWKS written to a file instead of served
+//! at `/openid/v1/jwks`. nats-server, the callout and the services are the
+//! real binaries, so a cluster started this way ([`crate::ClusterSpec`]'s
+//! `nats_callout`) runs under exactly the permissions Kubernetes gives it.
+//!
+//! Auth callout needs nats-server 2.10 or newer; Debian's is older, so
+//! [`server_path`] finds the one `./faultline test` installs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use faultline_protocol::cluster::Role;
+use faultline_protocol::permissions::{self, Password};
+
+/// The namespace the played cluster's pods run in.
+pub const NAMESPACE: &str = "faultline";
+/// The played cluster's service-account issuer (`iss`).
+pub const TOKEN_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+/// The audience pods request their NATS tokens for.
+pub const AUDIENCE: &str = "nats";
+/// The service-account key's id.
+const KEY_ID: &str = "faultline-test";
+/// What the callout logs once it answers requests.
+const READY_LINE: &str = "Answering NATS authorization requests.";
+
+/// The nats-server to run with auth callout: `NATS_CALLOUT_SERVER_BIN`,
+/// set by `./faultline test`, which installs it.
+pub fn server_path() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("NATS_CALLOUT_SERVER_BIN")
+        .map(PathBuf::from)
+        .context(
+            "NATS_CALLOUT_SERVER_BIN is not set: auth callout needs nats-server 2.10 or newer, \
+         which `./faultline test` installs and names there",
+        )?;
+    anyhow::ensure!(path.exists(), "{} does not exist", path.display());
+    Ok(path)
+}
+
+/// The played issuer, the callout's keys and the running callout.
+#[derive(Debug)]
+pub(crate) struct CalloutAdmission {
+    dir: PathBuf,
+    service_account_key: rcgen::KeyPair,
+    issuer_public_key: String,
+    password: String,
+    callout: Option<Child>,
+}
+
+impl CalloutAdmission {
+    /// Makes the keys and writes the callout's files into `dir`.
+    pub(crate) fn new(dir: &Path) -> anyhow::Result<CalloutAdmission> {
+        std::fs::create_dir_all(dir.join("tokens")).context("creating the token directory")?;
+        let service_account_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .context("making the service-account key")?;
+        let point = service_account_key.public_key_raw();
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let jwks = serde_json::json!({ "keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": KEY_ID,
+            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+        }]});
+        std::fs::write(dir.join("jwks.json"), jwks.to_string()).context("writing the JWKS")?;
+        let issuer = nkeys::KeyPair::new_account();
+        let seed = issuer.seed().map_err(|error| anyhow::anyhow!("{error}"))?;
+        crate::process::write_private(&dir.join("issuer.seed"), &seed)?;
+        Ok(CalloutAdmission {
+            dir: dir.to_owned(),
+            service_account_key,
+            issuer_public_key: issuer.public_key(),
+            password: crate::process::random_secret(),
+            callout: None,
+        })
+    }
+
+    /// The `authorization` block of nats-server's configuration: only the
+    /// callout logs in by password, everyone else is asked about.
+    pub(crate) fn authorization(&self) -> String {
+        permissions::callout_authorization(
+            &Password::Literal(self.password.clone()),
+            &Password::Literal(self.issuer_public_key.clone()),
+        )
+    }
+
+    /// Starts the callout against the server at `url`, unless it runs, and
+    /// waits until it answers.
+    pub(crate) fn start(&mut self, url: &str) -> anyhow::Result<()> {
+        if let Some(child) = self.callout.as_mut()
+            && matches!(child.try_wait(), Ok(None))
+        {
+            return Ok(());
+        }
+        let log = self.dir.join("callout.log");
+        let output = std::fs::File::create(&log).context("creating the callout's log")?;
+        let child = Command::new(crate::process::binary("nats-auth-callout")?)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs([
+                ("NATS_SERVERS", url),
+                ("NATS_USER", permissions::CALLOUT_USER),
+                ("NATS_PASSWORD", &self.password),
+                ("CALLOUT_ID", "nats-auth-callout-1"),
+                ("CALLOUT_TOKEN_ISSUER", TOKEN_ISSUER),
+                ("CALLOUT_NAMESPACE", NAMESPACE),
+            ])
+            .env("CALLOUT_ISSUER_SEED_FILE", self.dir.join("issuer.seed"))
+            .env("CALLOUT_JWKS_FILE", self.dir.join("jwks.json"))
+            .stdout(output.try_clone().context("sharing the log")?)
+            .stderr(output)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting nats-auth-callout")?;
+        self.callout = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(READY_LINE) {
+                return Ok(());
+            }
+            if let Some(child) = self.callout.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                anyhow::bail!("nats-auth-callout exited ({status}):\n{text}");
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "nats-auth-callout did not start answering:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A service-account token for pod `id` of `role`, as the kubelet
+    /// projects one for the `nats` audience; `adjust` may change the
+    /// claims first (a test's forgeries).
+    pub fn token(
+        &self,
+        role: Role,
+        id: &str,
+        adjust: impl FnOnce(&mut serde_json::Value),
+    ) -> anyhow::Result<String> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let account = format!("faultline-{}", role.as_str());
+        let mut claims = serde_json::json!({
+            "aud": [AUDIENCE], "iss": TOKEN_ISSUER, "iat": now, "nbf": now, "exp": now + 3600,
+            "sub": format!("system:serviceaccount:{NAMESPACE}:{account}"),
+            "kubernetes.io": {
+                "namespace": NAMESPACE,
+                "pod": { "name": id, "uid": crate::process::random_secret() },
+                "serviceaccount": { "name": account, "uid": "faultline" },
+            },
+        });
+        adjust(&mut claims);
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(KEY_ID.to_owned());
+        let key = jsonwebtoken::EncodingKey::from_ec_der(&self.service_account_key.serialize_der());
+        jsonwebtoken::encode(&header, &claims, &key).context("signing a token")
+    }
+
+    /// The file holding pod `id`'s token (made on first ask), as mounted
+    /// in the pod.
+    pub(crate) fn token_file(&self, role: Role, id: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join("tokens").join(id);
+        if !path.exists() {
+            crate::process::write_private(&path, &self.token(role, id, |_| {})?)?;
+        }
+        Ok(path)
+    }
+
+    /// What the callout has logged.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("callout.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for CalloutAdmission {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.callout.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
