@@ -55,6 +55,17 @@ pub struct LoadSpec {
     pub bucket: Duration,
     /// Print a progress line on stderr.
     pub progress: bool,
+    /// The CPU the load threads run on (none: wherever the OS puts them).
+    pub cpu: Option<usize>,
+}
+
+/// Keeps the calling thread, and what it starts later, on CPU `cpu`.
+pub fn pin_current_thread(cpu: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        core_affinity::set_for_current(core_affinity::CoreId { id: cpu }),
+        "cannot run on CPU {cpu}"
+    );
+    Ok(())
 }
 
 /// What a finished run hands back.
@@ -169,9 +180,15 @@ async fn drive<T: Target>(
             })
             .collect();
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let cpu = spec.cpu;
         let spawned = std::thread::Builder::new()
             .name(format!("load-{thread}"))
             .spawn(move || {
+                if let Some(cpu) = cpu
+                    && let Err(error) = pin_current_thread(cpu)
+                {
+                    eprintln!("load thread {thread}: {error}");
+                }
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

@@ -42,6 +42,14 @@ enum Command {
         /// No progress line.
         #[arg(long)]
         quiet: bool,
+        /// Run the system under test (every process the scenario starts)
+        /// on this CPU only, so that it does not share cores with the
+        /// generator (with `--generator-cpu`).
+        #[arg(long)]
+        system_cpu: Option<usize>,
+        /// Run the generator's load threads on this CPU only.
+        #[arg(long)]
+        generator_cpu: Option<usize>,
     },
     /// Load one HTTP URL and print the figures as JSON.
     Http {
@@ -99,6 +107,15 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Before any thread exists: every thread and child process made from
+    // here on inherits this placement, the services' included.
+    if let Command::Scenario {
+        system_cpu: Some(cpu),
+        ..
+    } = &cli.command
+    {
+        faultline_load::engine::pin_current_thread(*cpu)?;
+    }
     // The load itself runs on the engine's own threads; this runtime only
     // steers the scenario (events, control calls, progress).
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -123,6 +140,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             rate_scale,
             time_scale,
             quiet,
+            generator_cpu,
+            ..
         } => {
             let command = std::env::args().collect::<Vec<_>>().join(" ");
             let report = scenario::run(&scenario::Options {
@@ -131,6 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rate_scale,
                 time_scale,
                 progress: !quiet,
+                generator_cpu,
                 command,
             })
             .await?;
@@ -161,6 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let finished = RunningLoad::start(
                 Arc::new(target),
                 LoadSpec {
+                    cpu: None,
                     mode,
                     connections,
                     timeout: Duration::from_secs(10),
@@ -195,6 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let finished = RunningLoad::start(
                 Arc::new(target),
                 LoadSpec {
+                    cpu: None,
                     mode: Mode::Closed(Duration::try_from_secs_f64(seconds).context("--seconds")?),
                     connections,
                     timeout: Duration::from_secs(10),

@@ -53,6 +53,8 @@ pub struct Options {
     pub time_scale: f64,
     /// Print a progress line.
     pub progress: bool,
+    /// The CPU the generator's load threads run on.
+    pub generator_cpu: Option<usize>,
     /// The command line, for the report.
     pub command: String,
 }
@@ -103,6 +105,7 @@ pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
             nginx.as_ref(),
             &name,
             options.progress,
+            options.generator_cpu,
         )
         .await
         {
@@ -134,6 +137,7 @@ async fn run_one(
     nginx: Option<&Nginx>,
     scenario: &str,
     progress: bool,
+    generator_cpu: Option<usize>,
 ) -> anyhow::Result<RunReport> {
     if let Some(system) = system.as_deref_mut() {
         system.settle().await?;
@@ -224,6 +228,7 @@ async fn run_one(
         timeout: Duration::from_millis(spec.timeout_ms),
         bucket: Duration::from_millis(spec.bucket_ms.max(1)),
         progress,
+        cpu: generator_cpu,
     };
     let before = match system.as_deref() {
         Some(system) if spec.load == Load::Call => Some(system.balancer_counters().await),

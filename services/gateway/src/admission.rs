@@ -46,8 +46,9 @@ const MAX_TRACKED_CLIENTS: usize = 65_536;
 pub struct Limits {
     /// Requests served at once (with `adaptive`, at most).
     pub max_concurrent: usize,
-    /// Whether the limit adapts to latency.
-    pub adaptive: bool,
+    /// With a tuning, the limit adapts to latency, up to
+    /// `max_concurrent`.
+    pub adaptive: Option<Tuning>,
     /// Requests per second per client (0: no limit).
     pub client_rate: u32,
     /// Requests a client may send at once above its rate.
@@ -194,10 +195,10 @@ enum Slot {
 impl Admission {
     /// Admission within `limits`.
     pub fn new(limits: Limits) -> Admission {
-        let concurrency = if limits.adaptive {
+        let concurrency = if let Some(tuning) = limits.adaptive {
             let now = Instant::now();
             // Start low and grow: a new gateway has measured nothing.
-            let rule = GradientLimit::new(Tuning::up_to(limits.max_concurrent), 32, now);
+            let rule = GradientLimit::new(tuning, 32, now);
             Concurrency::Adaptive(Arc::new(Adaptive {
                 in_flight: AtomicUsize::new(0),
                 limit: AtomicUsize::new(rule.limit()),
@@ -230,6 +231,14 @@ impl Admission {
                 }))
             }
         }
+    }
+}
+
+/// `--adaptive-tolerance`: a factor from 1 to 4.
+pub fn parse_tolerance(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(tolerance) if (1.0..=4.0).contains(&tolerance) => Ok(tolerance),
+        _ => Err(format!("{text:?} is not a factor from 1 to 4")),
     }
 }
 

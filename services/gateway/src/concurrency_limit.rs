@@ -72,6 +72,21 @@ impl Tuning {
             window_capacity: 8192,
         }
     }
+
+    /// With this tolerance (`--adaptive-tolerance`).
+    pub fn with_tolerance(self, tolerance: f64) -> Tuning {
+        Tuning { tolerance, ..self }
+    }
+
+    /// With the best latency of this long remembered
+    /// (`--adaptive-baseline-secs`).
+    pub fn with_baseline(self, baseline: Duration) -> Tuning {
+        let windows = baseline.as_millis() / self.window.as_millis().max(1);
+        Tuning {
+            baseline_windows: usize::try_from(windows).unwrap_or(usize::MAX).max(1),
+            ..self
+        }
+    }
 }
 
 /// The limit and what it has measured.
@@ -190,6 +205,22 @@ mod tests {
         // the limit grows again instead of refusing for good.
         let later = run(&mut limit, &mut now, 100, ms(50));
         assert!(later > low, "{later} > {low}");
+    }
+
+    #[test]
+    fn a_longer_memory_holds_latency_to_its_old_best_for_longer() {
+        let grown_back = |baseline_secs: u64| {
+            let mut now = Instant::now();
+            let tuning = Tuning::up_to(1000).with_baseline(Duration::from_secs(baseline_secs));
+            let mut limit = GradientLimit::new(tuning, 50, now);
+            run(&mut limit, &mut now, 30, ms(10));
+            let low = run(&mut limit, &mut now, 10, ms(50));
+            // 100 windows of 20 requests, 6 ms apart: 12 s later.
+            let later = run(&mut limit, &mut now, 100, ms(50));
+            later > low
+        };
+        assert!(grown_back(5), "a 5 s memory takes 50 ms as the new normal");
+        assert!(!grown_back(60), "a 60 s memory still holds it a queue");
     }
 
     #[test]

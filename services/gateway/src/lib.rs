@@ -104,6 +104,19 @@ pub struct Settings {
     /// `--max-concurrent-requests`, instead of fixing it there.
     #[arg(long, env = "ADAPTIVE_CONCURRENCY")]
     pub adaptive_concurrency: bool,
+    /// With `--adaptive-concurrency`: how many times its best recent
+    /// latency a window's 95th percentile may reach before the limit
+    /// shrinks.
+    #[arg(long, env = "ADAPTIVE_TOLERANCE", default_value_t = 1.5,
+          value_parser = admission::parse_tolerance)]
+    pub adaptive_tolerance: f64,
+    /// With `--adaptive-concurrency`: how long the best recent latency is
+    /// remembered, in seconds. Longer holds latency nearer what it was
+    /// unloaded through a long overload; shorter follows a machine that
+    /// got slower sooner.
+    #[arg(long, env = "ADAPTIVE_BASELINE_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub adaptive_baseline_secs: u64,
     /// Requests a second per client address (IPv6: per /64); past it the
     /// gateway answers 429 with `Retry-After`. 0 turns the limit off.
     #[arg(long, env = "CLIENT_RATE_LIMIT", default_value_t = 1000,
@@ -294,7 +307,13 @@ pub async fn run(
     )?;
     let admission = web::Data::new(admission::Admission::new(admission::Limits {
         max_concurrent: settings.max_concurrent_requests as usize,
-        adaptive: settings.adaptive_concurrency,
+        adaptive: settings.adaptive_concurrency.then(|| {
+            concurrency_limit::Tuning::up_to(settings.max_concurrent_requests as usize)
+                .with_tolerance(settings.adaptive_tolerance)
+                .with_baseline(std::time::Duration::from_secs(
+                    settings.adaptive_baseline_secs,
+                ))
+        }),
         client_rate: settings.client_rate_limit,
         client_burst: settings.client_burst,
     }));
