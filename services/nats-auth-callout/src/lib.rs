@@ -168,19 +168,21 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use faultline_cluster::nats_callout::ServiceAccountIssuer;
     use faultline_protocol::cluster::Role;
-    use pod_identity::tests::{ISSUER, TestIssuer, claims};
 
     #[test]
     fn a_pod_is_admitted_with_its_own_permissions_and_a_stranger_is_refused() {
-        let cluster = TestIssuer::new("k1");
+        let cluster = ServiceAccountIssuer::new("k1").expect("a key");
         let authorizer = Authorizer::new(
-            TokenVerifier::new(cluster.jwks(), ISSUER, "nats", "faultline"),
+            pod_identity::tests::verifier(&cluster),
             KeyPair::new_account(),
             nats_jwt::GLOBAL_ACCOUNT,
         );
         let server = KeyPair::new_server();
-        let token = cluster.token(claims("worker-x1", "faultline-worker", "faultline"));
+        let token = cluster
+            .token(Role::Worker, "worker-x1", |_| {})
+            .expect("a token");
         let request = nats_jwt::tests::request_from(&server, "worker-x1", &token);
         match authorizer.decide(&request, 1).expect("a server's request") {
             Decision::Admitted { identity, .. } => {

@@ -169,90 +169,56 @@ impl TokenVerifier {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use jsonwebtoken::{EncodingKey, Header};
+    use faultline_cluster::nats_callout::{NAMESPACE, ServiceAccountIssuer, TOKEN_ISSUER};
 
-    /// A cluster's service-account issuer, as the tests play it: a P-256
-    /// key (Kubernetes signs with RS256 or ES256) and its JWKS.
-    pub(crate) struct TestIssuer {
-        key: rcgen::KeyPair,
-        pub(crate) kid: String,
+    /// A verifier of `issuer`'s tokens, as the callout runs.
+    pub(crate) fn verifier(issuer: &ServiceAccountIssuer) -> TokenVerifier {
+        let keys = serde_json::from_value(issuer.jwks()).expect("a JWKS");
+        TokenVerifier::new(keys, TOKEN_ISSUER, "nats", NAMESPACE)
     }
 
-    pub(crate) const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-
-    impl TestIssuer {
-        pub(crate) fn new(kid: &str) -> TestIssuer {
-            TestIssuer {
-                key: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-                    .expect("a P-256 key"),
-                kid: kid.to_owned(),
-            }
-        }
-
-        pub(crate) fn jwks(&self) -> JwkSet {
-            use base64::Engine as _;
-            let point = self.key.public_key_raw();
-            let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-            serde_json::from_value(serde_json::json!({ "keys": [{
-                "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig",
-                "kid": self.kid, "x": b64(&point[1..33]), "y": b64(&point[33..65]),
-            }]}))
-            .expect("a JWKS")
-        }
-
-        /// A token as the kubelet projects one.
-        pub(crate) fn token(&self, claims: serde_json::Value) -> String {
-            let mut header = Header::new(Algorithm::ES256);
-            header.kid = Some(self.kid.clone());
-            let key = EncodingKey::from_ec_der(&self.key.serialize_der());
-            jsonwebtoken::encode(&header, &claims, &key).expect("signed")
-        }
+    fn issuer(kid: &str) -> ServiceAccountIssuer {
+        ServiceAccountIssuer::new(kid).expect("a key")
     }
 
-    pub(crate) fn claims(pod: &str, account: &str, namespace: &str) -> serde_json::Value {
-        let now = jsonwebtoken::get_current_timestamp();
-        serde_json::json!({
-            "aud": ["nats"], "iss": ISSUER, "iat": now, "nbf": now, "exp": now + 600,
-            "sub": format!("system:serviceaccount:{namespace}:{account}"),
-            "kubernetes.io": {
-                "namespace": namespace,
-                "pod": { "name": pod, "uid": "u1" },
-                "serviceaccount": { "name": account, "uid": "u2" },
-            },
-        })
-    }
-
-    fn verifier(issuer: &TestIssuer) -> TokenVerifier {
-        TokenVerifier::new(issuer.jwks(), ISSUER, "nats", "faultline")
+    fn token(
+        issuer: &ServiceAccountIssuer,
+        role: Role,
+        pod: &str,
+        adjust: impl FnOnce(&mut serde_json::Value),
+    ) -> String {
+        issuer.token(role, pod, adjust).expect("a token")
     }
 
     #[test]
     fn a_pods_own_token_names_its_role_and_id() {
-        let issuer = TestIssuer::new("k1");
-        let token = issuer.token(claims("worker-7f9c-x2", "faultline-worker", "faultline"));
+        let cluster = issuer("k1");
+        let own = token(&cluster, Role::Worker, "worker-7f9c-x2", |_| {});
         assert_eq!(
-            verifier(&issuer)
-                .verify("worker-7f9c-x2", &token)
+            verifier(&cluster)
+                .verify("worker-7f9c-x2", &own)
                 .expect("admitted"),
             PodIdentity {
                 role: Role::Worker,
                 pod: "worker-7f9c-x2".into()
             }
         );
-        let token = issuer.token(claims("lb-1", "faultline-load-balancer", "faultline"));
+        let own = token(&cluster, Role::LoadBalancer, "lb-1", |_| {});
         assert_eq!(
-            verifier(&issuer).verify("lb-1", &token).expect("ok").role,
+            verifier(&cluster).verify("lb-1", &own).expect("ok").role,
             Role::LoadBalancer
         );
     }
 
     #[test]
     fn every_other_token_is_refused() {
-        let issuer = TestIssuer::new("k1");
-        let verifier = verifier(&issuer);
-        let own = issuer.token(claims("worker-a", "faultline-worker", "faultline"));
+        let cluster = issuer("k1");
+        let verifier = verifier(&cluster);
         let refused = |user: &str, token: &str| verifier.verify(user, token).expect_err("refused");
+        let forged =
+            |adjust: fn(&mut serde_json::Value)| token(&cluster, Role::Worker, "worker-a", adjust);
 
+        let own = forged(|_| {});
         assert!(matches!(
             refused("worker-b", &own),
             IdentityError::NotItsToken { .. }
@@ -261,56 +227,52 @@ pub(crate) mod tests {
             refused("worker-a", ""),
             IdentityError::NoCredentials
         ));
-        let mut expired = claims("worker-a", "faultline-worker", "faultline");
-        expired["exp"] = serde_json::json!(jsonwebtoken::get_current_timestamp() - 600);
+        let expired = forged(|claims| {
+            claims["exp"] = serde_json::json!(jsonwebtoken::get_current_timestamp() - 600);
+        });
         assert!(matches!(
-            refused("worker-a", &issuer.token(expired)),
+            refused("worker-a", &expired),
             IdentityError::Token(_)
         ));
-        let mut audience = claims("worker-a", "faultline-worker", "faultline");
-        audience["aud"] = serde_json::json!(["https://kubernetes.default.svc"]);
+        let audience = forged(|claims| {
+            claims["aud"] = serde_json::json!(["https://kubernetes.default.svc"]);
+        });
         assert!(matches!(
-            refused("worker-a", &issuer.token(audience)),
+            refused("worker-a", &audience),
             IdentityError::Token(_)
         ));
+        let namespace = forged(|claims| {
+            claims["kubernetes.io"]["namespace"] = serde_json::json!("default");
+        });
         assert!(matches!(
-            refused(
-                "worker-a",
-                &issuer.token(claims("worker-a", "faultline-worker", "default"))
-            ),
+            refused("worker-a", &namespace),
             IdentityError::Namespace { .. }
         ));
+        let account = forged(|claims| {
+            claims["kubernetes.io"]["serviceaccount"]["name"] = serde_json::json!("default");
+        });
         assert!(matches!(
-            refused(
-                "worker-a",
-                &issuer.token(claims("worker-a", "default", "faultline"))
-            ),
+            refused("worker-a", &account),
             IdentityError::ServiceAccount(_)
         ));
-        let mut unbound = claims("worker-a", "faultline-worker", "faultline");
-        unbound["kubernetes.io"]
-            .as_object_mut()
-            .expect("object")
-            .remove("pod");
+        let unbound = forged(|claims| {
+            if let Some(kubernetes) = claims["kubernetes.io"].as_object_mut() {
+                kubernetes.remove("pod");
+            }
+        });
         assert!(matches!(
-            refused("worker-a", &issuer.token(unbound)),
+            refused("worker-a", &unbound),
             IdentityError::NotAPod
         ));
         // Another cluster's key with the same key id: the signature fails.
-        let stranger = TestIssuer::new("k1");
+        let stranger = token(&issuer("k1"), Role::Worker, "worker-a", |_| {});
         assert!(matches!(
-            refused(
-                "worker-a",
-                &stranger.token(claims("worker-a", "faultline-worker", "faultline"))
-            ),
+            refused("worker-a", &stranger),
             IdentityError::Token(_)
         ));
-        let unknown = TestIssuer::new("k2");
+        let unknown = token(&issuer("k2"), Role::Worker, "worker-a", |_| {});
         assert!(matches!(
-            refused(
-                "worker-a",
-                &unknown.token(claims("worker-a", "faultline-worker", "faultline"))
-            ),
+            refused("worker-a", &unknown),
             IdentityError::UnknownKey(_)
         ));
     }

@@ -45,11 +45,69 @@ pub fn server_path() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A cluster's service-account token issuer, played: a P-256 key
+/// (Kubernetes signs with RS256 or ES256), its JWKS as the API server
+/// publishes it, and tokens as the kubelet projects them for the `nats`
+/// audience.
+#[derive(Debug)]
+pub struct ServiceAccountIssuer {
+    key: rcgen::KeyPair,
+    kid: String,
+}
+
+impl ServiceAccountIssuer {
+    /// A new key, published under the key id `kid`.
+    pub fn new(kid: &str) -> anyhow::Result<ServiceAccountIssuer> {
+        Ok(ServiceAccountIssuer {
+            key: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .context("making the service-account key")?,
+            kid: kid.to_owned(),
+        })
+    }
+
+    /// The JWKS that publishes its key.
+    pub fn jwks(&self) -> serde_json::Value {
+        let point = self.key.public_key_raw();
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        serde_json::json!({ "keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": self.kid,
+            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+        }]})
+    }
+
+    /// A token for pod `id` of `role` (service account `faultline-<role>`
+    /// in [`NAMESPACE`]), valid for an hour; `adjust` may change the
+    /// claims first (a test's forgeries).
+    pub fn token(
+        &self,
+        role: Role,
+        id: &str,
+        adjust: impl FnOnce(&mut serde_json::Value),
+    ) -> anyhow::Result<String> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let account = format!("faultline-{}", role.as_str());
+        let mut claims = serde_json::json!({
+            "aud": [AUDIENCE], "iss": TOKEN_ISSUER, "iat": now, "nbf": now, "exp": now + 3600,
+            "sub": format!("system:serviceaccount:{NAMESPACE}:{account}"),
+            "kubernetes.io": {
+                "namespace": NAMESPACE,
+                "pod": { "name": id, "uid": crate::process::random_secret() },
+                "serviceaccount": { "name": account, "uid": "faultline" },
+            },
+        });
+        adjust(&mut claims);
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        let key = jsonwebtoken::EncodingKey::from_ec_der(&self.key.serialize_der());
+        jsonwebtoken::encode(&header, &claims, &key).context("signing a token")
+    }
+}
+
 /// The played issuer, the callout's keys and the running callout.
 #[derive(Debug)]
 pub(crate) struct CalloutAdmission {
     dir: PathBuf,
-    service_account_key: rcgen::KeyPair,
+    service_accounts: ServiceAccountIssuer,
     issuer_public_key: String,
     password: String,
     callout: Option<Child>,
@@ -59,21 +117,15 @@ impl CalloutAdmission {
     /// Makes the keys and writes the callout's files into `dir`.
     pub(crate) fn new(dir: &Path) -> anyhow::Result<CalloutAdmission> {
         std::fs::create_dir_all(dir.join("tokens")).context("creating the token directory")?;
-        let service_account_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .context("making the service-account key")?;
-        let point = service_account_key.public_key_raw();
-        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let jwks = serde_json::json!({ "keys": [{
-            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": KEY_ID,
-            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
-        }]});
-        std::fs::write(dir.join("jwks.json"), jwks.to_string()).context("writing the JWKS")?;
+        let service_accounts = ServiceAccountIssuer::new(KEY_ID)?;
+        std::fs::write(dir.join("jwks.json"), service_accounts.jwks().to_string())
+            .context("writing the JWKS")?;
         let issuer = nkeys::KeyPair::new_account();
         let seed = issuer.seed().map_err(|error| anyhow::anyhow!("{error}"))?;
         crate::process::write_private(&dir.join("issuer.seed"), &seed)?;
         Ok(CalloutAdmission {
             dir: dir.to_owned(),
-            service_account_key,
+            service_accounts,
             issuer_public_key: issuer.public_key(),
             password: crate::process::random_secret(),
             callout: None,
@@ -137,31 +189,15 @@ impl CalloutAdmission {
         }
     }
 
-    /// A service-account token for pod `id` of `role`, as the kubelet
-    /// projects one for the `nats` audience; `adjust` may change the
-    /// claims first (a test's forgeries).
+    /// A service-account token for pod `id` of `role`
+    /// ([`ServiceAccountIssuer::token`]).
     pub fn token(
         &self,
         role: Role,
         id: &str,
         adjust: impl FnOnce(&mut serde_json::Value),
     ) -> anyhow::Result<String> {
-        let now = jsonwebtoken::get_current_timestamp();
-        let account = format!("faultline-{}", role.as_str());
-        let mut claims = serde_json::json!({
-            "aud": [AUDIENCE], "iss": TOKEN_ISSUER, "iat": now, "nbf": now, "exp": now + 3600,
-            "sub": format!("system:serviceaccount:{NAMESPACE}:{account}"),
-            "kubernetes.io": {
-                "namespace": NAMESPACE,
-                "pod": { "name": id, "uid": crate::process::random_secret() },
-                "serviceaccount": { "name": account, "uid": "faultline" },
-            },
-        });
-        adjust(&mut claims);
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        header.kid = Some(KEY_ID.to_owned());
-        let key = jsonwebtoken::EncodingKey::from_ec_der(&self.service_account_key.serialize_der());
-        jsonwebtoken::encode(&header, &claims, &key).context("signing a token")
+        self.service_accounts.token(role, id, adjust)
     }
 
     /// The file holding pod `id`'s token (made on first ask), as mounted
