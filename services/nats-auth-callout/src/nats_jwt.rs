@@ -135,7 +135,8 @@ pub fn read_request(token: &str) -> Result<AuthorizationRequest, JwtError> {
 /// The `nats` part of a JWT signed by a key of kind `issuer`, once its
 /// signature is checked.
 fn verified<N: DeserializeOwned>(token: &str, issuer: KeyPairType) -> Result<N, JwtError> {
-    let mut parts = token.trim().split('.');
+    let token = token.trim();
+    let mut parts = token.split('.');
     let (Some(header), Some(claims), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -158,7 +159,7 @@ fn verified<N: DeserializeOwned>(token: &str, issuer: KeyPairType) -> Result<N, 
         .ok()
         .filter(|key| key.key_pair_type() == issuer)
         .ok_or_else(|| JwtError::WrongIssuer(envelope.iss.clone(), issuer))?;
-    let signed_part = &token.trim()[..token.trim().rfind('.').unwrap_or_default()];
+    let signed_part = &token[..token.rfind('.').unwrap_or_default()];
     key.verify(signed_part.as_bytes(), &decode(signature)?)
         .map_err(|_| JwtError::BadSignature)?;
     Ok(envelope.nats)

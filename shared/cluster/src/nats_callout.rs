@@ -13,13 +13,15 @@
 //! [`server_path`] finds the one `./faultline test` installs.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use base64::Engine as _;
 use faultline_protocol::cluster::Role;
 use faultline_protocol::permissions::{self, Password};
+
+use crate::Service;
 
 /// The namespace the played cluster's pods run in.
 pub const NAMESPACE: &str = "faultline";
@@ -106,25 +108,35 @@ impl ServiceAccountIssuer {
 /// The played issuer, the callout's keys and the running callout.
 #[derive(Debug)]
 pub(crate) struct CalloutAdmission {
-    dir: PathBuf,
+    /// The keys, the instances' tokens and the callout's log.
+    dir: Arc<tempfile::TempDir>,
+    /// The instances it mints tokens for.
+    instances: Vec<(Role, String)>,
     service_accounts: ServiceAccountIssuer,
     issuer_public_key: String,
     password: String,
-    callout: Option<Child>,
+    callout: Option<Service>,
 }
 
 impl CalloutAdmission {
-    /// Makes the keys and writes the callout's files into `dir`.
-    pub(crate) fn new(dir: &Path) -> anyhow::Result<CalloutAdmission> {
-        std::fs::create_dir_all(dir.join("tokens")).context("creating the token directory")?;
+    /// Makes the keys and writes the callout's files, for `instances`.
+    pub(crate) fn new(
+        instances: impl IntoIterator<Item = (Role, String)>,
+    ) -> anyhow::Result<CalloutAdmission> {
+        let dir = tempfile::tempdir().context("creating the callout's directory")?;
+        std::fs::create_dir(dir.path().join("tokens")).context("creating the token directory")?;
         let service_accounts = ServiceAccountIssuer::new(KEY_ID)?;
-        std::fs::write(dir.join("jwks.json"), service_accounts.jwks().to_string())
-            .context("writing the JWKS")?;
+        std::fs::write(
+            dir.path().join("jwks.json"),
+            service_accounts.jwks().to_string(),
+        )
+        .context("writing the JWKS")?;
         let issuer = nkeys::KeyPair::new_account();
         let seed = issuer.seed().map_err(|error| anyhow::anyhow!("{error}"))?;
-        crate::process::write_private(&dir.join("issuer.seed"), &seed)?;
+        crate::process::write_private(&dir.path().join("issuer.seed"), &seed)?;
         Ok(CalloutAdmission {
-            dir: dir.to_owned(),
+            dir: Arc::new(dir),
+            instances: instances.into_iter().collect(),
             service_accounts,
             issuer_public_key: issuer.public_key(),
             password: crate::process::random_secret(),
@@ -144,83 +156,78 @@ impl CalloutAdmission {
     /// Starts the callout against the server at `url`, unless it runs, and
     /// waits until it answers.
     pub(crate) fn start(&mut self, url: &str) -> anyhow::Result<()> {
-        if let Some(child) = self.callout.as_mut()
-            && matches!(child.try_wait(), Ok(None))
+        if let Some(callout) = self.callout.as_mut()
+            && !callout.has_exited()
         {
             return Ok(());
         }
-        let log = self.dir.join("callout.log");
-        let output = std::fs::File::create(&log).context("creating the callout's log")?;
-        let child = Command::new(crate::process::binary("nats-auth-callout")?)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs([
-                ("NATS_SERVERS", url),
-                ("NATS_USER", permissions::CALLOUT_USER),
-                ("NATS_PASSWORD", &self.password),
-                ("CALLOUT_ID", "nats-auth-callout-1"),
-                ("CALLOUT_TOKEN_ISSUER", TOKEN_ISSUER),
-                ("CALLOUT_NAMESPACE", NAMESPACE),
-            ])
-            .env("CALLOUT_ISSUER_SEED_FILE", self.dir.join("issuer.seed"))
-            .env("CALLOUT_JWKS_FILE", self.dir.join("jwks.json"))
-            .stdout(output.try_clone().context("sharing the log")?)
-            .stderr(output)
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting nats-auth-callout")?;
-        self.callout = Some(child);
+        let dir = self.dir.path();
+        let env: Vec<(String, String)> = [
+            ("NATS_SERVERS", url),
+            ("NATS_USER", permissions::CALLOUT_USER),
+            ("NATS_PASSWORD", &self.password),
+            ("CALLOUT_ID", "nats-auth-callout-1"),
+            ("CALLOUT_TOKEN_ISSUER", TOKEN_ISSUER),
+            ("CALLOUT_NAMESPACE", NAMESPACE),
+            ("CALLOUT_ISSUER_SEED_FILE", &path(&dir.join("issuer.seed"))),
+            ("CALLOUT_JWKS_FILE", &path(&dir.join("jwks.json"))),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect();
+        let callout = self.callout.insert(Service::start(
+            "nats-auth-callout",
+            "nats-auth-callout",
+            &[],
+            &env,
+            self.dir.clone(),
+        )?);
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains(READY_LINE) {
-                return Ok(());
-            }
-            if let Some(child) = self.callout.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                anyhow::bail!("nats-auth-callout exited ({status}):\n{text}");
-            }
+        while !callout.log().contains(READY_LINE) {
+            anyhow::ensure!(
+                !callout.has_exited(),
+                "nats-auth-callout exited:\n{}",
+                callout.log()
+            );
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "nats-auth-callout did not start answering:\n{text}"
+                "nats-auth-callout did not start answering:\n{}",
+                callout.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
-    /// A service-account token for pod `id` of `role`
-    /// ([`ServiceAccountIssuer::token`]).
-    pub fn token(
-        &self,
-        role: Role,
-        id: &str,
-        adjust: impl FnOnce(&mut serde_json::Value),
-    ) -> anyhow::Result<String> {
-        self.service_accounts.token(role, id, adjust)
-    }
-
-    /// The file holding pod `id`'s token (made on first ask), as mounted
-    /// in the pod.
-    pub(crate) fn token_file(&self, role: Role, id: &str) -> anyhow::Result<PathBuf> {
-        let path = self.dir.join("tokens").join(id);
-        if !path.exists() {
-            crate::process::write_private(&path, &self.token(role, id, |_| {})?)?;
+    /// The environment instance `id` connects with: its pod name and the
+    /// file holding its token (made on first ask), as mounted in a pod;
+    /// nothing for an instance it was not started for.
+    pub(crate) fn credentials(&self, id: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let Some((role, _)) = self.instances.iter().find(|(_, instance)| instance == id) else {
+            return Ok(Vec::new());
+        };
+        let file = self.dir.path().join("tokens").join(id);
+        if !file.exists() {
+            let token = self.service_accounts.token(*role, id, |_| {})?;
+            crate::process::write_private(&file, &token)?;
         }
-        Ok(path)
+        Ok(vec![
+            ("NATS_USER".to_owned(), id.to_owned()),
+            ("NATS_PASSWORD_FILE".to_owned(), path(&file)),
+        ])
+    }
+
+    /// The played issuer, to mint more tokens (a test's forgeries).
+    pub(crate) fn service_accounts(&self) -> &ServiceAccountIssuer {
+        &self.service_accounts
     }
 
     /// What the callout has logged.
     pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("callout.log")).unwrap_or_default()
+        self.callout.as_ref().map(Service::log).unwrap_or_default()
     }
 }
 
-impl Drop for CalloutAdmission {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.callout.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+fn path(path: &Path) -> String {
+    path.display().to_string()
 }

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use faultline_protocol::cluster::Role;
 use faultline_protocol::permissions::{self, Password, User};
 
-use crate::nats_callout::CalloutAdmission;
+use crate::nats_callout::{CalloutAdmission, ServiceAccountIssuer};
 use crate::tls;
 
 /// Where [`free_port`] draws its ports: below Linux's ephemeral range
@@ -105,7 +105,7 @@ pub struct NatsServer {
     /// Everyone but the callout is admitted by the auth callout, on a
     /// service-account token, as Kubernetes runs it: the instances it
     /// mints tokens for, and the callout itself.
-    callout: Option<(Vec<(Role, String)>, CalloutAdmission)>,
+    callout: Option<CalloutAdmission>,
 }
 
 /// One instance's NATS user, with the password generated for this server.
@@ -126,13 +126,13 @@ impl NatsServer {
     /// Starts nats-server on a free loopback port and waits until it
     /// accepts connections.
     pub fn start() -> anyhow::Result<NatsServer> {
-        Self::launch(free_port(), Vec::new(), false, false)
+        Self::launch(free_port(), Vec::new(), false, false, None)
     }
 
     /// Starts nats-server on `port`, as a server that was already running
     /// there would be.
     pub fn start_on(port: u16) -> anyhow::Result<NatsServer> {
-        Self::launch(port, Vec::new(), false, false)
+        Self::launch(port, Vec::new(), false, false, None)
     }
 
     /// Starts nats-server that lets in only `instances`, each as its own
@@ -148,7 +148,7 @@ impl NatsServer {
         instances: impl IntoIterator<Item = (Role, String)>,
         tls: bool,
     ) -> anyhow::Result<NatsServer> {
-        Self::launch(free_port(), logins(instances), tls, false)
+        Self::launch(free_port(), logins(instances), tls, false, None)
     }
 
     /// [`NatsServer::start_authenticated`] on `port`, in a process group
@@ -158,7 +158,7 @@ impl NatsServer {
         port: u16,
         instances: impl IntoIterator<Item = (Role, String)>,
     ) -> anyhow::Result<NatsServer> {
-        Self::launch(port, logins(instances), false, true)
+        Self::launch(port, logins(instances), false, true, None)
     }
 
     /// Starts nats-server that asks the real auth callout about every
@@ -169,19 +169,8 @@ impl NatsServer {
     pub fn start_with_callout(
         instances: impl IntoIterator<Item = (Role, String)>,
     ) -> anyhow::Result<NatsServer> {
-        let store = tempfile::tempdir().context("creating the JetStream directory")?;
-        let admission = CalloutAdmission::new(&store.path().join("callout"))?;
-        let mut server = NatsServer {
-            child: None,
-            port: free_port(),
-            store,
-            logins: Vec::new(),
-            tls: false,
-            own_group: false,
-            callout: Some((instances.into_iter().collect(), admission)),
-        };
-        server.spawn()?;
-        Ok(server)
+        let admission = CalloutAdmission::new(instances)?;
+        Self::launch(free_port(), Vec::new(), false, false, Some(admission))
     }
 
     fn launch(
@@ -189,6 +178,7 @@ impl NatsServer {
         logins: Vec<Login>,
         tls: bool,
         own_group: bool,
+        callout: Option<CalloutAdmission>,
     ) -> anyhow::Result<NatsServer> {
         let mut server = NatsServer {
             child: None,
@@ -197,80 +187,43 @@ impl NatsServer {
             logins,
             tls,
             own_group,
-            callout: None,
+            callout,
         };
         server.spawn()?;
         Ok(server)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let mut command = Command::new(nats_server_path());
-        if let Some((_, admission)) = &self.callout {
-            let dir = self.store.path();
-            let config = format!(
-                "listen: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n{}",
-                self.port,
-                dir.join("jetstream"),
-                admission.authorization()
-            );
-            let path = dir.join("nats.conf");
-            write_private(&path, &config)?;
-            command = Command::new(crate::nats_callout::server_path()?);
-            command
-                .arg("-c")
-                .arg(&path)
-                .arg("-l")
-                .arg(dir.join("nats.log"));
-        } else if self.logins.is_empty() && !self.tls {
-            command
-                .args([
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-js",
-                    "-sd",
-                ])
-                .arg(self.store.path());
-        } else {
-            let dir = self.store.path();
-            let users: Vec<User> = self
-                .logins
-                .iter()
-                .map(|login| {
-                    User::instance(
-                        login.role,
-                        &login.id,
-                        Password::Literal(login.password.clone()),
-                    )
-                })
-                .collect();
-            let mut config = format!(
-                "listen: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n{}",
-                self.port,
-                dir.join("jetstream"),
-                permissions::authorization(&users)
-            );
-            if self.tls {
-                let certificates = dir.join("tls");
-                if !certificates.join(tls::CA_FILE).exists() {
-                    tls::generate(&certificates)?;
-                }
-                config.push_str(&format!(
-                    "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n}}\n",
-                    certificates.join(tls::NATS_CERT_FILE),
-                    certificates.join(tls::NATS_KEY_FILE),
-                    certificates.join(tls::CA_FILE),
-                ));
+        let program = match &self.callout {
+            Some(_) => crate::nats_callout::server_path()?,
+            None => nats_server_path(),
+        };
+        let mut command = Command::new(program);
+        let dir = self.store.path();
+        match self.config()? {
+            None => {
+                command
+                    .args([
+                        "-a",
+                        "127.0.0.1",
+                        "-p",
+                        &self.port.to_string(),
+                        "-js",
+                        "-sd",
+                    ])
+                    .arg(dir);
             }
-            // The file holds this run's passwords: only its owner reads it.
-            let path = dir.join("nats.conf");
-            write_private(&path, &config)?;
-            command
-                .arg("-c")
-                .arg(&path)
-                .arg("-l")
-                .arg(dir.join("nats.log"));
+            Some(config) => {
+                // The file holds this run's passwords: only its owner reads
+                // it.
+                let path = dir.join("nats.conf");
+                write_private(&path, &config)?;
+                command
+                    .arg("-c")
+                    .arg(&path)
+                    .arg("-l")
+                    .arg(dir.join("nats.log"));
+            }
         }
         if self.own_group {
             command.process_group(0);
@@ -283,10 +236,52 @@ impl NatsServer {
         self.child = Some(child);
         wait_for_port(self.port, Duration::from_secs(10))?;
         let url = self.url();
-        if let Some((_, admission)) = self.callout.as_mut() {
+        if let Some(admission) = self.callout.as_mut() {
             admission.start(&url)?;
         }
         Ok(())
+    }
+
+    /// The configuration file's text: who may connect, and TLS (none: a
+    /// server that lets anyone in, started with flags alone).
+    fn config(&self) -> anyhow::Result<Option<String>> {
+        let authorization = match &self.callout {
+            Some(admission) => admission.authorization(),
+            None if self.logins.is_empty() && !self.tls => return Ok(None),
+            None => {
+                let users: Vec<User> = self
+                    .logins
+                    .iter()
+                    .map(|login| {
+                        User::instance(
+                            login.role,
+                            &login.id,
+                            Password::Literal(login.password.clone()),
+                        )
+                    })
+                    .collect();
+                permissions::authorization(&users)
+            }
+        };
+        let dir = self.store.path();
+        let mut config = format!(
+            "listen: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n{authorization}",
+            self.port,
+            dir.join("jetstream"),
+        );
+        if self.tls {
+            let certificates = dir.join("tls");
+            if !certificates.join(tls::CA_FILE).exists() {
+                tls::generate(&certificates)?;
+            }
+            config.push_str(&format!(
+                "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n}}\n",
+                certificates.join(tls::NATS_CERT_FILE),
+                certificates.join(tls::NATS_KEY_FILE),
+                certificates.join(tls::CA_FILE),
+            ));
+        }
+        Ok(Some(config))
     }
 
     /// The URL clients connect to.
@@ -303,19 +298,10 @@ impl NatsServer {
     /// The environment instance `id` needs to connect as itself (nothing
     /// when the server neither authenticates nor speaks TLS).
     pub fn credentials(&self, id: &str) -> Vec<(String, String)> {
-        if let Some((instances, admission)) = &self.callout {
-            let token = instances
-                .iter()
-                .find(|(_, instance)| instance == id)
-                .and_then(|(role, _)| admission.token_file(*role, id).ok());
-            return token
-                .map(|file| {
-                    vec![
-                        ("NATS_USER".to_owned(), id.to_owned()),
-                        ("NATS_PASSWORD_FILE".to_owned(), file.display().to_string()),
-                    ]
-                })
-                .unwrap_or_default();
+        if let Some(admission) = &self.callout {
+            return admission
+                .credentials(id)
+                .unwrap_or_else(|error| panic!("no service-account token for {id}: {error:#}"));
         }
         let mut env: Vec<(String, String)> = self
             .password(id)
@@ -345,27 +331,19 @@ impl NatsServer {
         std::fs::read_to_string(self.store.path().join("nats.log")).unwrap_or_default()
     }
 
-    /// With the auth callout: a service-account token for pod `id` of
-    /// `role`, signed as the cluster signs them, its claims first changed
-    /// by `adjust` (to forge one).
-    pub fn pod_token(
-        &self,
-        role: Role,
-        id: &str,
-        adjust: impl FnOnce(&mut serde_json::Value),
-    ) -> anyhow::Result<String> {
-        let (_, admission) = self
-            .callout
+    /// With the auth callout: the cluster's played token issuer, to mint
+    /// more tokens (a test's forgeries).
+    pub fn service_accounts(&self) -> Option<&ServiceAccountIssuer> {
+        self.callout
             .as_ref()
-            .context("this server does not use the auth callout")?;
-        admission.token(role, id, adjust)
+            .map(CalloutAdmission::service_accounts)
     }
 
     /// What the auth callout has logged (its admissions and refusals).
     pub fn callout_log(&self) -> String {
         self.callout
             .as_ref()
-            .map(|(_, admission)| admission.log())
+            .map(CalloutAdmission::log)
             .unwrap_or_default()
     }
 

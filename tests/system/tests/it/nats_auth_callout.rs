@@ -59,38 +59,49 @@ async fn under_the_auth_callout_each_pod_connects_as_itself_and_as_no_other() {
         "gateway-1",
     ] {
         assert!(
-            log.contains(member),
+            log.lines()
+                .any(|line| line.contains("Admitted") && line.contains(&format!("pod={member}"))),
             "the callout admitted {member} by name:\n{log}"
         );
     }
 
     // Refused by the callout, each for its reason.
     let nats = &cluster.nats;
-    let own = |id: &str| nats.pod_token(Role::Worker, id, |_| {}).expect("a token");
+    let service_accounts = nats
+        .service_accounts()
+        .expect("the server uses the auth callout");
+    let own = |id: &str| {
+        service_accounts
+            .token(Role::Worker, id, |_| {})
+            .expect("a token")
+    };
     let refusals = [
         ("worker-1", own("worker-2"), "presented the token of pod"),
         (
             "worker-1",
-            nats.pod_token(Role::Worker, "worker-1", |claims| {
-                claims["exp"] = json!(jsonwebtoken_now() - 3600);
-            })
-            .expect("a token"),
+            service_accounts
+                .token(Role::Worker, "worker-1", |claims| {
+                    claims["exp"] = json!(jsonwebtoken_now() - 3600);
+                })
+                .expect("a token"),
             "ExpiredSignature",
         ),
         (
             "worker-1",
-            nats.pod_token(Role::Worker, "worker-1", |claims| {
-                claims["aud"] = json!(["https://kubernetes.default.svc"]);
-            })
-            .expect("a token"),
+            service_accounts
+                .token(Role::Worker, "worker-1", |claims| {
+                    claims["aud"] = json!(["https://kubernetes.default.svc"]);
+                })
+                .expect("a token"),
             "InvalidAudience",
         ),
         (
             "worker-1",
-            nats.pod_token(Role::Worker, "worker-1", |claims| {
-                claims["kubernetes.io"]["serviceaccount"]["name"] = json!("default");
-            })
-            .expect("a token"),
+            service_accounts
+                .token(Role::Worker, "worker-1", |claims| {
+                    claims["kubernetes.io"]["serviceaccount"]["name"] = json!("default");
+                })
+                .expect("a token"),
             "is no Faultline role's",
         ),
         (
