@@ -44,12 +44,13 @@ struct Cli {
 enum Command {
     /// Start the whole system: three workers (weights 1, 2, 3), two
     /// load-balancers, two health-monitors, an active and a standby
-    /// coordinator and a gateway on :8080; Ctrl-C stops them all.
-    Run,
+    /// coordinator and a gateway on :8080, on a three-node NATS cluster;
+    /// Ctrl-C stops them all.
+    Run(Topology),
     /// The same, then a scripted tour: traffic, a worker killed and
     /// restarted, transfers while the active coordinator is killed;
     /// prints what happened, and stops.
-    Demo,
+    Demo(Topology),
     /// Build every service and run the whole test suite (arguments go to
     /// `cargo nextest run`).
     Test {
@@ -92,11 +93,30 @@ enum Command {
     },
 }
 
+/// What `run` and `demo` may change in the deployed topology.
+#[derive(Debug, clap::Args)]
+struct Topology {
+    /// NATS nodes: 3 (a JetStream cluster that survives the loss of any
+    /// one node) or 1 (lighter, for small machines; NATS is then a single
+    /// point of failure).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_nodes: u8,
+}
+
+impl Topology {
+    fn spec(&self) -> ClusterSpec {
+        ClusterSpec {
+            nats_nodes: usize::from(self.nats_nodes),
+            ..ClusterSpec::standard()
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run => system::run(ClusterSpec::standard(), system::Then::WaitForSignal),
-        Command::Demo => system::run(ClusterSpec::standard(), system::Then::Demo),
+        Command::Run(topology) => system::run(topology.spec(), system::Then::WaitForSignal),
+        Command::Demo(topology) => system::run(topology.spec(), system::Then::Demo),
         Command::Test { nextest_args } => suite::test(&nextest_args),
         Command::Load { scenarios } => suite::load(&scenarios),
         Command::CrateGraph { check } => crate_graph::run(check),

@@ -31,9 +31,10 @@ pub fn run(spec: ClusterSpec, then: Then) -> anyhow::Result<ExitCode> {
     let offset = port_offset()?;
     let ports = Ports::Fixed { offset };
     // A server's program is needed only where no server answers.
+    // A local cluster always starts its own NATS.
     let needs: Vec<Need> = [Server::Nats, Server::Postgres, Server::Redis]
         .into_iter()
-        .filter(|server| !ports.server(*server).is_some_and(answers))
+        .filter(|server| *server == Server::Nats || !ports.server(*server).is_some_and(answers))
         .map(Need::Server)
         .collect();
     prerequisites::ensure(&needs)?;
@@ -202,9 +203,10 @@ Changes go to the control listener on {c}, with this run's operator token
   curl -s -X PUT {c}/v1/workers/worker-2/faults -H \"Authorization: Bearer $FAULTLINE_TOKEN\" --json '{{\"latency_ms\":200}}'
 Admin endpoints (/live /ready /metrics): workers on {}, load-balancers on {},
 health-monitors on {}, coordinators on {}.
-NATS ({nats}) lets in only this run's instances, each as itself with a
-password generated for the run and the deployment's permissions. It
-speaks plaintext, on loopback only (no TLS yet: SECURITY.md).
+NATS ({nats_nodes}: {nats}) lets in only this run's instances, each as
+itself with a password generated for the run and the deployment's
+permissions. It speaks plaintext, on loopback only (TLS: SECURITY.md).
+Who leads JetStream's Raft groups: curl -s http://127.0.0.1:{monitor}/jsz
 Kill something (kill -9 <pid>, pids below) and watch {g}/v1/cluster.",
         span(Role::Worker, cluster.workers.len()),
         span(Role::LoadBalancer, cluster.load_balancers.len()),
@@ -212,11 +214,21 @@ Kill something (kill -9 <pid>, pids below) and watch {g}/v1/cluster.",
         span(Role::Coordinator, cluster.coordinators.len()),
         token = cluster.operator_token,
         nats = cluster.nats.url(),
+        nats_nodes = match cluster.nats.node_count() {
+            1 => "one node".to_owned(),
+            n => format!("{n} nodes"),
+        },
+        monitor = ports.nats_node(1).monitor,
     );
     let mut pids: Vec<(String, u32)> = cluster
         .services()
         .filter_map(|service| Some((service.name().to_owned(), service.pid()?)))
         .collect();
+    for node in 0..cluster.nats.node_count() {
+        if let Some(pid) = cluster.nats.node_pid(node) {
+            pids.push((cluster.nats.node_name(node).to_owned(), pid));
+        }
+    }
     pids.sort();
     for (name, pid) in pids {
         println!("  {name:<14} pid {pid}");

@@ -214,7 +214,7 @@ impl NatsTarget {
     /// Opens `clients` connections to `url`. Requests are spread over them;
     /// each connection carries many requests at once, as services do.
     pub async fn connect(
-        url: &str,
+        urls: &[String],
         clients: usize,
         subject: &str,
         payload: Bytes,
@@ -225,7 +225,7 @@ impl NatsTarget {
             connected.push(
                 async_nats::ConnectOptions::new()
                     .request_timeout(Some(timeout))
-                    .connect(url)
+                    .connect(urls)
                     .await?,
             );
         }

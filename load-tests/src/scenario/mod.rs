@@ -278,9 +278,9 @@ async fn run_one(
             drive(target, load, spec, system.as_deref_mut(), &mut report).await?
         }
         Load::Nats => {
-            let url = system.as_deref().context("no system")?.cluster.nats.url();
+            let urls = system.as_deref().context("no system")?.cluster.nats.urls();
             let target = NatsTarget::connect(
-                &url,
+                &urls,
                 2,
                 faultline_protocol::subjects::WORKERS_BASELINE_CALL,
                 body,

@@ -41,6 +41,10 @@ pub struct SystemSpec {
     /// Heartbeat interval of every service, ms.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_interval_ms: u64,
+    /// NATS nodes: a three-node JetStream cluster, as deployed, unless a
+    /// scenario asks for one.
+    #[serde(default = "default_nats_nodes")]
+    pub nats_nodes: usize,
     /// Two-phase commit: shards and coordinators.
     pub bank: Option<BankSystemSpec>,
     /// The data path each run starts in (a run's setup may switch it).
@@ -66,6 +70,9 @@ pub struct BankSystemSpec {
 
 fn default_workers() -> Vec<u32> {
     vec![1, 1, 1]
+}
+fn default_nats_nodes() -> usize {
+    3
 }
 fn default_load_balancers() -> usize {
     2
@@ -281,12 +288,13 @@ impl System {
                 ..BankSpec::default()
             }),
             data_path: spec.data_path,
+            nats_nodes: spec.nats_nodes,
             gateways: spec.gateways.len().max(1),
             per_gateway_args: spec.gateways.clone(),
             ..ClusterSpec::default()
         })
         .await?;
-        let nats = async_nats::connect(cluster.nats.url())
+        let nats = async_nats::connect(cluster.nats.urls())
             .await
             .context("connecting to the cluster's NATS")?;
         let mut events = nats.subscribe(subjects::MEMBERSHIP_EVENTS).await?;
@@ -343,9 +351,12 @@ impl System {
                 pid,
             })
         };
+        let nats = &cluster.nats;
         services
             .filter_map(|s| named(s.name(), s.pid()))
-            .chain(named("nats-server", cluster.nats.pid()))
+            .chain(
+                (0..nats.node_count()).filter_map(|n| named(nats.node_name(n), nats.node_pid(n))),
+            )
             .collect()
     }
 

@@ -162,6 +162,7 @@ pub async fn run(
         store,
         pending,
         metrics.fenced_writes.clone(),
+        leadership.clone(),
     ));
     let (probe_results, mut probe_inbox) = mpsc::unbounded_channel();
     presence.begin_heartbeat(faultline_runtime::Heartbeat {
@@ -286,35 +287,58 @@ async fn hold_lease(
 }
 
 /// Stores views as the main loop produces them, keeping only the newest of
-/// those waiting, and publishes their events once stored.
+/// those waiting, and publishes their events once stored: no event goes
+/// out for a view the store did not take, so nobody acts on it.
+///
+/// A write the store cannot take (JetStream electing a stream leader, or
+/// without a quorum) is tried again, with backoff and with any newer view
+/// in its place, for as long as this monitor leads under the view's token:
+/// a change must not wait for the next change to be stored. Once the term
+/// ends the write is dropped; a new term writes the whole view anyway.
 async fn write_views(
     client: Client,
     store: async_nats::jetstream::kv::Store,
     mut pending: mpsc::UnboundedReceiver<Write>,
     fenced: Counter,
+    leadership: tokio::sync::watch::Receiver<Option<u64>>,
 ) {
     while let Some((mut view, mut events)) = pending.recv().await {
-        while let Ok((newer, more)) = pending.try_recv() {
-            view = newer;
-            events.extend(more);
-        }
-        match view_store::write(&store, &view).await {
-            Ok(_) => {
-                for event in &events {
-                    if let Ok(body) = serde_json::to_vec(event)
-                        && let Err(error) = client
-                            .publish(subjects::MEMBERSHIP_EVENTS, body.into())
-                            .await
-                    {
-                        tracing::warn!(%error, "Cannot publish a membership event.");
-                    }
+        for attempt in 0.. {
+            while let Ok((newer, more)) = pending.try_recv() {
+                view = newer;
+                events.extend(more);
+            }
+            match view_store::write(&store, &view).await {
+                Ok(_) => {
+                    publish_events(&client, &events).await;
+                    break;
+                }
+                Err(error @ view_store::WriteError::Fenced { .. }) => {
+                    fenced.inc();
+                    tracing::warn!(%error, "A newer leader has written the view; our write was refused.");
+                    break;
+                }
+                Err(error) if *leadership.borrow() != Some(view.token) => {
+                    tracing::warn!(%error, token = view.token, "View not written, and the term it was for has ended.");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, attempt, "View not written; trying again.");
+                    tokio::time::sleep(faultline_bus::reconnect_delay(attempt)).await;
                 }
             }
-            Err(error @ view_store::WriteError::Fenced { .. }) => {
-                fenced.inc();
-                tracing::warn!(%error, "A newer leader has written the view; our write was refused.");
-            }
-            Err(error) => tracing::warn!(%error, "View not written."),
+        }
+    }
+}
+
+async fn publish_events(client: &Client, events: &[MembershipEvent]) {
+    for event in events {
+        if let Ok(body) = serde_json::to_vec(event)
+            && let Err(error) = client
+                .publish(subjects::MEMBERSHIP_EVENTS, body.into())
+                .await
+        {
+            tracing::warn!(%error, "Cannot publish a membership event.");
         }
     }
 }

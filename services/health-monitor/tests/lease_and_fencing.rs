@@ -10,7 +10,7 @@ use health_monitor::lease::Lease;
 use health_monitor::view_store::{self, WriteError};
 
 async fn store(nats: &NatsServer) -> async_nats::jetstream::kv::Store {
-    let client = async_nats::connect(nats.url()).await.expect("connects");
+    let client = async_nats::connect(nats.urls()).await.expect("connects");
     faultline_bus::kv_buckets::open_membership(&client, 1, faultline_bus::kv_buckets::Access::Write)
         .await
         .expect("the bucket opens")

@@ -66,6 +66,16 @@ pub const MEMBERSHIP_LIMITS: Limits = Limits {
     max_value: 1 << 20,
 };
 
+/// How long one operation on a bucket (a read, a write and its
+/// acknowledgement) may take. JetStream answers in milliseconds, except
+/// while a stream's Raft group has no leader (after a NATS node's crash,
+/// for the few seconds of an election, or for as long as a quorum is
+/// missing): then an operation gets no answer at all. One second, instead
+/// of the connection's 10 s, makes it fail soon enough to be tried again
+/// right after the election, and keeps a monitor's lease step (every
+/// quarter TTL) from hanging for many TTLs.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Opens the balancer settings bucket; if this call creates it, `replicas`
 /// servers keep a copy ([`crate::NatsArgs::replicas`]).
 pub async fn open_settings(
@@ -113,7 +123,9 @@ async fn open(
         bucket,
         reason: e.to_string(),
     };
-    let js = jetstream::new(client.clone());
+    let js = jetstream::ContextBuilder::new()
+        .timeout(REQUEST_TIMEOUT)
+        .build(client.clone());
     if let Ok(store) = js.get_key_value(bucket).await {
         if access == Access::Write {
             bring_limits_up_to_date(&js, bucket, &config).await;

@@ -16,7 +16,8 @@ use faultline_transactions::sharding::{owner_of, shard_of};
 
 use crate::database::{TestDatabase, run_migrate_step};
 use crate::local::LocalServers;
-use crate::process::{NatsServer, Service};
+use crate::nats::NatsServer;
+use crate::process::Service;
 use crate::topology::{BankSpec, ClusterSpec, Site, replica_name};
 use faultline_protocol::cluster::Role;
 
@@ -140,21 +141,25 @@ impl Cluster {
         };
         let local_site = matches!(spec.site, Site::Local { .. });
         let logs = Arc::new(tempfile::tempdir().context("creating the log directory")?);
+        let instances = || members.iter().map(|(role, id, _)| (*role, id.clone()));
         let (nats, local) = match &spec.site {
-            Site::Private if spec.nats_auth => (
-                NatsServer::start_authenticated(
-                    members.iter().map(|(role, id, _)| (*role, id.clone())),
-                    spec.nats_tls,
-                )?,
-                None,
-            ),
-            Site::Private if spec.nats_callout => (
-                NatsServer::start_with_callout(
-                    members.iter().map(|(role, id, _)| (*role, id.clone())),
-                )?,
-                None,
-            ),
-            Site::Private => (NatsServer::start()?, None),
+            Site::Private if spec.nats_callout => {
+                anyhow::ensure!(
+                    spec.nats_nodes <= 1,
+                    "the auth callout runs on one NATS node"
+                );
+                (NatsServer::start_with_callout(instances())?, None)
+            }
+            Site::Private => {
+                let logins: Vec<(Role, String)> = match spec.nats_auth {
+                    true => instances().collect(),
+                    false => Vec::new(),
+                };
+                (
+                    NatsServer::start_nodes(spec.nats_nodes, logins, spec.nats_tls)?,
+                    None,
+                )
+            }
             Site::Local { database_url, .. } => {
                 let (nats, local) =
                     LocalServers::find_or_start(&spec, ports, database_url.clone()).await?;
@@ -178,7 +183,10 @@ impl Cluster {
                 };
                 let stores = BankStores {
                     database_url: database.url.clone(),
-                    redis_url: crate::database::redis_url(),
+                    redis_url: bank
+                        .redis
+                        .clone()
+                        .unwrap_or_else(crate::database::redis_url),
                     redis_prefix: Some(crate::database::unique_name("faultline-test")),
                 };
                 (Some(database), Some(stores))
@@ -210,13 +218,18 @@ impl Cluster {
             Some(ms) => vec!["--heartbeat-interval-ms".to_owned(), ms.to_string()],
             None => Vec::new(),
         };
-        let common = |admin_port: u16| {
-            let mut args = vec![
+        // Every node's URL, and as many copies of each bucket as nodes.
+        let nats_args = || {
+            vec![
                 "--nats-servers".to_owned(),
                 nats.url(),
-                "--admin-addr".to_owned(),
-                format!("127.0.0.1:{admin_port}"),
-            ];
+                "--nats-replicas".to_owned(),
+                spec.bucket_replicas().to_string(),
+            ]
+        };
+        let common = |admin_port: u16| {
+            let mut args = nats_args();
+            args.extend(["--admin-addr".to_owned(), format!("127.0.0.1:{admin_port}")]);
             args.extend(heartbeat());
             args
         };
@@ -314,18 +327,16 @@ impl Cluster {
             let http_port = port_of(Role::Gateway, n);
             let control_port = ports.gateway_control(n);
             let id = replica_name(Role::Gateway, n);
-            let mut args = vec![
-                "--id".to_owned(),
-                id.clone(),
-                "--nats-servers".to_owned(),
-                nats.url(),
+            let mut args = vec!["--id".to_owned(), id.clone()];
+            args.extend(nats_args());
+            args.extend([
                 "--http-addr".to_owned(),
                 format!("127.0.0.1:{http_port}"),
                 "--control-addr".to_owned(),
                 format!("127.0.0.1:{control_port}"),
                 "--strategy".to_owned(),
                 spec.strategy.clone(),
-            ];
+            ]);
             if spec.fault_injection {
                 args.push("--enable-fault-injection".to_owned());
             }

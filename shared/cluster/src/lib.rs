@@ -5,9 +5,11 @@
 //! - [`topology`]: the one definition of what runs ([`ClusterSpec`], with
 //!   [`ClusterSpec::standard`] the deployed topology) and where
 //!   ([`Site`]: private, or at the machine's fixed ports).
-//! - [`NatsServer`]: a private `nats-server` with JetStream on a free
-//!   loopback port, killed when dropped (as nats.rs's own test helper does),
-//!   so tests never share state or touch the machine's NATS; with
+//! - [`NatsServer`] ([`nats`]): a private `nats-server` with JetStream on
+//!   free loopback ports, or a cluster of them ([`ClusterSpec::nats_nodes`]),
+//!   killed when dropped (as nats.rs's own test helper does), so tests
+//!   never share state or touch the machine's NATS; nodes can be killed,
+//!   paused, put in lame-duck mode and asked who leads; with
 //!   [`ClusterSpec::nats_auth`] and at a local site, with a user per
 //!   instance ([`NatsServer::start_authenticated`]); with
 //!   [`ClusterSpec::nats_callout`], each instance admitted by the real
@@ -39,6 +41,7 @@
 mod cluster;
 pub mod database;
 pub mod local;
+pub mod nats;
 pub mod nats_callout;
 pub mod otlp;
 pub mod postgres;
@@ -47,8 +50,9 @@ pub mod tls;
 pub mod topology;
 
 pub use cluster::{Cluster, Gateway, GatewayClient};
-pub use process::{FREE_PORTS, NatsServer, Service, binary, free_port, workspace_root};
-pub use topology::{BankSpec, ClusterSpec, Ports, Server, Site};
+pub use nats::NatsServer;
+pub use process::{FREE_PORTS, Service, binary, free_port, workspace_root};
+pub use topology::{BankSpec, ClusterSpec, NatsNodePorts, Ports, Server, Site};
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -1,8 +1,9 @@
 //! The machine's servers, for a cluster at its fixed ports
 //! ([`Site::Local`](crate::Site::Local), what `./faultline run` starts).
 //!
-//! NATS is always started here, at its own port (4223 plus the offset),
-//! with a user per instance and the deployment's permissions
+//! NATS is always started here, at its own ports (4223 and up, plus the
+//! offset): a three-node JetStream cluster unless the spec asks for one
+//! node, with a user per instance and the deployment's permissions
 //! (`faultline_protocol::permissions`), so a local run teaches what a
 //! production run does: the passwords are generated for the run and handed
 //! to each process. PostgreSQL and Redis are used where they answer at
@@ -25,8 +26,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sqlx::{Connection as _, PgConnection};
 
+use crate::nats::NatsServer;
 use crate::postgres::PrivatePostgres;
-use crate::process::{NatsServer, wait_for_port};
+use crate::process::wait_for_port;
 use crate::topology::{ClusterSpec, Ports, Server};
 
 /// PostgreSQL and Redis for a local cluster, found or started.
@@ -56,16 +58,22 @@ impl LocalServers {
                 .server(server)
                 .context("a local cluster has fixed ports")
         };
-        let (nats_port, postgres_port, redis_port) = (
-            port_of(Server::Nats)?,
-            port_of(Server::Postgres)?,
-            port_of(Server::Redis)?,
-        );
+        let (postgres_port, redis_port) = (port_of(Server::Postgres)?, port_of(Server::Redis)?);
+        let nodes = spec.nats_nodes.max(1);
+        let client_ports: Vec<String> = (1..=nodes)
+            .map(|n| ports.nats_node(n).client.to_string())
+            .collect();
         say(&format!(
-            "starting NATS with JetStream on 127.0.0.1:{nats_port}, with a user per instance"
+            "starting NATS with JetStream: {} on 127.0.0.1:{}, with a user per instance",
+            match nodes {
+                1 => "one node".to_owned(),
+                n => format!("a cluster of {n} nodes"),
+            },
+            client_ports.join(", ")
         ));
         let nats = NatsServer::start_local(
-            nats_port,
+            ports,
+            nodes,
             spec.members().into_iter().map(|(role, id, _)| (role, id)),
         )?;
         let postgres = Running::find_or_start(Server::Postgres, postgres_port).await?;
@@ -89,10 +97,12 @@ impl LocalServers {
 /// and those of the other servers it would start (where none answers).
 /// Also refuses an offset that pushes a port past 65535.
 pub fn check_local_ports(spec: &ClusterSpec, ports: Ports) -> anyhow::Result<()> {
+    // NATS's nodes are among the listeners: a local cluster always starts
+    // its own.
     let mut to_bind = spec.listeners(ports);
-    for server in [Server::Nats, Server::Postgres, Server::Redis] {
+    for server in [Server::Postgres, Server::Redis] {
         let port = ports.server(server).unwrap_or_default();
-        if port == 0 || server == Server::Nats || !answers(port) {
+        if port == 0 || !answers(port) {
             to_bind.push((port, format!("the {} server it would start", server.name())));
         }
     }
@@ -268,7 +278,9 @@ fn listening_inode(table: &str, port: u16) -> Option<u64> {
 /// own, killed on drop.
 #[derive(Debug)]
 pub struct RedisServer {
-    child: Child,
+    child: Option<Child>,
+    port: u16,
+    config: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -277,30 +289,63 @@ impl RedisServer {
         RedisServer::start_with(port, &[])
     }
 
+    /// One of a test's own on a free port, for a test that restarts it.
+    pub fn start() -> anyhow::Result<RedisServer> {
+        RedisServer::start_with(crate::free_port(), &[])
+    }
+
     /// One on `port` with extra configuration directives (`config`, such
     /// as a deployment's `--user` lines).
     pub fn start_with(port: u16, config: &[String]) -> anyhow::Result<RedisServer> {
-        let dir = tempfile::tempdir().context("creating Redis's directory")?;
+        let mut server = RedisServer {
+            child: None,
+            port,
+            config: config.to_vec(),
+            _dir: tempfile::tempdir().context("creating Redis's directory")?,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
         let child = Command::new("redis-server")
-            .args(config)
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(&self.config)
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(dir.path())
+            .arg(self._dir.path())
             .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting redis-server (is it installed? apt-get install redis-server)")?;
-        let server = RedisServer { child, _dir: dir };
-        wait_for_port(port, Duration::from_secs(10))?;
-        Ok(server)
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(10))
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (SIGKILL) and starts it again on its port: it keeps
+    /// nothing on disk, so every key is lost, as in a crash of a Redis
+    /// without persistence or a failover to an empty replica.
+    pub fn restart_empty(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 

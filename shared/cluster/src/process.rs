@@ -1,4 +1,5 @@
-//! Child processes: nats-server and our own service binaries.
+//! Child processes: our own service binaries, and what starting any
+//! child needs (free ports, waiting for a port, signals).
 
 use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -9,11 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use faultline_protocol::cluster::Role;
-use faultline_protocol::permissions::{self, Password, User};
-
-use crate::nats_callout::{CalloutAdmission, ServiceAccountIssuer};
-use crate::tls;
 
 /// Where [`free_port`] draws its ports: below Linux's ephemeral range
 /// (32768 and up), because a port the OS handed out with `bind(0)` can be
@@ -86,300 +82,6 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A private nats-server with JetStream, stopped when dropped.
-#[derive(Debug)]
-pub struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-    store: tempfile::TempDir,
-    /// The instances it lets in, each as itself with the permissions of
-    /// `faultline_protocol::permissions` (none: it lets anyone in and
-    /// allows everything).
-    logins: Vec<Login>,
-    /// Whether clients and the server speak TLS, with certificates from a
-    /// CA of this server's own ([`crate::tls`]) in its directory.
-    tls: bool,
-    /// Run in a process group of its own (a local cluster's server, which
-    /// its launcher stops last).
-    own_group: bool,
-    /// Everyone but the callout is admitted by the auth callout, on a
-    /// service-account token, as Kubernetes runs it: the instances it
-    /// mints tokens for, and the callout itself.
-    callout: Option<CalloutAdmission>,
-}
-
-/// One instance's NATS user, with the password generated for this server.
-#[derive(Clone)]
-struct Login {
-    role: Role,
-    id: String,
-    password: String,
-}
-
-impl std::fmt::Debug for Login {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({:?})", self.id, self.role)
-    }
-}
-
-impl NatsServer {
-    /// Starts nats-server on a free loopback port and waits until it
-    /// accepts connections.
-    pub fn start() -> anyhow::Result<NatsServer> {
-        Self::launch(free_port(), Vec::new(), false, false, None)
-    }
-
-    /// Starts nats-server on `port`, as a server that was already running
-    /// there would be.
-    pub fn start_on(port: u16) -> anyhow::Result<NatsServer> {
-        Self::launch(port, Vec::new(), false, false, None)
-    }
-
-    /// Starts nats-server that lets in only `instances`, each as its own
-    /// user with a password generated here ([`NatsServer::credentials`])
-    /// and the deployment's permissions for it, as compose and Kubernetes
-    /// run it. The server logs to [`NatsServer::log`], where refusals show
-    /// as "Violation".
-    ///
-    /// With `tls`, it also accepts only TLS connections, with a
-    /// certificate signed by a CA of its own, which each instance is given
-    /// to trust ([`NatsServer::ca_file`]), as compose and Kubernetes run it.
-    pub fn start_authenticated(
-        instances: impl IntoIterator<Item = (Role, String)>,
-        tls: bool,
-    ) -> anyhow::Result<NatsServer> {
-        Self::launch(free_port(), logins(instances), tls, false, None)
-    }
-
-    /// [`NatsServer::start_authenticated`] on `port`, in a process group
-    /// of its own: a local cluster's, which a terminal's Ctrl-C must not
-    /// stop before the services.
-    pub fn start_local(
-        port: u16,
-        instances: impl IntoIterator<Item = (Role, String)>,
-    ) -> anyhow::Result<NatsServer> {
-        Self::launch(port, logins(instances), false, true, None)
-    }
-
-    /// Starts nats-server that asks the real auth callout about every
-    /// connection, and the callout, as Kubernetes runs them
-    /// ([`crate::nats_callout`]): each of `instances` connects with a
-    /// service-account token minted for it ([`NatsServer::credentials`])
-    /// and gets its own permissions from the callout.
-    pub fn start_with_callout(
-        instances: impl IntoIterator<Item = (Role, String)>,
-    ) -> anyhow::Result<NatsServer> {
-        let admission = CalloutAdmission::new(instances)?;
-        Self::launch(free_port(), Vec::new(), false, false, Some(admission))
-    }
-
-    fn launch(
-        port: u16,
-        logins: Vec<Login>,
-        tls: bool,
-        own_group: bool,
-        callout: Option<CalloutAdmission>,
-    ) -> anyhow::Result<NatsServer> {
-        let mut server = NatsServer {
-            child: None,
-            port,
-            store: tempfile::tempdir().context("creating the JetStream directory")?,
-            logins,
-            tls,
-            own_group,
-            callout,
-        };
-        server.spawn()?;
-        Ok(server)
-    }
-
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let program = match &self.callout {
-            Some(_) => crate::nats_callout::server_path()?,
-            None => nats_server_path(),
-        };
-        let mut command = Command::new(program);
-        let dir = self.store.path();
-        match self.config()? {
-            None => {
-                command
-                    .args([
-                        "-a",
-                        "127.0.0.1",
-                        "-p",
-                        &self.port.to_string(),
-                        "-js",
-                        "-sd",
-                    ])
-                    .arg(dir);
-            }
-            Some(config) => {
-                // The file holds this run's passwords: only its owner reads
-                // it.
-                let path = dir.join("nats.conf");
-                write_private(&path, &config)?;
-                command
-                    .arg("-c")
-                    .arg(&path)
-                    .arg("-l")
-                    .arg(dir.join("nats.log"));
-            }
-        }
-        if self.own_group {
-            command.process_group(0);
-        }
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nats-server (is it installed? apt-get install nats-server)")?;
-        self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(10))?;
-        let url = self.url();
-        if let Some(admission) = self.callout.as_mut() {
-            admission.start(&url)?;
-        }
-        Ok(())
-    }
-
-    /// The configuration file's text: who may connect, and TLS (none: a
-    /// server that lets anyone in, started with flags alone).
-    fn config(&self) -> anyhow::Result<Option<String>> {
-        let authorization = match &self.callout {
-            Some(admission) => admission.authorization(),
-            None if self.logins.is_empty() && !self.tls => return Ok(None),
-            None => {
-                let users: Vec<User> = self
-                    .logins
-                    .iter()
-                    .map(|login| {
-                        User::instance(
-                            login.role,
-                            &login.id,
-                            Password::Literal(login.password.clone()),
-                        )
-                    })
-                    .collect();
-                permissions::authorization(&users)
-            }
-        };
-        let dir = self.store.path();
-        let mut config = format!(
-            "listen: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n{authorization}",
-            self.port,
-            dir.join("jetstream"),
-        );
-        if self.tls {
-            let certificates = dir.join("tls");
-            if !certificates.join(tls::CA_FILE).exists() {
-                tls::generate(&certificates)?;
-            }
-            config.push_str(&format!(
-                "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n}}\n",
-                certificates.join(tls::NATS_CERT_FILE),
-                certificates.join(tls::NATS_KEY_FILE),
-                certificates.join(tls::CA_FILE),
-            ));
-        }
-        Ok(Some(config))
-    }
-
-    /// The URL clients connect to.
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// The CA certificate a client must trust, when the server speaks TLS.
-    pub fn ca_file(&self) -> Option<PathBuf> {
-        self.tls
-            .then(|| self.store.path().join("tls").join(tls::CA_FILE))
-    }
-
-    /// The environment instance `id` needs to connect as itself (nothing
-    /// when the server neither authenticates nor speaks TLS).
-    pub fn credentials(&self, id: &str) -> Vec<(String, String)> {
-        if let Some(admission) = &self.callout {
-            return admission
-                .credentials(id)
-                .unwrap_or_else(|error| panic!("no service-account token for {id}: {error:#}"));
-        }
-        let mut env: Vec<(String, String)> = self
-            .password(id)
-            .map(|password| {
-                vec![
-                    ("NATS_USER".to_owned(), id.to_owned()),
-                    ("NATS_PASSWORD".to_owned(), password.to_owned()),
-                ]
-            })
-            .unwrap_or_default();
-        if let Some(ca) = self.ca_file() {
-            env.push(("NATS_CA_FILE".to_owned(), ca.display().to_string()));
-        }
-        env
-    }
-
-    /// Instance `id`'s password, when the server authenticates it.
-    pub fn password(&self, id: &str) -> Option<&str> {
-        self.logins
-            .iter()
-            .find(|login| login.id == id)
-            .map(|login| login.password.as_str())
-    }
-
-    /// What the server has logged (only an authenticated server logs).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.store.path().join("nats.log")).unwrap_or_default()
-    }
-
-    /// With the auth callout: the cluster's played token issuer, to mint
-    /// more tokens (a test's forgeries).
-    pub fn service_accounts(&self) -> Option<&ServiceAccountIssuer> {
-        self.callout
-            .as_ref()
-            .map(CalloutAdmission::service_accounts)
-    }
-
-    /// What the auth callout has logged (its admissions and refusals).
-    pub fn callout_log(&self) -> String {
-        self.callout
-            .as_ref()
-            .map(CalloutAdmission::log)
-            .unwrap_or_default()
-    }
-
-    /// The process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Whether the server process is still running.
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
-    }
-
-    /// Kills the server (SIGKILL), as a crash would.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port with the same JetStream store.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill();
-        self.spawn()
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Writes `text` to a file only its owner may read (a run's secrets).
 pub(crate) fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -390,18 +92,6 @@ pub(crate) fn write_private(path: &std::path::Path, text: &str) -> anyhow::Resul
 /// 128 random bits in hex: a password or token made for one run.
 pub(crate) fn random_secret() -> String {
     format!("{:032x}", rand::random::<u128>())
-}
-
-/// A login with a fresh random password for each instance.
-fn logins(instances: impl IntoIterator<Item = (Role, String)>) -> Vec<Login> {
-    instances
-        .into_iter()
-        .map(|(role, id)| Login {
-            role,
-            id,
-            password: random_secret(),
-        })
-        .collect()
 }
 
 /// The root of this workspace (where `infra/` lives): found up from the
@@ -421,12 +111,6 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."))
 }
 
-fn nats_server_path() -> PathBuf {
-    std::env::var_os("NATS_SERVER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("nats-server"))
-}
-
 pub(crate) fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -436,6 +120,17 @@ pub(crate) fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> 
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(())
+}
+
+/// Sends `signal` by name (`STOP`, `CONT`, `USR2`, ...) to `pid` with
+/// `kill(1)`.
+pub(crate) fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .context("running kill")?;
+    anyhow::ensure!(status.success(), "kill -s {signal} {pid} failed");
     Ok(())
 }
 
@@ -595,12 +290,7 @@ impl Service {
             .as_ref()
             .context("the process is not running")?
             .id();
-        let status = Command::new("kill")
-            .args(["-s", signal, &pid.to_string()])
-            .status()
-            .context("running kill")?;
-        anyhow::ensure!(status.success(), "kill -s {signal} {pid} failed");
-        Ok(())
+        send_signal(pid, signal)
     }
 
     /// Sets (`Some`) or removes (`None`) an environment variable for the

@@ -160,6 +160,39 @@ impl Ports {
     }
 }
 
+/// The ports of one NATS node: 4223, 6223 and 8223 for node 1 at a fixed
+/// site (NATS's usual 4222, 6222 and 8222 plus one, so that a NATS already
+/// running on the machine is left alone), the next ones for the next nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatsNodePorts {
+    /// Where clients connect.
+    pub client: u16,
+    /// Where the other nodes' routes connect.
+    pub route: u16,
+    /// The monitoring endpoint (`/jsz`, `/varz`), read-only.
+    pub monitor: u16,
+}
+
+impl Ports {
+    /// The ports of NATS node `n` (from 1).
+    pub fn nats_node(self, n: usize) -> NatsNodePorts {
+        let at = |first: u32| match self {
+            Ports::Free => crate::free_port(),
+            Ports::Fixed { offset } => fixed(first + n.saturating_sub(1) as u32, offset),
+        };
+        NatsNodePorts {
+            client: at(u32::from(Server::Nats.fixed_port())),
+            route: at(FIRST_NATS_ROUTE_PORT),
+            monitor: at(FIRST_NATS_MONITOR_PORT),
+        }
+    }
+}
+
+/// The route port of NATS node 1 at a fixed site.
+const FIRST_NATS_ROUTE_PORT: u32 = 6223;
+/// The monitoring port of NATS node 1 at a fixed site.
+const FIRST_NATS_MONITOR_PORT: u32 = 8223;
+
 /// `port + offset`, or 0 past the last port.
 fn fixed(port: u32, offset: u16) -> u16 {
     u16::try_from(port + u32::from(offset)).unwrap_or(0)
@@ -191,6 +224,12 @@ pub struct ClusterSpec {
     /// `infra/nats/auth.conf` holds for compose and Kubernetes), each
     /// service connecting as itself. A local site always does.
     pub nats_auth: bool,
+    /// How many NATS nodes, joined into one JetStream cluster when more
+    /// than one, with every key-value bucket kept on up to three of them:
+    /// three in the deployed topology (no single point of failure
+    /// underneath), one in the tests (no election to wait for) but those
+    /// that break the consensus layer.
+    pub nats_nodes: usize,
     /// NATS asks the real auth callout about every connection, and each
     /// service connects with a service-account token minted for it, as in
     /// Kubernetes (`crate::nats_callout`); instead of `nats_auth`.
@@ -239,6 +278,9 @@ pub struct BankSpec {
     /// The PostgreSQL server to create a private database on, as the URL
     /// of its `postgres` database; `None` for the machine's.
     pub server: Option<String>,
+    /// The Redis for the coordinators' lease: a test's own server (one it
+    /// restarts) instead of a key prefix of its own in the machine's.
+    pub redis: Option<String>,
 }
 
 impl BankSpec {
@@ -252,6 +294,7 @@ impl BankSpec {
             worker_args: Vec::new(),
             gateway_args: Vec::new(),
             server: None,
+            redis: None,
         }
     }
 }
@@ -297,6 +340,7 @@ impl ClusterSpec {
             monitor_args: Vec::new(),
             bank: Some(BankSpec::standard()),
             nats_auth: false,
+            nats_nodes: 3,
             nats_callout: false,
             nats_tls: false,
             env: Vec::new(),
@@ -316,6 +360,13 @@ impl ClusterSpec {
             data_path,
             ..ClusterSpec::default()
         }
+    }
+
+    /// How many copies of each key-value bucket NATS keeps: one per node,
+    /// up to three (more would slow every write for no safety a
+    /// three-node quorum lacks).
+    pub fn bucket_replicas(&self) -> usize {
+        self.nats_nodes.clamp(1, 3)
     }
 
     /// How many replicas of `role` it runs.
@@ -345,6 +396,14 @@ impl ClusterSpec {
                 listeners.push((ports.service(role, n), format!("{name}'s admin endpoint")));
             }
         }
+        for n in 1..=self.nats_nodes.max(1) {
+            let node = ports.nats_node(n);
+            listeners.extend([
+                (node.client, format!("nats-{n}'s client port")),
+                (node.route, format!("nats-{n}'s route port")),
+                (node.monitor, format!("nats-{n}'s monitoring port")),
+            ]);
+        }
         listeners
     }
 
@@ -370,6 +429,7 @@ impl Default for ClusterSpec {
             heartbeat_interval_ms: Some(100),
             monitors: 0,
             bank: None,
+            nats_nodes: 1,
             // Every test client is 127.0.0.1: no per-client rate limit.
             gateway_args: ["--http-workers", "2", "--client-rate-limit", "0"]
                 .map(String::from)

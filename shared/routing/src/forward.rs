@@ -17,7 +17,8 @@
 //! worker already tried.
 //!
 //! Retries are rationed twice: a retry is granted only while the retry
-//! budget allows (about 20 % extra load, see [`crate::retry_budget`]), and
+//! budget allows (about 20 % extra load, see [`crate::retry_budget`]; a
+//! retry after no-responders is free, as it put no load on anyone), and
 //! each waits a jittered, exponentially growing pause first
 //! ([`faultline_bus::backoff`]), so a struggling cluster is not hit by
 //! synchronised waves. A failed attempt is reported as costing its whole
@@ -325,7 +326,8 @@ impl Attempts for Balanced<'_> {
 
     /// A retry needs the budget's leave and someone left to try.
     fn may_retry(&mut self, _failure: &Outcome) -> bool {
-        self.router.try_retry(&self.tried)
+        let undelivered = matches!(self.last, Last::Failed(Failure::Unreachable));
+        self.router.try_retry(&self.tried, undelivered)
     }
 
     fn retrying(&mut self, retry: Retry, after: &Outcome) -> impl Sized {

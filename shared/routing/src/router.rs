@@ -143,10 +143,10 @@ impl Router {
 
     /// Asks the retry budget for one retry (see
     /// [`RoutingTable::try_retry`]).
-    pub fn try_retry(&self, tried: &[MemberId]) -> bool {
+    pub fn try_retry(&self, tried: &[MemberId], undelivered: bool) -> bool {
         let (granted, notices) = {
             let mut inner = self.lock();
-            let granted = inner.table.try_retry(tried, Instant::now());
+            let granted = inner.table.try_retry(tried, undelivered, Instant::now());
             (granted, inner.table.take_notices())
         };
         self.announce(notices);

@@ -145,9 +145,17 @@ impl RoutingTable {
     /// worker is left to try and the retry budget pays for it. With nobody
     /// left the budget is not touched (nor the backoff waited, by the
     /// caller): the retry could not happen anyway.
-    pub fn try_retry(&mut self, tried: &[MemberId], now: Instant) -> bool {
+    ///
+    /// A retry after an attempt that surely reached no worker (`undelivered`:
+    /// NATS answered "no responders", as it does while a worker's
+    /// connection moves to another NATS node) is free: the budget bounds
+    /// the extra load retries put on workers, and that attempt put none.
+    pub fn try_retry(&mut self, tried: &[MemberId], undelivered: bool, now: Instant) -> bool {
         if !self.any_untried(tried, now) {
             return false;
+        }
+        if undelivered {
+            return true;
         }
         let granted = self.budget.try_retry(now);
         if !granted {
@@ -523,7 +531,7 @@ mod tests {
     }
 
     fn picked(table: &mut RoutingTable, tried: &[MemberId], retry: bool, now: Instant) -> String {
-        if retry && !table.try_retry(tried, now) {
+        if retry && !table.try_retry(tried, false, now) {
             return "BudgetSpent".to_owned();
         }
         match table.pick(None, tried, !retry, now) {
@@ -551,18 +559,37 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_after_no_responders_costs_no_budget() {
+        let t0 = Instant::now();
+        let mut table = with_workers(&["w1", "w2"], t0);
+        table.take_notices();
+        let tried = [MemberId::from("w1")];
+        for _ in 0..10 {
+            assert!(table.try_retry(&tried, true, t0), "never delivered: free");
+        }
+        assert_eq!(table.take_notices(), vec![]);
+        // The budget is whole: its floor of two paid retries is left.
+        assert_eq!(picked(&mut table, &tried, true, t0), "w2");
+        assert_eq!(picked(&mut table, &tried, true, t0), "w2");
+        assert_eq!(picked(&mut table, &tried, true, t0), "BudgetSpent");
+    }
+
+    #[test]
     fn a_retry_with_nobody_left_to_try_costs_no_budget() {
         let t0 = Instant::now();
         let mut table = with_workers(&["w1", "w2"], t0);
         table.take_notices();
         let both = [MemberId::from("w1"), MemberId::from("w2")];
         for _ in 0..5 {
-            assert!(!table.try_retry(&both, t0));
+            assert!(!table.try_retry(&both, false, t0));
         }
         assert_eq!(table.take_notices(), vec![], "no refusal counted");
         let tried = [MemberId::from("w1")];
-        assert!(table.try_retry(&tried, t0), "the budget is untouched");
-        assert!(table.try_retry(&tried, t0));
+        assert!(
+            table.try_retry(&tried, false, t0),
+            "the budget is untouched"
+        );
+        assert!(table.try_retry(&tried, false, t0));
     }
 
     #[test]

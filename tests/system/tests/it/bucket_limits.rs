@@ -19,7 +19,7 @@ async fn limits(js: &jetstream::Context) -> (i64, i32) {
 #[tokio::test]
 async fn a_bucket_created_without_limits_is_bounded_by_its_writer() {
     let nats = NatsServer::start().expect("nats-server starts");
-    let client = async_nats::connect(nats.url()).await.expect("connects");
+    let client = async_nats::connect(nats.urls()).await.expect("connects");
     let js = jetstream::new(client.clone());
     // The settings bucket as an earlier version created it: no limits.
     js.create_stream(stream::Config {

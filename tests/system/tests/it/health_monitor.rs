@@ -41,11 +41,18 @@ fn spec_in(mode: DataPath, monitor_args: &[&str]) -> ClusterSpec {
 
 /// Every membership event, with the instant it reached the test.
 #[derive(Clone)]
-struct Events(Arc<Mutex<Vec<(Instant, MembershipEvent)>>>);
+pub(crate) struct Events(Arc<Mutex<Vec<(Instant, MembershipEvent)>>>);
 
 impl Events {
-    async fn follow(cluster: &Cluster) -> Events {
-        let client = async_nats::connect(cluster.nats.url())
+    pub(crate) async fn follow(cluster: &Cluster) -> Events {
+        Events::follow_at(cluster.nats.urls()).await
+    }
+
+    /// Following through the NATS servers at `urls` only (a node a test
+    /// will not kill: events published while the test's own connection is
+    /// down would be missed).
+    pub(crate) async fn follow_at(urls: Vec<String>) -> Events {
+        let client = async_nats::connect(urls)
             .await
             .expect("the test connects to NATS");
         let mut events = client
@@ -70,7 +77,23 @@ impl Events {
 
     /// Waits for `id` to reach `to` after `since`; returns when it arrived
     /// and the event.
-    async fn wait(&self, id: &str, to: State, since: Instant) -> (Instant, MembershipEvent) {
+    /// The events about `id` heard since `since`.
+    pub(crate) fn about(&self, id: &str, since: Instant) -> Vec<MembershipEvent> {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|(at, e)| *at >= since && e.id == id)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    pub(crate) async fn wait(
+        &self,
+        id: &str,
+        to: State,
+        since: Instant,
+    ) -> (Instant, MembershipEvent) {
         eventually(
             &format!("{id} to become {to:?}"),
             Duration::from_secs(20),
@@ -293,7 +316,7 @@ async fn a_killed_worker_restarted_is_back_in_rotation_by_itself(mode) {
 }
 
 /// The leading monitor's id, as the gateway's view shows it.
-async fn leader(cluster: &Cluster) -> String {
+pub(crate) async fn leader(cluster: &Cluster) -> String {
     eventually("a leading monitor", Duration::from_secs(20), || async {
         let view = cluster.gateway.cluster_view().await.ok()?;
         view.monitor.filter(|_| view.monitor_leads)
@@ -302,22 +325,31 @@ async fn leader(cluster: &Cluster) -> String {
     .expect("a monitor leads")
 }
 
-/// Every stored version of the membership view, oldest first.
-async fn view_history(cluster: &Cluster) -> Vec<MembershipView> {
-    let client = async_nats::connect(cluster.nats.url())
-        .await
-        .expect("the test connects to NATS");
-    let store = async_nats::jetstream::new(client)
+/// Every stored version of the membership view, oldest first, once
+/// JetStream answers (a cluster regaining its quorum may not at first).
+pub(crate) async fn view_history(cluster: &Cluster) -> Vec<MembershipView> {
+    eventually("the view's history", Duration::from_secs(30), || async {
+        stored_views(cluster).await.ok()
+    })
+    .await
+    .expect("JetStream answers")
+}
+
+pub(crate) async fn stored_views(cluster: &Cluster) -> anyhow::Result<Vec<MembershipView>> {
+    let client = async_nats::connect(cluster.nats.urls()).await?;
+    // A request to a stream without a leader gets no answer: ask again
+    // soon rather than after the connection's 10 s.
+    let store = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build(client)
         .get_key_value(subjects::MEMBERSHIP_BUCKET)
-        .await
-        .expect("the membership bucket exists");
-    let mut history = store.history(subjects::VIEW_KEY).await.expect("history");
+        .await?;
+    let mut history = store.history(subjects::VIEW_KEY).await?;
     let mut views = Vec::new();
     while let Some(entry) = history.next().await {
-        let entry = entry.expect("a history entry");
-        views.push(serde_json::from_slice(&entry.value).expect("a stored view"));
+        views.push(serde_json::from_slice(&entry?.value)?);
     }
-    views
+    Ok(views)
 }
 
 #[tokio::test]

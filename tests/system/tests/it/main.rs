@@ -44,6 +44,7 @@ mod health_monitor;
 mod load_balancer_failover;
 mod load_shedding;
 mod nats_auth_callout;
+mod nats_cluster;
 mod nats_permissions;
 mod observability;
 mod run_command;
@@ -220,6 +221,16 @@ pub async fn at_fixed_rate(
     duration: Duration,
     body: impl Fn(usize) -> Value,
 ) -> Vec<(Instant, Duration, u16, Value)> {
+    at_fixed_rate_until(gateway, every, tokio::time::sleep(duration), body).await
+}
+
+/// [`at_fixed_rate`] until `stop` completes.
+pub async fn at_fixed_rate_until(
+    gateway: &Gateway,
+    every: Duration,
+    stop: impl std::future::Future,
+    body: impl Fn(usize) -> Value,
+) -> Vec<(Instant, Duration, u16, Value)> {
     let call = |i: usize| {
         let body = body(i);
         async move {
@@ -229,12 +240,13 @@ pub async fn at_fixed_rate(
         }
     };
     let mut ticker = tokio::time::interval(every);
-    let started = Instant::now();
     let mut running = futures::stream::FuturesUnordered::new();
     let mut answers = Vec::new();
     let mut i = 0;
-    while started.elapsed() < duration {
+    tokio::pin!(stop);
+    loop {
         tokio::select! {
+            _ = &mut stop => break,
             _ = ticker.tick() => {
                 running.push(call(i));
                 i += 1;

@@ -112,7 +112,7 @@ async fn under_the_auth_callout_each_pod_connects_as_itself_and_as_no_other() {
     ];
     for (user, token, reason) in refusals {
         let refused = ConnectOptions::with_user_and_password(user.into(), token)
-            .connect(nats.url())
+            .connect(nats.urls())
             .await
             .expect_err("the callout refuses it");
         assert!(
@@ -140,7 +140,7 @@ async fn under_the_auth_callout_each_pod_connects_as_itself_and_as_no_other() {
                 }
             }
         })
-        .connect(nats.url())
+        .connect(nats.urls())
         .await
         .expect("worker-2 is admitted with its own token");
     for subject in ["faultline.heartbeat.worker.worker-1", "faultline.shard.1"] {

@@ -42,7 +42,7 @@ async fn the_system_works_under_its_nats_permissions_and_no_other_role_can_forge
     // the right password (it would as well be talking to an impostor).
     let password = cluster.nats.password("worker-1").expect("a password");
     let untrusting = ConnectOptions::with_user_and_password("worker-1".into(), password.into())
-        .connect(cluster.nats.url())
+        .connect(cluster.nats.urls())
         .await
         .expect_err("a client without the CA must not connect");
     // rustls's refusal of the server's certificate, as the client passes
@@ -231,7 +231,7 @@ async fn connect_watching(
                 }
             }
         })
-        .connect(cluster.nats.url())
+        .connect(cluster.nats.urls())
         .await
         .unwrap_or_else(|error| panic!("{id} logs in: {error}"));
     (client, errors)
@@ -251,7 +251,7 @@ pub(crate) async fn expect_refusal(refusals: &mut mpsc::UnboundedReceiver<String
 
 async fn connect_as(cluster: &Cluster, id: &str) -> async_nats::Client {
     login(cluster, id)
-        .connect(cluster.nats.url())
+        .connect(cluster.nats.urls())
         .await
         .unwrap_or_else(|error| panic!("{id} logs in: {error}"))
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::{open_account, transfer};
+use faultline_cluster::local::RedisServer;
 use faultline_cluster::postgres::PrivatePostgres;
 use faultline_cluster::{BankSpec, Cluster, ClusterSpec, Service, eventually};
 use faultline_protocol::bank::{
@@ -733,7 +734,9 @@ async fn a_prepared_branch_waits_for_the_coordinators_answer() {
     .expect("the cluster starts");
     open_account(&cluster, "x", 100).await;
     open_account(&cluster, "y", 100).await;
-    let nats = async_nats::connect(cluster.nats.url()).await.expect("NATS");
+    let nats = async_nats::connect(cluster.nats.urls())
+        .await
+        .expect("NATS");
     let mut questions = nats
         .subscribe(subjects::COORDINATOR_STATUS)
         .await
@@ -864,7 +867,9 @@ async fn forged_shard_messages_on_the_bus_change_nothing() {
     let token = u64::try_from(token).expect("a token");
     let before = read_audit(&cluster).await;
 
-    let nats = async_nats::connect(cluster.nats.url()).await.expect("NATS");
+    let nats = async_nats::connect(cluster.nats.urls())
+        .await
+        .expect("NATS");
     let to_shard = faultline_transactions::sharding::shard_of(&to, SHARDS);
     let send = |request: ShardRequest| {
         let nats = nats.clone();
@@ -1175,6 +1180,136 @@ async fn transfers_resume_after_postgresql_crashes_and_restarts() {
     let pool = cluster.pool().await.expect("pool");
     settle(&cluster, &pool).await;
     audit(&pool, &acknowledged).await;
+}
+
+/// Redis restarted empty under load: the coordinators' lease and its token
+/// counter are gone. "Active" means holding the lease by one's own clock:
+/// a coordinator acts (decides, sends phase two) only while less than a
+/// TTL has passed since it sent the request that last took or renewed the
+/// lease, and its `faultline_coordinator_active` gauge says so.
+///
+/// After the restart the active coordinator's renewal finds no key and it
+/// steps down; the next to take the lease gets a token raised above the
+/// decision log's fence (the newest token a decision was accepted under),
+/// so above every older term's. The log refuses a decision under a token
+/// older than the newest it has seen, so no decision of an older term is
+/// accepted after a newer term's first: checked here on the log itself.
+#[tokio::test]
+async fn transfers_resume_after_redis_restarts_empty_and_no_older_term_decides_after_a_newer() {
+    let mut redis = RedisServer::start().expect("a Redis of the test's own");
+    let cluster = Cluster::start(ClusterSpec {
+        worker_weights: vec![1, 1, 1],
+        load_balancers: 0,
+        monitors: 1,
+        bank: Some(BankSpec {
+            shards: SHARDS,
+            redis: Some(redis.url()),
+            ..BankSpec::default()
+        }),
+        ..ClusterSpec::default()
+    })
+    .await
+    .expect("the bank cluster starts");
+    let clients = Clients::start(&cluster, 4).await;
+    recovered(&clients.progress).await;
+    let pool = cluster.pool().await.expect("pool");
+    let fence_before: i64 = sqlx::query_scalar("SELECT token FROM coordinator_fence")
+        .fetch_one(&pool)
+        .await
+        .expect("the fence");
+
+    let (stop_watching, watching) = watch::channel(false);
+    let fault = async {
+        redis.restart_empty().expect("Redis starts again, empty");
+        let restarted = Instant::now();
+        // The term in office ends when its renewal finds no lease; the
+        // next one's token is raised above the fence, and the log's fence
+        // follows it.
+        let token_after = eventually(
+            "a new term, above the fence",
+            Duration::from_secs(30),
+            || async {
+                let fence: i64 = sqlx::query_scalar("SELECT token FROM coordinator_fence")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+                (fence > fence_before).then_some(fence)
+            },
+        )
+        .await
+        .expect("the lease comes back with a higher token");
+        let new_term = restarted.elapsed();
+        recovered(&clients.progress).await;
+        let resumed = restarted.elapsed();
+        stop_watching.send_replace(true);
+        (token_after, new_term, resumed)
+    };
+    let ((token_after, new_term, resumed), overlap) =
+        tokio::join!(fault, both_active(&cluster, watching));
+    eprintln!(
+        "Redis restarted empty: token {token_after} (was {fence_before}) in office {new_term:?} after, \
+         30 more transfers answered {resumed:?} after; both coordinators reported active together \
+         for {overlap:?} in all (sampled every 20 ms)"
+    );
+
+    let acknowledged = clients.stop().await;
+    settle(&cluster, &pool).await;
+    audit(&pool, &acknowledged).await;
+    let decisions: Vec<(i64, f64)> = sqlx::query_as(
+        "SELECT decided_by_token, extract(epoch FROM decided_at)::float8 FROM transfers \
+         WHERE decided_at IS NOT NULL ORDER BY decided_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("the decisions");
+    let newest = decisions
+        .iter()
+        .map(|(token, _)| *token)
+        .max()
+        .unwrap_or_default();
+    assert!(
+        newest > fence_before,
+        "a term after the restart decided, under a token above {fence_before}: newest {newest}"
+    );
+    let mut first_of_term: BTreeMap<i64, f64> = BTreeMap::new();
+    for (token, at) in &decisions {
+        first_of_term.entry(*token).or_insert(*at);
+    }
+    for (token, at) in &decisions {
+        let newer_began_before = first_of_term
+            .range(token + 1..)
+            .find(|(_, first)| **first < *at);
+        assert_eq!(
+            newer_began_before, None,
+            "a decision under token {token} was accepted after a newer term's first"
+        );
+    }
+    eprintln!(
+        "decision log: {} decisions under tokens {:?}; none of an older term after a newer term's first",
+        decisions.len(),
+        first_of_term.keys().collect::<Vec<_>>()
+    );
+}
+
+/// How long both coordinators reported active at once, sampled every
+/// 20 ms until `stop`.
+async fn both_active(cluster: &Cluster, mut stop: watch::Receiver<bool>) -> Duration {
+    let mut overlap = Duration::ZERO;
+    let every = Duration::from_millis(20);
+    while !*stop.borrow() {
+        let mut active = 0;
+        for admin in &cluster.coordinator_admin {
+            active += usize::from(cluster.gateway.coordinator_is_active(admin).await);
+        }
+        if active > 1 {
+            overlap += every;
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+    overlap
 }
 
 /// The bank's clients at work on its accounts, until stopped.
