@@ -143,7 +143,7 @@ fn the_smoke_scenario_runs_end_to_end_and_reports_what_happened() {
     assert_eq!(traced.errors(), 0);
     let cpu = traced.analysis.cpu.as_ref().expect("CPU per call");
     assert!(cpu.total_us > 0.0, "{cpu:?}");
-    for process in ["gateway", "nats-server", "worker-1", "lb-1"] {
+    for process in ["gateway", "nats-1", "nats-2", "nats-3", "worker-1", "lb-1"] {
         assert!(cpu.by_process.contains_key(process), "{cpu:?}");
     }
 

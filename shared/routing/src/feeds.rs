@@ -6,7 +6,7 @@
 //! | worker heartbeats | `faultline.heartbeat.worker.*` | who is heard, advertised weights |
 //! | the health-monitor's view | KV `faultline_membership` | up / suspect / down, slow start |
 //! | settings | KV `faultline_balancer` | strategy, weight overrides, data path |
-//! | the clock | | workers that fell silent |
+//! | the clock | | workers that fell silent (while this process could hear them) |
 //! | peers' heartbeats | `faultline.heartbeat.<own role>.*` | how many replicas share the retry budget's floor |
 //! | directives (gateways) | `faultline.lb.directives` | ejections and weights from the control plane |
 //! | reports (gateways, direct mode) | `faultline.lb.reports`, every 100 ms | the control plane's input |
@@ -112,7 +112,11 @@ pub async fn start(
             loaded_tx,
             settings.default_strategy,
         )),
-        tokio::spawn(sweep(router.clone(), settings.sweep_every())),
+        tokio::spawn(sweep(
+            client.clone(),
+            router.clone(),
+            settings.sweep_every(),
+        )),
     ];
     if settings.role == Role::Gateway {
         let directives = client.subscribe(subjects::LB_DIRECTIVES).await?;
@@ -162,12 +166,26 @@ async fn follow_membership(client: async_nats::Client, replicas: u8, router: Arc
     .await;
 }
 
-/// Drops workers that fell silent.
-async fn sweep(router: Arc<Router>, every: Duration) {
+/// Drops workers that fell silent, but only for silence this process
+/// could have heard through: while its own connection to the bus is down
+/// (a NATS node lost, a rolling restart moving it to another node) no
+/// heartbeat can reach it, so it drops nobody, and once connected again it
+/// counts every worker's silence from then on. Otherwise a balancer that
+/// reconnects finds every worker expired and answers "no worker
+/// available" until the next heartbeats arrive.
+async fn sweep(client: async_nats::Client, router: Arc<Router>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_deaf = false;
     loop {
         tick.tick().await;
+        if client.connection_state() != async_nats::connection::State::Connected {
+            was_deaf = true;
+            continue;
+        }
+        if std::mem::take(&mut was_deaf) {
+            router.excuse_silence();
+        }
         router.expire();
     }
 }

@@ -165,6 +165,15 @@ impl Membership {
         self.reconcile(now)
     }
 
+    /// Starts every worker's silence afresh at `now`: for after this
+    /// process's own connection to the bus was down, when it could hear no
+    /// heartbeat, so the silence was its own and no worker's.
+    pub fn excuse_silence(&mut self, now: Instant) {
+        for record in self.workers.values_mut() {
+            record.heartbeats.heartbeat(now);
+        }
+    }
+
     /// Drops silent workers and stale control weights, and re-applies the
     /// rules as time passes.
     pub fn expire(&mut self, now: Instant) -> Vec<Change> {

@@ -232,6 +232,12 @@ impl Router {
         self.update(|table, now| table.expire(now));
     }
 
+    /// Forgets the workers' silence so far: this process could not hear
+    /// them (its bus connection was down).
+    pub fn excuse_silence(&self) {
+        self.update(|table, now| table.excuse_silence(now));
+    }
+
     /// Keeps (or stops keeping) this replica's outcomes for reports.
     pub fn set_reporting(&self, on: bool) {
         self.update(|table, _| table.set_reporting(on));

@@ -395,6 +395,12 @@ impl RoutingTable {
         self.budget.share_floor(replicas);
     }
 
+    /// Forgets the workers' silence so far (see
+    /// [`Membership::excuse_silence`]).
+    pub fn excuse_silence(&mut self, now: Instant) {
+        self.membership.excuse_silence(now);
+    }
+
     /// Drops silent workers and re-applies the rules as time passes.
     pub fn expire(&mut self, now: Instant) {
         let changes = self.membership.expire(now);
