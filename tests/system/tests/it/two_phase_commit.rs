@@ -1147,21 +1147,11 @@ async fn transfers_resume_after_postgresql_crashes_and_restarts() {
     let mut postgres = PrivatePostgres::start()
         .await
         .expect("a PostgreSQL server of the test's own");
-    let cluster = Cluster::start(ClusterSpec {
-        worker_weights: vec![1, 1, 1],
-        load_balancers: 0,
-        monitors: 1,
-        bank: Some(BankSpec {
-            shards: SHARDS,
-            server: Some(postgres.admin_url()),
-            ..BankSpec::default()
-        }),
-        ..ClusterSpec::default()
+    let (cluster, clients) = bank_at_work(BankSpec {
+        server: Some(postgres.admin_url()),
+        ..BankSpec::default()
     })
-    .await
-    .expect("the bank cluster starts");
-    let clients = Clients::start(&cluster, 4).await;
-    recovered(&clients.progress).await;
+    .await;
 
     postgres.crash().expect("PostgreSQL crashes");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1197,21 +1187,11 @@ async fn transfers_resume_after_postgresql_crashes_and_restarts() {
 #[tokio::test]
 async fn transfers_resume_after_redis_restarts_empty_and_no_older_term_decides_after_a_newer() {
     let mut redis = RedisServer::start().expect("a Redis of the test's own");
-    let cluster = Cluster::start(ClusterSpec {
-        worker_weights: vec![1, 1, 1],
-        load_balancers: 0,
-        monitors: 1,
-        bank: Some(BankSpec {
-            shards: SHARDS,
-            redis: Some(redis.url()),
-            ..BankSpec::default()
-        }),
-        ..ClusterSpec::default()
+    let (cluster, clients) = bank_at_work(BankSpec {
+        redis: Some(redis.url()),
+        ..BankSpec::default()
     })
-    .await
-    .expect("the bank cluster starts");
-    let clients = Clients::start(&cluster, 4).await;
-    recovered(&clients.progress).await;
+    .await;
     let pool = cluster.pool().await.expect("pool");
     let fence_before: i64 = sqlx::query_scalar("SELECT token FROM coordinator_fence")
         .fetch_one(&pool)
@@ -1310,6 +1290,26 @@ async fn both_active(cluster: &Cluster, mut stop: watch::Receiver<bool>) -> Dura
         }
     }
     overlap
+}
+
+/// A bank of three workers, one monitor and `bank`'s stores, with four
+/// clients at work on it and 30 of their transfers answered.
+async fn bank_at_work(bank: BankSpec) -> (Cluster, Clients) {
+    let cluster = Cluster::start(ClusterSpec {
+        worker_weights: vec![1, 1, 1],
+        load_balancers: 0,
+        monitors: 1,
+        bank: Some(BankSpec {
+            shards: SHARDS,
+            ..bank
+        }),
+        ..ClusterSpec::default()
+    })
+    .await
+    .expect("the bank cluster starts");
+    let clients = Clients::start(&cluster, 4).await;
+    recovered(&clients.progress).await;
+    (cluster, clients)
 }
 
 /// The bank's clients at work on its accounts, until stopped.
