@@ -214,10 +214,7 @@ Kill something (kill -9 <pid>, pids below) and watch {g}/v1/cluster.",
         span(Role::Coordinator, cluster.coordinators.len()),
         token = cluster.operator_token,
         nats = cluster.nats.url(),
-        nats_nodes = match cluster.nats.node_count() {
-            1 => "one node".to_owned(),
-            n => format!("{n} nodes"),
-        },
+        nats_nodes = faultline_cluster::NatsServer::describe(cluster.nats.node_count()),
         monitor = ports.nats_node(1).monitor,
     );
     let mut pids: Vec<(String, u32)> = cluster

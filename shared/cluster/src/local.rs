@@ -65,10 +65,7 @@ impl LocalServers {
             .collect();
         say(&format!(
             "starting NATS with JetStream: {} on 127.0.0.1:{}, with a user per instance",
-            match nodes {
-                1 => "one node".to_owned(),
-                n => format!("a cluster of {n} nodes"),
-            },
+            NatsServer::describe(nodes),
             client_ports.join(", ")
         ));
         let nats = NatsServer::start_local(
@@ -281,7 +278,7 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     config: Vec<String>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -301,7 +298,7 @@ impl RedisServer {
             child: None,
             port,
             config: config.to_vec(),
-            _dir: tempfile::tempdir().context("creating Redis's directory")?,
+            dir: tempfile::tempdir().context("creating Redis's directory")?,
         };
         server.spawn()?;
         Ok(server)
@@ -312,7 +309,7 @@ impl RedisServer {
             .args(&self.config)
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(self._dir.path())
+            .arg(self.dir.path())
             .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

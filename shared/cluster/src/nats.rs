@@ -99,7 +99,8 @@ impl NatsServer {
     pub fn start_on(port: u16) -> anyhow::Result<NatsServer> {
         let ports = NatsNodePorts {
             client: port,
-            ..Ports::Free.nats_node(1)
+            route: crate::free_port(),
+            monitor: crate::free_port(),
         };
         Self::launch(vec![ports], Vec::new(), false, false, None)
     }
@@ -183,12 +184,7 @@ impl NatsServer {
             callout,
             route_password: random_secret(),
         };
-        for node in 0..server.nodes.len() {
-            server.spawn(node)?;
-        }
-        for node in &server.nodes {
-            wait_for_port(node.ports.client, Duration::from_secs(10))?;
-        }
+        server.start_every_node()?;
         let url = server.url();
         if let Some(admission) = server.callout.as_mut() {
             admission.start(&url)?;
@@ -317,6 +313,14 @@ impl NatsServer {
         self.nodes.len()
     }
 
+    /// "one node" or "a cluster of N nodes", for messages.
+    pub fn describe(nodes: usize) -> String {
+        match nodes {
+            1 => "one node".to_owned(),
+            n => format!("a cluster of {n} nodes"),
+        }
+    }
+
     /// Node `node`'s (from 0) `server_name`.
     pub fn node_name(&self, node: usize) -> &str {
         &self.nodes[node].name
@@ -418,6 +422,12 @@ impl NatsServer {
     /// Starts every node again on its ports with its store.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
+        self.start_every_node()
+    }
+
+    /// Starts every node, then waits until each accepts connections (all
+    /// at once: a node waits for its routes before it serves JetStream).
+    fn start_every_node(&mut self) -> anyhow::Result<()> {
         for node in 0..self.nodes.len() {
             self.spawn(node)?;
         }

@@ -338,9 +338,9 @@ pub(crate) async fn view_history(cluster: &Cluster) -> Vec<MembershipView> {
 pub(crate) async fn stored_views(cluster: &Cluster) -> anyhow::Result<Vec<MembershipView>> {
     let client = async_nats::connect(cluster.nats.urls()).await?;
     // A request to a stream without a leader gets no answer: ask again
-    // soon rather than after the connection's 10 s.
+    // as soon as the services do, rather than after the connection's 10 s.
     let store = async_nats::jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(1))
+        .timeout(faultline_bus::kv_buckets::REQUEST_TIMEOUT)
         .build(client)
         .get_key_value(subjects::MEMBERSHIP_BUCKET)
         .await?;

@@ -24,7 +24,7 @@ use faultline_cluster::{Cluster, ClusterSpec, NatsServer, eventually};
 use faultline_protocol::membership::{MembershipView, State};
 use faultline_protocol::routing::DataPath;
 use faultline_protocol::subjects;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::health_monitor::{Events, leader, stored_views, view_history};
 use crate::{at_fixed_rate, at_fixed_rate_until, drive, echo, served_by, wait_out_of_rotation};
@@ -52,6 +52,16 @@ fn failures(answers: &Answers) -> Vec<&(Instant, Duration, u16, Value)> {
     answers.iter().filter(|(_, _, s, _)| *s != 200).collect()
 }
 
+/// A node holding one of the gateway's connections.
+async fn gateways_node(cluster: &Cluster) -> usize {
+    *cluster
+        .nats
+        .nodes_serving("gateway-1")
+        .await
+        .first()
+        .expect("the gateway is connected to a node")
+}
+
 /// The node leading `stream`'s Raft group, once there is one.
 async fn stream_leader(nats: &NatsServer, stream: &str) -> usize {
     let name = eventually(
@@ -68,12 +78,7 @@ in_both_data_paths! {
 async fn a_killed_nats_node_costs_calls_only_while_its_clients_reconnect(mode) {
     let mut cluster = Cluster::start(three_nodes(mode)).await.expect("cluster starts");
     // The node holding the gateway's connection: the worst one to lose.
-    let victim = *cluster
-        .nats
-        .nodes_serving("gateway-1")
-        .await
-        .first()
-        .expect("the gateway is connected to a node");
+    let victim = gateways_node(&cluster).await;
     let Cluster { gateway, nats, .. } = &mut cluster;
     let mut killed_at = None;
     let load = at_fixed_rate(gateway, Duration::from_millis(5), Duration::from_secs(5), echo);
@@ -210,12 +215,7 @@ async fn with_two_of_three_nodes_lost_calls_go_on_and_no_stale_view_lands(mode) 
     let mut cluster = Cluster::start(three_nodes(mode)).await.expect("cluster starts");
     let token_before = leader_token(&cluster).await;
     // The survivor holds the gateway's connection; the others go.
-    let survivor = *cluster
-        .nats
-        .nodes_serving("gateway-1")
-        .await
-        .first()
-        .expect("the gateway is connected to a node");
+    let survivor = gateways_node(&cluster).await;
     let events = Events::follow_at(vec![cluster.nats.node_url(survivor)]).await;
     let lost: Vec<usize> = (0..3).filter(|n| *n != survivor).collect();
     for &node in &lost {
@@ -285,13 +285,7 @@ async fn a_rolling_restart_in_lame_duck_mode_fails_no_call() {
             took.push(started.elapsed());
         }
     };
-    let answers = at_fixed_rate_until(
-        gateway,
-        Duration::from_millis(20),
-        roll,
-        |i| json!({ "op": "echo", "message": i.to_string() }),
-    )
-    .await;
+    let answers = at_fixed_rate_until(gateway, Duration::from_millis(20), roll, echo).await;
     let failed = failures(&answers);
     eprintln!(
         "rolling restart, node by node in lame-duck mode ({took:?} each): {} calls, {} failed",
