@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use faultline_cluster::local::RedisServer;
+use faultline_cluster::postgres::PrivatePostgres;
 use faultline_cluster::{BankSpec, Cluster, ClusterSpec};
 use faultline_protocol::membership::MembershipEvent;
 use faultline_protocol::routing::DataPath;
@@ -66,6 +68,10 @@ pub struct BankSystemSpec {
     /// Coordinators (one active, the rest standby).
     #[serde(default = "default_coordinators")]
     pub coordinators: usize,
+    /// A PostgreSQL server and a Redis of the system's own, which runs may
+    /// crash (`crash_store`), instead of the machine's.
+    #[serde(default)]
+    pub own_stores: bool,
 }
 
 fn default_workers() -> Vec<u32> {
@@ -126,6 +132,64 @@ pub enum Action {
     KillCoordinator(CoordinatorPick),
     /// Start the killed coordinators again (`"killed"`).
     RestartCoordinator(RestartPick),
+    /// SIGKILL NATS node N (1-based, `nats-N`).
+    KillNatsNode(usize),
+    /// SIGKILL the NATS node leading a Raft group.
+    KillNatsLeader(RaftGroup),
+    /// Put the NATS node leading a Raft group in lame-duck mode: it hands
+    /// its leaderships over at once, closes its clients a few at a time,
+    /// and exits.
+    LameDuckNatsLeader(RaftGroup),
+    /// One step of a rolling restart: NATS node N (1-based) in lame-duck
+    /// mode until it exits, started again, and waited for until it is
+    /// current again.
+    RollNatsNode(usize),
+    /// Start again every NATS node not running (`"killed"`).
+    RestartNats(RestartPick),
+    /// Crash a store of the system's own (`[system.bank] own_stores`):
+    /// PostgreSQL by an immediate shutdown, Redis by SIGKILL (it keeps
+    /// nothing on disk, so it comes back empty).
+    CrashStore(Store),
+    /// Start a crashed store again.
+    RestartStore(Store),
+}
+
+/// A JetStream Raft group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RaftGroup {
+    /// The meta group: which streams exist and where.
+    Meta,
+    /// The membership bucket's stream: the monitors' view and lease.
+    Membership,
+}
+
+impl std::fmt::Display for RaftGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RaftGroup::Meta => "meta",
+            RaftGroup::Membership => "membership",
+        })
+    }
+}
+
+/// A store under the bank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Store {
+    /// The decision log and the shards.
+    Postgres,
+    /// The coordinators' lease.
+    Redis,
+}
+
+impl std::fmt::Display for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Store::Postgres => "PostgreSQL",
+            Store::Redis => "Redis",
+        })
+    }
 }
 
 impl Action {
@@ -139,6 +203,13 @@ impl Action {
                 | Action::RestartWorker(_)
                 | Action::KillCoordinator(_)
                 | Action::RestartCoordinator(_)
+                | Action::KillNatsNode(_)
+                | Action::KillNatsLeader(_)
+                | Action::LameDuckNatsLeader(_)
+                | Action::RollNatsNode(_)
+                | Action::RestartNats(_)
+                | Action::CrashStore(_)
+                | Action::RestartStore(_)
         )
     }
 
@@ -166,10 +237,19 @@ impl Action {
                 );
                 Ok(())
             }
+            Action::KillNatsNode(node) | Action::RollNatsNode(node) => {
+                anyhow::ensure!(*node >= 1, "NATS nodes count from 1");
+                Ok(())
+            }
             Action::Strategy(_)
             | Action::DataPath(_)
             | Action::KillCoordinator(_)
-            | Action::RestartCoordinator(_) => Ok(()),
+            | Action::RestartCoordinator(_)
+            | Action::KillNatsLeader(_)
+            | Action::LameDuckNatsLeader(_)
+            | Action::RestartNats(_)
+            | Action::CrashStore(_)
+            | Action::RestartStore(_) => Ok(()),
         }
     }
 }
@@ -208,6 +288,13 @@ impl std::fmt::Display for Action {
             Action::RestartCoordinator(RestartPick::Killed) => {
                 write!(f, "killed coordinators restarted")
             }
+            Action::KillNatsNode(node) => write!(f, "nats-{node} killed"),
+            Action::KillNatsLeader(group) => write!(f, "the {group} leader killed"),
+            Action::LameDuckNatsLeader(group) => write!(f, "the {group} leader in lame duck"),
+            Action::RollNatsNode(node) => write!(f, "nats-{node} restarted in lame duck"),
+            Action::RestartNats(RestartPick::Killed) => write!(f, "stopped NATS nodes restarted"),
+            Action::CrashStore(store) => write!(f, "{store} crashed"),
+            Action::RestartStore(store) => write!(f, "{store} restarted"),
         }
     }
 }
@@ -261,6 +348,9 @@ pub struct System {
     pub data_path: DataPath,
     /// Where spans go while a run exports them.
     spans: Option<faultline_cluster::otlp::OtlpReceiver>,
+    /// The stores of its own, when the spec asks for them; declared after
+    /// the cluster, so they stop after its services.
+    stores: Option<OwnStores>,
     http: reqwest::Client,
     heard: Arc<Mutex<Vec<Heard>>>,
     listener: tokio::task::JoinHandle<()>,
@@ -272,9 +362,24 @@ impl Drop for System {
     }
 }
 
+/// A PostgreSQL server and a Redis of a system's own, for runs that crash
+/// them.
+#[derive(Debug)]
+struct OwnStores {
+    postgres: PrivatePostgres,
+    redis: RedisServer,
+}
+
 impl System {
     /// Starts the cluster and listens to its membership events.
     pub async fn start(spec: SystemSpec) -> anyhow::Result<System> {
+        let stores = match &spec.bank {
+            Some(bank) if bank.own_stores => Some(OwnStores {
+                postgres: PrivatePostgres::start().await?,
+                redis: RedisServer::start()?,
+            }),
+            _ => None,
+        };
         let cluster = Cluster::start(ClusterSpec {
             worker_weights: spec.workers.clone(),
             load_balancers: spec.load_balancers,
@@ -285,6 +390,8 @@ impl System {
             bank: spec.bank.as_ref().map(|bank| BankSpec {
                 shards: bank.shards,
                 coordinators: bank.coordinators,
+                server: stores.as_ref().map(|own| own.postgres.admin_url()),
+                redis: stores.as_ref().map(|own| own.redis.url()),
                 ..BankSpec::default()
             }),
             data_path: spec.data_path,
@@ -315,6 +422,7 @@ impl System {
             strategy: spec.strategy.clone(),
             data_path: spec.data_path,
             spans: None,
+            stores,
             cluster,
             spec,
             http: reqwest::Client::builder()
@@ -531,6 +639,61 @@ impl System {
                     restarted: Vec::new(),
                 })
             }
+            Action::KillNatsNode(node) => {
+                let node = self.nats_node(*node)?;
+                self.cluster.nats.kill_node(node);
+                Ok(done(action.to_string()))
+            }
+            Action::KillNatsLeader(group) | Action::LameDuckNatsLeader(group) => {
+                let nats = &mut self.cluster.nats;
+                let leader = match group {
+                    RaftGroup::Meta => nats.meta_leader().await,
+                    RaftGroup::Membership => {
+                        nats.stream_leader(&format!("KV_{}", subjects::MEMBERSHIP_BUCKET))
+                            .await
+                    }
+                };
+                let leader = leader.with_context(|| format!("no {group} leader"))?;
+                let node = nats.node_named(&leader).context("a node of the cluster")?;
+                if matches!(action, Action::KillNatsLeader(_)) {
+                    nats.kill_node(node);
+                    Ok(done(format!("{leader} (the {group} leader) killed")))
+                } else {
+                    nats.enter_lame_duck(node)?;
+                    Ok(done(format!("{leader} (the {group} leader) in lame duck")))
+                }
+            }
+            Action::RollNatsNode(node) => {
+                let node = self.nats_node(*node)?;
+                let nats = &mut self.cluster.nats;
+                nats.enter_lame_duck(node)?;
+                nats.wait_for_exit(node, faultline_cluster::nats::LAME_DUCK_DURATION * 2)
+                    .await?;
+                nats.restart_node(node)?;
+                self.wait_for_whole_nats().await?;
+                Ok(done(action.to_string()))
+            }
+            Action::RestartNats(RestartPick::Killed) => {
+                let restarted = self.cluster.nats.restart_stopped()?;
+                let names: Vec<&str> = restarted
+                    .iter()
+                    .map(|&node| self.cluster.nats.node_name(node))
+                    .collect();
+                Ok(done(format!("{} restarted", names.join(", "))))
+            }
+            Action::CrashStore(store) | Action::RestartStore(store) => {
+                let own = self
+                    .stores
+                    .as_mut()
+                    .context("crashing a store needs [system.bank] own_stores = true")?;
+                match (action, store) {
+                    (Action::CrashStore(_), Store::Postgres) => own.postgres.crash()?,
+                    (Action::CrashStore(_), Store::Redis) => own.redis.crash(),
+                    (_, Store::Postgres) => own.postgres.start_again().await?,
+                    (_, Store::Redis) => own.redis.start_again()?,
+                }
+                Ok(done(action.to_string()))
+            }
             Action::RestartCoordinator(RestartPick::Killed) => {
                 let mut restarted = Vec::new();
                 for (i, coordinator) in self.cluster.coordinators.iter_mut().enumerate() {
@@ -553,6 +716,17 @@ impl System {
     /// restores the starting strategy, and waits until every load-balancer
     /// routes to every worker (judged up, with monitors).
     pub async fn settle(&mut self) -> anyhow::Result<()> {
+        if let Some(own) = &mut self.stores {
+            if !own.postgres.is_running() {
+                own.postgres.start_again().await?;
+            }
+            if !own.redis.is_running() {
+                own.redis.start_again()?;
+            }
+        }
+        if !self.cluster.nats.restart_stopped()?.is_empty() {
+            self.wait_for_whole_nats().await?;
+        }
         for worker in &mut self.cluster.workers {
             if worker.has_exited() {
                 worker.restart()?;
@@ -597,6 +771,27 @@ impl System {
                 .context("vacuuming the bank's database")?;
         }
         Ok(())
+    }
+
+    /// NATS node `node` (from 1), from 0.
+    fn nats_node(&self, node: usize) -> anyhow::Result<usize> {
+        let nodes = self.cluster.nats.node_count();
+        anyhow::ensure!(
+            (1..=nodes).contains(&node),
+            "there is no nats-{node} (the system has {nodes} NATS nodes)"
+        );
+        Ok(node - 1)
+    }
+
+    /// Waits until every NATS node is back in the meta group and current.
+    async fn wait_for_whole_nats(&self) -> anyhow::Result<()> {
+        let nats = &self.cluster.nats;
+        faultline_cluster::eventually(
+            "every NATS node current",
+            Duration::from_secs(60),
+            || async { nats.whole().await.then_some(()) },
+        )
+        .await
     }
 
     /// The coordinator holding the lease, if any.

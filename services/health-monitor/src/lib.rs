@@ -290,6 +290,10 @@ async fn hold_lease(
 /// those waiting, and publishes their events once stored: no event goes
 /// out for a view the store did not take, so nobody acts on it.
 ///
+/// Every change from the view it replaced is announced, including those
+/// whose events were lost with a term that ended before its view was
+/// stored ([`view_store::unannounced`]).
+///
 /// A write the store cannot take (JetStream electing a stream leader, or
 /// without a quorum) is tried again, with backoff and with any newer view
 /// in its place, for as long as this monitor leads under the view's token:
@@ -309,7 +313,12 @@ async fn write_views(
                 events.extend(more);
             }
             match view_store::write(&store, &view).await {
-                Ok(_) => {
+                Ok(replaced) => {
+                    if let Some(replaced) = replaced {
+                        let at_ms = heartbeat::unix_millis();
+                        let missed = view_store::unannounced(&replaced, &view, &events, at_ms);
+                        events.extend(missed);
+                    }
                     publish_events(&client, &events).await;
                     break;
                 }

@@ -79,6 +79,12 @@ pub enum Verdict<T, F> {
     /// Not an answer, and waiting would not help (the responder is known
     /// to be gone): try again at once, if the policy allows.
     RetryAtOnce(F),
+    /// Not an answer, and the attempt surely reached no one (NATS's "no
+    /// responders": nobody subscribed at that instant, as while the
+    /// responders' connections move to another NATS node): try again after
+    /// the policy's pause. It does not count against `max_attempts`, since
+    /// it did nothing; the deadline alone bounds such retries.
+    RetryUndelivered(F),
 }
 
 /// A retry about to happen.
@@ -144,7 +150,9 @@ pub async fn retry_until<A: Attempts>(
     policy: RetryPolicy,
     attempts: &mut A,
 ) -> Result<A::Output, GaveUp<A::Failure>> {
-    let mut made = 0u32;
+    // Attempts made, and those that count against `max_attempts` (all but
+    // the undelivered ones).
+    let (mut made, mut counted) = (0u32, 0u32);
     let mut last = None;
     let gave_up = |stopped, made, last| GaveUp {
         stopped,
@@ -152,11 +160,11 @@ pub async fn retry_until<A: Attempts>(
         last,
     };
     loop {
-        if policy.max_attempts.is_some_and(|max| made >= max) {
+        if policy.max_attempts.is_some_and(|max| counted >= max) {
             return Err(gave_up(Stopped::OutOfAttempts, made, last));
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let attempts_left = policy.max_attempts.map_or(1, |max| max - made);
+        let attempts_left = policy.max_attempts.map_or(1, |max| max - counted);
         let slice = match attempt_budget(
             left,
             attempts_left,
@@ -170,18 +178,23 @@ pub async fn retry_until<A: Attempts>(
             },
         };
         made += 1;
+        counted += 1;
         let attempt = Attempt {
             number: made,
             left,
             slice,
-            is_last: policy.max_attempts == Some(made),
+            is_last: policy.max_attempts == Some(counted),
         };
         let (failure, pause) = match attempts.attempt(attempt).await {
             Verdict::Done(output) => return Ok(output),
             Verdict::Retry(failure) => (failure, true),
             Verdict::RetryAtOnce(failure) => (failure, false),
+            Verdict::RetryUndelivered(failure) => {
+                counted -= 1;
+                (failure, true)
+            }
         };
-        if attempt.is_last {
+        if policy.max_attempts == Some(counted) {
             return Err(gave_up(Stopped::OutOfAttempts, made, Some(failure)));
         }
         if !attempts.may_retry(&failure) {
@@ -302,6 +315,28 @@ mod tests {
         let retries: Vec<u32> = attempts.retries.iter().map(|r| r.number).collect();
         assert_eq!(retries, [2, 3]);
         assert_eq!(attempts.retries[1].pause, Duration::ZERO, "at once");
+    }
+
+    #[tokio::test]
+    async fn undelivered_attempts_do_not_count_against_the_policy() {
+        let mut attempts = Scripted::new(vec![
+            Verdict::RetryUndelivered(1),
+            Verdict::RetryUndelivered(2),
+            Verdict::RetryUndelivered(3),
+            Verdict::Retry(4),
+        ]);
+        let result = retry_until(soon(), policy(Some(2)), &mut attempts).await;
+        assert_eq!(
+            result,
+            Err(GaveUp {
+                stopped: Stopped::OutOfAttempts,
+                attempts: 5,
+                last: Some(5),
+            }),
+            "three undelivered, then the two the policy allows"
+        );
+        let last: Vec<bool> = attempts.seen.iter().map(|a| a.is_last).collect();
+        assert_eq!(last, [false, false, false, false, true]);
     }
 
     #[tokio::test]

@@ -324,25 +324,31 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Kills it (SIGKILL) and starts it again on its port: it keeps
-    /// nothing on disk, so every key is lost, as in a crash of a Redis
-    /// without persistence or a failover to an empty replica.
-    pub fn restart_empty(&mut self) -> anyhow::Result<()> {
-        self.kill();
-        self.spawn()
-    }
-
-    fn kill(&mut self) {
+    /// Kills it (SIGKILL), as a crash would. It keeps nothing on disk, so
+    /// every key is lost: started again ([`RedisServer::start_again`]), it
+    /// is empty, as a Redis without persistence, or a failover to an empty
+    /// replica, would be.
+    pub fn crash(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+
+    /// Starts it again on its port after [`RedisServer::crash`].
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        self.spawn()
+    }
+
+    /// Whether it runs (it was not crashed, or was started again).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        self.kill();
+        self.crash();
     }
 }
 

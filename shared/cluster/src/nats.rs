@@ -405,11 +405,15 @@ impl NatsServer {
 
     /// Whether every node's process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.nodes.iter_mut().all(|node| {
-            node.child
-                .as_mut()
-                .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
-        })
+        (0..self.nodes.len()).all(|node| self.node_runs(node))
+    }
+
+    /// Whether node `node`'s process is still running.
+    fn node_runs(&mut self, node: usize) -> bool {
+        self.nodes[node]
+            .child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// Kills every node (SIGKILL), as a crash would.
@@ -435,6 +439,18 @@ impl NatsServer {
             wait_for_port(node.ports.client, Duration::from_secs(10))?;
         }
         Ok(())
+    }
+
+    /// Starts again every node that is not running (killed, or gone
+    /// after lame-duck mode); returns them.
+    pub fn restart_stopped(&mut self) -> anyhow::Result<Vec<usize>> {
+        let stopped: Vec<usize> = (0..self.nodes.len())
+            .filter(|&node| !self.node_runs(node))
+            .collect();
+        for &node in &stopped {
+            self.restart_node(node)?;
+        }
+        Ok(stopped)
     }
 
     /// Kills node `node` (from 0) with SIGKILL, as a crash would.

@@ -193,6 +193,11 @@ impl PrivatePostgres {
         Ok(())
     }
 
+    /// Whether it runs (it was not crashed, or was started again).
+    pub fn is_running(&self) -> bool {
+        self.server.is_some()
+    }
+
     /// PostgreSQL's log, for a failing test's report.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()

@@ -294,11 +294,13 @@ impl Attempts for ViaLoadBalancers<'_> {
             "A load-balancer did not answer."
         );
         match error {
-            // No replica subscribed right now (all restarting?): pause
-            // briefly so a retry can find one.
+            // No replica subscribed right now (all restarting, or their
+            // connections moving to another NATS node): the call reached
+            // no one, so pause briefly and try again, for as long as the
+            // deadline allows.
             BusError::NoResponders => {
                 self.last_error = ApiError::NoLoadBalancer;
-                return Verdict::Retry(NoAnswer::FromAnyReplica);
+                return Verdict::RetryUndelivered(NoAnswer::FromAnyReplica);
             }
             BusError::TimedOut => self.last_error = ApiError::DeadlineExceeded,
             BusError::Other(_) => self.last_error = ApiError::NoLoadBalancer,

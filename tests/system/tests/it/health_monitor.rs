@@ -336,7 +336,12 @@ pub(crate) async fn view_history(cluster: &Cluster) -> Vec<MembershipView> {
 }
 
 pub(crate) async fn stored_views(cluster: &Cluster) -> anyhow::Result<Vec<MembershipView>> {
-    let client = async_nats::connect(cluster.nats.urls()).await?;
+    stored_views_at(cluster.nats.urls()).await
+}
+
+/// [`stored_views`], read through the NATS servers at `urls` only.
+pub(crate) async fn stored_views_at(urls: Vec<String>) -> anyhow::Result<Vec<MembershipView>> {
+    let client = async_nats::connect(urls).await?;
     // A request to a stream without a leader gets no answer: ask again
     // as soon as the services do, rather than after the connection's 10 s.
     let store = async_nats::jetstream::ContextBuilder::new()

@@ -14,6 +14,8 @@
 //!   last view; when a node returns, the lease and the view resume under a
 //!   higher token and the bucket's history never goes back to an older
 //!   one;
+//! - a Raft leader paused past the election timeout and resumed follows
+//!   the new leader and brings back no old view;
 //! - a rolling restart in lame-duck mode fails no call.
 //!
 //! Figures are printed; run with `--no-capture` to read them.
@@ -26,7 +28,7 @@ use faultline_protocol::routing::DataPath;
 use faultline_protocol::subjects;
 use serde_json::Value;
 
-use crate::health_monitor::{Events, leader, stored_views, view_history};
+use crate::health_monitor::{Events, leader, stored_views, stored_views_at, view_history};
 use crate::{at_fixed_rate, at_fixed_rate_until, drive, echo, served_by, wait_out_of_rotation};
 
 /// Three NATS nodes, two monitors, three workers and two load-balancers in
@@ -47,9 +49,32 @@ fn membership_stream() -> String {
 
 type Answers = Vec<(Instant, Duration, u16, Value)>;
 
+/// How many failed calls of `answers` gave each error code.
+fn error_codes(answers: &Answers) -> std::collections::BTreeMap<String, usize> {
+    let mut codes = std::collections::BTreeMap::new();
+    for (_, _, _, body) in failures(answers) {
+        let code = body["error"]["code"].as_str().unwrap_or("no code");
+        *codes.entry(code.to_owned()).or_default() += 1;
+    }
+    codes
+}
+
 /// The calls of `answers` that failed.
 fn failures(answers: &Answers) -> Vec<&(Instant, Duration, u16, Value)> {
     answers.iter().filter(|(_, _, s, _)| *s != 200).collect()
+}
+
+/// The node holding connections of the most of `clients`.
+async fn busiest_node(cluster: &Cluster, clients: &[&str]) -> usize {
+    let mut held = vec![0; cluster.nats.node_count()];
+    for client in clients {
+        for node in cluster.nats.nodes_serving(client).await {
+            held[node] += 1;
+        }
+    }
+    (0..held.len())
+        .max_by_key(|&node| held[node])
+        .expect("a node")
 }
 
 /// A node holding one of the gateway's connections.
@@ -77,11 +102,12 @@ async fn stream_leader(nats: &NatsServer, stream: &str) -> usize {
 in_both_data_paths! {
 async fn a_killed_nats_node_costs_calls_only_while_its_clients_reconnect(mode) {
     let mut cluster = Cluster::start(three_nodes(mode)).await.expect("cluster starts");
-    // The node holding the gateway's connection: the worst one to lose.
-    let victim = gateways_node(&cluster).await;
+    // The worst node to lose: the one holding most of the connections of
+    // the gateway and the load-balancers.
+    let victim = busiest_node(&cluster, &["gateway-1", "lb-1", "lb-2"]).await;
     let Cluster { gateway, nats, .. } = &mut cluster;
     let mut killed_at = None;
-    let load = at_fixed_rate(gateway, Duration::from_millis(5), Duration::from_secs(5), echo);
+    let load = at_fixed_rate(gateway, Duration::from_millis(1), Duration::from_secs(5), echo);
     let strike = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         nats.kill_node(victim);
@@ -98,10 +124,11 @@ async fn a_killed_nats_node_costs_calls_only_while_its_clients_reconnect(mode) {
         .max()
         .unwrap_or_default();
     eprintln!(
-        "{mode:?}: nats-{} (the gateway's) killed: {} calls, {} failed, the last failed one sent {:?} after the kill; slowest call after it {slowest:?}",
+        "{mode:?}: nats-{} (the busiest) killed: {} calls, {} failed {:?}, the last failed one sent {:?} after the kill; slowest call after it {slowest:?}",
         victim + 1,
         answers.len(),
         failed.len(),
+        error_codes(&answers),
         last_failure.map(|at| at.saturating_duration_since(killed_at)),
     );
     let late: Vec<_> = failed
@@ -182,6 +209,68 @@ async fn a_killed_raft_leader_is_replaced_and_view_writes_resume() {
         view.token,
     );
     wait_out_of_rotation(&cluster, "worker-3", "the dead worker is routed around").await;
+}
+
+#[tokio::test]
+async fn a_paused_raft_leader_resumed_brings_back_no_old_view() {
+    let mut cluster = Cluster::start(three_nodes(DataPath::Proxy))
+        .await
+        .expect("cluster starts");
+    let stream = membership_stream();
+    let token_before = leader_token(&cluster).await;
+    let paused = stream_leader(&cluster.nats, &stream).await;
+    cluster.nats.pause_node(paused).expect("SIGSTOP");
+    let paused_at = Instant::now();
+    cluster.workers[1].kill();
+    // While it sleeps, the others elect a leader (so it slept past the
+    // election timeout) and store the view with worker-2 down.
+    let view = stored_down(&cluster, "worker-2", token_before).await;
+    let successor = eventually("another leader", Duration::from_secs(30), || async {
+        let leader = stream_leader(&cluster.nats, &stream).await;
+        (leader != paused).then_some(leader)
+    })
+    .await
+    .expect("the others elect a leader");
+    cluster.nats.resume_node(paused).expect("SIGCONT");
+    eprintln!(
+        "nats-{} (leading {stream}) paused {:?}: nats-{} elected, view token {} stored meanwhile; resumed",
+        paused + 1,
+        paused_at.elapsed(),
+        successor + 1,
+        view.token,
+    );
+    eventually(
+        "all three nodes current",
+        Duration::from_secs(30),
+        || async { cluster.nats.whole().await.then_some(()) },
+    )
+    .await
+    .expect("the resumed node catches up");
+    // Read through the resumed node alone: it serves the new view, not
+    // the one it held when it was paused.
+    let through_it = vec![cluster.nats.node_url(paused)];
+    eventually(
+        "the resumed node to serve the new view",
+        Duration::from_secs(30),
+        || async {
+            let latest = stored_views_at(through_it.clone()).await.ok()?.pop()?;
+            (latest.token >= view.token
+                && latest.members.get("worker-2").map(|m| m.state) == Some(State::Down))
+            .then_some(())
+        },
+    )
+    .await
+    .expect("the resumed node follows the new leader");
+    let tokens: Vec<u64> = view_history(&cluster)
+        .await
+        .iter()
+        .map(|v| v.token)
+        .collect();
+    assert!(
+        tokens.windows(2).all(|pair| pair[0] <= pair[1]),
+        "an old view came back: tokens {tokens:?}"
+    );
+    wait_out_of_rotation(&cluster, "worker-2", "the dead worker stays out").await;
 }
 
 /// The stored view, once it records `worker` down under a token no older

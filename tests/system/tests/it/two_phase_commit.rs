@@ -1200,7 +1200,8 @@ async fn transfers_resume_after_redis_restarts_empty_and_no_older_term_decides_a
 
     let (stop_watching, watching) = watch::channel(false);
     let fault = async {
-        redis.restart_empty().expect("Redis starts again, empty");
+        redis.crash();
+        redis.start_again().expect("Redis starts again, empty");
         let restarted = Instant::now();
         // The term in office ends when its renewal finds no lease; the
         // next one's token is raised above the fence, and the log's fence
