@@ -649,7 +649,7 @@ impl System {
                 let leader = match group {
                     RaftGroup::Meta => nats.meta_leader().await,
                     RaftGroup::Membership => {
-                        nats.stream_leader(&format!("KV_{}", subjects::MEMBERSHIP_BUCKET))
+                        nats.stream_leader(&subjects::kv_stream(subjects::MEMBERSHIP_BUCKET))
                             .await
                     }
                 };
@@ -665,12 +665,7 @@ impl System {
             }
             Action::RollNatsNode(node) => {
                 let node = self.nats_node(*node)?;
-                let nats = &mut self.cluster.nats;
-                nats.enter_lame_duck(node)?;
-                nats.wait_for_exit(node, faultline_cluster::nats::LAME_DUCK_DURATION * 2)
-                    .await?;
-                nats.restart_node(node)?;
-                self.wait_for_whole_nats().await?;
+                self.cluster.nats.roll_node(node).await?;
                 Ok(done(action.to_string()))
             }
             Action::RestartNats(RestartPick::Killed) => {
@@ -725,7 +720,7 @@ impl System {
             }
         }
         if !self.cluster.nats.restart_stopped()?.is_empty() {
-            self.wait_for_whole_nats().await?;
+            self.cluster.nats.wait_until_whole().await?;
         }
         for worker in &mut self.cluster.workers {
             if worker.has_exited() {
@@ -781,17 +776,6 @@ impl System {
             "there is no nats-{node} (the system has {nodes} NATS nodes)"
         );
         Ok(node - 1)
-    }
-
-    /// Waits until every NATS node is back in the meta group and current.
-    async fn wait_for_whole_nats(&self) -> anyhow::Result<()> {
-        let nats = &self.cluster.nats;
-        faultline_cluster::eventually(
-            "every NATS node current",
-            Duration::from_secs(60),
-            || async { nats.whole().await.then_some(()) },
-        )
-        .await
     }
 
     /// The coordinator holding the lease, if any.

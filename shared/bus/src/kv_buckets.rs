@@ -193,7 +193,7 @@ fn bucket_stream_config(
     limits: Limits,
 ) -> stream::Config {
     stream::Config {
-        name: format!("KV_{bucket}"),
+        name: faultline_protocol::subjects::kv_stream(bucket),
         description: Some(description.to_owned()),
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: history,

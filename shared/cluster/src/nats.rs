@@ -498,6 +498,28 @@ impl NatsServer {
         )
     }
 
+    /// Restarts node `node` gracefully, as one step of a rolling restart:
+    /// lame-duck mode until it exits, then started again with its store,
+    /// and waited for until every node is current
+    /// ([`NatsServer::wait_until_whole`]).
+    pub async fn roll_node(&mut self, node: usize) -> anyhow::Result<()> {
+        self.enter_lame_duck(node)?;
+        self.wait_for_exit(node, LAME_DUCK_DURATION * 2).await?;
+        self.restart_node(node)?;
+        self.wait_until_whole().await
+    }
+
+    /// Waits, at most a minute, until every node is in the meta group and
+    /// caught up ([`NatsServer::whole`]).
+    pub async fn wait_until_whole(&self) -> anyhow::Result<()> {
+        crate::eventually(
+            "every NATS node current",
+            Duration::from_secs(60),
+            || async { self.whole().await.then_some(()) },
+        )
+        .await
+    }
+
     /// Waits at most `limit` for node `node` to exit by itself.
     pub async fn wait_for_exit(&mut self, node: usize, limit: Duration) -> anyhow::Result<()> {
         let name = self.nodes[node].name.clone();

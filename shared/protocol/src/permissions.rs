@@ -156,7 +156,10 @@ fn strings(subjects: &[&str]) -> Vec<String> {
 fn kv_write(bucket: &str) -> [String; 2] {
     [
         format!("$KV.{bucket}.>"),
-        format!("$JS.API.STREAM.UPDATE.KV_{bucket}"),
+        format!(
+            "$JS.API.STREAM.UPDATE.{}",
+            crate::subjects::kv_stream(bucket)
+        ),
     ]
 }
 
@@ -164,7 +167,7 @@ fn kv_write(bucket: &str) -> [String; 2] {
 /// code's one configuration, if this instance starts first), direct gets,
 /// and the ordered consumer a watch creates, with its flow control.
 fn kv_read(bucket: &str) -> Vec<String> {
-    let stream = format!("KV_{bucket}");
+    let stream = crate::subjects::kv_stream(bucket);
     vec![
         "$JS.API.INFO".to_owned(),
         format!("$JS.API.STREAM.INFO.{stream}"),

@@ -67,6 +67,12 @@ pub const MONITOR_VIEW: &str = "faultline.monitor.view";
 /// monitors' lease. A restarted monitor or a new load-balancer reads the
 /// current view from it; its history keeps the last writes for audit.
 pub const MEMBERSHIP_BUCKET: &str = "faultline_membership";
+
+/// The JetStream stream behind key-value bucket `bucket` (ADR-8:
+/// `KV_<bucket>`): the Raft group that orders its writes.
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
 /// Key of the monitors' lease (holder and fencing token) in
 /// [`MEMBERSHIP_BUCKET`].
 pub const LEASE_KEY: &str = "leader";

@@ -5,11 +5,11 @@
 use async_nats::jetstream::{self, stream};
 use faultline_bus::kv_buckets::{self, Access, SETTINGS_LIMITS};
 use faultline_cluster::NatsServer;
-use faultline_protocol::subjects::BALANCER_SETTINGS_BUCKET;
+use faultline_protocol::subjects::{self, BALANCER_SETTINGS_BUCKET};
 
 async fn limits(js: &jetstream::Context) -> (i64, i32) {
     let mut stream = js
-        .get_stream(format!("KV_{BALANCER_SETTINGS_BUCKET}"))
+        .get_stream(subjects::kv_stream(BALANCER_SETTINGS_BUCKET))
         .await
         .expect("the bucket's stream");
     let config = &stream.info().await.expect("its info").config;
@@ -23,7 +23,7 @@ async fn a_bucket_created_without_limits_is_bounded_by_its_writer() {
     let js = jetstream::new(client.clone());
     // The settings bucket as an earlier version created it: no limits.
     js.create_stream(stream::Config {
-        name: format!("KV_{BALANCER_SETTINGS_BUCKET}"),
+        name: subjects::kv_stream(BALANCER_SETTINGS_BUCKET),
         subjects: vec![format!("$KV.{BALANCER_SETTINGS_BUCKET}.>")],
         max_messages_per_subject: 1,
         allow_rollup: true,

@@ -44,7 +44,7 @@ fn three_nodes(mode: DataPath) -> ClusterSpec {
 
 /// The stream behind the membership bucket.
 fn membership_stream() -> String {
-    format!("KV_{}", subjects::MEMBERSHIP_BUCKET)
+    subjects::kv_stream(subjects::MEMBERSHIP_BUCKET)
 }
 
 type Answers = Vec<(Instant, Duration, u16, Value)>;
@@ -176,13 +176,11 @@ async fn a_killed_raft_leader_is_replaced_and_view_writes_resume() {
         .nats
         .restart_node(victim)
         .expect("the node starts again");
-    eventually(
-        "all three nodes current",
-        Duration::from_secs(30),
-        || async { cluster.nats.whole().await.then_some(()) },
-    )
-    .await
-    .expect("the node rejoins");
+    cluster
+        .nats
+        .wait_until_whole()
+        .await
+        .expect("the node rejoins");
     let graceful = stream_leader(&cluster.nats, &stream).await;
     let token_before = view.token;
     cluster
@@ -239,13 +237,11 @@ async fn a_paused_raft_leader_resumed_brings_back_no_old_view() {
         successor + 1,
         view.token,
     );
-    eventually(
-        "all three nodes current",
-        Duration::from_secs(30),
-        || async { cluster.nats.whole().await.then_some(()) },
-    )
-    .await
-    .expect("the resumed node catches up");
+    cluster
+        .nats
+        .wait_until_whole()
+        .await
+        .expect("the resumed node catches up");
     // Read through the resumed node alone: it serves the new view, not
     // the one it held when it was paused.
     let through_it = vec![cluster.nats.node_url(paused)];
@@ -359,18 +355,9 @@ async fn a_rolling_restart_in_lame_duck_mode_fails_no_call() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         for node in 0..nats.node_count() {
             let started = Instant::now();
-            nats.enter_lame_duck(node).expect("lame-duck mode");
-            nats.wait_for_exit(node, faultline_cluster::nats::LAME_DUCK_DURATION * 2)
+            nats.roll_node(node)
                 .await
-                .expect("the node closes its clients and exits");
-            nats.restart_node(node).expect("the node starts again");
-            eventually(
-                "all three nodes current",
-                Duration::from_secs(30),
-                || async { nats.whole().await.then_some(()) },
-            )
-            .await
-            .expect("the node rejoins");
+                .expect("the node restarts gracefully");
             took.push(started.elapsed());
         }
     };
