@@ -44,6 +44,15 @@ impl Need {
         program: "pgbench",
         package: "postgresql",
     };
+    /// The console's browser tests drive headless Chromium over WebDriver.
+    pub const CHROMIUM: Need = Need::Program {
+        program: "chromium",
+        package: "chromium",
+    };
+    pub const CHROMEDRIVER: Need = Need::Program {
+        program: "chromedriver",
+        package: "chromium-driver",
+    };
 
     fn is_met(self) -> bool {
         match self {

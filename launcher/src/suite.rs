@@ -18,12 +18,15 @@ pub fn test(nextest_args: &[String]) -> anyhow::Result<ExitCode> {
     // The tests start a nats-server per cluster, and some a PostgreSQL or
     // Redis server of their own (the run command's test, the tests that
     // crash PostgreSQL), beside the machine's that the others share; the
-    // deployment check validates docker-compose.yml with docker-compose.
+    // deployment check validates docker-compose.yml with docker-compose;
+    // the console's tests drive headless Chromium.
     prerequisites::ensure(&[
         Need::Server(Server::Nats),
         Need::Server(Server::Postgres),
         Need::Server(Server::Redis),
         Need::DOCKER_COMPOSE,
+        Need::CHROMIUM,
+        Need::CHROMEDRIVER,
         Need::Nextest,
     ])?;
     let callout_nats = prerequisites::callout_nats_server()?;

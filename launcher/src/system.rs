@@ -60,10 +60,16 @@ pub fn run(spec: ClusterSpec, then: Then) -> anyhow::Result<ExitCode> {
                 print_usage(&cluster, ports);
                 Outcome::Signalled(signals.recv().await)
             }
-            Then::Demo => tokio::select! {
-                held = faultline_load::demo::run(&mut cluster) => Outcome::Demo(held),
-                signal = signals.recv() => Outcome::Signalled(signal),
-            },
+            Then::Demo => {
+                println!(
+                    "Watch the tour live in the console: {}",
+                    console_url(&cluster)
+                );
+                tokio::select! {
+                    held = faultline_load::demo::run(&mut cluster) => Outcome::Demo(held),
+                    signal = signals.recv() => Outcome::Signalled(signal),
+                }
+            }
         };
         anyhow::Ok((Some(cluster), outcome))
     })?;
@@ -172,6 +178,16 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
+/// The console's address, with this run's operator token in the fragment
+/// (which the browser keeps to itself: the page reads it, stores it in the
+/// tab and sends it as a header).
+fn console_url(cluster: &Cluster) -> String {
+    format!(
+        "{}/console#token={}",
+        cluster.gateway.control.url, cluster.operator_token
+    )
+}
+
 fn print_usage(cluster: &Cluster, ports: Ports) {
     let g = &cluster.gateway.url;
     let span = |role: Role, replicas: usize| {
@@ -184,7 +200,10 @@ fn print_usage(cluster: &Cluster, ports: Ports) {
     let c = &cluster.gateway.control.url;
     println!(
         "
-Faultline is up. The gateway answers on {g}
+Faultline is up. Watch it live, and break it from the page, in the console:
+  {console}
+(the token stays in the browser tab; the page sends it as a header)
+The gateway answers on {g}
   curl -s {g}/v1/call --json '{{\"op\":\"echo\",\"message\":\"hello\"}}'
   curl -s {g}/v1/call --json '{{\"op\":\"cpu\",\"iterations\":100000}}'
   curl -s {g}/v1/cluster
@@ -207,12 +226,13 @@ NATS ({nats_nodes}: {nats}) lets in only this run's instances, each as
 itself with a password generated for the run and the deployment's
 permissions. It speaks plaintext, on loopback only (TLS: SECURITY.md).
 Who leads JetStream's Raft groups: curl -s http://127.0.0.1:{monitor}/jsz
-Kill something (kill -9 <pid>, pids below) and watch {g}/v1/cluster.",
+Kill something (kill -9 <pid>, pids below) and watch the console.",
         span(Role::Worker, cluster.workers.len()),
         span(Role::LoadBalancer, cluster.load_balancers.len()),
         span(Role::HealthMonitor, cluster.monitors.len()),
         span(Role::Coordinator, cluster.coordinators.len()),
         token = cluster.operator_token,
+        console = console_url(cluster),
         nats = cluster.nats.url(),
         nats_nodes = faultline_cluster::NatsServer::describe(cluster.nats.node_count()),
         monitor = ports.nats_node(1).monitor,

@@ -14,10 +14,11 @@
 //! | [`phases`] | where a transfer's time goes: the coordinator's phase histograms |
 //! | [`scenario`] | scenario files: system, faults, baselines, runs |
 //! | [`report`] | JSON and Markdown reports, read-offs (shares, failover) |
+//! | [`redundancy`] | random kill/restart schedules, and measured availability against `1 − (1 − p)^k` |
 //! | [`plot`] | the SVG picture of a run |
 //! | [`summary`] | the table of ratios across scenarios |
 //!
-//! `schedule`, `recorder`, `phases` and the read-offs in `report` are pure arithmetic
+//! `schedule`, `recorder`, `phases`, `redundancy` and the read-offs in `report` are pure arithmetic
 //! with unit tests, as is `http1`'s parsing; I/O lives in `engine`,
 //! `http1`'s connection, `target` and `scenario`.
 
@@ -52,6 +53,7 @@ pub mod http1;
 pub mod phases;
 pub mod plot;
 pub mod recorder;
+pub mod redundancy;
 pub mod report;
 pub mod scenario;
 pub mod schedule;

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::recorder::Summary;
+use crate::redundancy::RedundancyFigures;
 use crate::transfers::BankCheck;
 
 /// A whole scenario's results.
@@ -182,6 +183,10 @@ pub struct Analysis {
     /// heartbeat intervals).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_interval_ms: Option<u64>,
+    /// A redundancy run: the availability the client saw beside the
+    /// formula.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redundancy: Option<RedundancyFigures>,
 }
 
 /// One worker's share of the calls.
@@ -282,6 +287,7 @@ impl ScenarioReport {
                 run.not_sent,
             );
         }
+        write_redundancy_table(&mut md, &self.runs);
         for run in &self.runs {
             let _ = writeln!(md, "\n## {}\n\n{}\n", run.name, run.target);
             if let Some(external) = &run.external {
@@ -313,7 +319,147 @@ impl ScenarioReport {
     }
 }
 
+/// Points (hundredths) between two shares, signed.
+fn points(difference: f64) -> String {
+    format!("{:+.2}", difference * 100.0)
+}
+
+/// The redundancy runs side by side, then why the measured figure and the
+/// formula differ; nothing without redundancy runs.
+fn write_redundancy_table(md: &mut String, runs: &[RunReport]) {
+    let figures: Vec<(&str, &RedundancyFigures)> = runs
+        .iter()
+        .filter_map(|run| Some((run.name.as_str(), run.analysis.redundancy.as_ref()?)))
+        .collect();
+    if figures.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## Measured availability against R = 1 − (1 − p)^k\n\n\
+         Measured: successful calls / calls, with its 95 % interval over batches. \
+         R from p: the formula as promised; R measured: from each worker's up-fraction \
+         as its schedule was executed; one running: the share of the run at least one \
+         worker in play was running. Differences in points: measured less R measured, and \
+         measured less one running (the system's own part: R measured and one running differ \
+         by how the workers' down stretches happened to overlap).\n\n\
+         | run | k | p | calls | measured | 95 % interval | R from p | R measured | one running | measured − R measured | measured − one running |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let share = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.4}"));
+    for (name, f) in figures {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | **{}** | {} | {:.4} | {} | {} | {} | {} |",
+            f.workers,
+            f.up_fraction,
+            f.calls,
+            share(f.availability),
+            f.interval
+                .map_or("-".to_owned(), |i| format!("[{:.4}, {:.4}]", i.low, i.high)),
+            f.formula_from_p,
+            share(f.formula_from_measured),
+            share(f.any_running),
+            f.difference().map_or("-".to_owned(), points),
+            f.against_running().map_or("-".to_owned(), points),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n### Why they differ\n\n{}",
+        crate::redundancy::WHY_THEY_DIFFER
+    );
+}
+
+/// One redundancy run's figures in full.
+fn write_redundancy(md: &mut String, f: &RedundancyFigures, failovers: &[Failover]) {
+    let share = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+    let _ = writeln!(
+        md,
+        "| worker | kills | up, as drawn | up, as executed | in rotation (monitor) |\n|---|---|---|---|---|"
+    );
+    for member in &f.members {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            member.worker,
+            member.kills,
+            share(member.planned_up),
+            share(member.up),
+            share(member.in_rotation),
+        );
+    }
+    let bounds = |b: Option<crate::redundancy::Bounds>| {
+        b.map_or("-".to_owned(), |b| format!("[{:.4}, {:.4}]", b.low, b.high))
+    };
+    let _ = writeln!(
+        md,
+        "\nCalls: {} of {} succeeded: measured availability **{}**, 95 % interval {} \
+         (batch means over {} batches of {} s; Wilson's, as if calls were independent, {}).\n",
+        f.successes,
+        f.calls,
+        f.availability.map_or("-".to_owned(), |a| format!("{a:.4}")),
+        bounds(f.interval),
+        f.batches,
+        f.batch_s,
+        bounds(f.wilson),
+    );
+    let _ = writeln!(
+        md,
+        "Formula: R = 1 − (1 − {p})^{k} = **{:.4}** from p; **{}** from the executed \
+         up-fractions; at least one of the {k} running {} of the run.",
+        f.formula_from_p,
+        f.formula_from_measured
+            .map_or("-".to_owned(), |r| format!("{r:.4}")),
+        share(f.any_running),
+        p = f.up_fraction,
+        k = f.workers,
+    );
+    if let Some(availability) = f.availability {
+        let _ = writeln!(
+            md,
+            "Measured less the formula: **{}** points against R measured, {} against R from p, \
+             {} against the share of the run at least one worker was running.\n",
+            f.difference().map_or("-".to_owned(), points),
+            points(availability - f.formula_from_p),
+            f.against_running().map_or("-".to_owned(), points),
+        );
+    }
+    let mut detected: Vec<f64> = failovers
+        .iter()
+        .filter_map(|f| f.detected_after_ms)
+        .collect();
+    let mut back: Vec<f64> = failovers
+        .iter()
+        .filter_map(|f| f.back_up_after_ms)
+        .collect();
+    if let (Some(detected_ms), Some(back_ms)) = (median(&mut detected), median(&mut back)) {
+        let _ = writeln!(
+            md,
+            "Detection lag: median {detected_ms:.0} ms from a kill to the mark down \
+             ({} kills marked down); back in rotation a median {back_ms:.0} ms after a restart \
+             ({} restarts).\n",
+            detected.len(),
+            back.len(),
+        );
+    }
+}
+
+/// The median of `values` (sorted in place); `None` if empty.
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
 fn write_analysis(md: &mut String, analysis: &Analysis) {
+    if let Some(figures) = &analysis.redundancy {
+        write_redundancy(md, figures, &analysis.failovers);
+    }
     if !analysis.shares.is_empty() {
         let _ = writeln!(md, "| worker | share | expected |\n|---|---|---|");
         for share in &analysis.shares {
@@ -491,5 +637,83 @@ mod tests {
                 .all(|s| s.expected.is_none())
         );
         assert!(shares(&BTreeMap::new(), "weighted", &weights).is_empty());
+    }
+
+    #[test]
+    fn redundancy_runs_are_tabled_and_explained() {
+        use crate::redundancy::{Bounds, MemberUpTime};
+        let figures = RedundancyFigures {
+            workers: 2,
+            up_fraction: 0.8,
+            seed: 1,
+            mean_cycle_s: 8.0,
+            calls: 1000,
+            successes: 950,
+            availability: Some(0.95),
+            batch_s: 5.0,
+            batches: 12,
+            interval: Some(Bounds {
+                low: 0.9,
+                high: 0.99,
+            }),
+            wilson: Some(Bounds {
+                low: 0.94,
+                high: 0.96,
+            }),
+            members: vec![MemberUpTime {
+                worker: "worker-1".into(),
+                kills: 7,
+                planned_up: Some(0.8),
+                up: Some(0.79),
+                in_rotation: Some(0.75),
+            }],
+            formula_from_p: 0.96,
+            formula_from_measured: Some(0.97),
+            any_running: Some(0.965),
+        };
+        let report = ScenarioReport {
+            scenario: "redundancy".into(),
+            title: "t".into(),
+            command: "c".into(),
+            commit: None,
+            machine: "m".into(),
+            started_at: "s".into(),
+            runs: vec![RunReport {
+                name: "k=2, p=0.8".into(),
+                target: String::new(),
+                generator: "faultline-load".into(),
+                mode: "open".into(),
+                connections: 64,
+                target_rate: Some(500.0),
+                sent: 1000,
+                not_sent: 0,
+                summary: None,
+                external: None,
+                analysis: Analysis {
+                    redundancy: Some(figures),
+                    ..Analysis::default()
+                },
+            }],
+        };
+        let md = report.markdown();
+        assert!(md.contains("| k=2, p=0.8 | 2 | 0.8 | 1000 | **0.9500** | [0.9000, 0.9900] | 0.9600 | 0.9700 | 0.9650 | -2.00 | -1.50 |"), "{md}");
+        assert!(md.contains("### Why they differ"));
+        assert!(
+            md.contains("| worker-1 | 7 | 0.800 | 0.790 | 0.750 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "**-2.00** points against R measured, -1.00 against R from p, -1.50 against"
+            ),
+            "{md}"
+        );
+        // And it survives the JSON round trip the summary reads it through.
+        let json = serde_json::to_string(&report).expect("serialised");
+        let back: ScenarioReport = serde_json::from_str(&json).expect("read back");
+        assert_eq!(
+            back.runs[0].analysis.redundancy,
+            report.runs[0].analysis.redundancy
+        );
     }
 }

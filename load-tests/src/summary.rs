@@ -301,7 +301,51 @@ impl Results {
         for (mode, direct) in [("proxy", false), ("direct", true)] {
             rows.push(self.strategies_row(mode, direct));
         }
+        rows.push(self.redundancy_row());
         rows
+    }
+
+    /// Each redundancy run: the availability the client saw, its interval,
+    /// and the formula from the executed up-fractions. A measurement, with
+    /// no target: the scenario's report says why they differ.
+    fn redundancy_row(&self) -> Row {
+        let what = "Redundancy: calls that succeeded with k workers each up p of the time \
+                    (killed and restarted at random), against R = 1 − (1 − p)^k from the \
+                    up-fractions executed";
+        let runs: Vec<String> = self
+            .reports
+            .get("redundancy")
+            .map(|report| {
+                report
+                    .runs
+                    .iter()
+                    .filter_map(|run| {
+                        let f = run.analysis.redundancy.as_ref()?;
+                        Some(format!(
+                            "k={} p={}: **{}** {} against {}",
+                            f.workers,
+                            f.up_fraction,
+                            f.availability.map_or("-".to_owned(), |a| format!("{a:.3}")),
+                            f.interval.map_or("-".to_owned(), |i| format!(
+                                "[{:.3}, {:.3}]",
+                                i.low, i.high
+                            )),
+                            f.formula_from_measured
+                                .map_or("-".to_owned(), |r| format!("{r:.3}")),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if runs.is_empty() {
+            return Row::missing(what, "-");
+        }
+        Row {
+            what: what.to_owned(),
+            measured: runs.join("; "),
+            target: "-".to_owned(),
+            met: None,
+        }
     }
 
     /// Every turn of a run of `scenario` ([`crate::report::turns`]).

@@ -34,6 +34,7 @@ use tokio::time::Instant;
 
 use crate::engine::{Finished, LoadSpec, Mode, RunningLoad};
 use crate::http1::Method;
+use crate::redundancy;
 use crate::report::{Analysis, Failover, RunReport, ScenarioReport};
 use crate::target::{HttpTarget, NatsTarget, Requests, Target};
 use crate::transfers::TransferBook;
@@ -144,6 +145,10 @@ async fn run_one(
         system.set_tracing(spec.tracing).await?;
         for action in &spec.setup {
             system.apply(action).await?;
+        }
+        if let Some(redundancy) = &spec.redundancy {
+            let spares = redundancy.spare_workers(system.spec.workers.len());
+            system.take_out_workers(spares).await?;
         }
     }
     let processes = match (spec.cpu, spec.load) {
@@ -366,8 +371,9 @@ async fn drive<T: Target>(
     let Some(system) = system else {
         return running.finish().await;
     };
-    let mut events = spec.events.clone();
-    events.sort_by(|a, b| a.at.total_cmp(&b.at));
+    let events = spec.timed_events()?;
+    // Each worker's kills and restarts as done, for the redundancy figures.
+    let mut worker_changes = Vec::new();
     let mut failovers: Vec<(Failover, Instant)> = Vec::new();
     let mut takeover = None;
     for event in &events {
@@ -376,6 +382,13 @@ async fn drive<T: Target>(
         let now = Instant::now();
         let done = system.apply(&event.action).await?;
         running.mark_at(now, &done.label);
+        if let Some((worker, up)) = redundancy::worker_change(&event.action) {
+            worker_changes.push(redundancy::Change {
+                at: now - start,
+                worker,
+                up,
+            });
+        }
         if let Some(killed) = done.killed {
             if killed.starts_with("coordinator") {
                 takeover = Some(failovers.len());
@@ -404,7 +417,8 @@ async fn drive<T: Target>(
             }
         }
     }
-    let end = start + running.duration();
+    let running_length = running.duration();
+    let end = start + running_length;
     wait_watching(end, system, &running, &mut failovers, &mut takeover).await;
     let finished = running.finish().await?;
     let heard = system.heard_since(start);
@@ -440,6 +454,32 @@ async fn drive<T: Target>(
         }
     }
     report.analysis.failovers = failovers.into_iter().map(|(f, _)| f).collect();
+    if let Some(spec) = &spec.redundancy {
+        // In rotation unless the monitor has marked it down (a suspect
+        // worker still takes calls).
+        let in_rotation: Vec<redundancy::Change> = heard
+            .iter()
+            .filter_map(|Heard { at, event }| {
+                let up = match event.to {
+                    faultline_protocol::membership::State::Up => true,
+                    faultline_protocol::membership::State::Down => false,
+                    faultline_protocol::membership::State::Suspect => return None,
+                };
+                Some(redundancy::Change {
+                    at: at.saturating_duration_since(start),
+                    worker: redundancy::worker_number(&event.id)?,
+                    up,
+                })
+            })
+            .collect();
+        report.analysis.redundancy = Some(redundancy::read_off(
+            spec,
+            running_length,
+            &worker_changes,
+            &in_rotation,
+            &summary,
+        ));
+    }
     Ok(Finished {
         summary,
         ..finished

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::system::{Action, SystemSpec};
 use crate::engine::Mode;
+use crate::redundancy::RedundancySpec;
 use crate::report::RunReport;
 use crate::schedule::{Schedule, Step};
 
@@ -139,6 +140,10 @@ pub struct RunSpec {
     /// Faults during the run.
     #[serde(default)]
     pub events: Vec<TimedAction>,
+    /// Workers killed and restarted at random, each up a fraction of the
+    /// time, to measure the redundancy formula (`call` only): the run's
+    /// events are drawn, not written.
+    pub redundancy: Option<RedundancySpec>,
 }
 
 /// A rate read off an earlier run.
@@ -211,6 +216,28 @@ impl RunSpec {
 
     pub(super) fn seconds(&self) -> u64 {
         self.seconds.unwrap_or(10.0).round().max(1.0) as u64
+    }
+
+    /// How long the generator's load lasts, whatever its rate (a rate read
+    /// off an earlier run is known only then; any rate gives the length).
+    pub(super) fn length(&self) -> anyhow::Result<Duration> {
+        let mut placeholder = self.clone();
+        if placeholder.rate_of.is_some() {
+            placeholder.rate = Some(1.0);
+        }
+        Ok(placeholder.mode()?.duration())
+    }
+
+    /// The run's events in order of time: those written in the file, and
+    /// the kills and restarts its `redundancy` draws, which are fired,
+    /// checked and marked on the timeline the same way.
+    pub fn timed_events(&self) -> anyhow::Result<Vec<TimedAction>> {
+        let mut events = self.events.clone();
+        if let Some(redundancy) = &self.redundancy {
+            events.extend(redundancy.events(self.length()?));
+        }
+        events.sort_by(|a, b| a.at.total_cmp(&b.at));
+        Ok(events)
     }
 }
 
@@ -286,18 +313,11 @@ impl Scenario {
                 "run {name:?}: `tracing` needs a [system]"
             );
             let length = match run.generator {
-                Generator::FaultlineLoad => {
-                    // A rate read off an earlier run is known only then;
-                    // any rate checks the rest.
-                    let mut placeholder = run.clone();
-                    if placeholder.rate_of.is_some() {
-                        placeholder.rate = Some(1.0);
-                    }
-                    let mode = placeholder
-                        .mode()
-                        .with_context(|| format!("run {name:?}"))?;
-                    Some(mode.duration().as_secs_f64())
-                }
+                Generator::FaultlineLoad => Some(
+                    run.length()
+                        .with_context(|| format!("run {name:?}"))?
+                        .as_secs_f64(),
+                ),
                 Generator::Wrk | Generator::Pgbench => {
                     let seconds = run.seconds.unwrap_or(10.0);
                     anyhow::ensure!(
@@ -338,13 +358,37 @@ impl Scenario {
                 run.setup.is_empty() || self.system.is_some(),
                 "run {name:?} has a setup, but the scenario has no [system]"
             );
-            if !run.events.is_empty() {
+            if let Some(redundancy) = &run.redundancy {
+                let Some(length) = length.filter(|_| run.load == Load::Call) else {
+                    anyhow::bail!(
+                        "run {name:?}: `redundancy` measures calls sent by faultline-load"
+                    );
+                };
+                anyhow::ensure!(
+                    run.events.is_empty(),
+                    "run {name:?}: a `redundancy` run draws its events; it takes none from the file"
+                );
+                anyhow::ensure!(
+                    run.setup.iter().all(|action| {
+                        !action.replaces_a_process()
+                            && crate::redundancy::worker_change(action).is_none()
+                    }),
+                    "run {name:?}: a `redundancy` run's setup may not kill, pause or restart anything"
+                );
+                redundancy
+                    .check(workers, length, run.bucket_ms)
+                    .with_context(|| format!("run {name:?}"))?;
+            }
+            let events = run
+                .timed_events()
+                .with_context(|| format!("run {name:?}"))?;
+            if !events.is_empty() {
                 let Some(length) = length.filter(|_| self.system.is_some()) else {
                     anyhow::bail!(
                         "run {name:?}: events need a [system] and the faultline-load generator"
                     );
                 };
-                for event in &run.events {
+                for event in &events {
                     anyhow::ensure!(
                         event.at.is_finite() && (0.0..length).contains(&event.at),
                         "run {name:?}: an event at {} s is outside the run (0 to {length} s)",
@@ -356,10 +400,10 @@ impl Scenario {
             // one killed meanwhile would count for nothing, its successor
             // not at all.
             anyhow::ensure!(
-                !run.cpu || run.events.iter().all(|e| !e.action.replaces_a_process()),
+                !run.cpu || events.iter().all(|e| !e.action.replaces_a_process()),
                 "run {name:?}: `cpu` cannot be read across a kill or a restart"
             );
-            for action in run.setup.iter().chain(run.events.iter().map(|e| &e.action)) {
+            for action in run.setup.iter().chain(events.iter().map(|e| &e.action)) {
                 action
                     .check(workers, load_balancers)
                     .with_context(|| format!("run {name:?}"))?;
@@ -403,6 +447,9 @@ pub(super) fn scale(scenario: &mut Scenario, rate: f64, time: f64) {
         for event in &mut run.events {
             event.at *= time;
         }
+        if let Some(redundancy) = &mut run.redundancy {
+            redundancy.scale(time);
+        }
     }
 }
 
@@ -432,6 +479,9 @@ pub(super) fn describe(spec: &RunSpec) -> String {
     if !spec.setup.is_empty() {
         let setup: Vec<String> = spec.setup.iter().map(ToString::to_string).collect();
         text.push_str(&format!("; before the run: {}", setup.join(", ")));
+    }
+    if let Some(redundancy) = &spec.redundancy {
+        text.push_str(&format!("; {}", redundancy.describe()));
     }
     for event in &spec.events {
         text.push_str(&format!("; at {:.1} s: {}", event.at, event.action));
@@ -505,12 +555,71 @@ mod tests {
             err.contains("`keys` is for calls sent by faultline-load"),
             "{err}"
         );
+        let redundancy = "rate = 10\nseconds = 20\nredundancy = { workers = 2, up_fraction = 0.5, \
+                          mean_cycle_s = 4, seed = 1";
+        let err = refused(
+            "rate = 10\nseconds = 20\nredundancy = { workers = 3, up_fraction = 0.5, mean_cycle_s = 4, seed = 1 }\n",
+        );
+        assert!(
+            err.contains("between 1 and 2 (the system's workers)"),
+            "{err}"
+        );
+        let err = refused(
+            "rate = 10\nseconds = 20\nredundancy = { workers = 2, up_fraction = 1.0, mean_cycle_s = 4, seed = 1 }\n",
+        );
+        assert!(err.contains("strictly between 0 and 1"), "{err}");
+        let err = refused(&format!(
+            "{redundancy} }}\nevents = [{{ at = 1, kill_worker = 1 }}]\n"
+        ));
+        assert!(err.contains("draws its events"), "{err}");
+        let err = refused(&format!(
+            "{redundancy} }}\nsetup = [{{ kill_worker = 2 }}]\n"
+        ));
+        assert!(err.contains("setup may not kill"), "{err}");
+        let err = refused(&format!("{redundancy} }}\ncpu = true\n"));
+        assert!(err.contains("`cpu` cannot be read"), "{err}");
+        let err = write(&format!(
+            "title = 't'\n[system]\n[[run]]\nname = 'a'\nload = 'nats'\n{redundancy} }}\n"
+        ))
+        .expect_err("not calls");
+        assert!(err.contains("`redundancy` measures calls"), "{err}");
         let err = write(
             "title = 't'\n[[run]]\nname = 'a b'\nload = 'nginx'\nrate = 1\nseconds = 1\n\
              [[run]]\nname = 'a-b'\nload = 'nginx'\nrate = 1\nseconds = 1\n",
         )
         .expect_err("same file name");
         assert!(err.contains("same file name"), "{err}");
+    }
+
+    #[test]
+    fn redundancy_runs_draw_checked_events_that_scale_with_the_run() {
+        let mut scenario: Scenario = toml::from_str(
+            "title = 't'\n[system]\nworkers = [1, 1, 1]\n[[run]]\nname = 'a'\nload = 'call'\n\
+             rate = 100\nseconds = 60\nredundancy = { workers = 2, up_fraction = 0.8, \
+             mean_cycle_s = 8, seed = 5 }\n",
+        )
+        .expect("parsed");
+        scenario.check().expect("a valid scenario");
+        let events = scenario.runs[0].timed_events().expect("events");
+        assert!(events.len() >= 4, "{events:?}");
+        assert!(events.windows(2).all(|w| w[0].at <= w[1].at));
+        assert!(events.iter().all(|e| matches!(
+            e.action,
+            Action::KillWorker(1 | 2) | Action::RestartWorker(1 | 2)
+        )));
+        assert!(describe(&scenario.runs[0]).contains("k = 2 workers in play"));
+        // A quarter of the time: the same faults, a quarter as far apart.
+        scale(&mut scenario, 1.0, 0.25);
+        scenario.check().expect("still valid");
+        let scaled = scenario.runs[0].timed_events().expect("events");
+        assert_eq!(scaled.len(), events.len());
+        for (small, full) in scaled.iter().zip(&events) {
+            assert_eq!(small.action, full.action);
+            assert!(
+                (small.at - full.at * 0.25).abs() < 1e-6,
+                "{small:?} {full:?}"
+            );
+        }
     }
 
     #[test]

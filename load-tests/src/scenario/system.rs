@@ -768,6 +768,40 @@ impl System {
         Ok(())
     }
 
+    /// Kills `workers` (numbers from 1) for a whole run and waits until no
+    /// balancer routes to them any more (the gateway's own table and every
+    /// load-balancer's), so that the run starts with only the others in
+    /// rotation rather than with a detection in progress. `settle` brings
+    /// them back before the next run.
+    pub async fn take_out_workers(
+        &mut self,
+        workers: std::ops::RangeInclusive<usize>,
+    ) -> anyhow::Result<()> {
+        let mut ids = Vec::new();
+        for worker in workers {
+            self.apply(&Action::KillWorker(worker)).await?;
+            ids.push(format!("worker-{worker}"));
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let out_of_rotation = |view: &faultline_protocol::cluster::ClusterView| {
+            view.workers.iter().all(|w| {
+                !ids.contains(&w.id) || w.state == Some(faultline_protocol::membership::State::Down)
+            })
+        };
+        self.cluster
+            .wait_for_view(
+                &format!("no balancer routing to {}", ids.join(", ")),
+                |view| {
+                    std::iter::once(&view.gateway)
+                        .chain(&view.load_balancers)
+                        .all(out_of_rotation)
+                },
+            )
+            .await
+    }
+
     /// NATS node `node` (from 1), from 0.
     fn nats_node(&self, node: usize) -> anyhow::Result<usize> {
         let nodes = self.cluster.nats.node_count();

@@ -19,12 +19,14 @@ use crate::router::serve;
 use crate::settings::Settings;
 use crate::term::Term;
 use crate::{live, operator, recovery};
+use faultline_bus::heartbeat::HeldLease;
 
 pub(crate) async fn lead_when_possible(
     client: Client,
     settings: &Settings,
     url: &str,
     metrics: Arc<Metrics>,
+    held: HeldLease,
     operator: &operator::Operator,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -92,6 +94,7 @@ pub(crate) async fn lead_when_possible(
         });
         tracing::info!(token, "Coordinator active: took the lease.");
         metrics.term(Some(token));
+        held.set(Some(token));
         let mut tasks = JoinSet::new();
         tasks.spawn(serve(client.clone(), term.clone()));
         tasks.spawn(recovery::run(
@@ -105,6 +108,7 @@ pub(crate) async fn lead_when_possible(
         tasks.abort_all();
         term_ended.send_replace(true);
         metrics.term(None);
+        held.set(None);
         if stopping {
             // Hand over at once instead of making the standby wait a TTL.
             let _ = lease.release(token).await;

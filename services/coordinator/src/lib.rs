@@ -88,6 +88,9 @@ pub async fn run(
         log: Arc::new(std::sync::OnceLock::new()),
         tokens: settings.operator.tokens()?,
     };
+    // The heartbeat says whether this coordinator is active, and under
+    // which token.
+    let held = faultline_bus::heartbeat::HeldLease::default();
     let presence = Presence::start(
         &client,
         &settings.service.admin_addr,
@@ -98,7 +101,7 @@ pub async fn run(
             id: settings.id.clone(),
             weight: 1,
             interval: Duration::from_millis(settings.heartbeat_interval_ms),
-            load: Arc::new(faultline_bus::heartbeat::NoLoad),
+            load: Arc::new(held.clone()),
         },
     )?;
 
@@ -107,6 +110,7 @@ pub async fn run(
         &settings,
         &url,
         metrics,
+        held,
         &operator,
         shutdown,
     )

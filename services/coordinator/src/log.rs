@@ -274,7 +274,10 @@ impl DecisionLog {
         let row = sqlx::query(
             "WITH money AS (SELECT count(*) AS accounts, \
                             coalesce(sum(balance), 0)::int8 AS balances, \
-                            coalesce(sum(held), 0)::int8 AS held FROM accounts), \
+                            coalesce(sum(held), 0)::int8 AS held, \
+                            CASE WHEN count(opened) = count(*) \
+                                 THEN coalesce(sum(opened), 0)::int8 END AS opened \
+                            FROM accounts), \
              in_flight AS (SELECT coalesce(sum((leg ->> 'delta')::int8), 0)::int8 AS in_flight \
                            FROM branches b JOIN transfers t ON t.id = b.xid \
                            CROSS JOIN LATERAL jsonb_array_elements(b.legs) AS leg \
@@ -297,6 +300,7 @@ impl DecisionLog {
             balances,
             in_flight,
             held: row.try_get("held")?,
+            opened: row.try_get("opened")?,
             accounts: row.try_get("accounts")?,
             transfers: AuditTransfers {
                 preparing: row.try_get("preparing")?,

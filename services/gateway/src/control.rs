@@ -10,6 +10,8 @@
 //! | `PUT /v1/data-path` | `{"data_path":"direct"}`: switch the data path at run time |
 //! | `PUT /v1/workers/{id}/weight` | `{"weight":3}`: override a worker's weight; `DELETE` clears it |
 //! | `GET`/`PUT /v1/workers/{id}/faults` | read or inject faults: `{"latency_ms":200,"error_rate":0.1}`; `PUT` only with `--enable-fault-injection` |
+//! | `PUT`/`DELETE /v1/load`, `DELETE /v1/faults`, `GET /v1/console/stream` | the console's load generator, "heal all", and its live feed ([`crate::console`]) |
+//! | `GET /console` | the live console page (static; it sends the token itself) |
 //! | `GET /live`, `/ready`, `/metrics` | as on the public port |
 //!
 //! It binds to `--control-addr` (loopback by default). Every request under
@@ -23,7 +25,7 @@ use actix_web::{HttpRequest, web};
 use faultline_runtime::admin::{Admin, AdminError};
 use faultline_runtime::operator::{self, OperatorAccess, OperatorName, OperatorTokens};
 
-use crate::{AppState, api, method_not_allowed, not_found, observe};
+use crate::{AppState, api, console, method_not_allowed, not_found, observe};
 
 /// What a control change changed: the `change` label of its metric.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +38,8 @@ pub enum Change {
     Weight,
     /// A worker's injected faults.
     Faults,
+    /// The console's load generator, started or stopped.
+    Load,
 }
 
 impl Change {
@@ -46,6 +50,7 @@ impl Change {
             Change::DataPath => "data_path",
             Change::Weight => "weight",
             Change::Faults => "faults",
+            Change::Load => "load",
         }
     }
 }
@@ -53,13 +58,19 @@ impl Change {
 /// Whether `path` is one of the control routes (which the public port
 /// does not serve).
 pub fn is_control_path(path: &str) -> bool {
-    path == "/v1/strategy" || path == "/v1/data-path" || path.starts_with("/v1/workers/")
+    matches!(
+        path,
+        "/v1/strategy" | "/v1/data-path" | "/v1/load" | "/v1/faults" | "/v1/console/stream"
+    ) || path.starts_with("/v1/workers/")
 }
 
 /// Logs and counts a change `by` an operator.
 pub fn record(state: &AppState, change: Change, by: &OperatorName, what: &str) {
     tracing::info!(change = change.as_str(), by = %by, what, "Control change.");
     state.metrics.control_change(change.as_str(), by.as_str());
+    state
+        .console
+        .control_change(by.as_str(), &format!("{}: {what}", change.as_str()));
 }
 
 /// Serves the control routes on `addr` (one worker thread: they are few
@@ -117,8 +128,31 @@ pub fn start(
                                 method_not_allowed(r, "GET, PUT")
                             })),
                     )
+                    .service(
+                        resource("/load", "/v1/load")
+                            .route(web::put().to(console::start_load))
+                            .route(web::delete().to(console::stop_load))
+                            .default_service(web::to(|r: HttpRequest| {
+                                method_not_allowed(r, "PUT, DELETE")
+                            })),
+                    )
+                    .service(
+                        resource("/faults", "/v1/faults")
+                            .route(web::delete().to(console::heal_all))
+                            .default_service(web::to(|r: HttpRequest| {
+                                method_not_allowed(r, "DELETE")
+                            })),
+                    )
+                    .service(
+                        resource("/console/stream", "/v1/console/stream")
+                            .route(web::get().to(console::stream))
+                            .default_service(web::to(|r: HttpRequest| {
+                                method_not_allowed(r, "GET")
+                            })),
+                    )
                     .default_service(web::to(not_found)),
-            );
+            )
+            .configure(console::page_routes);
     })
 }
 
@@ -139,6 +173,9 @@ mod tests {
             "/v1/data-path",
             "/v1/workers/worker-1/weight",
             "/v1/workers/worker-1/faults",
+            "/v1/load",
+            "/v1/faults",
+            "/v1/console/stream",
         ] {
             assert!(is_control_path(path), "{path}");
         }

@@ -12,7 +12,7 @@
 //!
 //! The routes that change the running system (strategy, data path,
 //! weights, fault injection) are not here: they are on the [`control`]
-//! listener, behind the operators' tokens.
+//! listener, behind the operators' tokens, beside the live [`console`].
 //!
 //! Every request is counted, and a recorded one is a server span that
 //! continues the client's trace ([`observe`]).
@@ -35,6 +35,7 @@
 pub mod admission;
 pub mod api;
 pub mod concurrency_limit;
+pub mod console;
 pub mod control;
 mod metrics;
 mod observe;
@@ -192,6 +193,10 @@ pub struct AppState {
     connections: Arc<Mutex<Vec<async_nats::Client>>>,
     /// Whether operators may inject faults.
     fault_injection: bool,
+    /// This gateway's id.
+    id: String,
+    /// The live console's feed and load generator.
+    console: console::Console,
 }
 
 /// The NATS connection of one HTTP worker thread, made on that thread so
@@ -278,7 +283,10 @@ pub async fn run(
         lb_losses,
         connections: connections.clone(),
         fault_injection: settings.enable_fault_injection,
+        id: settings.id.clone(),
+        console: console::Console::new(tokio::runtime::Handle::current()),
     });
+    console::feed::start(state.clone());
     let ready_client = client.clone();
     let ready_settings = feeds.settings_loaded();
     let admin = faultline_runtime::admin::Admin {
@@ -299,6 +307,7 @@ pub async fn run(
         }),
     };
 
+    let console_state = state.clone();
     let control = control::start(
         &settings.control_addr,
         state.clone(),
@@ -418,6 +427,7 @@ pub async fn run(
     );
 
     shutdown.await;
+    console_state.console.close();
     presence.stop_heartbeat();
     handle.stop(true).await;
     control.stop(true).await;
@@ -440,6 +450,9 @@ const ROUTES: &[&str] = &[
     "/v1/data-path",
     "/v1/workers/{id}/weight",
     "/v1/workers/{id}/faults",
+    "/v1/load",
+    "/v1/faults",
+    "/v1/console/stream",
     "/v1/accounts",
     "/v1/accounts/{id}",
     "/v1/transfers",

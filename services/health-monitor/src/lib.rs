@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::{Client, Request};
-use faultline_bus::heartbeat::{self, NoLoad};
+use faultline_bus::heartbeat::{self, HeldLease};
 use faultline_failure_detection::DetectorKind;
 use faultline_protocol::cluster::{Heartbeat, Role};
 use faultline_protocol::membership::{MembershipEvent, MembershipView, MonitorView};
@@ -147,6 +147,8 @@ pub async fn run(
     }
 
     let (leadership_tx, mut leadership) = tokio::sync::watch::channel(None::<u64>);
+    // The heartbeat says whether this monitor leads, and under which token.
+    let held = HeldLease::default();
     let lease_task = tokio::spawn(hold_lease(
         Lease::new(
             store.clone(),
@@ -155,6 +157,7 @@ pub async fn run(
         ),
         leadership_tx,
         metrics.leader.clone(),
+        held.clone(),
     ));
     let (writes, pending) = mpsc::unbounded_channel::<Write>();
     let writer = tokio::spawn(write_views(
@@ -170,7 +173,7 @@ pub async fn run(
         id: settings.id.clone(),
         weight: 1,
         interval,
-        load: Arc::new(NoLoad),
+        load: Arc::new(held),
     });
     tracing::info!(id = %settings.id, detector = settings.detector.as_str(), "Health-monitor watching.");
 
@@ -275,6 +278,7 @@ async fn hold_lease(
     mut lease: Lease,
     leadership: tokio::sync::watch::Sender<Option<u64>>,
     gauge: Gauge,
+    held: HeldLease,
 ) {
     let mut ticker = tokio::time::interval(lease.step_every());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -282,6 +286,7 @@ async fn hold_lease(
         ticker.tick().await;
         let token = lease.step().await;
         gauge.set(i64::from(token.is_some()));
+        held.set(token);
         leadership.send_if_modified(|held| std::mem::replace(held, token) != token);
     }
 }

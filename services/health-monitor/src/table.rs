@@ -356,6 +356,7 @@ mod tests {
             started_at_ms,
             sequence: 0,
             interval_ms: 100,
+            lease_token: None,
         }
     }
 

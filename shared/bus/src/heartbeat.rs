@@ -26,6 +26,37 @@ pub trait LoadReport: Send + Sync + 'static {
     fn in_flight(&self) -> u32;
     /// Calls answered since start.
     fn served(&self) -> u64;
+    /// The fencing token of the lease this member holds now, if any.
+    fn lease_token(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// The load of a member that serves no balanced calls but may hold a
+/// lease (a health-monitor, a coordinator): its heartbeats say whether it
+/// leads, and under which token, so that a watcher sees a takeover at the
+/// next beat. Clones share one value.
+#[derive(Debug, Clone, Default)]
+pub struct HeldLease(Arc<std::sync::atomic::AtomicU64>);
+
+impl HeldLease {
+    /// Records the lease held now (`None`: none). Tokens start at 1.
+    pub fn set(&self, token: Option<u64>) {
+        self.0
+            .store(token.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl LoadReport for HeldLease {
+    fn in_flight(&self) -> u32 {
+        0
+    }
+    fn served(&self) -> u64 {
+        0
+    }
+    fn lease_token(&self) -> Option<u64> {
+        Some(self.0.load(std::sync::atomic::Ordering::Relaxed)).filter(|token| *token > 0)
+    }
 }
 
 /// The load of a member that serves no balanced calls (gateway, monitor,
@@ -66,6 +97,7 @@ pub fn spawn(
                 started_at_ms,
                 sequence,
                 interval_ms: whole_millis(interval),
+                lease_token: load.lease_token(),
             })
         };
         let mut probes = match client.subscribe(probe_subject).await {
@@ -251,6 +283,7 @@ mod tests {
             started_at_ms: 0,
             sequence: 0,
             interval_ms,
+            lease_token: None,
         }
     }
 

@@ -236,6 +236,10 @@ pub struct Audit {
     pub in_flight: i64,
     /// Reserved by prepared transfers (part of `balances`).
     pub held: i64,
+    /// The money the accounts were opened with, which `total` must equal;
+    /// none if an account predates the record of it.
+    #[serde(default)]
+    pub opened: Option<i64>,
     /// Accounts.
     pub accounts: i64,
     /// Transfers in the decision log, by state.

@@ -66,6 +66,11 @@ pub struct Heartbeat {
     pub sequence: u64,
     /// How often it sends heartbeats, in milliseconds.
     pub interval_ms: u64,
+    /// The fencing token of the lease it holds, if it holds one: the
+    /// leading health-monitor's and the active coordinator's. A standby
+    /// sends none, so whoever listens sees every takeover as it happens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_token: Option<u64>,
 }
 
 /// Faults a worker injects into its own calls, for demos and tests. All
@@ -179,6 +184,13 @@ pub struct WorkerView {
     pub served: u64,
     /// Its moving average of latency as this replica sees it, in ms.
     pub latency_ms: Option<f64>,
+    /// The median of its answered attempts' latency over the last second
+    /// or two, in ms (in direct mode, from the gateways' reports).
+    #[serde(default)]
+    pub p50_ms: Option<f64>,
+    /// Their 99th percentile, in ms.
+    #[serde(default)]
+    pub p99_ms: Option<f64>,
     /// Age of its last heartbeat, in milliseconds.
     pub last_heartbeat_ms: u64,
     /// The health-monitor's verdict on it, if a monitor has judged it.
@@ -211,6 +223,9 @@ pub struct MergedView {
     /// Whether that monitor holds the lease (false while none leads, for
     /// example during a takeover).
     pub monitor_leads: bool,
+    /// The detector that monitor runs (`timeout` or `phi-accrual`).
+    #[serde(default)]
+    pub detector: Option<String>,
     /// Every member the monitor watches: state, reason, detector value,
     /// heartbeat age and effective weight.
     pub members: Vec<crate::membership::MemberHealth>,

@@ -75,12 +75,16 @@ pub fn of(role: Role, id: &str) -> Permissions {
             publish.extend(kv_read(subjects::BALANCER_SETTINGS_BUCKET));
             publish.extend(kv_read(subjects::MEMBERSHIP_BUCKET));
             subscribe.extend(strings(&[
-                subjects::WORKER_HEARTBEATS,
-                subjects::GATEWAY_HEARTBEATS,
+                // Every member's heartbeat: workers and gateways for
+                // direct mode, load-balancers because one that falls
+                // silent may hold calls (proxy mode), and all of them,
+                // monitors' and coordinators' leases included, for the
+                // console.
+                subjects::HEARTBEATS,
                 subjects::LB_DIRECTIVES,
-                // Proxy mode: a load-balancer that falls silent may hold
-                // calls.
-                subjects::LOAD_BALANCER_HEARTBEATS,
+                // The console's event log: read only, the monitors alone
+                // publish it.
+                subjects::MEMBERSHIP_EVENTS,
             ]));
         }
         Role::LoadBalancer => {

@@ -90,7 +90,7 @@ pub struct OutcomeReport {
 }
 
 /// One worker's attempts in an [`OutcomeReport`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerOutcomes {
     /// Attempts it answered.
     pub ok: u64,
@@ -102,6 +102,11 @@ pub struct WorkerOutcomes {
     pub trailing_failures: u64,
     /// The sum of the answered attempts' latencies, in microseconds.
     pub latency_micros: u64,
+    /// Their distribution: `(microseconds, count)` pairs, one per
+    /// histogram bucket recorded (two significant digits), so that a
+    /// load-balancer can tell percentiles, not only the mean.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latencies: Vec<(u64, u64)>,
 }
 
 /// What a load-balancer tells every gateway, in direct mode, on

@@ -51,6 +51,24 @@ impl StrategyKind {
             StrategyKind::ConsistentHash => "consistent-hash",
         }
     }
+
+    /// The share of calls this strategy promises a worker weighing
+    /// `weight`, among `members` in rotation weighing `total_weight` in
+    /// all (weights in force, slow start included): what the console
+    /// draws each worker's measured share against. `None` where it
+    /// promises no fixed share: least-loaded follows load, and
+    /// consistent-hash follows the keys.
+    pub fn promised_share(self, weight: u32, total_weight: u64, members: usize) -> Option<f64> {
+        match self {
+            StrategyKind::Random | StrategyKind::RoundRobin => {
+                (members > 0).then(|| 1.0 / members as f64)
+            }
+            StrategyKind::Weighted => {
+                (total_weight > 0).then(|| f64::from(weight) / total_weight as f64)
+            }
+            StrategyKind::LeastLoaded | StrategyKind::ConsistentHash => None,
+        }
+    }
 }
 
 impl fmt::Display for StrategyKind {
@@ -93,5 +111,31 @@ mod tests {
             assert_eq!(kind.as_str().parse::<StrategyKind>(), Ok(kind));
         }
         assert!("fastest".parse::<StrategyKind>().is_err());
+    }
+    #[test]
+    fn promised_shares_add_up_to_one_where_a_share_is_promised() {
+        let weights = [1u32, 2, 3];
+        let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+        for kind in StrategyKind::ALL {
+            let shares: Option<Vec<f64>> = weights
+                .iter()
+                .map(|w| kind.promised_share(*w, total, weights.len()))
+                .collect();
+            match (kind, shares) {
+                (StrategyKind::LeastLoaded | StrategyKind::ConsistentHash, shares) => {
+                    assert_eq!(shares, None, "{kind}")
+                }
+                (_, Some(shares)) => {
+                    assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{kind}")
+                }
+                (_, None) => panic!("{kind} promises a share"),
+            }
+        }
+        assert_eq!(
+            StrategyKind::Weighted.promised_share(3, 6, 3),
+            Some(0.5),
+            "in proportion to weight"
+        );
+        assert_eq!(StrategyKind::RoundRobin.promised_share(1, 0, 0), None);
     }
 }

@@ -31,6 +31,7 @@
 
 pub mod feeds;
 pub mod forward;
+pub mod latency;
 pub mod membership;
 pub mod metrics;
 pub mod outlier;

@@ -27,6 +27,7 @@ use faultline_protocol::headers::whole_millis;
 use faultline_protocol::membership::MembershipView;
 use faultline_protocol::routing::{DataPath, Directive, OutcomeReport, WorkerOutcomes};
 
+use crate::latency::{self, RecentLatency};
 use crate::membership::{Change, Membership};
 use crate::outlier::{Ejection, OutlierDetector, Routing};
 use crate::retry_budget::RetryBudget;
@@ -95,6 +96,9 @@ pub struct RoutingTable {
     pending: Option<BTreeMap<String, WorkerOutcomes>>,
     /// Control plane: attempts the gateways reported, per worker.
     reported: HashMap<String, u64>,
+    /// Each worker's recent latency percentiles, from this replica's own
+    /// attempts and the gateways' reports.
+    latencies: HashMap<String, RecentLatency>,
     notices: Vec<Notice>,
 }
 
@@ -114,6 +118,7 @@ impl RoutingTable {
             panicking: false,
             pending: None,
             reported: HashMap::new(),
+            latencies: HashMap::new(),
             notices: Vec::new(),
         }
     }
@@ -248,10 +253,18 @@ impl RoutingTable {
             } else {
                 entry.ok += 1;
                 entry.trailing_failures = 0;
-                entry.latency_micros = entry
-                    .latency_micros
-                    .saturating_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
+                entry.latency_micros = entry.latency_micros.saturating_add(micros(elapsed));
+                entry.latencies.push((micros(elapsed), 1));
+                if entry.latencies.len() >= MAX_PENDING_LATENCIES {
+                    compress(&mut entry.latencies);
+                }
             }
+        }
+        if !failed {
+            self.latencies
+                .entry(worker.to_owned())
+                .or_insert_with(|| RecentLatency::new(now))
+                .record(micros(elapsed), 1, now);
         }
         if failed {
             let workers = self.balancer.members().len();
@@ -269,9 +282,13 @@ impl RoutingTable {
         if pending.is_empty() {
             return None;
         }
+        let mut workers = std::mem::take(pending);
+        for outcomes in workers.values_mut() {
+            compress(&mut outcomes.latencies);
+        }
         Some(OutcomeReport {
             gateway: gateway.to_owned(),
-            workers: std::mem::take(pending),
+            workers,
         })
     }
 
@@ -294,6 +311,15 @@ impl RoutingTable {
             *attempts = attempts
                 .saturating_add(outcomes.ok)
                 .saturating_add(outcomes.failures);
+            let recent = self
+                .latencies
+                .entry(worker.clone())
+                .or_insert_with(|| RecentLatency::new(now));
+            // Input from the network: no more buckets than a histogram
+            // of ours can have recorded in a report period.
+            for (micros, count) in outcomes.latencies.iter().take(MAX_REPORTED_BUCKETS) {
+                recent.record(*micros, *count, now);
+            }
             let streak = if outcomes.ok > 0 {
                 self.outliers.success(worker);
                 if let Some(mean) = outcomes.latency_micros.checked_div(outcomes.ok) {
@@ -429,6 +455,7 @@ impl RoutingTable {
                     }
                     self.outliers.forget(&id);
                     self.reported.remove(&id);
+                    self.latencies.remove(&id);
                 }
             }
         }
@@ -443,6 +470,10 @@ impl RoutingTable {
             .map(|m| {
                 let record = self.membership.get(&m.id);
                 let verdict = self.membership.verdict(&m.id);
+                let percentiles = self
+                    .latencies
+                    .get(&*m.id)
+                    .and_then(|recent| recent.percentiles(now));
                 WorkerView {
                     id: m.id.to_string(),
                     weight: m.weight,
@@ -453,6 +484,8 @@ impl RoutingTable {
                         .saturating_add(self.reported.get(&*m.id).copied().unwrap_or(0)),
                     served: record.map_or(0, |r| r.served),
                     latency_ms: m.latency_ewma_micros.map(|us| (us / 10.0).round() / 100.0),
+                    p50_ms: percentiles.map(|p| p.p50_ms),
+                    p99_ms: percentiles.map(|p| p.p99_ms),
                     last_heartbeat_ms: record
                         .and_then(|r| r.heartbeats.last_heartbeat())
                         .map_or(0, |last| whole_millis(now.saturating_duration_since(last))),
@@ -469,6 +502,28 @@ impl RoutingTable {
             workers,
         }
     }
+}
+
+/// Latencies a gateway keeps one by one for a worker before folding them
+/// into histogram buckets (reports go every 100 ms; this bounds memory
+/// should they stop).
+const MAX_PENDING_LATENCIES: usize = 4096;
+
+/// The most buckets of one worker a load-balancer takes from a report: a
+/// two-digit histogram up to an hour has fewer.
+const MAX_REPORTED_BUCKETS: usize = 4096;
+
+fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Folds `(microseconds, count)` pairs into one per histogram bucket.
+fn compress(latencies: &mut Vec<(u64, u64)>) {
+    let mut histogram = latency::histogram();
+    for (micros, count) in latencies.drain(..) {
+        latency::record(&mut histogram, micros, count);
+    }
+    *latencies = latency::buckets(&histogram);
 }
 
 /// Whether an attempt's outcome counts against its worker: no answer, or a
@@ -525,6 +580,7 @@ mod tests {
             started_at_ms: 1,
             sequence: 0,
             interval_ms: 100,
+            lease_token: None,
         }
     }
 
@@ -636,14 +692,16 @@ mod tests {
         gateway.complete("w1", Outcome::TimedOut, ms(50), ms(50), t0);
         gateway.complete("w2", Outcome::Ok, ms(4), ms(4), t0);
         let report = gateway.take_report("g1").expect("a report");
+        let w1 = &report.workers["w1"];
         assert_eq!(
-            report.workers["w1"],
-            WorkerOutcomes {
-                ok: 1,
-                failures: 1,
-                trailing_failures: 1,
-                latency_micros: 2000
-            }
+            (w1.ok, w1.failures, w1.trailing_failures, w1.latency_micros),
+            (1, 1, 1, 2000)
+        );
+        // The answered attempt's latency, as one histogram bucket.
+        assert!(
+            matches!(w1.latencies.as_slice(), [(micros, 1)] if micros.abs_diff(2000) <= 20),
+            "{:?}",
+            w1.latencies
         );
         assert_eq!(gateway.take_report("g1"), None, "taken");
 
@@ -659,6 +717,7 @@ mod tests {
                     failures: 2,
                     trailing_failures: 2,
                     latency_micros: 0,
+                    latencies: Vec::new(),
                 },
             )]),
         };
@@ -692,6 +751,30 @@ mod tests {
     }
 
     #[test]
+    fn a_load_balancer_tells_percentiles_from_the_gateways_reports() {
+        let t0 = Instant::now();
+        let mut gateway = with_workers(&["w1", "w2"], t0);
+        gateway.set_reporting(true);
+        for _ in 0..99 {
+            gateway.complete("w1", Outcome::Ok, ms(2), ms(2), t0);
+        }
+        gateway.complete("w1", Outcome::Ok, ms(300), ms(300), t0);
+        let report = gateway.take_report("g1").expect("a report");
+        let mut lb = with_workers(&["w1", "w2"], t0);
+        lb.merge_report(&report, t0);
+        let view = lb.view("lb-1", DataPath::Direct, t0);
+        let w1 = view.workers.iter().find(|w| w.id == "w1").expect("w1");
+        assert_eq!(w1.p50_ms.map(f64::round), Some(2.0));
+        assert!(w1.p99_ms.is_some_and(|p99| p99 >= 2.0));
+        let w2 = view.workers.iter().find(|w| w.id == "w2").expect("w2");
+        assert_eq!(
+            (w2.p50_ms, w2.p99_ms),
+            (None, None),
+            "no attempt, no figure"
+        );
+    }
+
+    #[test]
     fn reports_and_directives_are_bounded_whoever_sent_them() {
         let t0 = Instant::now();
         let mut lb = with_workers(&["w1", "w2", "w3", "w4"], t0);
@@ -701,12 +784,13 @@ mod tests {
             failures: u64::MAX,
             trailing_failures: u64::MAX,
             latency_micros: 0,
+            latencies: vec![(u64::MAX, u64::MAX); 10_000],
         };
         let report = OutcomeReport {
             gateway: "g".into(),
             workers: BTreeMap::from([
-                ("w1".to_owned(), outcomes),
-                ("no-such-worker".to_owned(), outcomes),
+                ("w1".to_owned(), outcomes.clone()),
+                ("no-such-worker".to_owned(), outcomes.clone()),
             ]),
         };
         // A streak of u64::MAX counts as one that ejects, once; a worker
@@ -726,7 +810,7 @@ mod tests {
         let everyone_fails = OutcomeReport {
             gateway: "liar".into(),
             workers: ["w1", "w2", "w3", "w4"]
-                .map(|w| (w.to_owned(), outcomes))
+                .map(|w| (w.to_owned(), outcomes.clone()))
                 .into_iter()
                 .collect(),
         };

@@ -89,8 +89,15 @@ pub async fn transfer(
         idempotency_key: key,
         transfer,
     };
-    let reply = ask_coordinator(&state, subjects::COORDINATOR_TRANSFER, &command).await?;
-    coordinator_answer(reply)
+    let reply = ask_coordinator(&state, subjects::COORDINATOR_TRANSFER, &command).await;
+    // The console counts every answer, refusals and failures included.
+    state.console.transfer(match &reply {
+        Ok(CoordinatorReply::Transfer(record)) => record.state.as_str(),
+        Ok(CoordinatorReply::Error { error, .. }) => error.code.as_str(),
+        Ok(_) => "unexpected_reply",
+        Err(error) => error.code(),
+    });
+    coordinator_answer(reply?)
 }
 
 /// Handles `GET /v1/transfers/{id}`.

@@ -47,8 +47,8 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// How a call ended: the outcome, the worker that answered (if any), the
 /// attempts made, and the body.
-struct Served {
-    outcome: Outcome,
+pub(crate) struct Served {
+    pub(crate) outcome: Outcome,
     worker: Option<String>,
     attempts: u32,
     body: Bytes,
@@ -74,16 +74,8 @@ pub async fn call(
             let inherited = Inherited::of(request.headers());
             Scope::unrecorded(inherited.parent, inherited.tracestate)
         });
-    let served = match state.router.data_path() {
-        DataPath::Direct => direct(&state, &connection, call, body, &request_id, scope).await,
-        DataPath::Proxy => proxy(&state, &connection, call, body, &request_id, scope).await?,
-    };
-    let worker = served
-        .worker
-        .as_deref()
-        .filter(|w| subjects::is_valid_member_id(w))
-        .unwrap_or("none");
-    state.metrics.served_by(worker, served.outcome);
+    let served = serve(&state, &connection, call, body, &request_id, scope).await?;
+    let worker = served.worker_label();
     match served.outcome {
         Outcome::Ok => Ok(HttpResponse::Ok()
             .content_type("application/json")
@@ -98,6 +90,42 @@ pub async fn call(
             status: status_for(failure),
             body: served.body,
         }),
+    }
+}
+
+/// One validated call by the data path in force, counted by the worker
+/// that answered: the `POST /v1/call` handler's work, and the console's
+/// load generator's.
+pub(crate) async fn serve(
+    state: &AppState,
+    connection: &Connection,
+    call: ValidCall,
+    body: Bytes,
+    request_id: &str,
+    scope: Scope,
+) -> Result<Served, ApiError> {
+    let served = match state.router.data_path() {
+        DataPath::Direct => direct(state, connection, call, body, request_id, scope).await,
+        DataPath::Proxy => proxy(state, connection, call, body, request_id, scope).await?,
+    };
+    state
+        .metrics
+        .served_by(served.worker_label(), served.outcome);
+    Ok(served)
+}
+
+impl Served {
+    /// The worker that answered, as a label ("none" if none did).
+    fn worker_label(&self) -> &str {
+        self.worker
+            .as_deref()
+            .filter(|w| subjects::is_valid_member_id(w))
+            .unwrap_or("none")
+    }
+
+    /// How a failed call failed, as its outcome's name.
+    pub(crate) fn error_code(&self) -> &'static str {
+        self.outcome.as_str()
     }
 }
 

@@ -128,6 +128,9 @@ fn merge(
                     m.picks += w.picks;
                     m.served = m.served.max(w.served);
                     m.last_heartbeat_ms = m.last_heartbeat_ms.min(w.last_heartbeat_ms);
+                    // Percentiles do not add up: the worst replica's.
+                    m.p50_ms = worst(m.p50_ms, w.p50_ms);
+                    m.p99_ms = worst(m.p99_ms, w.p99_ms);
                 })
                 .or_insert_with(|| w.clone());
         }
@@ -139,9 +142,10 @@ fn merge(
     if workers.is_empty() {
         workers.extend(gateway.workers.iter().map(|w| (w.id.clone(), w.clone())));
     }
-    let (monitor, monitor_leads, members) = monitor.map_or((None, false, Vec::new()), |m| {
-        (Some(m.monitor), m.leader, m.members)
-    });
+    let (monitor, monitor_leads, detector, members) = monitor
+        .map_or((None, false, None, Vec::new()), |m| {
+            (Some(m.monitor), m.leader, Some(m.detector), m.members)
+        });
     MergedView {
         strategy,
         data_path,
@@ -150,7 +154,16 @@ fn merge(
         load_balancers,
         monitor,
         monitor_leads,
+        detector,
         members,
+    }
+}
+
+/// The larger of two latencies, either of which may be unknown.
+fn worst(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -110,7 +110,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ApiError::Input(e) if e.field.is_some() => "invalid_field",
             ApiError::Input(_) => "invalid_body",

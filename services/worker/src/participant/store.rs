@@ -534,9 +534,13 @@ async fn write_plan(conn: &mut PgConnection, plan: &shard_batch::Plan) -> Result
             balances.push(row.balance);
             helds.push(row.held);
         }
+        // What it is opened with is its balance now: recorded once, for
+        // the audit.
         sqlx::query(
-            "INSERT INTO accounts (id, shard, balance, held) \
-             SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int8[])",
+            "INSERT INTO accounts (id, shard, balance, held, opened) \
+             SELECT id, shard, balance, held, balance \
+             FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int8[]) \
+                  AS opening (id, shard, balance, held)",
         )
         .bind(ids)
         .bind(shards)

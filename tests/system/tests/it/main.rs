@@ -34,7 +34,9 @@ macro_rules! in_both_data_paths {
 
 mod bad_input;
 mod balancing;
+mod browser;
 mod bucket_limits;
+mod console;
 mod control_plane;
 mod database_roles;
 mod deadlines;

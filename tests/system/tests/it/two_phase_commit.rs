@@ -177,7 +177,7 @@ async fn a_transfer_moves_money_once_however_often_it_is_sent() {
     assert_eq!(status, 200, "{audit}");
     assert_eq!(
         audit,
-        json!({"total": 1000, "balances": 1000, "in_flight": 0, "held": 0, "accounts": 2,
+        json!({"total": 1000, "balances": 1000, "in_flight": 0, "held": 0, "opened": 1000, "accounts": 2,
                "transfers": {"preparing": 0, "committed": 1, "aborted": 0, "unfinished": 0}})
     );
 }
