@@ -13,6 +13,7 @@
   const HISTORY = 60; // points per chart: 30 s at two snapshots a second
   const RETRY_MIN_MS = 500;
   const RETRY_MAX_MS = 5000;
+  const LOG_LENGTH = 200; // entries kept, as many as the gateway keeps
 
   const $ = (id) => document.getElementById(id);
   const state = {
@@ -121,12 +122,22 @@
         buffer += value;
         let end;
         while ((end = buffer.indexOf("\n\n")) >= 0) {
-          handleEvent(buffer.slice(0, end));
+          const raw = buffer.slice(0, end);
           buffer = buffer.slice(end + 2);
+          try {
+            handleEvent(raw);
+          } catch (error) {
+            // One frame the page cannot draw is skipped, not fatal.
+            setConnection("live", `skipped a frame it could not draw: ${error}`);
+          }
         }
       }
     } catch (_) {
       // The connection broke (the gateway stopped): reconnect below.
+    } finally {
+      // Never leave a half-read stream holding one of the browser's few
+      // connections to the gateway.
+      reader.cancel().catch(() => {});
     }
     retry("the stream ended");
   }
@@ -153,6 +164,7 @@
       drawLog();
     } else if (name === "event") {
       state.log.set(payload.seq, payload);
+      while (state.log.size > LOG_LENGTH) state.log.delete(Math.min(...state.log.keys()));
       drawLog();
     } else if (name === "snapshot") {
       state.snapshot = payload;
@@ -172,6 +184,9 @@
   }
 
   function draw(s) {
+    // When the gateway drew it: a fresh snapshot after a reconnect shows
+    // here (the tests read it).
+    document.body.dataset.snapshotAt = String(s.at_ms);
     $("current-strategy").textContent = s.strategy;
     $("current-data-path").textContent = s.data_path;
     $("current-gateway").textContent = s.gateway;
@@ -379,8 +394,9 @@
 
   // --- Controls ---
   function syncControls(s) {
-    // The strategy and data-path controls start at what is in force, and
-    // follow changes made elsewhere unless someone is using them.
+    // The strategy control starts at what is in force and follows changes
+    // made elsewhere unless someone is using it; the data-path control
+    // offers the other path, the one a switch would go to.
     if (state.shownStrategy !== s.strategy && document.activeElement !== $("strategy-select")) {
       state.shownStrategy = s.strategy;
       $("strategy-select").value = s.strategy;

@@ -195,6 +195,9 @@ pub struct AppState {
     fault_injection: bool,
     /// This gateway's id.
     id: String,
+    /// Requests it serves at once, at most: the console's load generator
+    /// keeps under it too.
+    max_concurrent: usize,
     /// The live console's feed and load generator.
     console: console::Console,
 }
@@ -284,6 +287,7 @@ pub async fn run(
         connections: connections.clone(),
         fault_injection: settings.enable_fault_injection,
         id: settings.id.clone(),
+        max_concurrent: settings.max_concurrent_requests as usize,
         console: console::Console::new(tokio::runtime::Handle::current()),
     });
     console::feed::start(state.clone());

@@ -44,6 +44,11 @@ pub fn buckets(histogram: &Histogram<u64>) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Microseconds as milliseconds to two decimals, as views show them.
+pub fn millis(micros: f64) -> f64 {
+    (micros / 10.0).round() / 100.0
+}
+
 /// Records `count` latencies of `micros` each.
 pub fn record(histogram: &mut Histogram<u64>, micros: u64, count: u64) {
     // Saturating: a value past the bound counts as the bound, not lost.
@@ -101,10 +106,9 @@ impl RecentLatency {
         if merged.is_empty() {
             return None;
         }
-        let ms = |micros: u64| (micros as f64 / 10.0).round() / 100.0;
         let percentiles = Percentiles {
-            p50_ms: ms(merged.value_at_quantile(0.5)),
-            p99_ms: ms(merged.value_at_quantile(0.99)),
+            p50_ms: millis(merged.value_at_quantile(0.5) as f64),
+            p99_ms: millis(merged.value_at_quantile(0.99) as f64),
         };
         merged.reset();
         Some(percentiles)

@@ -483,7 +483,7 @@ impl RoutingTable {
                         .picks
                         .saturating_add(self.reported.get(&*m.id).copied().unwrap_or(0)),
                     served: record.map_or(0, |r| r.served),
-                    latency_ms: m.latency_ewma_micros.map(|us| (us / 10.0).round() / 100.0),
+                    latency_ms: m.latency_ewma_micros.map(latency::millis),
                     p50_ms: percentiles.map(|p| p.p50_ms),
                     p99_ms: percentiles.map(|p| p.p99_ms),
                     last_heartbeat_ms: record

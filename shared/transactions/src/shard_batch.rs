@@ -114,8 +114,12 @@ pub struct Plan {
     /// Existing accounts whose balance or held amount changed: (balance
     /// change, held change).
     pub account_changes: BTreeMap<String, (i64, i64)>,
-    /// New accounts, as they must be stored.
+    /// New accounts, as they must be stored (with what happened to them
+    /// later in the batch).
     pub opened: BTreeMap<String, AccountRow>,
+    /// What each new account was opened with, which the audit sets the
+    /// total against.
+    pub opening_balances: BTreeMap<String, i64>,
     /// One-phase transfers to record.
     pub transfers: Vec<LocalTransfer>,
 }
@@ -229,6 +233,8 @@ pub fn plan(stored: Stored, requests: &[Request]) -> Plan {
                         held: 0,
                     };
                     accounts.insert(account.id.clone(), row);
+                    plan.opening_balances
+                        .insert(account.id.clone(), account.balance);
                     ShardReply::Account(Account {
                         id: account.id.clone(),
                         shard: *shard,
@@ -555,6 +561,7 @@ mod tests {
         assert!(matches!(&plan.replies[1], ShardReply::Refused(r) if r.code == "account_exists"));
         assert!(matches!(&plan.replies[2], ShardReply::Account(_)));
         assert_eq!(plan.opened["b"].balance, 7);
+        assert_eq!(plan.opening_balances["b"], 7);
     }
 
     #[test]

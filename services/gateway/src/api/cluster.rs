@@ -128,6 +128,8 @@ fn merge(
                     m.picks += w.picks;
                     m.served = m.served.max(w.served);
                     m.last_heartbeat_ms = m.last_heartbeat_ms.min(w.last_heartbeat_ms);
+                    // Ejected by any replica is out of some rotation.
+                    m.ejected |= w.ejected;
                     // Percentiles do not add up: the worst replica's.
                     m.p50_ms = worst(m.p50_ms, w.p50_ms);
                     m.p99_ms = worst(m.p99_ms, w.p99_ms);
@@ -301,14 +303,7 @@ pub async fn faults(
     } else {
         (Bytes::new(), None)
     };
-    let reply = state
-        .nats
-        .send_request(
-            subjects::worker_faults(&worker),
-            Request::new()
-                .payload(message)
-                .timeout(Some(Duration::from_secs(2))),
-        )
+    let reply = ask_worker_faults(&state.nats, &worker, message, FAULTS_TIMEOUT)
         .await
         .map_err(|e| match e.kind() {
             async_nats::RequestErrorKind::NoResponders => ApiError::UnknownWorker(worker.clone()),
@@ -336,6 +331,25 @@ pub async fn faults(
             body: reply.payload,
         }),
     }
+}
+
+/// How long a worker may take to answer about its faults.
+pub const FAULTS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks `worker` for its faults (an empty `spec`) or sets them (a
+/// [`FaultSpec`]'s JSON): the one way the gateway talks to a worker's
+/// fault injection, for the control route, the console and "heal all".
+pub async fn ask_worker_faults(
+    nats: &async_nats::Client,
+    worker: &str,
+    spec: Bytes,
+    timeout: Duration,
+) -> Result<async_nats::Message, async_nats::RequestError> {
+    nats.send_request(
+        subjects::worker_faults(worker),
+        Request::new().payload(spec).timeout(Some(timeout)),
+    )
+    .await
 }
 
 fn valid_worker_id(id: String) -> Result<String, ApiError> {

@@ -1,17 +1,21 @@
 //! The console's feed: the gateway's tasks that listen to the cluster and
 //! push what they hear to every open console, as Server-Sent Events.
 //!
-//! Two tasks, so that a slow read never holds up an event:
+//! Three tasks, so that a slow read never holds up an event:
 //!
 //! - **listen** follows every heartbeat and the monitors' membership
-//!   events, and pushes each log entry the moment it is made: a worker
-//!   marked down reaches the page as fast as NATS brings the event;
+//!   events, and pushes each log entry the moment it is made, then asks
+//!   for a redraw: a worker marked down reaches the page as fast as NATS
+//!   brings the event and one gather takes;
 //! - **draw** gathers the merged view every half second (the same
 //!   scatter-gather as `GET /v1/cluster`, done once here for every page
-//!   open, rather than by each page in a polling loop) and, every two
-//!   seconds, the slower facts: the JetStream streams' Raft leaders and
-//!   replicas, the decision log's audit and the transfers in doubt. It
-//!   does this only while a console is open or the load generator runs.
+//!   open, rather than by each page in a polling loop) and the workers'
+//!   faults;
+//! - **read the infrastructure**, every two seconds, the slower facts:
+//!   the JetStream streams' Raft leaders and replicas, the decision log's
+//!   audit and the transfers in doubt, which the next drawing shows.
+//!
+//! They read only while a console is open or the load generator runs.
 //!
 //! Each frame is rendered once and broadcast; a page that falls behind
 //! skips to the newest frame rather than holding the others back.
@@ -28,7 +32,7 @@ use futures::StreamExt as _;
 use serde_json::json;
 
 use crate::AppState;
-use crate::api::cluster::gather;
+use crate::api::cluster::{ask_worker_faults, gather};
 
 /// How often the page is redrawn.
 pub const DRAW_EVERY: Duration = Duration::from_millis(500);
@@ -44,7 +48,14 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 /// console closes.
 pub fn start(state: web::Data<AppState>) {
     tokio::spawn(listen(state.clone()));
+    tokio::spawn(read_infrastructure_while_watched(state.clone()));
     tokio::spawn(draw(state));
+}
+
+/// Whether the console is closing: also true for a receiver subscribed
+/// after it closed (whose `changed` would never fire).
+pub async fn closing(mut closed: tokio::sync::watch::Receiver<bool>) {
+    let _ = closed.wait_for(|closed| *closed).await;
 }
 
 /// Follows heartbeats and membership events.
@@ -61,10 +72,11 @@ async fn listen(state: web::Data<AppState>) {
             return;
         }
     };
-    let mut closed = console.closed.subscribe();
+    let closed = closing(console.closed.subscribe());
+    tokio::pin!(closed);
     loop {
         tokio::select! {
-            _ = closed.changed() => return,
+            () = &mut closed => return,
             Some(message) = heartbeats.next() => {
                 if let Some(beat) = faultline_bus::heartbeat::read(&message.subject, &message.payload) {
                     console.with_model(|model| model.heartbeat(&beat, Instant::now(), now_ms()));
@@ -90,26 +102,25 @@ async fn draw(state: web::Data<AppState>) {
     let console = &state.console;
     let mut ticker = tokio::time::interval(DRAW_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut closed = console.closed.subscribe();
-    let mut infrastructure = json!({});
-    let mut read_at: Option<Instant> = None;
+    let closed = closing(console.closed.subscribe());
+    tokio::pin!(closed);
     loop {
         tokio::select! {
-            _ = closed.changed() => return,
+            () = &mut closed => return,
             _ = ticker.tick() => {}
             () = console.redraw.notified() => {}
         }
         let load = console.generator.status();
-        if !console.watched() && !load.as_ref().is_some_and(|(status, _)| status.running) {
+        if !console.busy() {
             continue;
         }
         let view = gather(&state).await;
         console.remember_view(&view);
-        if read_at.is_none_or(|at| at.elapsed() >= INFRASTRUCTURE_EVERY) {
-            read_at = Some(Instant::now());
-            infrastructure = read_infrastructure(&state).await;
-        }
-        let ids: Vec<String> = view.workers.iter().map(|w| w.id.clone()).collect();
+        let infrastructure = console.infrastructure();
+        let ids: Vec<String> = super::model::every_worker(&view)
+            .into_iter()
+            .map(|w| w.id)
+            .collect();
         let faults = read_faults(&state.nats, &ids).await;
         let load = load.map(|(status, counts)| {
             (
@@ -124,7 +135,7 @@ async fn draw(state: web::Data<AppState>) {
                 &state.id,
                 state.fault_injection,
                 &faults,
-                infrastructure.clone(),
+                infrastructure,
                 load.as_ref()
                     .map(|(value, counts, running)| (value.clone(), counts, *running)),
                 Instant::now(),
@@ -135,16 +146,31 @@ async fn draw(state: web::Data<AppState>) {
     }
 }
 
+/// Reads the slower facts every two seconds while the console is busy.
+async fn read_infrastructure_while_watched(state: web::Data<AppState>) {
+    let console = &state.console;
+    let mut ticker = tokio::time::interval(INFRASTRUCTURE_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let closed = closing(console.closed.subscribe());
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            () = &mut closed => return,
+            _ = ticker.tick() => {}
+        }
+        if console.busy() {
+            let read = read_infrastructure(&state).await;
+            console.set_infrastructure(read);
+        }
+    }
+}
+
 /// Each worker's injected faults: `(latency_ms, error_rate)`.
 async fn read_faults(nats: &async_nats::Client, ids: &[String]) -> BTreeMap<String, (u64, f64)> {
     let asks = ids.iter().map(|id| async move {
-        let reply = tokio::time::timeout(
-            FAULTS_TIMEOUT,
-            nats.request(subjects::worker_faults(id), Bytes::new()),
-        )
-        .await
-        .ok()?
-        .ok()?;
+        let reply = ask_worker_faults(nats, id, Bytes::new(), FAULTS_TIMEOUT)
+            .await
+            .ok()?;
         let spec: faultline_protocol::cluster::FaultSpec =
             serde_json::from_slice(&reply.payload).ok()?;
         Some((id.clone(), (spec.latency_ms, spec.error_rate)))

@@ -7,8 +7,9 @@
 //! a time (starting another replaces it). It is an open model, as the
 //! load tool's: calls go out on schedule whether or not earlier ones have
 //! answered, so a failure shows as failed calls, not as a slower sender.
-//! A call that cannot even be sent (more than [`MAX_IN_FLIGHT`] waiting)
-//! counts as failed, `not_sent`.
+//! Its calls bypass the public port's admission, so they keep under the
+//! gateway's own bound (`--max-concurrent-requests`) themselves: a call
+//! that would go past it is not sent and counts as failed, `not_sent`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,12 +28,11 @@ use crate::{AppState, Connection};
 pub const MAX_RATE: u32 = 2000;
 /// The longest run, in seconds.
 pub const MAX_SECONDS: u32 = 600;
-/// Calls waiting for an answer at once, at most.
-const MAX_IN_FLIGHT: usize = 10_000;
 /// How often the sender wakes to send what is due.
 const TICK: Duration = Duration::from_millis(10);
-/// The availability interval's batch: calls are grouped by the second
-/// they were sent in, five seconds a batch.
+/// The availability interval's batch: calls are grouped by when they were
+/// sent, five seconds a batch, and a batch counts once every call sent in
+/// it has ended.
 pub const BATCH: Duration = Duration::from_secs(5);
 
 /// What `PUT /v1/load` asks for.
@@ -69,8 +69,58 @@ impl LoadSpec {
 #[derive(Debug, Default)]
 struct Books {
     counts: LoadCounts,
-    /// Per batch of sending time: (answered 200, calls).
-    batch: (u64, u64),
+    /// Per batch of sending time: calls sent, ended, and answered 200.
+    batches: Vec<Batch>,
+    /// Batches before this one are over: sent, and every call ended.
+    closed: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Batch {
+    sent: u64,
+    ended: u64,
+    ok: u64,
+}
+
+impl Books {
+    fn sent(&mut self, batch: usize) {
+        if self.batches.len() <= batch {
+            self.batches.resize(batch + 1, Batch::default());
+        }
+        self.batches[batch].sent += 1;
+        self.counts.sent += 1;
+    }
+
+    fn ended(&mut self, batch: usize, result: Result<(), &'static str>) {
+        let Some(books) = self.batches.get_mut(batch) else {
+            return;
+        };
+        books.ended += 1;
+        match result {
+            Ok(()) => {
+                books.ok += 1;
+                self.counts.ok += 1;
+            }
+            Err(code) => *self.counts.failed.entry(code.to_owned()).or_default() += 1,
+        }
+    }
+
+    /// Closes the batches before `sending` whose calls have all ended,
+    /// in order: their success fractions join the interval's samples.
+    fn close_up_to(&mut self, sending: usize) {
+        while self.closed < sending.min(self.batches.len()) {
+            let batch = self.batches[self.closed];
+            if batch.ended < batch.sent {
+                break;
+            }
+            if batch.sent > 0 {
+                self.counts
+                    .batches
+                    .push(batch.ok as f64 / batch.sent as f64);
+            }
+            self.closed += 1;
+        }
+    }
 }
 
 /// The generator: at most one run at a time.
@@ -108,13 +158,20 @@ impl Generator {
         &self,
         state: actix_web::web::Data<AppState>,
         spec: LoadSpec,
+        max_in_flight: usize,
         runtime: &tokio::runtime::Handle,
     ) {
         self.stop();
         let (stop, stopped) = watch::channel(false);
         let (done, finished) = watch::channel(false);
         let books = Arc::new(Mutex::new(Books::default()));
-        runtime.spawn(send(state, spec, stopped, books.clone(), done));
+        let sender = Sender {
+            state,
+            spec,
+            max_in_flight,
+            books: books.clone(),
+        };
+        runtime.spawn(sender.send(stopped, done));
         if let Ok(mut current) = self.current.lock() {
             *current = Some(Running {
                 spec,
@@ -159,104 +216,119 @@ impl Generator {
     }
 }
 
-/// Sends on schedule until the run's time is up or it is stopped.
-async fn send(
+/// One run's sender.
+struct Sender {
     state: actix_web::web::Data<AppState>,
     spec: LoadSpec,
-    mut stopped: watch::Receiver<bool>,
+    max_in_flight: usize,
     books: Arc<Mutex<Books>>,
-    done: watch::Sender<bool>,
-) {
-    let connection = Arc::new(Connection {
-        nats: state.nats.clone(),
-    });
-    let body = Bytes::from_static(br#"{"op":"echo","message":"console load"}"#);
-    let Ok(call) = CallRequest::parse(&body) else {
-        return;
-    };
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let started = tokio::time::Instant::now();
-    let length = Duration::from_secs(u64::from(spec.seconds));
-    let mut ticker = tokio::time::interval(TICK);
-    let mut sent: u64 = 0;
-    let mut batch_started = started;
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stopped.changed() => break,
-        }
-        let elapsed = started.elapsed().min(length);
-        if batch_started.elapsed() >= BATCH {
-            batch_started += BATCH;
-            close_batch(&books);
-        }
-        let due = (elapsed.as_secs_f64() * f64::from(spec.rate)) as u64;
-        while sent < due {
-            sent += 1;
-            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                record(&books, Err("not_sent"));
-                continue;
-            };
-            let (state, connection, body, call, books) = (
-                state.clone(),
-                connection.clone(),
-                body.clone(),
-                call.clone(),
-                books.clone(),
-            );
-            tokio::spawn(async move {
-                let request_id = format!("console-load-{sent}");
-                let served = call::serve(
-                    &state,
-                    &connection,
-                    call,
-                    body,
-                    &request_id,
-                    Scope::unrecorded(None, None),
-                )
-                .await;
-                let result = match &served {
-                    Ok(served) if served.outcome == Outcome::Ok => Ok(()),
-                    Ok(served) => Err(served.error_code()),
-                    Err(error) => Err(error.code()),
+}
+
+impl Sender {
+    /// Sends on schedule until the run's time is up or it is stopped, then
+    /// waits for the calls still out, so that every batch is counted.
+    async fn send(self, mut stopped: watch::Receiver<bool>, done: watch::Sender<bool>) {
+        let connection = Arc::new(Connection {
+            nats: self.state.nats.clone(),
+        });
+        let body = Bytes::from_static(br#"{"op":"echo","message":"console load"}"#);
+        let Ok(call) = CallRequest::parse(&body) else {
+            return;
+        };
+        let permits = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
+        let in_flight = Arc::new(Semaphore::new(permits as usize));
+        let started = tokio::time::Instant::now();
+        let length = Duration::from_secs(u64::from(self.spec.seconds));
+        let mut ticker = tokio::time::interval(TICK);
+        let mut sent: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stopped.changed() => break,
+            }
+            let elapsed = started.elapsed().min(length);
+            let batch = batch_of(elapsed);
+            let due = (elapsed.as_secs_f64() * f64::from(self.spec.rate)) as u64;
+            while sent < due {
+                sent += 1;
+                self.lock().sent(batch);
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    self.lock().ended(batch, Err("not_sent"));
+                    continue;
                 };
-                record(&books, result);
-                drop(permit);
-            });
+                let (state, connection, body, call, books) = (
+                    self.state.clone(),
+                    connection.clone(),
+                    body.clone(),
+                    call.clone(),
+                    self.books.clone(),
+                );
+                tokio::spawn(async move {
+                    let request_id = format!("console-load-{sent}");
+                    let served = call::serve(
+                        &state,
+                        &connection,
+                        call,
+                        body,
+                        &request_id,
+                        Scope::unrecorded(None, None),
+                    )
+                    .await;
+                    let result = match &served {
+                        Ok(served) if served.outcome == Outcome::Ok => Ok(()),
+                        Ok(served) => Err(served.error_code()),
+                        Err(error) => Err(error.code()),
+                    };
+                    if let Ok(mut books) = books.lock() {
+                        books.ended(batch, result);
+                    }
+                    drop(permit);
+                });
+            }
+            self.lock().close_up_to(batch);
+            if elapsed >= length {
+                break;
+            }
         }
-        if elapsed >= length {
-            break;
-        }
+        // Every call ends by its deadline; then the last batches count.
+        let _ = in_flight.acquire_many(permits).await;
+        self.lock().close_up_to(usize::MAX);
+        done.send_replace(true);
     }
-    // The calls still out finish into the books; the run is over.
-    close_batch(&books);
-    done.send_replace(true);
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Books> {
+        self.books
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
-fn record(books: &Mutex<Books>, result: Result<(), &'static str>) {
-    let Ok(mut books) = books.lock() else { return };
-    books.counts.sent += 1;
-    books.batch.1 += 1;
-    match result {
-        Ok(()) => {
-            books.counts.ok += 1;
-            books.batch.0 += 1;
-        }
-        Err(code) => *books.counts.failed.entry(code.to_owned()).or_default() += 1,
-    }
-}
-
-fn close_batch(books: &Mutex<Books>) {
-    let Ok(mut books) = books.lock() else { return };
-    let (ok, calls) = std::mem::take(&mut books.batch);
-    if calls > 0 {
-        books.counts.batches.push(ok as f64 / calls as f64);
-    }
+/// The batch a call sent `elapsed` into the run belongs to.
+fn batch_of(elapsed: Duration) -> usize {
+    usize::try_from(elapsed.as_millis() / BATCH.as_millis()).unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_count_by_sending_time_once_every_call_in_them_ended() {
+        let mut books = Books::default();
+        books.sent(0);
+        books.sent(0);
+        books.sent(1);
+        books.ended(0, Ok(()));
+        books.ended(1, Err("timed_out"));
+        books.close_up_to(2);
+        assert!(books.counts.batches.is_empty(), "batch 0 has a call out");
+        books.ended(0, Err("retryable"));
+        books.close_up_to(2);
+        assert_eq!(books.counts.batches, [0.5, 0.0]);
+        assert_eq!((books.counts.sent, books.counts.ok), (3, 1));
+        assert_eq!(batch_of(Duration::from_millis(4_999)), 0);
+        assert_eq!(batch_of(Duration::from_millis(5_000)), 1);
+    }
 
     #[test]
     fn a_run_is_bounded_in_rate_and_length() {

@@ -39,6 +39,7 @@ use tokio::sync::{broadcast, watch};
 use self::load::{Generator, LoadSpec};
 use self::model::{ConsoleModel, Snapshot};
 use crate::AppState;
+use crate::api::cluster::FAULTS_TIMEOUT;
 use crate::api::error::ApiError;
 use crate::control::{self, Change};
 
@@ -65,6 +66,8 @@ pub struct Console {
     frames: broadcast::Sender<Bytes>,
     last_snapshot: Mutex<Option<Bytes>>,
     last_view: Mutex<Option<MergedView>>,
+    /// NATS's streams, the stores and the audit, as last read.
+    infrastructure: Mutex<serde_json::Value>,
     closed: watch::Sender<bool>,
     /// Asks the feed to redraw at once.
     redraw: tokio::sync::Notify,
@@ -81,6 +84,7 @@ impl Console {
             frames: broadcast::channel(FRAMES_BUFFERED).0,
             last_snapshot: Mutex::new(None),
             last_view: Mutex::new(None),
+            infrastructure: Mutex::new(serde_json::json!({})),
             closed: watch::channel(false).0,
             redraw: tokio::sync::Notify::new(),
             generator: Generator::default(),
@@ -95,9 +99,40 @@ impl Console {
         self.generator.stop();
     }
 
-    /// Whether a page is open.
-    fn watched(&self) -> bool {
+    /// Whether anyone needs the feed to read: a page is open, or the load
+    /// generator runs (its availability books need the views).
+    fn busy(&self) -> bool {
         self.frames.receiver_count() > 0
+            || self
+                .generator
+                .status()
+                .is_some_and(|(status, _)| status.running)
+    }
+
+    fn infrastructure(&self) -> serde_json::Value {
+        self.infrastructure
+            .lock()
+            .map(|read| read.clone())
+            .unwrap_or_default()
+    }
+
+    fn set_infrastructure(&self, read: serde_json::Value) {
+        if let Ok(mut last) = self.infrastructure.lock() {
+            *last = read;
+        }
+    }
+
+    /// What a page is sent first, and again if it falls behind: the event
+    /// log so far and the last snapshot.
+    fn greeting(&self) -> Vec<Bytes> {
+        let log: Vec<model::LogEntry> = self.model().log().cloned().collect();
+        let mut frames = vec![frame("hello", &serde_json::json!({ "log": log }))];
+        if let Ok(last) = self.last_snapshot.lock()
+            && let Some(last) = last.as_ref()
+        {
+            frames.push(last.clone());
+        }
+        frames
     }
 
     /// Runs `f` on the model, then sends the log entries it made.
@@ -190,32 +225,30 @@ async fn style() -> HttpResponse {
 
 /// Handles `GET /v1/console/stream`.
 pub async fn stream(state: web::Data<AppState>) -> HttpResponse {
-    let console = &state.console;
-    let receiver = console.frames.subscribe();
-    let log: Vec<model::LogEntry> = console.model().log().cloned().collect();
-    let mut first = vec![frame("hello", &serde_json::json!({ "log": log }))];
-    if let Ok(last) = console.last_snapshot.lock()
-        && let Some(last) = last.as_ref()
-    {
-        first.push(last.clone());
-    }
-    let closed = console.closed.subscribe();
+    let receiver = state.console.frames.subscribe();
+    let first = state.console.greeting();
+    let closed = Box::pin(feed::closing(state.console.closed.subscribe()));
     let frames = futures::stream::unfold(
-        (receiver, closed),
-        |(mut receiver, mut closed)| async move {
-            loop {
-                tokio::select! {
-                    _ = closed.changed() => return None,
-                    received = receiver.recv() => match received {
-                        Ok(bytes) => return Some((Ok::<_, actix_web::Error>(bytes), (receiver, closed))),
-                        // Fell behind: the next snapshot redraws everything.
-                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    },
-                }
-            }
+        (receiver, closed, state),
+        |(mut receiver, mut closed, state)| async move {
+            let frames = tokio::select! {
+                () = &mut closed => return None,
+                received = receiver.recv() => match received {
+                    Ok(bytes) => vec![bytes],
+                    // Fell behind: start again from the whole log and the
+                    // newest snapshot, skipping what was missed.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        receiver = receiver.resubscribe();
+                        state.console.greeting()
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            let frames = futures::stream::iter(frames.into_iter().map(Ok::<_, actix_web::Error>));
+            Some((frames, (receiver, closed, state)))
         },
-    );
+    )
+    .flatten();
     let stream = futures::stream::iter(first.into_iter().map(Ok)).chain(frames);
     HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -240,10 +273,12 @@ pub async fn start_load(
         .lock()
         .ok()
         .and_then(|view| view.clone());
-    state
-        .console
-        .generator
-        .start(state.clone(), spec, &state.console.runtime);
+    state.console.generator.start(
+        state.clone(),
+        spec,
+        state.max_concurrent,
+        &state.console.runtime,
+    );
     let what = format!("{} echo calls a second for {} s", spec.rate, spec.seconds);
     state
         .console
@@ -261,28 +296,24 @@ pub async fn stop_load(state: web::Data<AppState>, by: web::ReqData<OperatorName
     HttpResponse::Ok().json(serde_json::json!({ "stopped": stopped }))
 }
 
-/// Handles `DELETE /v1/faults`: every worker any balancer routes to gets
-/// its faults cleared. Allowed with fault injection off too: healing can
-/// do no harm.
+/// Handles `DELETE /v1/faults`: every worker a balancer routes to or the
+/// monitor judges gets its faults cleared. Allowed with fault injection
+/// off too: healing can do no harm.
 pub async fn heal_all(
     state: web::Data<AppState>,
     by: web::ReqData<OperatorName>,
 ) -> Result<HttpResponse, ApiError> {
     let view = crate::api::cluster::gather(&state).await;
     let healthy = Bytes::from(serde_json::to_vec(&FaultSpec::default()).unwrap_or_default());
-    let asks = view.workers.iter().map(|w| {
-        let nats = state.nats.clone();
-        let healthy = healthy.clone();
-        let id = w.id.clone();
+    let asks = model::every_worker(&view).into_iter().map(|w| {
+        let (nats, healthy) = (state.nats.clone(), healthy.clone());
         async move {
-            let reply = tokio::time::timeout(
-                std::time::Duration::from_secs(2),
-                nats.request(faultline_protocol::subjects::worker_faults(&id), healthy),
-            )
-            .await;
-            let healed = matches!(&reply, Ok(Ok(message))
-                if faultline_bus::headers::outcome(message.headers.as_ref()) == Outcome::Ok);
-            (id, healed)
+            let reply =
+                crate::api::cluster::ask_worker_faults(&nats, &w.id, healthy, FAULTS_TIMEOUT).await;
+            let healed = reply.is_ok_and(|message| {
+                faultline_bus::headers::outcome(message.headers.as_ref()) == Outcome::Ok
+            });
+            (w.id, healed)
         }
     });
     let results: Vec<(String, bool)> = futures::future::join_all(asks).await;

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use faultline_availability::{Interval, UpTime, batch_means, redundancy};
-use faultline_protocol::cluster::{Heartbeat, MergedView, Role, WorkerView};
+use faultline_protocol::cluster::{ClusterView, Heartbeat, MergedView, Role, WorkerView};
 use faultline_protocol::membership::{MemberHealth, MembershipEvent, State};
 use faultline_protocol::routing::DataPath;
 use faultline_protocol::strategy::StrategyKind;
@@ -196,6 +196,9 @@ pub struct Transfers {
 #[derive(Debug, Clone)]
 struct Run {
     started_ms: u64,
+    /// When the generator stopped: up-times are counted to here, as the
+    /// calls were.
+    ended_ms: Option<u64>,
     up: BTreeMap<String, UpTime>,
 }
 
@@ -208,8 +211,8 @@ pub struct ConsoleModel {
     heard: BTreeMap<String, Heard>,
     /// Per role, who held the lease under which token, at the last beat.
     lease_holders: BTreeMap<&'static str, (String, u64)>,
-    /// Per worker, the calls sent to it as each view counted them.
-    sent: BTreeMap<String, VecDeque<(Instant, u64)>>,
+    /// Per balancer and worker, the calls sent as each view counted them.
+    sent: BTreeMap<(String, String), VecDeque<(Instant, u64)>>,
     ejected: BTreeMap<String, bool>,
     last_strategy: Option<StrategyKind>,
     last_data_path: Option<DataPath>,
@@ -282,6 +285,8 @@ impl ConsoleModel {
     /// A heartbeat: who is alive, and who holds a lease. A lease changing
     /// hands is logged.
     pub fn heartbeat(&mut self, beat: &Heartbeat, now: Instant, at_ms: u64) {
+        self.heard
+            .retain(|_, heard| now.saturating_duration_since(heard.at) < FORGET_AFTER);
         self.heard.insert(
             beat.id.clone(),
             Heard {
@@ -341,6 +346,7 @@ impl ConsoleModel {
             .unwrap_or_default();
         self.run = Some(Run {
             started_ms: at_ms,
+            ended_ms: None,
             up,
         });
     }
@@ -382,43 +388,16 @@ impl ConsoleModel {
         now: Instant,
         at_ms: u64,
     ) -> Snapshot {
+        if let (Some(run), Some((_, _, false))) = (&mut self.run, &load) {
+            run.ended_ms.get_or_insert(at_ms);
+        }
         self.changes(view, at_ms);
-        self.heard
-            .retain(|_, heard| now.saturating_duration_since(heard.at) < FORGET_AFTER);
         let health: BTreeMap<&str, &MemberHealth> =
             view.members.iter().map(|m| (m.id.as_str(), m)).collect();
+        let rates = self.rates(view, now);
         let silent = |id: &str| self.heard.get(id).is_some_and(|heard| heard.is_silent(now));
         let all_workers = every_worker(view);
 
-        // Rates from the balancers' counts of calls sent to each worker,
-        // read in the same gather (the workers' own counts come with their
-        // heartbeats, a tenth of a second apart from each other).
-        for w in &all_workers {
-            let samples = self.sent.entry(w.id.clone()).or_default();
-            if samples.back().is_some_and(|(_, sent)| w.picks < *sent) {
-                // A balancer restarted and counts from zero again.
-                samples.clear();
-            }
-            samples.push_back((now, w.picks));
-            while samples
-                .front()
-                .is_some_and(|(at, _)| now.saturating_duration_since(*at) > RATE_WINDOW)
-            {
-                samples.pop_front();
-            }
-        }
-        self.sent
-            .retain(|id, _| all_workers.iter().any(|w| w.id == *id));
-        let rate = |id: &str| {
-            let samples = self.sent.get(id)?;
-            let (first, last) = (samples.front()?, samples.back()?);
-            let seconds = last.0.saturating_duration_since(first.0).as_secs_f64();
-            (seconds > 0.2).then(|| (last.1 - first.1) as f64 / seconds)
-        };
-        let rates: BTreeMap<&str, f64> = all_workers
-            .iter()
-            .map(|w| (w.id.as_str(), rate(&w.id).unwrap_or(0.0)))
-            .collect();
         let total_rate: f64 = rates.values().sum();
 
         // The promise is over the workers in rotation: up (or suspect, still
@@ -451,9 +430,9 @@ impl ConsoleModel {
                     weight: w.weight,
                     advertised_weight: w.advertised_weight,
                     in_flight: w.in_flight,
-                    rate: rates.get(w.id.as_str()).copied().unwrap_or(0.0),
+                    rate: rates.get(&w.id).copied().unwrap_or(0.0),
                     share: (total_rate > 0.0)
-                        .then(|| rates.get(w.id.as_str()).copied().unwrap_or(0.0) / total_rate),
+                        .then(|| rates.get(&w.id).copied().unwrap_or(0.0) / total_rate),
                     promised_share: if in_rotation(w) {
                         view.strategy
                             .promised_share(w.weight, rotation_weight, rotation)
@@ -515,8 +494,66 @@ impl ConsoleModel {
         }
     }
 
+    /// Each worker's calls a second, from the balancers' counts of calls
+    /// sent to it, read in the same gather (the workers' own counts come
+    /// with their heartbeats, a tenth of a second apart from each other).
+    ///
+    /// Counted per balancer and worker, so that a replica missing from one
+    /// gather (slow to answer) costs a sample, not a jump: in proxy mode
+    /// each replica counts its own calls, so they add up; in direct mode
+    /// each counts every gateway's reported calls, so any one tells. With
+    /// no load-balancer answering, this gateway's own counts.
+    fn rates(&mut self, view: &MergedView, now: Instant) -> BTreeMap<String, f64> {
+        let counters: Vec<&ClusterView> = if view.load_balancers.is_empty() {
+            vec![&view.gateway]
+        } else {
+            view.load_balancers.iter().collect()
+        };
+        let mut rates: BTreeMap<String, f64> = BTreeMap::new();
+        for counter in counters {
+            for w in &counter.workers {
+                let key = (counter.load_balancer.clone(), w.id.clone());
+                let samples = self.sent.entry(key).or_default();
+                if samples.back().is_some_and(|(_, sent)| w.picks < *sent) {
+                    // That balancer restarted and counts from zero again.
+                    samples.clear();
+                }
+                samples.push_back((now, w.picks));
+                while samples
+                    .front()
+                    .is_some_and(|(at, _)| now.saturating_duration_since(*at) > RATE_WINDOW)
+                {
+                    samples.pop_front();
+                }
+                let (Some(first), Some(last)) = (samples.front(), samples.back()) else {
+                    continue;
+                };
+                let seconds = last.0.saturating_duration_since(first.0).as_secs_f64();
+                if seconds < 0.2 {
+                    continue;
+                }
+                let rate = (last.1 - first.1) as f64 / seconds;
+                let total = rates.entry(w.id.clone()).or_default();
+                *total = match view.data_path {
+                    DataPath::Proxy => *total + rate,
+                    DataPath::Direct => total.max(rate),
+                };
+            }
+        }
+        // Series not refreshed for a whole window are gone (a replica, or a
+        // worker, that left).
+        self.sent.retain(|_, samples| {
+            samples
+                .back()
+                .is_some_and(|(at, _)| now.saturating_duration_since(*at) <= RATE_WINDOW)
+        });
+        rates
+    }
+
     /// Logs what changed since the last view without an announcement.
     fn changes(&mut self, view: &MergedView, at_ms: u64) {
+        self.ejected
+            .retain(|id, _| view.workers.iter().any(|w| w.id == *id));
         for w in &view.workers {
             let was = self.ejected.insert(w.id.clone(), w.ejected);
             if was.is_some_and(|was| was != w.ejected) {
@@ -565,7 +602,7 @@ impl ConsoleModel {
                 Some("the settings bucket says so".to_owned()),
             );
         }
-        if let Some(run) = &mut self.run {
+        if let Some(run) = self.run.as_mut().filter(|run| run.ended_ms.is_none()) {
             for m in view.members.iter().filter(|m| m.role == Role::Worker) {
                 run.up
                     .entry(m.id.clone())
@@ -583,6 +620,7 @@ impl ConsoleModel {
     fn availability(&self, counts: Option<&LoadCounts>, at_ms: u64) -> Option<Availability> {
         let run = self.run.as_ref()?;
         let counts = counts?;
+        let at_ms = run.ended_ms.unwrap_or(at_ms).min(at_ms);
         let calls = counts.ok + counts.failed.values().sum::<u64>();
         let up_fractions: BTreeMap<String, f64> = run
             .up
@@ -607,7 +645,7 @@ fn changed<T: PartialEq + Copy>(last: &mut Option<T>, now: T) -> bool {
 /// Every worker: those the balancers route to, and those the monitor
 /// judges that they no longer do (a worker down leaves rotation, and must
 /// stay on the page, shown down).
-fn every_worker(view: &MergedView) -> Vec<WorkerView> {
+pub(crate) fn every_worker(view: &MergedView) -> Vec<WorkerView> {
     let mut workers = view.workers.clone();
     for m in view.members.iter().filter(|m| m.role == Role::Worker) {
         if !workers.iter().any(|w| w.id == m.id) {
@@ -657,7 +695,6 @@ fn state_name(state: State) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use faultline_protocol::cluster::ClusterView;
 
     fn worker(id: &str, weight: u32, picks: u64) -> WorkerView {
         WorkerView {

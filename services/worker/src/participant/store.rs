@@ -528,24 +528,30 @@ async fn write_plan(conn: &mut PgConnection, plan: &shard_batch::Plan) -> Result
         let mut shards = Vec::new();
         let mut balances = Vec::new();
         let mut helds = Vec::new();
+        let mut openings = Vec::new();
         for (id, row) in &plan.opened {
             ids.push(id.as_str());
             shards.push(shard_param(row.shard));
             balances.push(row.balance);
             helds.push(row.held);
+            // Not the balance now: a transfer later in the batch may have
+            // moved it already.
+            openings.push(
+                plan.opening_balances
+                    .get(id)
+                    .copied()
+                    .unwrap_or(row.balance),
+            );
         }
-        // What it is opened with is its balance now: recorded once, for
-        // the audit.
         sqlx::query(
             "INSERT INTO accounts (id, shard, balance, held, opened) \
-             SELECT id, shard, balance, held, balance \
-             FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int8[]) \
-                  AS opening (id, shard, balance, held)",
+             SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int8[], $5::int8[])",
         )
         .bind(ids)
         .bind(shards)
         .bind(balances)
         .bind(helds)
+        .bind(openings)
         .execute(&mut *conn)
         .await?;
     }

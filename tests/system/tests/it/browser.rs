@@ -7,11 +7,13 @@
 //! tests need most, the browser's console log (`/se/log`, a ChromeDriver
 //! extension), is in none of the crates' typed APIs.
 //!
-//! Each test starts its own chromedriver on a free port; dropping the
-//! [`Browser`] kills it and the browser with it. Screenshots go to
+//! Each test starts its own chromedriver on a free port, in a process
+//! group of its own; dropping the [`Browser`] kills the group, the browser
+//! with it (killing chromedriver alone would orphan Chromium). Screenshots go to
 //! `target/console-screenshots/<test>/`, or to `$FAULTLINE_SCREENSHOTS`
 //! (how the README's set is made).
 
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,9 +26,23 @@ use serde_json::{Value, json};
 /// The key W3C WebDriver names an element reference by.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// Chromedriver and everything it started, killed together on drop,
+/// however the test ends.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The group's id is chromedriver's pid (`process_group(0)`).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 /// One browser session.
 pub struct Browser {
-    driver: Child,
+    _driver: Driver,
     session: String,
     http: reqwest::Client,
     screenshots: PathBuf,
@@ -38,12 +54,15 @@ impl Browser {
     /// `width`×`height`, saving screenshots under `test`'s name.
     pub async fn start(test: &str, width: u32, height: u32) -> anyhow::Result<Browser> {
         let port = free_port();
-        let driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting chromedriver (Debian package chromium-driver)")?;
+        let driver = Driver(
+            Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .context("starting chromedriver (Debian package chromium-driver)")?,
+        );
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         faultline_cluster::eventually("chromedriver to answer", Duration::from_secs(20), || {
@@ -89,7 +108,7 @@ impl Browser {
             });
         std::fs::create_dir_all(&screenshots)?;
         Ok(Browser {
-            driver,
+            _driver: driver,
             session: format!("{base}/session/{session}"),
             http,
             screenshots,
@@ -231,13 +250,5 @@ impl Browser {
             )
             .await?;
         Ok(entries.as_array().cloned().unwrap_or_default())
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // Chromedriver takes its browser down with it.
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
