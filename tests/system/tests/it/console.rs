@@ -217,6 +217,30 @@ async fn the_console_shows_the_cluster_fail_and_heal_and_its_controls_work() {
         .await
         .expect("heal all cleared the fault");
 
+    // Transfers: the page counts them, and the audit it shows finds the
+    // money opened, all of it.
+    crate::open_account(&cluster, "alice", 1000).await;
+    crate::open_account(&cluster, "bob", 0).await;
+    for i in 0..5 {
+        let (status, body) = crate::transfer(
+            &cluster,
+            &format!("console-{i}"),
+            &serde_json::json!({"from": "alice", "to": "bob", "amount": 10}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    browser
+        .wait_for(
+            "five transfers, and the audited total equal to the money opened",
+            Duration::from_secs(10),
+            r##"return document.getElementById("transfers").textContent.includes("committed 5")
+                && document.getElementById("audit-opened").textContent.startsWith("1000: ✓");"##,
+        )
+        .await
+        .expect("the transfers panel follows the bank");
+    browser.screenshot("transfers").await.expect("screenshot");
+
     // 5. A worker killed: shown down, with the monitor's reason, within a
     // second of the monitor's event.
     let killed_at = Instant::now();
