@@ -100,14 +100,10 @@ async fn listen(state: web::Data<AppState>) {
 /// Redraws the page while someone watches.
 async fn draw(state: web::Data<AppState>) {
     let console = &state.console;
-    let mut ticker = tokio::time::interval(DRAW_EVERY);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let closed = closing(console.closed.subscribe());
-    tokio::pin!(closed);
+    let mut turns = Turns::new(console, DRAW_EVERY);
     loop {
         tokio::select! {
-            () = &mut closed => return,
-            _ = ticker.tick() => {}
+            more = turns.next() => if !more { return },
             () = console.redraw.notified() => {}
         }
         let load = console.generator.status();
@@ -149,18 +145,37 @@ async fn draw(state: web::Data<AppState>) {
 /// Reads the slower facts every two seconds while the console is busy.
 async fn read_infrastructure_while_watched(state: web::Data<AppState>) {
     let console = &state.console;
-    let mut ticker = tokio::time::interval(INFRASTRUCTURE_EVERY);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let closed = closing(console.closed.subscribe());
-    tokio::pin!(closed);
-    loop {
-        tokio::select! {
-            () = &mut closed => return,
-            _ = ticker.tick() => {}
-        }
+    let mut turns = Turns::new(console, INFRASTRUCTURE_EVERY);
+    while turns.next().await {
         if console.busy() {
             let read = read_infrastructure(&state).await;
             console.set_infrastructure(read);
+        }
+    }
+}
+
+/// A task's turns: one every `period` (a late one delays the next rather
+/// than bunching up), until the console closes.
+struct Turns {
+    ticker: tokio::time::Interval,
+    closed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl Turns {
+    fn new(console: &super::Console, period: Duration) -> Self {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Turns {
+            ticker,
+            closed: Box::pin(closing(console.closed.subscribe())),
+        }
+    }
+
+    /// Waits for the next turn; false once the console has closed.
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            () = &mut self.closed => false,
+            _ = self.ticker.tick() => true,
         }
     }
 }

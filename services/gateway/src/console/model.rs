@@ -782,6 +782,16 @@ mod tests {
         }
     }
 
+    /// The texts of the log entries of `kind` made since the last call.
+    fn logged(model: &mut ConsoleModel, kind: &str) -> Vec<String> {
+        model
+            .take_unsent()
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.text)
+            .collect()
+    }
+
     fn row<'a>(snapshot: &'a Snapshot, id: &str) -> &'a WorkerRow {
         snapshot
             .workers
@@ -847,14 +857,8 @@ mod tests {
         model.heartbeat(&beat("monitor-2", Role::HealthMonitor, Some(2)), now, 4);
         // The old leader's last beat, sent before it learnt it lost.
         model.heartbeat(&beat("monitor-1", Role::HealthMonitor, Some(1)), now, 5);
-        let leases: Vec<String> = model
-            .take_unsent()
-            .into_iter()
-            .filter(|e| e.kind == "lease")
-            .map(|e| e.text)
-            .collect();
         assert_eq!(
-            leases,
+            logged(&mut model, "lease"),
             [
                 "monitor-1 leads the monitors (token 1)",
                 "monitor-2 leads the monitors (token 2)"
@@ -879,14 +883,8 @@ mod tests {
             let v = view(StrategyKind::RoundRobin, vec![w], members.clone());
             draw(&mut model, &v, now);
         }
-        let texts: Vec<String> = model
-            .take_unsent()
-            .into_iter()
-            .filter(|e| e.kind == "ejection")
-            .map(|e| e.text)
-            .collect();
         assert_eq!(
-            texts,
+            logged(&mut model, "ejection"),
             [
                 "worker worker-1 ejected",
                 "worker worker-1 back from ejection"
