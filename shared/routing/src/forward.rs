@@ -14,7 +14,10 @@
 //! status, which costs nothing and is always safe to retry: the call was
 //! never delivered. A timeout is retried only for idempotent calls,
 //! because the worker may have done the work. A retry never goes to a
-//! worker already tried.
+//! worker already tried, unless every worker left was unreachable (all
+//! reconnecting after their NATS node died): the call reached none of
+//! them, so a new round among them follows the pause, until the deadline.
+//! Undelivered attempts do not count against `max_attempts`.
 //!
 //! Retries are rationed twice: a retry is granted only while the retry
 //! budget allows (about 20 % extra load, see [`crate::retry_budget`]; a
@@ -171,6 +174,7 @@ pub async fn forward(router: &Router, client: &Client, policy: Policy, call: &Ca
         client,
         call,
         tried: Vec::new(),
+        unreached: Vec::new(),
         outcome: Outcome::Retryable,
         worker_answered: None,
         last: Last::Failed(Failure::NoWorker),
@@ -197,8 +201,11 @@ struct Balanced<'a> {
     router: &'a Router,
     client: &'a Client,
     call: &'a Call,
-    /// Workers already tried: a retry never goes back to one.
+    /// Workers already tried: a retry never goes back to one, unless the
+    /// call never reached it.
     tried: Vec<MemberId>,
+    /// Those of `tried` the call never reached (no responders).
+    unreached: Vec<MemberId>,
     /// The last attempt's outcome.
     outcome: Outcome,
     /// The last worker that was sent the call.
@@ -321,13 +328,30 @@ impl Attempts for Balanced<'_> {
             return Verdict::Done(self.finish(attempt.number));
         }
         self.tried.push(worker.id.clone());
+        if matches!(self.last, Last::Failed(Failure::Unreachable)) {
+            // It did nothing: not counted against the attempts.
+            self.unreached.push(worker.id.clone());
+            return Verdict::RetryUndelivered(outcome);
+        }
         Verdict::Retry(outcome)
     }
 
-    /// A retry needs the budget's leave and someone left to try.
+    /// A retry needs the budget's leave and someone left to try. When
+    /// everyone left was unreachable (their connections moving to another
+    /// NATS node, as after a node's death), the call reached none of them:
+    /// a new round among those, after the pause, is as safe as the first,
+    /// and the deadline bounds the rounds.
     fn may_retry(&mut self, _failure: &Outcome) -> bool {
         let undelivered = matches!(self.last, Last::Failed(Failure::Unreachable));
-        self.router.try_retry(&self.tried, undelivered)
+        if self.router.try_retry(&self.tried, undelivered) {
+            return true;
+        }
+        if !undelivered || self.unreached.is_empty() {
+            return false;
+        }
+        let unreached = std::mem::take(&mut self.unreached);
+        self.tried.retain(|worker| !unreached.contains(worker));
+        self.router.try_retry(&self.tried, true)
     }
 
     fn retrying(&mut self, retry: Retry, after: &Outcome) -> impl Sized {
